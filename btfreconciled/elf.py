@@ -1,0 +1,599 @@
+"""Read and write the BTF sections of kernel ELF files (SPEC §2).
+
+Reading: `.ko`/vmlinux ELF files, plain or xz/zstd/gzip compressed (detected by magic
+bytes), and raw BTF files such as /sys/kernel/btf/vmlinux. Parsing is pyelftools'; we only
+add the bounds checks pyelftools skips (it reads a BytesIO, which silently returns short
+data past EOF) and turn every parse failure into a one-line `ElfError`.
+
+Writing (pyelftools cannot write): `write_btf_sections` adds, replaces or removes
+non-allocated sections such as `.BTF.base` without renumbering any existing section, because
+symbols, relocations, groups and sh_link/sh_info refer to sections by index. Layout rules:
+
+- Every existing section keeps its index and, unless it is one we rewrite, its offset and
+  bytes. The file is cut after the last byte that anything still live (ELF header, program
+  headers, segments, untouched sections) occupies; rewritten sections, a copy of `.shstrtab`
+  (only when a new name is needed) and a fresh section header table are appended after the
+  cut. Because everything we append sits after the cut, rewriting a file we wrote before
+  drops the previous tail instead of piling up dead copies.
+- Added sections are SHT_PROGBITS, flags 0, sh_addralign 4 (the layout `objcopy
+  --add-section`/pahole produce for `.BTF.base`, with 4-byte alignment since BTF is a
+  sequence of u32-aligned records). Flags stay 0: an allocated section appended outside every
+  segment would be wrong in an executable, and the kernel finds `.BTF*` by name anyway.
+- Removal is refused for any section something refers to by index (sh_link, sh_info of
+  relocation/SHF_INFO_LINK sections, group members, symbols) and for non-PROGBITS sections.
+  A removed section at the end of the header table is dropped; one in the middle becomes an
+  all-zero SHT_NULL header so later indexes do not shift (readelf and the kernel's module
+  loader both skip SHT_NULL entries).
+- In executables (ET_EXEC/ET_DYN) an allocated section (e.g. vmlinux `.BTF`) lives inside a
+  segment, so it can only be overwritten in place with data of the same size.
+
+The output keeps the input's compression (xz with CRC32 checks, which kmod requires) and is
+written atomically: temp file in the destination directory, fsync, verify, rename, fsync dir.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import hashlib
+import io
+import lzma
+import os
+import stat
+import struct
+import tempfile
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+from elftools.common.exceptions import ELFError
+from elftools.construct import Container
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import Section
+
+BTF_SECTION = ".BTF"
+BTF_BASE_SECTION = ".BTF.base"
+BTF_BASE_EXPECTS_SECTION = ".BTF.base_expects"
+_BTF_SECTIONS = (BTF_SECTION, BTF_BASE_SECTION, BTF_BASE_EXPECTS_SECTION)
+
+# A real vmlinux with debug info is a few hundred MiB; anything past 2 GiB is a bomb.
+MAX_DECOMPRESSED_SIZE = 2 << 30
+_DECOMPRESS_CHUNK = 16 << 20
+_ZSTD_FEED = 8 << 10
+
+_ELF_MAGIC = b"\x7fELF"
+_BTF_MAGICS = (b"\x9f\xeb", b"\xeb\x9f")  # 0xeB9F little- and big-endian
+_XZ_MAGIC = b"\xfd7zXZ\x00"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_GZIP_MAGIC = b"\x1f\x8b"
+
+_SHN_LORESERVE = 0xFF00
+_SHF_ALLOC = 0x2
+_SHF_INFO_LINK = 0x40
+_NEW_SECTION_ALIGN = 4
+
+# Python's own errors pyelftools lets escape on malformed input (bad offsets, enum values,
+# string decoding); all of them mean "this is not a well-formed ELF".
+_PARSE_ERRORS = (ELFError, struct.error, ValueError, IndexError, KeyError, TypeError)
+
+
+class ElfError(Exception):
+    """A file could not be read or written as BTF-carrying ELF; message is one line."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = Path(path)
+        self.reason = " ".join(str(reason).split())  # one line, whatever the cause said
+        super().__init__(f"{self.path}: {self.reason}")
+
+
+@dataclass(frozen=True)
+class BtfSections:
+    path: Path
+    compression: str | None  # None, "xz", "zst", "gz"
+    btf: bytes | None  # .BTF
+    base: bytes | None  # .BTF.base (distilled base)
+    base_expects: bytes | None  # .BTF.base_expects
+    is_elf: bool  # False for a raw BTF file such as /sys/kernel/btf/vmlinux
+    sha256: str  # of the file as stored on disk (compressed bytes)
+
+
+@dataclass(frozen=True)
+class _Image:
+    """A file as read: on-disk bytes, compression and the decompressed payload."""
+
+    path: Path
+    raw: bytes
+    compression: str | None
+    data: bytes
+
+    @property
+    def is_elf(self) -> bool:
+        return self.data.startswith(_ELF_MAGIC)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_btf_sections(path: str | os.PathLike[str]) -> BtfSections:
+    """Read `.BTF`, `.BTF.base` and `.BTF.base_expects` from an ELF or raw BTF file."""
+    image = _load(Path(path))
+    if image.is_elf:
+        found = _read_named_sections(image.path, _open_elf(image.path, image.data),
+                                     len(image.data), set(_BTF_SECTIONS))
+    else:
+        found = {BTF_SECTION: image.data}
+    return BtfSections(
+        path=image.path,
+        compression=image.compression,
+        btf=found.get(BTF_SECTION),
+        base=found.get(BTF_BASE_SECTION),
+        base_expects=found.get(BTF_BASE_EXPECTS_SECTION),
+        is_elf=image.is_elf,
+        sha256=hashlib.sha256(image.raw).hexdigest(),
+    )
+
+
+def _load(path: Path) -> _Image:
+    raw = _read_file(path)
+    if not raw:
+        raise ElfError(path, "empty file")
+    compression = _detect_compression(raw)
+    data = raw if compression is None else _decompress(path, compression, raw)
+    if not (data.startswith(_ELF_MAGIC) or data[:2] in _BTF_MAGICS):
+        what = "decompressed data" if compression else "file"
+        raise ElfError(path, f"{what} is neither ELF nor BTF (magic {data[:4].hex()})")
+    return _Image(path=path, raw=raw, compression=compression, data=data)
+
+
+def _read_file(path: Path) -> bytes:
+    # stat first so a FIFO or device never blocks or streams forever.
+    try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise ElfError(path, "is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise ElfError(path, "not a regular file")
+        # Unbuffered read() to EOF: sysfs BTF files must be read until read() returns 0,
+        # never sized by st_size or mmapped.
+        with open(path, "rb", buffering=0) as f:
+            return f.readall()
+    except ElfError:
+        raise
+    except OSError as e:
+        raise ElfError(path, f"cannot read: {e.strerror or e}") from None
+
+
+def _detect_compression(raw: bytes) -> str | None:
+    if raw.startswith(_XZ_MAGIC):
+        return "xz"
+    if raw.startswith(_ZSTD_MAGIC):
+        return "zst"
+    if raw.startswith(_GZIP_MAGIC):
+        return "gz"
+    return None
+
+
+def _decompress(path: Path, compression: str, raw: bytes) -> bytes:
+    try:
+        chunks = {"xz": _xz_chunks, "zst": _zstd_chunks, "gz": _gzip_chunks}[compression](raw)
+        out = bytearray()
+        for chunk in chunks:
+            out += chunk
+            if len(out) > MAX_DECOMPRESSED_SIZE:
+                raise ElfError(path, f"{compression} stream decompresses to more than "
+                                     f"{MAX_DECOMPRESSED_SIZE} bytes; refusing")
+        return bytes(out)
+    except (lzma.LZMAError, zlib.error, zstandard.ZstdError, EOFError) as e:
+        raise ElfError(path, f"corrupt {compression} stream: {e}") from None
+
+
+def _xz_chunks(raw: bytes) -> Iterator[bytes]:
+    # Concatenated xz streams are valid xz; decode them all, bounded chunk by chunk.
+    rest = raw
+    while rest:
+        dec = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+        yield dec.decompress(rest, _DECOMPRESS_CHUNK)
+        while not dec.eof:
+            if dec.needs_input:
+                raise EOFError("truncated stream")
+            yield dec.decompress(b"", _DECOMPRESS_CHUNK)
+        rest = dec.unused_data.lstrip(b"\0")  # xz allows stream padding
+
+
+def _gzip_chunks(raw: bytes) -> Iterator[bytes]:
+    rest = raw
+    while rest:
+        dec = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip wrapper only
+        chunk = dec.decompress(rest, _DECOMPRESS_CHUNK)
+        while True:
+            yield chunk
+            if dec.eof:
+                break
+            chunk = dec.decompress(dec.unconsumed_tail, _DECOMPRESS_CHUNK)
+            if not chunk and not dec.eof:
+                raise EOFError("truncated stream")
+        rest = dec.unused_data.lstrip(b"\0")  # like gzip(1), ignore trailing zero padding
+
+
+def _zstd_chunks(raw: bytes) -> Iterator[bytes]:
+    # decompressobj has no output bound, so feed it small input pieces: one zstd block
+    # (<= 128 KiB of output) needs at least a few input bytes, which bounds each call's
+    # output. Its eof flag is what tells a truncated frame apart (stream_reader does not).
+    pos = 0
+    while pos < len(raw):
+        dec = zstandard.ZstdDecompressor().decompressobj()
+        while not dec.eof:
+            if pos >= len(raw):
+                raise EOFError("truncated stream")
+            piece = raw[pos:pos + _ZSTD_FEED]
+            pos += len(piece)
+            yield dec.decompress(piece)
+        pos -= len(dec.unused_data)
+
+
+def _open_elf(path: Path, data: bytes) -> ELFFile:
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        _check_section_table(path, elf, len(data))
+        return elf
+    except ElfError:
+        raise
+    except _PARSE_ERRORS as e:
+        raise ElfError(path, f"truncated or corrupt ELF: {e}") from None
+
+
+def _check_section_table(path: Path, elf: ELFFile, size: int) -> None:
+    shoff, entsize = elf["e_shoff"], elf["e_shentsize"]
+    if shoff == 0:
+        return
+    if shoff + entsize > size:
+        raise ElfError(path, f"truncated ELF: section header table at offset {shoff:#x} "
+                             f"past end of file (size {size})")
+    end = shoff + elf.num_sections() * entsize
+    if end > size:
+        raise ElfError(path, f"truncated ELF: section header table {shoff:#x}..{end:#x} "
+                             f"past end of file (size {size})")
+
+
+def _read_named_sections(path: Path, elf: ELFFile, size: int,
+                         wanted: set[str]) -> dict[str, bytes]:
+    try:
+        found: dict[str, bytes] = {}
+        for index, section in enumerate(elf.iter_sections()):
+            _check_section_bounds(path, index, section, size)
+            if section.name not in wanted:
+                continue
+            if section.name in found:
+                raise ElfError(path, f"duplicate section {section.name}")
+            if section["sh_type"] == "SHT_NOBITS":
+                raise ElfError(path, f"section {section.name} is SHT_NOBITS (no data in file)")
+            found[section.name] = section.data()
+        return found
+    except ElfError:
+        raise
+    except _PARSE_ERRORS as e:
+        raise ElfError(path, f"truncated or corrupt ELF: {e}") from None
+
+
+def _check_section_bounds(path: Path, index: int, section: Section, size: int) -> None:
+    if section["sh_type"] in ("SHT_NOBITS", "SHT_NULL"):
+        return
+    end = section["sh_offset"] + section["sh_size"]
+    if end > size:
+        raise ElfError(path, f"truncated ELF: section [{index}] {section.name} at offset "
+                             f"{section['sh_offset']:#x} size {section['sh_size']:#x} past end "
+                             f"of file (size {size})")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_btf_sections(src: str | os.PathLike[str], dst: str | os.PathLike[str],
+                       sections: Mapping[str, bytes | None]) -> None:
+    """Copy ELF `src` to `dst` with sections added/replaced (bytes) or removed (None).
+
+    `dst` may be `src`; it is replaced atomically and keeps src's compression format.
+    """
+    src_path, dst_path = Path(src), Path(dst)
+    for name in sections:
+        if not name or "\0" in name:
+            raise ElfError(src_path, f"invalid section name {name!r}")
+    image = _load(src_path)
+    if not image.is_elf:
+        raise ElfError(src_path, "raw BTF file, not ELF: it cannot carry sections")
+    elf_bytes = _ElfRewriter(src_path, image.data).rewrite(sections)
+    payload = _compress(image.compression, elf_bytes)
+
+    def verify(tmp: Path) -> None:
+        _verify_written(tmp, dst_path, image.compression, sections)
+
+    _atomic_write(dst_path, payload, _mode_for(src_path, dst_path), verify)
+
+
+class _ElfRewriter:
+    """Builds the new ELF image; see the module docstring for the layout rules."""
+
+    def __init__(self, path: Path, data: bytes) -> None:
+        self.path = path
+        self.data = data
+        self.elf = _open_elf(path, data)
+        try:
+            self._parse()
+        except ElfError:
+            raise
+        except _PARSE_ERRORS as e:
+            raise ElfError(path, f"truncated or corrupt ELF: {e}") from None
+
+    def _parse(self) -> None:
+        elf = self.elf
+        if elf["e_type"] not in ("ET_REL", "ET_EXEC", "ET_DYN"):
+            raise ElfError(self.path, f"cannot write sections into ELF type {elf['e_type']}")
+        count = elf.num_sections()
+        if count == 0:
+            raise ElfError(self.path, "ELF has no section header table")
+        if elf["e_shentsize"] != elf.structs.Elf_Shdr.sizeof():
+            raise ElfError(self.path, f"unexpected e_shentsize {elf['e_shentsize']}")
+        self.executable = elf["e_type"] != "ET_REL"
+        # A producer that chose extended numbering for a small count wants it kept; one
+        # that needed it for >= SHN_LORESERVE sections gets the plain form back if removals
+        # bring the count down.
+        self.keep_extended = elf["e_shnum"] == 0 and count < _SHN_LORESERVE
+        self.headers: list[Container] = []
+        self.names: list[str] = []
+        for index, section in enumerate(elf.iter_sections()):
+            _check_section_bounds(self.path, index, section, len(self.data))
+            self.headers.append(copy.copy(section.header))
+            self.names.append(section.name)
+        self.shstrndx = elf.get_shstrndx()
+        if not 0 < self.shstrndx < count:
+            raise ElfError(self.path, f"section name table index {self.shstrndx} out of range")
+        shstr = self.headers[self.shstrndx]
+        self.shstrtab = self.data[shstr["sh_offset"]:shstr["sh_offset"] + shstr["sh_size"]]
+
+    def rewrite(self, sections: Mapping[str, bytes | None]) -> bytes:
+        body = bytearray(self.data)
+        moved: dict[int, bytes] = {}  # existing index -> new contents appended at the end
+        added: list[tuple[str, bytes]] = []
+        removed: set[int] = set()
+        for name, contents in sections.items():
+            index = self._index_of(name)
+            if contents is None:
+                if index is not None:
+                    self._check_removable(index)
+                    removed.add(index)
+            elif index is None:
+                added.append((name, bytes(contents)))
+            elif self._check_replaceable(index, contents):
+                offset = self.headers[index]["sh_offset"]
+                body[offset:offset + len(contents)] = contents  # same size, in place
+            else:
+                moved[index] = bytes(contents)
+        return self._layout(bytes(body), moved, added, removed)
+
+    def _index_of(self, name: str) -> int | None:
+        indexes = [i for i, n in enumerate(self.names) if i and n == name]
+        if len(indexes) > 1:
+            raise ElfError(self.path, f"section {name} appears {len(indexes)} times")
+        if indexes and indexes[0] == self.shstrndx:
+            raise ElfError(self.path, f"refusing to rewrite the section name table {name}")
+        return indexes[0] if indexes else None
+
+    def _is_pinned(self, index: int) -> bool:
+        """Allocated sections of executables sit inside segments: they cannot move."""
+        return self.executable and bool(self.headers[index]["sh_flags"] & _SHF_ALLOC)
+
+    def _check_replaceable(self, index: int, contents: bytes) -> bool:
+        """Validate a replacement; True means overwrite in place, False means move."""
+        header, name = self.headers[index], self.names[index]
+        if header["sh_type"] != "SHT_PROGBITS":
+            raise ElfError(self.path, f"refusing to replace section {name} of type "
+                                      f"{header['sh_type']} (only SHT_PROGBITS)")
+        if not self._is_pinned(index):
+            return False
+        if len(contents) != header["sh_size"]:
+            raise ElfError(self.path, f"section {name} is loaded in a segment: new size "
+                                      f"{len(contents)} must equal old size {header['sh_size']}")
+        return True
+
+    def _check_removable(self, index: int) -> None:
+        header, name = self.headers[index], self.names[index]
+        if header["sh_type"] != "SHT_PROGBITS" or self._is_pinned(index):
+            raise ElfError(self.path, f"refusing to remove section [{index}] {name} "
+                                      f"(type {header['sh_type']}, flags {header['sh_flags']:#x})")
+        if index in self._referenced_indexes():
+            raise ElfError(self.path, f"refusing to remove section [{index}] {name}: "
+                                      "other sections or symbols refer to it")
+
+    def _referenced_indexes(self) -> set[int]:
+        refs: set[int] = set()
+        for index, header in enumerate(self.headers):
+            kind = header["sh_type"]
+            refs.add(header["sh_link"])
+            if kind in ("SHT_REL", "SHT_RELA") or header["sh_flags"] & _SHF_INFO_LINK:
+                refs.add(header["sh_info"])
+            if kind == "SHT_GROUP":
+                refs.update(self._words(index)[1:])  # word 0 is the group flags
+            elif kind == "SHT_SYMTAB_SHNDX":
+                refs.update(self._words(index))
+            elif kind in ("SHT_SYMTAB", "SHT_DYNSYM"):
+                refs.update(self._symbol_section_indexes(index))
+        return refs
+
+    def _words(self, index: int) -> tuple[int, ...]:
+        header = self.headers[index]
+        raw = self.data[header["sh_offset"]:header["sh_offset"] + header["sh_size"]]
+        endian = "<" if self.elf.little_endian else ">"
+        return struct.unpack(f"{endian}{len(raw) // 4}I", raw[: len(raw) // 4 * 4])
+
+    def _symbol_section_indexes(self, index: int) -> Iterator[int]:
+        for symbol in self.elf.get_section(index).iter_symbols():
+            shndx = symbol["st_shndx"]
+            if isinstance(shndx, int):  # special indexes (SHN_UNDEF, SHN_ABS...) are strings
+                yield shndx
+
+    def _layout(self, body: bytes, moved: dict[int, bytes], added: list[tuple[str, bytes]],
+                removed: set[int]) -> bytes:
+        headers = [copy.copy(h) for h in self.headers]
+        shstrtab = bytearray(self.shstrtab)
+        new_strtab = False
+        for name, _ in added:
+            if _find_string(shstrtab, name) is None:
+                shstrtab += name.encode() + b"\0"
+                new_strtab = True
+        rewritten = set(moved) | removed | ({self.shstrndx} if new_strtab else set())
+        out = bytearray(body[: self._live_end(rewritten)])
+        for index in removed:
+            headers[index] = self._null_header()
+        while len(headers) > 1 and len(headers) - 1 in removed:
+            headers.pop()  # trailing removals: dropping them shifts no index
+        for index, contents in sorted(moved.items()):
+            self._append(out, headers[index], contents, headers[index]["sh_addralign"])
+        for name, contents in added:
+            header = self._new_header(_find_string(shstrtab, name) or 0)
+            self._append(out, header, contents, _NEW_SECTION_ALIGN)
+            headers.append(header)
+        if new_strtab:
+            self._append(out, headers[self.shstrndx], bytes(shstrtab), 1)
+        self._append_header_table(out, headers)
+        return bytes(out)
+
+    def _live_end(self, rewritten: set[int]) -> int:
+        """First offset after every byte that stays referenced from the old layout."""
+        elf = self.elf
+        end = elf["e_ehsize"]
+        if elf["e_phoff"]:
+            end = max(end, elf["e_phoff"] + elf.num_segments() * elf["e_phentsize"])
+        for segment in elf.iter_segments():
+            end = max(end, segment["p_offset"] + segment["p_filesz"])
+        for index, header in enumerate(self.headers):
+            if index in rewritten or header["sh_type"] in ("SHT_NOBITS", "SHT_NULL"):
+                continue
+            end = max(end, header["sh_offset"] + header["sh_size"])
+        return end
+
+    def _null_header(self) -> Container:
+        header = copy.copy(self.headers[0])
+        for key in header:
+            header[key] = 0
+        header["sh_type"] = "SHT_NULL"
+        return header
+
+    def _new_header(self, name_offset: int) -> Container:
+        header = self._null_header()
+        header["sh_name"] = name_offset
+        header["sh_type"] = "SHT_PROGBITS"
+        header["sh_addralign"] = _NEW_SECTION_ALIGN
+        return header
+
+    @staticmethod
+    def _append(out: bytearray, header: Container, contents: bytes, align: int) -> None:
+        _pad(out, align)
+        header["sh_offset"] = len(out)
+        header["sh_size"] = len(contents)
+        out += contents
+
+    def _append_header_table(self, out: bytearray, headers: list[Container]) -> None:
+        elf = self.elf
+        count = len(headers)
+        # Extended numbering: with >= SHN_LORESERVE sections e_shnum is 0 and section 0's
+        # sh_size holds the count; otherwise section 0's sh_size must stay 0.
+        extended = count >= _SHN_LORESERVE or self.keep_extended
+        headers[0]["sh_size"] = count if extended else 0
+        e_shnum = 0 if extended else count
+        _pad(out, elf.elfclass // 8)
+        e_shoff = len(out)
+        for header in headers:
+            out += elf.structs.Elf_Shdr.build(header)
+        endian = "<" if elf.little_endian else ">"
+        if elf.elfclass == 64:
+            struct.pack_into(f"{endian}Q", out, 0x28, e_shoff)
+            struct.pack_into(f"{endian}H", out, 0x3C, e_shnum)
+        else:
+            struct.pack_into(f"{endian}I", out, 0x20, e_shoff)
+            struct.pack_into(f"{endian}H", out, 0x30, e_shnum)
+
+
+def _find_string(table: bytes | bytearray, name: str) -> int | None:
+    """Offset of `name` in a string table; a hit inside a longer name is fine (ELF shares
+    suffixes) because the needle ends with the NUL terminator."""
+    pos = table.find(name.encode() + b"\0", 1)  # offset 0 is the mandatory empty string
+    return pos if pos > 0 else None
+
+
+def _pad(out: bytearray, align: int) -> None:
+    align = align if align > 0 and align & (align - 1) == 0 else 1
+    out += b"\0" * (-len(out) % align)
+
+
+def _compress(compression: str | None, data: bytes) -> bytes:
+    if compression == "xz":
+        # kmod's xz decoder only accepts CRC32 (or no) checks, not the CRC64 default.
+        return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
+    if compression == "zst":
+        return zstandard.ZstdCompressor().compress(data)
+    if compression == "gz":
+        return gzip.compress(data, mtime=0)
+    return data
+
+
+def _verify_written(tmp: Path, dst: Path, compression: str | None,
+                    sections: Mapping[str, bytes | None]) -> None:
+    """Re-read what was written and check it holds exactly the requested sections."""
+    try:
+        image = _load(tmp)
+        elf = _open_elf(tmp, image.data)
+        found = _read_named_sections(tmp, elf, len(image.data), set(sections))
+    except ElfError as e:  # name the destination, not our temporary file
+        raise ElfError(dst, f"verification failed: {e.reason}") from None
+    if image.compression != compression:
+        raise ElfError(dst, f"verification failed: compression {image.compression} "
+                            f"instead of {compression}")
+    for name, contents in sections.items():
+        if found.get(name) != (None if contents is None else bytes(contents)):
+            raise ElfError(dst, f"verification failed: section {name} not as requested")
+
+
+def _mode_for(src: Path, dst: Path) -> int:
+    """Permission bits for the new file: the replaced file's, else the source's."""
+    for candidate in (dst, src):
+        try:
+            return stat.S_IMODE(os.stat(candidate).st_mode)
+        except OSError:
+            continue
+    return 0o644
+
+
+def _atomic_write(dst: Path, payload: bytes, mode: int,
+                  verify: Callable[[Path], None]) -> None:
+    directory = dst.parent
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise ElfError(dst, f"cannot create temporary file: {e.strerror or e}") from None
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        verify(tmp)
+        os.replace(tmp, dst)
+        _fsync_dir(directory)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, ElfError):
+            raise
+        if isinstance(e, OSError):
+            raise ElfError(dst, f"cannot write: {e.strerror or e}") from None
+        raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
