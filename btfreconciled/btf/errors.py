@@ -1,0 +1,33 @@
+"""The one error type of the BTF layer: a one-line message that says what and where."""
+
+from __future__ import annotations
+
+
+class BtfError(Exception):
+    """Malformed or unusable BTF.
+
+    `source` names the file (and section), `offset` is a byte offset into that blob and
+    `type_id` the type the problem was found in; str() renders them as one line.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str = "<memory>",
+        offset: int | None = None,
+        type_id: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.source = source
+        self.offset = offset
+        self.type_id = type_id
+
+    def __str__(self) -> str:
+        where = [self.source]
+        if self.type_id is not None:
+            where.append(f"type [{self.type_id}]")
+        if self.offset is not None:
+            where.append(f"offset {self.offset:#x}")
+        return f"{': '.join(where)}: {self.message}"
