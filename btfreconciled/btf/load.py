@@ -1,0 +1,46 @@
+"""Load BTF from files: raw BTF, vmlinux ELF, or a module's split BTF on a base."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..elf import BtfSections, read_btf_sections
+from .btf import Btf
+from .errors import BtfError
+
+SYSFS_BTF = Path("/sys/kernel/btf")
+
+
+def is_kernel_verified(path: str | os.PathLike[str]) -> bool:
+    """/sys/kernel/btf/* was verified by the kernel when it was loaded: skip re-validation."""
+    try:
+        return Path(path).resolve().parent == SYSFS_BTF
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class LoadedBtf:
+    btf: Btf
+    sections: BtfSections
+
+
+def load_btf(
+    path: str | os.PathLike[str], *, base: Btf | None = None, validate: bool | None = None
+) -> LoadedBtf:
+    """The `.BTF` of an ELF file (or the whole raw BTF file), split on `base` when given."""
+    sections = read_btf_sections(path)
+    if sections.btf is None:
+        raise BtfError("no .BTF section", source=str(path))
+    source = f"{path}:.BTF" if sections.is_elf else str(path)
+    if validate is None:
+        validate = not is_kernel_verified(path)
+    btf = Btf.parse(sections.btf, base=base, source=source, validate=validate)
+    return LoadedBtf(btf, sections)
+
+
+def load_base(path: str | os.PathLike[str]) -> Btf:
+    """A base BTF (vmlinux) from a raw file or an ELF `.BTF` section."""
+    return load_btf(path).btf

@@ -1,0 +1,57 @@
+"""`btfreconcilectl dump FILE [-B BASE] [--json]`: bpftool's raw dump, line for line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..btf.dump import dump_raw
+from ..btf.load import load_base, load_btf
+from ..btf.types import Type
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "dump",
+        help="print BTF as `bpftool btf dump file FILE format raw` does",
+        description="Print every type of FILE (raw BTF, vmlinux, or a module .ko[.xz|.zst|.gz])"
+        " exactly as `bpftool btf dump file FILE [-B BASE] format raw` prints it.",
+    )
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("-B", "--base", metavar="BASE",
+                   help="base BTF (vmlinux ELF or raw, e.g. /sys/kernel/btf/vmlinux) for split BTF")
+    p.add_argument("--json", action="store_true", help="one JSON object per type")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    base = load_base(args.base) if args.base else None
+    btf = load_btf(args.file, base=base).btf
+    if args.json:
+        out = sys.stdout
+        for tid, t in btf:
+            out.write(json.dumps(_type_json(btf, tid, t)))
+            out.write("\n")
+    else:
+        sys.stdout.write(dump_raw(btf))
+    sys.stdout.flush()
+    return 0
+
+
+def _type_json(btf, tid: int, t: Type) -> dict:  # noqa: ANN001
+    d: dict = {"id": tid, "kind": t.kind.name, "name": btf.name_of(t.name_off)}
+    for field in t.__slots_all__:  # type: ignore[attr-defined]
+        if field == "name_off":
+            continue
+        v = getattr(t, field)
+        if isinstance(v, tuple):
+            v = [
+                {
+                    **({"name": btf.name_of(x.name_off)} if hasattr(x, "name_off") else {}),
+                    **{f: getattr(x, f) for f in x.__slots__ if f != "name_off"},
+                }
+                for x in v
+            ]
+        d[field] = v
+    return d

@@ -1,0 +1,60 @@
+"""btfreconcilectl: the command-line face of btfreconciled.
+
+Each subcommand lives in its own module with `register(subparsers)`; the handler it sets
+returns the exit status. Every anticipated failure becomes one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ..btf.errors import BtfError
+from ..elf import ElfError
+
+# Subcommand modules, in the order `--help` lists them.
+COMMANDS = ("dump",)
+
+EXIT_OK, EXIT_INCOMPATIBLE, EXIT_ERROR = 0, 1, 2
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="btfreconcilectl",
+        description="Inspect, check and reconcile kernel-module BTF against a kernel.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"{__package__}.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except (BtfError, ElfError, CliError) as exc:
+        print(f"btfreconcilectl: error: {exc}", file=sys.stderr)
+    except BrokenPipeError:
+        # `btfreconcilectl dump ... | head`: not an error of ours.
+        sys.stderr.close()
+        return EXIT_OK
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
+        print(f"btfreconcilectl: error: {where}{reason}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("btfreconcilectl: interrupted", file=sys.stderr)
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
