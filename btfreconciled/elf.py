@@ -33,6 +33,7 @@ written atomically: temp file in the destination directory, fsync, verify, renam
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gzip
 import hashlib
@@ -76,7 +77,8 @@ _NEW_SECTION_ALIGN = 4
 
 # Python's own errors pyelftools lets escape on malformed input (bad offsets, enum values,
 # string decoding); all of them mean "this is not a well-formed ELF".
-_PARSE_ERRORS = (ELFError, struct.error, ValueError, IndexError, KeyError, TypeError)
+_PARSE_ERRORS = (ELFError, struct.error, ValueError, IndexError, KeyError, TypeError,
+                 AttributeError, AssertionError, OverflowError)
 
 
 class ElfError(Exception):
@@ -309,7 +311,7 @@ def write_btf_sections(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     def verify(tmp: Path) -> None:
         _verify_written(tmp, dst_path, image.compression, sections)
 
-    _atomic_write(dst_path, payload, _mode_for(src_path, dst_path), verify)
+    _atomic_write(dst_path, payload, verify, _owner_and_mode(src_path, dst_path))
 
 
 class _ElfRewriter:
@@ -555,21 +557,26 @@ def _verify_written(tmp: Path, dst: Path, compression: str | None,
             raise ElfError(dst, f"verification failed: section {name} not as requested")
 
 
-def _mode_for(src: Path, dst: Path) -> int:
-    """Permission bits for the new file: the replaced file's, else the source's."""
+def _owner_and_mode(src: Path, dst: Path) -> tuple[int, int, int] | None:
+    """uid, gid and permission bits for the new file: the replaced file's, else src's."""
     for candidate in (dst, src):
         try:
-            return stat.S_IMODE(os.stat(candidate).st_mode)
+            st = os.stat(candidate)
         except OSError:
             continue
-    return 0o644
+        return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+    return None
 
 
-def _atomic_write(dst: Path, payload: bytes, mode: int,
-                  verify: Callable[[Path], None]) -> None:
-    directory = dst.parent
+def _atomic_write(dst: Path, payload: bytes, verify: Callable[[Path], None],
+                  like: tuple[int, int, int] | None) -> None:
+    # Writing through a symlink (module trees link into DKMS dirs) must update the target,
+    # not replace the link with a regular file.
+    target = dst.resolve() if dst.is_symlink() else dst
+    directory = target.parent
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=directory)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                        dir=directory)
     except OSError as e:
         raise ElfError(dst, f"cannot create temporary file: {e.strerror or e}") from None
     tmp = Path(tmp_name)
@@ -577,10 +584,10 @@ def _atomic_write(dst: Path, payload: bytes, mode: int,
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
-            os.fchmod(f.fileno(), mode)
+            _copy_owner_and_mode(f.fileno(), like)
             os.fsync(f.fileno())
         verify(tmp)
-        os.replace(tmp, dst)
+        os.replace(tmp, target)
         _fsync_dir(directory)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
@@ -589,6 +596,19 @@ def _atomic_write(dst: Path, payload: bytes, mode: int,
         if isinstance(e, OSError):
             raise ElfError(dst, f"cannot write: {e.strerror or e}") from None
         raise
+
+
+def _copy_owner_and_mode(fd: int, like: tuple[int, int, int] | None) -> None:
+    if like is None:
+        os.fchmod(fd, 0o644)
+        return
+    uid, gid, mode = like
+    if (uid, gid) != (os.geteuid(), os.getegid()):
+        # Root rewriting a file it does not own keeps the owner; an unprivileged user
+        # writing a copy simply owns it.
+        with contextlib.suppress(PermissionError):
+            os.fchown(fd, uid, gid)
+    os.fchmod(fd, mode)
 
 
 def _fsync_dir(directory: Path) -> None:

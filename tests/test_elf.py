@@ -114,6 +114,23 @@ def assert_original_sections_unchanged(before: Path, after: Path, *,
     assert objdump_old == objdump_new
 
 
+def assert_kernel_would_accept(path: Path) -> None:
+    """The section-table checks of the kernel's module loader (elf_validity_cache_*)."""
+    data = path.read_bytes()
+    elf = ELFFile(io.BytesIO(data))
+    assert elf["e_shentsize"] == elf.structs.Elf_Shdr.sizeof()
+    assert elf["e_shoff"] + elf["e_shnum"] * elf["e_shentsize"] <= len(data)
+    null = elf.get_section(0).header
+    assert (null["sh_type"], null["sh_size"], null["sh_addr"]) == ("SHT_NULL", 0, 0)
+    strtab = elf.get_section(elf["e_shstrndx"]).header
+    names = data[strtab["sh_offset"]:strtab["sh_offset"] + strtab["sh_size"]]
+    assert names.endswith(b"\0")
+    for section in elf.iter_sections():
+        assert section["sh_name"] < strtab["sh_size"]
+        if section["sh_type"] not in ("SHT_NULL", "SHT_NOBITS"):
+            assert section["sh_offset"] + section["sh_size"] <= len(data)
+
+
 def assert_one_line(err: ElfError, path: Path) -> None:
     message = str(err)
     assert "\n" not in message
@@ -230,6 +247,7 @@ def test_add_base_section(module: Path, tmp_path: Path) -> None:
     assert dump_section(out, ".BTF.base", tmp_path) == base
     readelf_clean(out, "-a")
     assert_original_sections_unchanged(module, out)
+    assert_kernel_would_accept(out)
     assert read_btf_sections(module).base is None  # src untouched
 
 
@@ -243,6 +261,7 @@ def test_replace_bigger_smaller_and_remove(module: Path, tmp_path: Path) -> None
         assert (got.base, got.base_expects, got.btf) == (b"b" * size, b"e" * 8, FAKE_BTF)
         assert dump_section(out, ".BTF.base", tmp_path) == b"b" * size
         assert_original_sections_unchanged(module, out)
+        assert_kernel_would_accept(out)
     # Rewrites drop the previous tail: no unbounded growth.
     assert out.stat().st_size < first_size + 4096 + 2 * 1024
 
@@ -251,6 +270,7 @@ def test_replace_bigger_smaller_and_remove(module: Path, tmp_path: Path) -> None
     assert (got.base, got.base_expects) == (None, b"e" * 8)
     assert ".BTF.base " not in readelf_clean(out, "-S")
     assert_original_sections_unchanged(module, out)
+    assert_kernel_would_accept(out)  # the SHT_NULL placeholder is fine for the loader
 
     write_btf_sections(out, out, {".BTF.base_expects": None, ".BTF.base": None})
     got = read_btf_sections(out)
@@ -310,6 +330,18 @@ def test_write_to_other_destination_keeps_mode(module: Path, tmp_path: Path) -> 
     out = tmp_path / "sub.ko"
     write_btf_sections(module, out, {".BTF.base": b"q"})
     assert out.stat().st_mode & 0o777 == 0o640
+
+
+def test_in_place_keeps_owner_and_symlink(module: Path, tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        os.chown(module, 1234, 4321)
+    owner = (module.stat().st_uid, module.stat().st_gid)
+    link = tmp_path / "link.ko"
+    link.symlink_to(module.name)
+    write_btf_sections(link, link, {".BTF.base": b"via link"})
+    assert link.is_symlink()  # the target was rewritten, the link kept
+    assert read_btf_sections(module).base == b"via link"
+    assert (module.stat().st_uid, module.stat().st_gid) == owner
 
 
 def test_executable_stays_runnable(tmp_path: Path) -> None:
@@ -592,3 +624,25 @@ def test_crossing_extended_numbering(tmp_path: Path) -> None:
     write_btf_sections(path, path, {".BTF.base": None})
     elf = ELFFile(io.BytesIO(path.read_bytes()))
     assert (elf["e_shnum"], elf.num_sections()) == (0xFEFF, 0xFEFF)
+
+
+def test_fuzzed_inputs_only_raise_elf_error(module: Path, tmp_path: Path) -> None:
+    """Random corruption of headers and tables: ElfError or success, never a traceback."""
+    import random
+
+    rng = random.Random(1234)
+    original = module.read_bytes()
+    elf = ELFFile(io.BytesIO(original))
+    hot = [*range(64), *range(elf["e_shoff"], len(original))]  # ELF header, section headers
+    path, out = tmp_path / "fuzz.ko", tmp_path / "fuzz-out.ko"
+    for _ in range(300):
+        data = bytearray(original)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.choice(hot)] = rng.randrange(256)
+        path.write_bytes(bytes(data))
+        for action in (lambda: read_btf_sections(path),
+                       lambda: write_btf_sections(path, out, {".BTF.base": b"x" * 8})):
+            try:
+                action()
+            except ElfError as err:
+                assert_one_line(err, path if "fuzz-out" not in str(err) else out)
