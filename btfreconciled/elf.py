@@ -302,16 +302,23 @@ def write_btf_sections(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     for name in sections:
         if not name or "\0" in name:
             raise ElfError(src_path, f"invalid section name {name!r}")
-    image = _load(src_path)
-    if not image.is_elf:
-        raise ElfError(src_path, "raw BTF file, not ELF: it cannot carry sections")
-    elf_bytes = _ElfRewriter(src_path, image.data).rewrite(sections)
-    payload = _compress(image.compression, elf_bytes)
+    compression, payload = _rewritten_payload(src_path, sections)
 
     def verify(tmp: Path) -> None:
-        _verify_written(tmp, dst_path, image.compression, sections)
+        _verify_written(tmp, dst_path, compression, sections)
 
     _atomic_write(dst_path, payload, verify, _owner_and_mode(src_path, dst_path))
+
+
+def _rewritten_payload(src: Path, sections: Mapping[str, bytes | None],
+                       ) -> tuple[str | None, bytes | bytearray]:
+    """The new file as it goes on disk; the source image is freed on return, before the
+    verification re-read (a vmlinux is hundreds of MiB)."""
+    image = _load(src)
+    if not image.is_elf:
+        raise ElfError(src, "raw BTF file, not ELF: it cannot carry sections")
+    elf_bytes = _ElfRewriter(src, image.data).rewrite(sections)
+    return image.compression, _compress(image.compression, elf_bytes)
 
 
 class _ElfRewriter:
@@ -354,8 +361,8 @@ class _ElfRewriter:
         shstr = self.headers[self.shstrndx]
         self.shstrtab = self.data[shstr["sh_offset"]:shstr["sh_offset"] + shstr["sh_size"]]
 
-    def rewrite(self, sections: Mapping[str, bytes | None]) -> bytes:
-        body = bytearray(self.data)
+    def rewrite(self, sections: Mapping[str, bytes | None]) -> bytearray:
+        in_place: dict[int, bytes] = {}  # pinned index -> same-size contents
         moved: dict[int, bytes] = {}  # existing index -> new contents appended at the end
         added: list[tuple[str, bytes]] = []
         removed: set[int] = set()
@@ -368,11 +375,10 @@ class _ElfRewriter:
             elif index is None:
                 added.append((name, bytes(contents)))
             elif self._check_replaceable(index, contents):
-                offset = self.headers[index]["sh_offset"]
-                body[offset:offset + len(contents)] = contents  # same size, in place
+                in_place[index] = bytes(contents)
             else:
                 moved[index] = bytes(contents)
-        return self._layout(bytes(body), moved, added, removed)
+        return self._layout(in_place, moved, added, removed)
 
     def _index_of(self, name: str) -> int | None:
         indexes = [i for i, n in enumerate(self.names) if i and n == name]
@@ -435,8 +441,8 @@ class _ElfRewriter:
             if isinstance(shndx, int):  # special indexes (SHN_UNDEF, SHN_ABS...) are strings
                 yield shndx
 
-    def _layout(self, body: bytes, moved: dict[int, bytes], added: list[tuple[str, bytes]],
-                removed: set[int]) -> bytes:
+    def _layout(self, in_place: dict[int, bytes], moved: dict[int, bytes],
+                added: list[tuple[str, bytes]], removed: set[int]) -> bytearray:
         headers = [copy.copy(h) for h in self.headers]
         shstrtab = bytearray(self.shstrtab)
         new_strtab = False
@@ -445,7 +451,11 @@ class _ElfRewriter:
                 shstrtab += name.encode() + b"\0"
                 new_strtab = True
         rewritten = set(moved) | removed | ({self.shstrndx} if new_strtab else set())
-        out = bytearray(body[: self._live_end(rewritten)])
+        # One copy of the kept prefix (a vmlinux is hundreds of MiB: no extra copies).
+        out = bytearray(memoryview(self.data)[: self._live_end(rewritten)])
+        for index, contents in in_place.items():  # pinned sections are live: before the cut
+            offset = self.headers[index]["sh_offset"]
+            out[offset:offset + len(contents)] = contents
         for index in removed:
             headers[index] = self._null_header()
         while len(headers) > 1 and len(headers) - 1 in removed:
@@ -459,7 +469,7 @@ class _ElfRewriter:
         if new_strtab:
             self._append(out, headers[self.shstrndx], bytes(shstrtab), 1)
         self._append_header_table(out, headers)
-        return bytes(out)
+        return out
 
     def _live_end(self, rewritten: set[int]) -> int:
         """First offset after every byte that stays referenced from the old layout."""
@@ -529,7 +539,7 @@ def _pad(out: bytearray, align: int) -> None:
     out += b"\0" * (-len(out) % align)
 
 
-def _compress(compression: str | None, data: bytes) -> bytes:
+def _compress(compression: str | None, data: bytearray) -> bytes | bytearray:
     if compression == "xz":
         # kmod's xz decoder only accepts CRC32 (or no) checks, not the CRC64 default.
         return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
@@ -568,7 +578,7 @@ def _owner_and_mode(src: Path, dst: Path) -> tuple[int, int, int] | None:
     return None
 
 
-def _atomic_write(dst: Path, payload: bytes, verify: Callable[[Path], None],
+def _atomic_write(dst: Path, payload: bytes | bytearray, verify: Callable[[Path], None],
                   like: tuple[int, int, int] | None) -> None:
     # Writing through a symlink (module trees link into DKMS dirs) must update the target,
     # not replace the link with a regular file.
