@@ -1,0 +1,131 @@
+"""Access to the real-kernel toolchain built by ``vm/setup`` (for integration tests).
+
+Everything lives under the cache root (``$BTFRECONCILED_CACHE_ROOT`` or
+``~/.cache/btfreconciled``); see vm/README.md for the layout.  Tests never skip
+because the toolchain is missing: :func:`require_toolchain` builds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+VM_DIR = REPO / "vm"
+SERIES = ("6.12", "6.1")
+FIXTURE_MODULES = ("btfr_embed", "btfr_ptr", "btfr_types", "btfr_kfunc")
+
+# Inputs whose hash vm/setup records in stamps/setup.done (keep in sync with vm/setup).
+_SETUP_INPUTS = ("integration/modules", "integration/oracle", "vm/setup", "vm/lib")
+
+
+def cache_root() -> Path:
+    env = os.environ.get("BTFRECONCILED_CACHE_ROOT")
+    return Path(env) if env else Path.home() / ".cache" / "btfreconciled"
+
+
+def rootfs() -> Path:
+    """The trixie root filesystem (chroot for the new tools, and the VM's root)."""
+    return cache_root() / "rootfs" / "trixie"
+
+
+def kernel_dir(series: str) -> Path:
+    """``kernels/<release>`` for "6.12" / "6.1" (or a full release): vmlinuz, config,
+    System.map, vmlinux, vmlinux.btf, lib/modules/<release>/, release."""
+    return (cache_root() / "kernels" / series).resolve()
+
+
+def kernel_release(series: str) -> str:
+    return (kernel_dir(series) / "release").read_text().strip()
+
+
+def fixtures_dir(series: str) -> Path:
+    """``fixtures/<release>``: the fixture ``.ko`` files (``.BTF`` + ``.BTF.base``);
+    ``plain/`` below holds the same modules with classic split BTF only."""
+    return (cache_root() / "fixtures" / series).resolve()
+
+
+def verdicts_dir(series: str) -> Path:
+    """``verdicts/<release>``: what the kernel itself made of each fixture."""
+    d = cache_root() / "verdicts" / kernel_release(series)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _inputs_hash() -> str:
+    """Same value as vm/setup's hash_paths over _SETUP_INPUTS (sha256sum of sorted files)."""
+    lines = []
+    files: list[str] = []
+    for top in _SETUP_INPUTS:
+        p = REPO / top
+        if p.is_file():
+            files.append(top)
+            continue
+        for f in p.rglob("*"):
+            if f.is_file() and f.suffix not in (".o", ".ko", ".cmd"):
+                files.append(str(f.relative_to(REPO)))
+    # find -print0 | sort -z orders by bytes, like sorted() on str for ASCII paths
+    for rel in sorted(files):
+        digest = hashlib.sha256((REPO / rel).read_bytes()).hexdigest()
+        lines.append(f"{digest}  {rel}\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def toolchain_ready() -> bool:
+    stamp = cache_root() / "stamps" / "setup.done"
+    return stamp.is_file() and stamp.read_text().strip() == _inputs_hash()
+
+
+def require_toolchain() -> None:
+    """Run vm/setup unless its completion stamp is present and current."""
+    if toolchain_ready():
+        return
+    bar = "=" * 78
+    print(f"\n{bar}\nbtfreconciled integration: toolchain missing or out of date under "
+          f"{cache_root()}\nrunning vm/setup (first time: debootstrap, kernels, fixtures; "
+          f"about 10 minutes)\n{bar}", file=sys.stderr, flush=True)
+    t0 = time.monotonic()
+    subprocess.run([str(VM_DIR / "setup")], check=True, stdout=sys.stderr)
+    print(f"{bar}\nvm/setup finished in {time.monotonic() - t0:.0f} s\n{bar}",
+          file=sys.stderr, flush=True)
+    if not toolchain_ready():
+        raise RuntimeError("vm/setup finished but stamps/setup.done is not current")
+
+
+def run_in_vm(series: str, cmd: str | Sequence[str], timeout: float = 300, *,
+              rwdirs: Sequence[str] = (), check: bool = False,
+              extra_args: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    """Boot kernel ``series`` under TCG and run ``cmd`` (a shell string or argv) as root.
+
+    stdout/stderr are captured (text).  ``rwdirs`` are ``GUEST=HOST`` pairs.
+    Return code: the guest command's status, 124 timeout, 125 runner failure.
+    """
+    argv = [str(VM_DIR / "run"), "--kernel", series, "--timeout", str(timeout)]
+    for d in rwdirs:
+        argv += ["--rwdir", d]
+    argv += list(extra_args)
+    argv.append("--")
+    argv += [cmd] if isinstance(cmd, str) else list(cmd)
+    return subprocess.run(argv, capture_output=True, text=True, check=check,
+                          timeout=timeout + 60)
+
+
+def run_in_chroot(cmd: str | Sequence[str], *, check: bool = False,
+                  timeout: float = 600, bookworm: bool = False) -> subprocess.CompletedProcess:
+    """Run ``cmd`` (argv, or a shell string) in the trixie chroot; captures text output."""
+    argv = [str(VM_DIR / "chroot")]
+    if bookworm:
+        argv.append("--bookworm")
+    argv.append("--")
+    argv += ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=timeout)
+
+
+def oracle(*args: str, check: bool = False) -> subprocess.CompletedProcess:
+    """Run the libbpf 1.5 oracle (``btf_oracle``) in the trixie chroot."""
+    return run_in_chroot(["btf_oracle", *args], check=check)
