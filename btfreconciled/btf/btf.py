@@ -56,6 +56,7 @@ class Btf:
         self._replaced: set[int] = set()  # local indexes of raw records replaced by types
         self._strs = b"" if base else b"\0"
         self._str_cache: dict[int, str] = {}
+        self._dump_names: dict[int, str] | None = None  # owned by dump.py
         self._str_lookup: dict[bytes, int] | None = None  # for add_str dedup
         self._index: dict[bytes, list[int]] | None = None
         self._rest_index: dict[bytes, list[int]] | None = None
@@ -333,6 +334,7 @@ class Btf:
         rel = len(self._strs)
         self._strs += b + b"\0"
         lookup[b] = rel
+        self._dump_names = None
         return self.start_str_off + rel
 
     def _strings_lookup(self) -> dict[bytes, int]:

@@ -7,6 +7,7 @@ The reference is bpftool's dump_btf_type() in tools/bpf/bpftool/btf.c.
 
 from __future__ import annotations
 
+from collections import ChainMap
 from itertools import accumulate
 
 from .btf import Btf
@@ -28,27 +29,22 @@ class _Names:
 
     def __init__(self, btf: Btf) -> None:
         self._chain: list[tuple[int, bytes]] = []
+        maps: list[dict[int, str]] = []
         b: Btf | None = btf
         while b is not None:
             self._chain.append((b.start_str_off, b.strings))
+            maps.append(_string_starts(b))
             b = b.base
         self._end = btf.str_end
-        # Most names are whole strings: map every string start to its text in one pass.
-        self._by_off: dict[int, str] = {0: "(anon)"}
-        for start, strs in self._chain:
-            parts = strs.split(b"\0")
-            starts = accumulate(map(_PLUS_ONE, map(len, parts)), initial=start)
-            if strs.isascii():
-                self._by_off.update(zip(starts, strs.decode("ascii").split("\0"), strict=False))
-            else:
-                for st, p in zip(starts, parts, strict=False):
-                    self._by_off[st] = p.decode("utf-8", "surrogateescape")
-        self._by_off[0] = "(anon)"
-        self.get = self._by_off.get
-        self.getitem = self._by_off.__getitem__
+        self._extra: dict[int, str] = {}
+        # A base's map is shared by every split BTF dumped on it, so it is never copied.
+        lookup = maps[0] if len(maps) == 1 else ChainMap(*maps)
+        self.get = lookup.get
+        self.getitem = lookup.__getitem__
 
     def __call__(self, off: int) -> str:
-        s = self._by_off.get(off)
+        """Slow path: offset 0, offsets into the middle of a string, invalid offsets."""
+        s = self._extra.get(off)
         if s is not None:
             return s
         if off >= self._end:
@@ -58,8 +54,29 @@ class _Names:
                 rel = off - start
                 s = strs[rel : strs.find(b"\0", rel)].decode("utf-8", "surrogateescape")
                 break
-        self._by_off[off] = s
+        self._extra[off] = s
         return s
+
+
+def _string_starts(btf: Btf) -> dict[int, str]:
+    """Every string start of `btf`'s own string section -> its text (cached on the Btf).
+    Offset 0 is no name at all, which bpftool prints as '(anon)'."""
+    cached = getattr(btf, "_dump_names", None)
+    if cached is not None:
+        return cached
+    strs = btf.strings
+    # The section ends with NUL, so split() yields a final '' that is not a string.
+    parts = strs.split(b"\0")[:-1]
+    starts = accumulate(map(_PLUS_ONE, map(len, parts)), initial=btf.start_str_off)
+    if strs.isascii():
+        by_off = dict(zip(starts, strs.decode("ascii").split("\0")[:-1], strict=False))
+    else:
+        by_off = {st: p.decode("utf-8", "surrogateescape")
+                  for st, p in zip(starts, parts, strict=False)}
+    if btf.start_str_off == 0:
+        by_off[0] = "(anon)"
+    btf._dump_names = by_off  # type: ignore[attr-defined]
+    return by_off
 
 
 def dump_raw_lines(btf: Btf) -> list[str]:
