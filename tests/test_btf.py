@@ -1,0 +1,195 @@
+"""BTF core: exact round trips, both byte orders, building new BTF, dump parity on vmlinux."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+from array import array
+
+import pytest
+from conftest import VMLINUX, bpftool_raw
+
+from btfreconciled.btf import Btf, BtfError, Kind
+from btfreconciled.btf.dump import dump_raw
+from btfreconciled.btf.types import (
+    Array,
+    Const,
+    Datasec,
+    DeclTag,
+    Enum,
+    Enum64,
+    EnumValue,
+    Float,
+    Func,
+    FuncProto,
+    Fwd,
+    Int,
+    Member,
+    Param,
+    Ptr,
+    Restrict,
+    Struct,
+    Typedef,
+    TypeTag,
+    Union,
+    Var,
+    VarSecinfo,
+    Volatile,
+)
+
+
+def byteswap_btf(data: bytes) -> bytes:
+    """The same BTF in the other byte order (header and every type word swapped)."""
+    order = "<" if struct.unpack_from("<H", data)[0] == 0xEB9F else ">"
+    other = ">" if order == "<" else "<"
+    magic, ver, flags, hdr_len, toff, tlen, soff, slen = struct.unpack_from(order + "HBBIIIII",
+                                                                            data)
+    hdr = struct.pack(other + "HBBIIIII", magic, ver, flags, hdr_len, toff, tlen, soff, slen)
+    words = array("I", data[hdr_len + toff: hdr_len + toff + tlen])
+    words.byteswap()
+    return hdr + data[24:hdr_len] + words.tobytes() + data[hdr_len + soff:]
+
+
+def test_vmlinux_round_trip_raw_and_reencoded(vmlinux_bytes: bytes) -> None:
+    btf = Btf.parse(vmlinux_bytes, source=str(VMLINUX), validate=False)
+    assert btf.to_bytes() == vmlinux_bytes
+    # Decode every record into its dataclass and encode it again: the model is exact.
+    assert btf.to_bytes(reencode=True) == vmlinux_bytes
+
+
+def test_vmlinux_big_endian_round_trip(vmlinux_bytes: bytes) -> None:
+    be = byteswap_btf(vmlinux_bytes)
+    assert be[:2] == b"\xeb\x9f"  # 0xeB9F stored big-endian
+    btf_be = Btf.parse(be, source="be", validate=False)
+    btf_le = Btf.parse(vmlinux_bytes, source="le", validate=False)
+    assert btf_be.byte_order == ">"
+    assert btf_be.to_bytes() == be
+    assert btf_be.to_bytes(reencode=True) == be
+    assert len(btf_be) == len(btf_le)
+    for tid in (1, 100, len(btf_le) // 2, len(btf_le)):
+        assert btf_be.type(tid) == btf_le.type(tid)
+    assert dump_raw(btf_be) == dump_raw(btf_le)
+
+
+def test_dump_matches_bpftool_on_running_vmlinux(vmlinux_bytes: bytes) -> None:
+    ours = dump_raw(Btf.parse(vmlinux_bytes, validate=False))
+    ref = bpftool_raw(VMLINUX)
+    ours_lines, ref_lines = ours.splitlines(), ref.splitlines()
+    pairs = enumerate(zip(ref_lines, ours_lines, strict=False))
+    diff = [(i, a, b) for i, (a, b) in pairs if a != b]
+    assert len(ours_lines) == len(ref_lines)
+    assert diff == [], f"{len(diff)} differing lines, first: {diff[:3]}"
+
+
+def test_cli_dump_is_bpftool_text(vmlinux_bytes: bytes) -> None:
+    res = subprocess.run([sys.executable, "-m", "btfreconciled.cli.main", "dump", str(VMLINUX)],
+                         capture_output=True, text=True, errors="surrogateescape")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == bpftool_raw(VMLINUX)
+
+
+def test_name_index(vmlinux_bytes: bytes) -> None:
+    btf = Btf.parse(vmlinux_bytes, validate=False)
+    btf.build_index()
+    (ts,) = btf.find("task_struct", Kind.STRUCT)
+    assert btf.type_name(ts) == "task_struct"
+    assert btf.kind_of(ts) == Kind.STRUCT
+    # FUNC names come from the lazily built second half of the index.
+    funcs = btf.find("schedule", Kind.FUNC)
+    assert len(funcs) == 1 and btf.kind_of(funcs[0]) == Kind.FUNC
+    assert btf.find("no_such_type_anywhere") == []
+    # find(None kind) returns every kind, in id order
+    both = btf.find("task_struct")
+    assert ts in both and both == sorted(both)
+
+
+def _all_kinds_btf() -> Btf:
+    b = Btf()
+    s = b.add_str
+    i32 = b.add(Int(s("int"), 0, 4, 1, 0, 32))
+    u8 = b.add(Int(s("unsigned char"), 0, 1, 0, 0, 8))
+    ptr = b.add(Ptr(0, 0, i32))
+    arr = b.add(Array(0, 0, u8, i32, 16))
+    st = b.add(Struct(s("s"), 1, 24, (
+        Member(s("a"), i32, 0),
+        Member(s("bits"), i32, (3 << 24) | 32),
+        Member(s("p"), ptr, 64),
+        Member(0, arr, 128),
+    )))
+    b.add(Union(s("u"), 0, 8, (Member(s("x"), i32, 0), Member(s("y"), ptr, 0))))
+    b.add(Enum(s("e"), 1, 4, (EnumValue(s("NEG"), (-5) & 0xFFFFFFFF), EnumValue(s("POS"), 7))))
+    b.add(Enum64(s("e64"), 0, 8, (EnumValue(s("BIG"), 1 << 40),)))
+    b.add(Fwd(s("fwd_union"), 1))
+    td = b.add(Typedef(s("s_t"), 0, st))
+    v = b.add(Volatile(0, 0, td))
+    c = b.add(Const(0, 0, v))
+    b.add(Restrict(0, 0, b.add(Ptr(0, 0, c))))
+    proto = b.add(FuncProto(0, 0, i32, (Param(s("arg"), ptr), Param(0, 0))))
+    fn = b.add(Func(s("fn"), 0, proto, 1))
+    var = b.add(Var(s("var"), 0, i32, 1))
+    b.add(Datasec(s(".data"), 0, 4, (VarSecinfo(var, 0, 4),)))
+    b.add(Float(s("double"), 0, 8))
+    b.add(DeclTag(s("tag"), 0, fn, -1))
+    b.add(TypeTag(s("user"), 0, i32))
+    return b
+
+
+def test_build_all_kinds_round_trips_and_dumps_like_bpftool(tmp_path) -> None:
+    b = _all_kinds_btf()
+    data = b.to_bytes()
+    again = Btf.parse(data, validate=False)
+    assert again.to_bytes() == data
+    assert again.to_bytes(reencode=True) == data
+    for tid, t in b:
+        assert again.type(tid) == t
+    path = tmp_path / "all.btf"
+    path.write_bytes(data)
+    assert dump_raw(again) == bpftool_raw(path)
+    # and in the other byte order
+    swapped = byteswap_btf(data)
+    (tmp_path / "all-be.btf").write_bytes(swapped)
+    be = Btf.parse(swapped, validate=False)
+    assert dump_raw(be) == dump_raw(again)
+    assert be.to_bytes() == swapped
+
+
+def test_split_btf_on_built_base(tmp_path) -> None:
+    base = _all_kinds_btf()
+    base_bytes = base.to_bytes()
+    base = Btf.parse(base_bytes, validate=False)
+    split = Btf(base)
+    assert split.start_id == base.type_count
+    # base strings are reused, new ones go after the base string section
+    assert split.add_str("int") == base.find_str("int")
+    off = split.add_str("module_only")
+    assert off >= base.str_end
+    i32 = base.find("int", Kind.INT)[0]
+    sid = split.add(Struct(off, 0, 4, (Member(split.add_str("a"), i32, 0),)))
+    assert split.find("module_only") == [sid]
+    data = split.to_bytes()
+    (tmp_path / "base.btf").write_bytes(base_bytes)
+    (tmp_path / "split.btf").write_bytes(data)
+    parsed = Btf.parse(data, base=base, validate=False)
+    assert parsed.to_bytes() == data
+    assert dump_raw(parsed) == bpftool_raw(tmp_path / "split.btf", tmp_path / "base.btf")
+
+
+def test_replace_keeps_other_records_exact(vmlinux_bytes: bytes) -> None:
+    btf = Btf.parse(vmlinux_bytes, validate=False)
+    (ts,) = btf.find("task_struct", Kind.STRUCT)
+    t = btf.type(ts)
+    btf.replace(ts, Struct(t.name_off, t.kind_flag, t.size + 8, t.members))
+    out = btf.to_bytes()
+    assert len(out) == len(vmlinux_bytes)
+    reparsed = Btf.parse(out, validate=False)
+    assert reparsed.type(ts).size == t.size + 8
+    assert reparsed.type(ts + 1) == Btf.parse(vmlinux_bytes, validate=False).type(ts + 1)
+
+
+@pytest.mark.parametrize("cut", [0, 3, 10, 23])
+def test_truncated_header_is_one_line_error(cut: int, vmlinux_bytes: bytes) -> None:
+    with pytest.raises(BtfError) as exc:
+        Btf.parse(vmlinux_bytes[:cut], source="cut.btf")
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith("cut.btf: ")
