@@ -12,6 +12,7 @@ import sys
 from array import array
 from collections.abc import Iterator, Sequence
 from itertools import accumulate
+from typing import TYPE_CHECKING
 
 from .errors import BtfError
 from .kinds import (
@@ -20,16 +21,31 @@ from .kinds import (
     EXTRA_FIXED_WORDS,
     EXTRA_VLEN_WORDS,
     HEADER_SIZE,
+    LAYOUT_KINDS,
     MAX_NAME_OFFSET,
     MAX_TYPE,
     NR_KINDS,
-    LAYOUT_KINDS,
     Kind,
 )
-from .types import Type, Void, decode, encode
+
+if TYPE_CHECKING:
+    from .types import Type
+
+# The per-kind dataclasses (types.py) cost ~20 ms to create at import; loading, indexing and
+# dumping never decode a record, so the module is imported on first decode/encode instead.
+_types = None
+
+
+def _codec():  # noqa: ANN202
+    global _types
+    if _types is None:
+        from . import types
+
+        _types = types
+    return _types
+
 
 _NATIVE = "<" if sys.byteorder == "little" else ">"
-VOID = Void()
 
 
 class Btf:
@@ -133,10 +149,9 @@ class Btf:
                 f"sections end at {hdr_len + str_off + str_len} but the data is {size} bytes",
                 offset=20)
         strs = data[hdr_len + str_off : size]
-        if self.base is None:
-            if not strs or strs[0] != 0:
-                raise self._err("string section does not start with a NUL byte",
-                                offset=hdr_len + str_off)
+        if self.base is None and (not strs or strs[0] != 0):
+            raise self._err("string section does not start with a NUL byte",
+                            offset=hdr_len + str_off)
         if strs and strs[-1] != 0:
             raise self._err("string section is not NUL-terminated", offset=size - 1)
         if str_len and self.start_str_off + str_len - 1 > MAX_NAME_OFFSET:
@@ -216,11 +231,11 @@ class Btf:
         if local >= 0:
             t = self._types[local]  # IndexError for ids past the end
             if t is None:
-                t = decode(self._words, self._offs[local])
+                t = _codec().decode(self._words, self._offs[local])
                 self._types[local] = t
             return t
         if type_id == 0:
-            return VOID
+            return _codec().VOID
         if self.base is None or type_id < 0:
             raise IndexError(type_id)
         return self.base.type(type_id)
@@ -373,10 +388,7 @@ class Btf:
             if not no:
                 continue
             rel = no - start_str
-            if 0 <= rel < nstr:
-                name = strs[rel:find_nul(0, rel)]
-            else:
-                name = self.str_bytes(no)
+            name = strs[rel:find_nul(0, rel)] if 0 <= rel < nstr else self.str_bytes(no)
             ids = get(name)
             if ids is None:
                 index[name] = [tid0 + local]
@@ -431,14 +443,14 @@ class Btf:
         if not self._replaced and not reencode:
             out.frombytes(w.tobytes())
             for t in self._types[raw_n:]:
-                out.extend(encode(t))  # type: ignore[arg-type]
+                out.extend(_codec().encode(t))  # type: ignore[arg-type]
             return out
         for local in range(len(self._types)):
             if local < raw_n and local not in self._replaced and not reencode:
                 end = offs[local + 1] if local + 1 < raw_n else len(w)
                 out.extend(w[offs[local]:end])
             else:
-                out.extend(encode(self.type(self.start_id + local)))
+                out.extend(_codec().encode(self.type(self.start_id + local)))
         return out
 
     def to_bytes(self, *, reencode: bool = False) -> bytes:

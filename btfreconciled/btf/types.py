@@ -259,6 +259,9 @@ for _cls in (Void, *CLASS_OF_KIND.values()):
     _cls.__slots_all__ = _all_slots(_cls)  # type: ignore[attr-defined]
 
 
+VOID = Void()
+
+
 def _s32(v: int) -> int:
     return v - (1 << 32) if v & 0x80000000 else v
 

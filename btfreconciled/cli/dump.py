@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from ..btf.dump import dump_raw
 from ..btf.load import load_base, load_btf
-from ..btf.types import Type
+
+if TYPE_CHECKING:
+    from ..btf.types import Type
 
 
 def register(sub: argparse._SubParsersAction) -> None:
