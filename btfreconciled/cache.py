@@ -1,0 +1,238 @@
+"""The on-disk cache BPF loaders consult (SPEC §4).
+
+Layout under the cache root (default ``/var/cache/btfreconciled``)::
+
+    <root>/<kernel-id>/modules/<name>.btf   reconciled split BTF (base = running vmlinux), OK only
+    <root>/<kernel-id>/modules/<name>.json  verdict record, for every module
+    <root>/<kernel-id>/manifest.json        kernel identity and the module -> verdict table
+    <root>/current -> <kernel-id>           relative symlink to the running kernel's directory
+
+``kernel-id`` is the sha256 of the running kernel's raw vmlinux BTF.  Every file is written
+atomically (hidden temporary file in the same directory, fsync, rename, fsync of the
+directory), so a reader or a crash never sees a torn file.  A module that does not reconcile
+never has a ``.btf``: a stale one is removed *before* its new verdict is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CACHE_DIR = Path("/var/cache/btfreconciled")
+CURRENT_LINK = "current"
+MANIFEST = "manifest.json"
+MODULES_DIR = "modules"
+_TMP_PREFIX = ".tmp-"
+_KERNEL_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+# Module names as the kernel spells them in /sys/module (MODULE_NAME_LEN 56, '-' -> '_').
+_MODULE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")
+
+
+class CacheError(Exception):
+    """A cache operation failed; the message is one line."""
+
+
+def kernel_id_of(vmlinux_btf: bytes) -> str:
+    """The cache key of a running kernel: sha256 of its raw vmlinux BTF."""
+    return hashlib.sha256(vmlinux_btf).hexdigest()
+
+
+def normalize_module_name(name: str) -> str:
+    """The kernel's spelling of a module name (``-`` and ``_`` are equivalent)."""
+    return name.replace("-", "_")
+
+
+def check_module_name(name: str) -> str:
+    """Reject names that could escape the cache directory; return the normalized name."""
+    norm = normalize_module_name(name)
+    if not _MODULE_NAME_RE.match(norm) or norm in (".", ".."):
+        raise CacheError(f"invalid module name {name!r}")
+    return norm
+
+
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix.
+
+    The temporary file is hidden (``.tmp-*``) in the same directory; on any failure it is
+    removed and the exception propagates (the old file, if any, is untouched).
+    """
+    target = Path(path)
+    directory = target.parent
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{target.name}.", dir=directory)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    fsync_dir(directory)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def unlink_durable(path: str | os.PathLike[str]) -> bool:
+    """Remove ``path`` if present and make the removal durable; True when it existed."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    fsync_dir(Path(path).parent)
+    return True
+
+
+class Cache:
+    """One kernel's directory in the cache, plus the ``current`` link and GC of the others."""
+
+    def __init__(self, root: str | os.PathLike[str], kernel_id: str) -> None:
+        if not _KERNEL_ID_RE.match(kernel_id):
+            raise CacheError(f"invalid kernel id {kernel_id!r}")
+        self.root = Path(root)
+        self.kernel_id = kernel_id
+        self.kernel_dir = self.root / kernel_id
+        self.modules_dir = self.kernel_dir / MODULES_DIR
+        self.manifest_path = self.kernel_dir / MANIFEST
+
+    # ------------------------------------------------------------------ set-up / GC
+
+    def prepare(self) -> list[str]:
+        """Create the directories, point ``current`` here, remove leftover temporary files.
+
+        Returns the names of the temporary files removed (left by a crash).
+        """
+        self.modules_dir.mkdir(parents=True, exist_ok=True)
+        for d in (self.root, self.kernel_dir, self.modules_dir):
+            with contextlib.suppress(OSError):
+                os.chmod(d, 0o755)
+        removed = []
+        for d in (self.root, self.kernel_dir, self.modules_dir):
+            for entry in os.scandir(d):
+                if entry.name.startswith(_TMP_PREFIX):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+                        removed.append(entry.name)
+        self._point_current()
+        return removed
+
+    def _point_current(self) -> None:
+        link = self.root / CURRENT_LINK
+        with contextlib.suppress(OSError):
+            if os.readlink(link) == self.kernel_id:
+                return
+        tmp = self.root / f"{_TMP_PREFIX}{CURRENT_LINK}.{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.symlink(self.kernel_id, tmp)
+        os.replace(tmp, link)
+        fsync_dir(self.root)
+
+    def gc(self) -> list[str]:
+        """Remove other kernels' directories (names that look like kernel ids)."""
+        removed = []
+        for entry in os.scandir(self.root):
+            if (entry.name != self.kernel_id and _KERNEL_ID_RE.match(entry.name)
+                    and entry.is_dir(follow_symlinks=False)):
+                # Rename first so a half-deleted tree is never mistaken for a kernel's entry.
+                doomed = self.root / f"{_TMP_PREFIX}gc.{entry.name}"
+                try:
+                    os.replace(entry.path, doomed)
+                except OSError:
+                    continue
+                shutil.rmtree(doomed, ignore_errors=True)
+                removed.append(entry.name)
+        if removed:
+            fsync_dir(self.root)
+        return removed
+
+    # ------------------------------------------------------------------ paths
+
+    def btf_path(self, name: str) -> Path:
+        return self.modules_dir / f"{check_module_name(name)}.btf"
+
+    def record_path(self, name: str) -> Path:
+        return self.modules_dir / f"{check_module_name(name)}.json"
+
+    # ------------------------------------------------------------------ publishing
+
+    def publish(self, name: str, record: dict[str, Any], btf: bytes | None) -> None:
+        """Publish one module's verdict; ``btf`` only for a module that reconciled.
+
+        Order matters for readers: a ``.btf`` is in place before the record that announces
+        it, and a stale ``.btf`` is gone before a record that says there is none.
+        """
+        btf_path = self.btf_path(name)
+        if btf is not None:
+            atomic_write(btf_path, btf)
+        else:
+            unlink_durable(btf_path)
+        atomic_write_json(self.record_path(name), record)
+
+    def remove(self, name: str) -> bool:
+        """Forget a module (unloaded): its ``.btf`` first, then its record."""
+        a = unlink_durable(self.btf_path(name))
+        b = unlink_durable(self.record_path(name))
+        return a or b
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        atomic_write_json(self.manifest_path, manifest)
+
+    # ------------------------------------------------------------------ reading
+
+    def read_record(self, name: str) -> dict[str, Any] | None:
+        try:
+            with open(self.record_path(name), "rb") as f:
+                return json.load(f)
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        try:
+            with open(self.manifest_path, "rb") as f:
+                return json.load(f)
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def published_modules(self) -> Iterator[str]:
+        """Names that have a record on disk."""
+        try:
+            entries = list(os.scandir(self.modules_dir))
+        except FileNotFoundError:
+            return
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.name.endswith(".json") and not entry.name.startswith("."):
+                yield entry.name[: -len(".json")]
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``ENOSPC: No space left on device`` style text for logs and records."""
+    code = errno.errorcode.get(exc.errno or 0, "")
+    text = exc.strerror or str(exc)
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{code + ': ' if code else ''}{text}{where}"

@@ -1,0 +1,104 @@
+"""`btfreconcilectl status [--json]`: the daemon's health, kernel, counts and last events."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from ..daemon.config import DEFAULT_SOCKET
+from ..daemon.control import ClientError, request
+from .main import CliError
+
+SOCKET_ENV = "BTFRECONCILED_SOCKET"
+
+
+def add_socket_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
+                   help=f"the daemon's control socket (default ${SOCKET_ENV} or "
+                        f"{DEFAULT_SOCKET})")
+
+
+def socket_path(args: argparse.Namespace) -> str:
+    return (getattr(args, "socket", None) or os.environ.get(SOCKET_ENV)
+            or str(DEFAULT_SOCKET))
+
+
+def ask(args: argparse.Namespace, req: dict[str, Any]) -> dict[str, Any]:
+    """Send a request; a daemon that is down, unreachable or says no becomes a CliError."""
+    try:
+        resp = request(socket_path(args), req)
+    except ClientError as e:
+        raise CliError(str(e)) from None
+    if not resp.get("ok"):
+        raise CliError(str(resp.get("error") or "the daemon refused the request"))
+    resp.pop("ok", None)
+    return resp
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "status",
+        help="daemon health, running kernel, verdict counts, last events",
+        description="Ask the running btfreconciled for its health: event source (netlink or "
+        "the polling fallback), the running kernel's id, verdict counts and the last events. "
+        "Exit status 2 when the daemon is not running or cannot be reached.",
+    )
+    add_socket_option(p)
+    p.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
+    p.set_defaults(handler=run)
+
+
+def _ago(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def run(args: argparse.Namespace) -> int:
+    st = ask(args, {"cmd": "status"})
+    if args.json:
+        print_json(st)
+        return 0
+    d, k, c, q = st["daemon"], st["kernel"], st["counts"], st["queue"]
+    out = [f"btfreconciled {d['version']}: running (pid {d['pid']}, up {_ago(d['uptime'])})"]
+    events = d["events"]
+    if events == "poll":
+        events += f" -- {d['events_detail']}"
+    out.append(f"events:  {events}")
+    out.append(f"kernel:  {k['release']}  id {k['id'][:16]}  ({k['vmlinux']})")
+    out.append(f"cache:   {st['cache']['kernel_dir']}")
+    order = ("ok", "incompatible", "no-base", "error", "builtin", "no-file")
+    counts = ", ".join(f"{c.get(v, 0)} {v}" for v in order)
+    extra = ", ".join(f"{n} {v}" for v, n in c.items() if v not in order)
+    out.append(f"modules: {counts}{', ' + extra if extra else ''}")
+    busy = f" (working on {q['busy']})" if q.get("busy") else ""
+    out.append(f"queue:   {q['pending']} pending{busy}")
+    s = st.get("stats", {})
+    if s.get("publish_errors") or s.get("worker_errors"):
+        out.append(f"errors:  {s.get('publish_errors', 0)} publish, "
+                   f"{s.get('worker_errors', 0)} internal (see the daemon's log)")
+    for p in st.get("module_files", {}).get("problems", []):
+        out.append(f"note:    {p}")
+    last = st.get("last_events") or []
+    if last:
+        out.append("last events:")
+        for ev in last[-10:]:
+            when = time.strftime("%H:%M:%S", time.localtime(ev["time"]))
+            what = f"{ev['action']} {ev['module']}" if ev.get("module") else ev["action"]
+            out.append(f"  {when}  {what} ({ev.get('source')})")
+    sys.stdout.write("\n".join(out) + "\n")
+    return 0

@@ -1,0 +1,193 @@
+"""Daemon configuration: a TOML file (``--config``), overridden by command-line options.
+
+Every key is optional::
+
+    cache_dir = "/var/cache/btfreconciled"          # where reconciled BTF is published
+    socket = "/run/btfreconciled/control.sock"      # control socket of btfreconcilectl
+    socket_mode = "0600"                            # octal string or integer
+    socket_group = "bpf"                            # group owning the socket (with 0660)
+    extra_module_dirs = ["/opt/modules"]            # searched after modules.dep
+    strict = "embedded"                             # off | embedded | all (field checks)
+    log_format = "auto"                             # auto | json | console
+    log_level = "info"                              # debug | info | warning | error
+    events = "auto"                                 # auto (netlink, else poll) | netlink | poll
+    poll_interval = 2.0                             # seconds, polling fallback
+    gc = true                                       # remove other kernels' cache entries
+    watch_files = true                              # watchdog on module dirs and this file
+
+Advanced (tests, chroots): ``vmlinux`` (raw BTF of the running kernel), ``sysfs`` (``/sys``),
+``modules_root`` (``/lib/modules/<release>``), ``release`` (``uname -r``), ``netlink_rcvbuf``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import grp
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = Path("/etc/btfreconciled/btfreconciled.toml")
+DEFAULT_SOCKET = Path("/run/btfreconciled/control.sock")
+DEFAULT_CACHE_DIR = Path("/var/cache/btfreconciled")
+STRICT_POLICIES = ("off", "embedded", "all")
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+EVENT_SOURCES = ("auto", "netlink", "poll")
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message is one line naming the file and key."""
+
+
+@dataclass
+class Config:
+    cache_dir: Path = DEFAULT_CACHE_DIR
+    socket: Path = DEFAULT_SOCKET
+    socket_mode: int = 0o600
+    socket_group: str | None = None
+    extra_module_dirs: list[Path] = field(default_factory=list)
+    strict: str = "embedded"
+    log_format: str = "auto"
+    log_level: str = "info"
+    events: str = "auto"
+    poll_interval: float = 2.0
+    gc: bool = True
+    watch_files: bool = True
+    vmlinux: Path = Path("/sys/kernel/btf/vmlinux")
+    sysfs: Path = Path("/sys")
+    modules_root: Path | None = None
+    release: str | None = None
+    netlink_rcvbuf: int = 4 * 1024 * 1024
+    source: Path | None = None  # the file this came from, if any
+
+    def kernel_release(self) -> str:
+        return self.release or os.uname().release
+
+    def modules_dir(self) -> Path:
+        return self.modules_root or Path("/lib/modules") / self.kernel_release()
+
+    def socket_gid(self) -> int | None:
+        if self.socket_group is None:
+            return None
+        try:
+            return grp.getgrnam(self.socket_group).gr_gid
+        except KeyError:
+            raise ConfigError(f"socket_group: no such group {self.socket_group!r}") from None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Path):
+                v = str(v)
+            elif isinstance(v, list):
+                v = [str(x) for x in v]
+            out[f.name] = v
+        out["socket_mode"] = f"{self.socket_mode:04o}"
+        return out
+
+
+_PATH_KEYS = {"cache_dir", "socket", "vmlinux", "sysfs", "modules_root"}
+
+
+def _want(where: str, key: str, value: Any, types: type | tuple[type, ...]) -> Any:
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise ConfigError(f"{where}: {key}: expected {_tname(types)}, got a boolean")
+    if not isinstance(value, types):
+        raise ConfigError(f"{where}: {key}: expected {_tname(types)}, got {type(value).__name__}")
+    return value
+
+
+def _tname(types: type | tuple[type, ...]) -> str:
+    ts = types if isinstance(types, tuple) else (types,)
+    return " or ".join(t.__name__ for t in ts)
+
+
+def _choice(where: str, key: str, value: Any, choices: tuple[str, ...]) -> str:
+    _want(where, key, value, str)
+    if value not in choices:
+        raise ConfigError(f"{where}: {key}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def parse_mode(where: str, value: Any) -> int:
+    if isinstance(value, str):
+        try:
+            mode = int(value, 8)
+        except ValueError:
+            raise ConfigError(f"{where}: socket_mode: {value!r} is not an octal mode") from None
+    else:
+        mode = _want(where, "socket_mode", value, int)
+    if not 0 <= mode <= 0o777:
+        raise ConfigError(f"{where}: socket_mode: {value!r} is out of range (0000-0777)")
+    return mode
+
+
+def apply(cfg: Config, data: dict[str, Any], where: str) -> Config:
+    """Apply the keys of ``data`` (parsed TOML) to ``cfg``; unknown keys are errors."""
+    base = cfg.source.parent if cfg.source else Path.cwd()
+    for key, value in data.items():
+        if key in _PATH_KEYS:
+            p = Path(_want(where, key, value, str))
+            setattr(cfg, key, p if p.is_absolute() else base / p)
+        elif key == "extra_module_dirs":
+            _want(where, key, value, list)
+            dirs = []
+            for v in value:
+                p = Path(_want(where, key, v, str))
+                dirs.append(p if p.is_absolute() else base / p)
+            cfg.extra_module_dirs = dirs
+        elif key == "socket_mode":
+            cfg.socket_mode = parse_mode(where, value)
+        elif key == "socket_group":
+            cfg.socket_group = _want(where, key, value, str)
+        elif key == "strict":
+            cfg.strict = _choice(where, key, value, STRICT_POLICIES)
+        elif key == "log_format":
+            cfg.log_format = _choice(where, key, value, LOG_FORMATS)
+        elif key == "log_level":
+            cfg.log_level = _choice(where, key, value, LOG_LEVELS)
+        elif key == "events":
+            cfg.events = _choice(where, key, value, EVENT_SOURCES)
+        elif key == "poll_interval":
+            v = float(_want(where, key, value, (int, float)))
+            if not 0.05 <= v <= 3600:
+                raise ConfigError(f"{where}: poll_interval: {value!r} is out of range (0.05-3600)")
+            cfg.poll_interval = v
+        elif key in ("gc", "watch_files"):
+            setattr(cfg, key, _want(where, key, value, bool))
+        elif key == "release":
+            cfg.release = _want(where, key, value, str)
+        elif key == "netlink_rcvbuf":
+            v = _want(where, key, value, int)
+            if v < 4096:
+                raise ConfigError(f"{where}: netlink_rcvbuf: {value!r} is too small (>= 4096)")
+            cfg.netlink_rcvbuf = v
+        else:
+            raise ConfigError(f"{where}: unknown key {key!r}")
+    return cfg
+
+
+def load(path: str | os.PathLike[str] | None, *, required: bool) -> Config:
+    """Read the TOML config at ``path`` (the default file may be absent)."""
+    cfg = Config()
+    if path is None:
+        return cfg
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"{p}: no such file") from None
+        return cfg
+    except OSError as e:
+        raise ConfigError(f"{p}: {e.strerror or e}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{p}: invalid TOML: {e}") from None
+    cfg.source = p.resolve()
+    return apply(cfg, data, str(p))

@@ -1,0 +1,165 @@
+"""The control protocol: one JSON object per line each way over a unix stream socket.
+
+Request:  ``{"cmd": "status" | "list" | "show" | "path" | "rescan", "module": NAME?}``
+Response: ``{"ok": true, ...}`` or ``{"ok": false, "error": "one line", "code": "..."}``
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import socket
+import stat
+from pathlib import Path
+from typing import Any
+
+from ..cache import CacheError, check_module_name
+
+MAX_REQUEST = 64 * 1024
+COMMANDS = ("status", "list", "show", "path", "rescan", "ping")
+
+
+class ControlError(Exception):
+    """A request cannot be answered (unknown command, unknown module, ...)."""
+
+    def __init__(self, message: str, code: str = "bad-request") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def handle_request(daemon: Any, req: Any) -> dict[str, Any]:
+    """Answer one decoded request from the daemon's state (thread-safe on the daemon side)."""
+    if not isinstance(req, dict):
+        raise ControlError("request must be a JSON object")
+    cmd = req.get("cmd")
+    if cmd not in COMMANDS:
+        raise ControlError(f"unknown command {cmd!r} (expected one of: {', '.join(COMMANDS)})")
+    if cmd == "ping":
+        return {"ok": True}
+    if cmd == "status":
+        return {"ok": True, **daemon.status()}
+    if cmd == "list":
+        return {"ok": True, "modules": daemon.list_modules()}
+    if cmd == "rescan":
+        return {"ok": True, "queued": daemon.rescan("request")}
+    raw = req.get("module")
+    if not isinstance(raw, str) or not raw:
+        raise ControlError(f"{cmd}: missing module name")
+    try:
+        name = check_module_name(raw.removesuffix(".ko"))
+    except CacheError as e:
+        raise ControlError(str(e)) from None
+    rec = daemon.show(name)
+    if rec is None:
+        pending = daemon.is_pending(name)
+        what = "is being processed" if pending else "is not loaded (not in /sys/module)"
+        raise ControlError(f"module {name} {what}", "pending" if pending else "unknown-module")
+    if cmd == "show":
+        return {"ok": True, "record": rec}
+    # path
+    return {"ok": True, "module": name, "verdict": rec["verdict"], "summary": rec["summary"],
+            "btf": rec.get("btf") if rec.get("published") else None}
+
+
+def answer_line(daemon: Any, line: bytes) -> bytes:
+    try:
+        req = json.loads(line)
+        resp = handle_request(daemon, req)
+    except ValueError as e:
+        resp = {"ok": False, "error": f"invalid JSON request: {e}", "code": "bad-request"}
+    except ControlError as e:
+        resp = {"ok": False, "error": str(e), "code": e.code}
+    except Exception as e:  # a bug answering one request never kills the daemon
+        resp = {"ok": False, "error": f"internal error: {type(e).__name__}: {e}",
+                "code": "internal"}
+    return (json.dumps(resp, sort_keys=False) + "\n").encode()
+
+
+# ---------------------------------------------------------------------- socket file handling
+
+
+class SocketInUse(Exception):
+    pass
+
+
+def prepare_socket_path(path: Path) -> None:
+    """Make the parent directory; remove a stale socket; refuse if a daemon answers there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SocketInUse(f"{path} exists and is not a socket")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        s.connect(str(path))
+    except OSError as e:
+        if e.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # stale: left by a daemon that died
+            return
+        raise SocketInUse(f"{path}: {e.strerror or e}") from None
+    finally:
+        s.close()
+    raise SocketInUse(f"another btfreconciled is already listening on {path}")
+
+
+# ---------------------------------------------------------------------- client side
+
+
+class ClientError(Exception):
+    """The daemon could not be reached or answered with an error; one-line message."""
+
+
+DEFAULT_TIMEOUT = 30.0
+
+
+def request(path: str | os.PathLike[str], req: dict[str, Any],
+            timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+    """Send one request and return the decoded response (``ok`` may be false)."""
+    p = str(path)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    s.settimeout(timeout)
+    try:
+        try:
+            s.connect(p)
+        except FileNotFoundError:
+            raise ClientError(f"btfreconciled is not running (no control socket at {p})") from None
+        except ConnectionRefusedError:
+            raise ClientError(f"btfreconciled is not running (nothing listens on {p}; "
+                              "stale socket)") from None
+        except PermissionError:
+            raise ClientError(f"permission denied connecting to {p}: the control socket is "
+                              "root-only by default (run as root, or set socket_mode/"
+                              "socket_group in the daemon's config)") from None
+        except OSError as e:
+            raise ClientError(f"cannot connect to {p}: {e.strerror or e}") from None
+        s.sendall((json.dumps(req) + "\n").encode())
+        buf = b""
+        while b"\n" not in buf:
+            try:
+                chunk = s.recv(1 << 16)
+            except TimeoutError:
+                raise ClientError(f"btfreconciled did not answer within {timeout:.0f} s on "
+                                  f"{p}") from None
+            except OSError as e:
+                raise ClientError(f"lost connection to btfreconciled on {p}: "
+                                  f"{e.strerror or e}") from None
+            if not chunk:
+                raise ClientError(f"btfreconciled closed the connection on {p} without "
+                                  "answering")
+            buf += chunk
+        line = buf.split(b"\n", 1)[0]
+        try:
+            resp = json.loads(line)
+        except ValueError:
+            raise ClientError(f"unreadable answer from {p}") from None
+        if not isinstance(resp, dict):
+            raise ClientError(f"unreadable answer from {p}")
+        return resp
+    finally:
+        s.close()

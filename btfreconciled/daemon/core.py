@@ -1,0 +1,660 @@
+"""The daemon proper: module state, the reconciliation worker, publishing, requests.
+
+Threads: the asyncio event loop (uevents, control socket, signals, timers) owns the *desired*
+state (which modules are loaded) and never does heavy work; one worker thread takes module
+names from a de-duplicating queue and makes the cache match the desired state of that module
+*at the time it is processed*.  Coalescing on names means a burst of load/unload events can
+never lose the final state of a module, however the events interleave with the work.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..cache import Cache, CacheError, check_module_name, describe_os_error, kernel_id_of
+from . import logs
+from .config import Config
+from .engine import Engine
+from .events import scan_sysfs
+from .modfind import ModuleIndex, build_index
+from .notify import Notifier
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("btfreconciled")
+    except Exception:
+        return "0"
+
+
+VERSION = _version()
+RECORD_FORMAT = 1
+# Verdicts of the engine plus the daemon's own.
+ENGINE_VERDICTS = ("ok", "incompatible", "no-base", "error")
+BUILTIN, NO_FILE = "builtin", "no-file"
+IN_KERNEL_RELOCATION = (6, 11)  # Linux reconciles .BTF.base modules itself from 6.11 on
+
+
+def release_tuple(release: str) -> tuple[int, int]:
+    parts = []
+    for p in release.split("-")[0].split(".")[:2]:
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    while len(parts) < 2:
+        parts.append(0)
+    return parts[0], parts[1]
+
+
+@dataclass
+class ModuleView:
+    """What the daemon knows about one loaded module (in memory, for the control socket)."""
+
+    name: str
+    verdict: str
+    summary: str
+    path: str | None
+    btf_path: str | None
+    record: dict[str, Any]
+    published: bool = True
+    publish_error: str | None = None
+
+
+@dataclass
+class _Memo:
+    key: tuple[Any, ...]
+    record: dict[str, Any]
+    btf: bytes | None
+
+
+@dataclass
+class Stats:
+    events: int = 0
+    rescans: int = 0
+    overflows: int = 0
+    processed: int = 0
+    reconciled: int = 0
+    reused: int = 0
+    publish_errors: int = 0
+    worker_errors: int = 0
+    last_events: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
+
+
+class Daemon:
+    """State and work of one btfreconciled instance (independent of how events arrive)."""
+
+    def __init__(self, cfg: Config, engine: Engine, *, notifier: Notifier | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = cfg
+        self.engine = engine
+        self.notifier = notifier or Notifier(env={})
+        self.clock = clock
+        self.log = logs.get()
+        self.started_wall = time.time()
+        self.started = clock()
+        self.release = cfg.kernel_release()
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.desired: dict[str, bool] = {}  # name -> loaded, as the events last said
+        self.pending: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self.force: set[str] = set()  # names to reconcile again even if unchanged
+        self.modules: dict[str, ModuleView] = {}
+        self.busy: str | None = None
+        self.stats = Stats()
+        self.event_source = "none"
+        self.event_source_detail = ""
+        self.watching: list[str] = []
+        self.manifest_dirty = False
+        self._memo: dict[str, _Memo] = {}
+        self._stop = False
+        self._worker: threading.Thread | None = None
+        self.index: Any = None
+        self.kernel_id = ""
+        self.cache: Cache | None = None
+        self.modindex = ModuleIndex()
+        self.idle = threading.Event()
+        self.idle.set()
+
+    # ------------------------------------------------------------------ start-up
+
+    def load_kernel(self) -> None:
+        """Hash the running vmlinux BTF, build the index once, prepare the cache."""
+        vmlinux = self.cfg.vmlinux
+        data = vmlinux.read_bytes()
+        self.kernel_id = kernel_id_of(data)
+        t0 = time.perf_counter()
+        self.index = self.engine.load_index(str(vmlinux))
+        self.index_seconds = time.perf_counter() - t0
+        self.cache = Cache(self.cfg.cache_dir, self.kernel_id)
+        leftovers = self.cache.prepare()
+        if leftovers:
+            self.log.warning("removed temporary files left by an interrupted write",
+                             files=leftovers)
+        if self.cfg.gc:
+            self.gc()
+        self.refresh_module_index()
+        self.log.info("kernel", kernel_id=self.kernel_id, release=self.release,
+                      vmlinux=str(vmlinux), index_seconds=round(self.index_seconds, 3),
+                      cache=str(self.cache.kernel_dir))
+
+    def gc(self) -> None:
+        assert self.cache is not None
+        try:
+            removed = self.cache.gc()
+        except OSError as e:
+            self.log.error("garbage collection failed", error=describe_os_error(e))
+            return
+        if removed:
+            self.log.info("removed other kernels' cache entries", kernel_ids=removed)
+
+    def refresh_module_index(self) -> None:
+        idx = build_index(self.cfg.modules_dir(), self.cfg.extra_module_dirs)
+        with self.lock:
+            self.modindex = idx
+        for p in idx.problems:
+            self.log.info("module tree unavailable", problem=p)
+
+    def start_worker(self) -> None:
+        self._worker = threading.Thread(target=self._work, name="btfr-worker", daemon=True)
+        self._worker.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self.cond:
+            self._stop = True
+            self.cond.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout)
+        self.flush_manifest()
+
+    # ------------------------------------------------------------------ events (loop thread)
+
+    def on_event(self, action: str, name: str, when: float | None = None,
+                 source: str = "uevent") -> None:
+        """A module was loaded (``add``) or unloaded (``remove``)."""
+        try:
+            name = check_module_name(name)
+        except CacheError:
+            self.log.warning("ignoring event for an invalid module name", module=name)
+            return
+        when = self.clock() if when is None else when
+        with self.cond:
+            self.stats.events += 1
+            self.stats.last_events.append({"time": time.time(), "action": action,
+                                           "module": name, "source": source})
+            self.desired[name] = action == "add"
+            self._enqueue(name, when)
+
+    def _enqueue(self, name: str, when: float) -> None:
+        # lock held
+        if name not in self.pending:
+            self.pending[name] = when
+        self.idle.clear()
+        self.cond.notify()
+
+    def rescan(self, reason: str, *, force: bool = False) -> int:
+        """Compare /sys/module with what we know; queue every module whose state may differ."""
+        present = scan_sysfs(self.cfg.sysfs)
+        now = self.clock()
+        with self.cond:
+            self.stats.rescans += 1
+            queued = 0
+            loaded = {n for n, s in present.items() if s != "going"}
+            known = set(self.desired) | set(self.modules)
+            for name in sorted(loaded | known):
+                want = name in loaded
+                self.desired[name] = want
+                if force and want:
+                    self.force.add(name)
+                self._enqueue(name, now)
+                queued += 1
+            self.stats.last_events.append({"time": time.time(), "action": "rescan",
+                                           "module": None, "source": reason})
+        self.log.info("rescan", reason=reason, modules=len(loaded), queued=queued)
+        return queued
+
+    def poll_once(self) -> int:
+        """Polling fallback: diff /sys/module against the desired state."""
+        present = scan_sysfs(self.cfg.sysfs)
+        loaded = {n for n, s in present.items() if s != "going"}
+        changes = 0
+        with self.lock:
+            current = {n for n, v in self.desired.items() if v}
+        for name in sorted(loaded - current):
+            self.on_event("add", name, source="poll")
+            changes += 1
+        for name in sorted(current - loaded):
+            self.on_event("remove", name, source="poll")
+            changes += 1
+        return changes
+
+    def modules_changed(self) -> None:
+        """A module tree changed on disk: rebuild the index, re-check every loaded module."""
+        self.refresh_module_index()
+        now = self.clock()
+        with self.cond:
+            for name, want in self.desired.items():
+                if want:
+                    self._enqueue(name, now)
+        self.log.info("module files changed; re-checking loaded modules")
+
+    # ------------------------------------------------------------------ worker
+
+    def _work(self) -> None:
+        while True:
+            with self.cond:
+                while not self.pending and not self._stop:
+                    if not self.idle.is_set():
+                        self.cond.release()
+                        try:
+                            self._on_idle()
+                        finally:
+                            self.cond.acquire()
+                        if self.pending or self._stop:
+                            continue
+                        self.idle.set()
+                    self.cond.wait()
+                if self._stop:
+                    return
+                name, when = self.pending.popitem(last=False)
+                want = self.desired.get(name, False)
+                force = name in self.force
+                self.force.discard(name)
+                self.busy = name
+            try:
+                self.process(name, want, when, force=force)
+            except Exception as e:  # one bad module never stops the daemon
+                self.stats.worker_errors += 1
+                self.log.error("internal error while processing a module", module=name,
+                               error=f"{type(e).__name__}: {e}",
+                               traceback=traceback.format_exc(limit=8))
+            finally:
+                with self.lock:
+                    self.busy = None
+                    self.stats.processed += 1
+
+    def _on_idle(self) -> None:
+        self.flush_manifest()
+        self.notifier.status(self.status_line())
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """For tests and benchmarks: block until the queue is empty and the worker idle."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.idle.wait(max(0.0, deadline - time.monotonic())):
+                with self.lock:
+                    if not self.pending and self.busy is None and self.idle.is_set():
+                        return True
+                time.sleep(0.005)
+        return False
+
+    # ------------------------------------------------------------------ one module
+
+    def process(self, name: str, loaded: bool, when: float, *, force: bool = False) -> None:
+        assert self.cache is not None
+        if not loaded:
+            self._unpublish(name)
+            return
+        record, btf = self._evaluate(name, force=force)
+        published_at = self.clock()
+        record["timings"] = dict(record.get("timings") or {})
+        record["published_at"] = time.time()
+        record["timings"]["event_to_publish"] = round(published_at - when, 6)
+        self._publish(name, record, btf)
+        if record["verdict"] == "ok" and btf is not None:
+            self._cross_check(name, record, btf)
+
+    def _evaluate(self, name: str, *, force: bool) -> tuple[dict[str, Any], bytes | None]:
+        sysdir = self.cfg.sysfs / "module" / name
+        with self.lock:
+            idx = self.modindex
+        path = idx.lookup(name)
+        has_initstate = (sysdir / "initstate").exists()
+        if sysdir.is_dir() and not has_initstate:
+            return self._daemon_record(name, BUILTIN, "built into the kernel: its BTF is part of "
+                                       "vmlinux", path=None), None
+        if path is None:
+            if idx.is_builtin(name):
+                return self._daemon_record(name, BUILTIN, "built into the kernel "
+                                           "(modules.builtin)", path=None), None
+            where = ", ".join(idx.sources) or "no module tree is readable"
+            return self._daemon_record(
+                name, NO_FILE, f"module file not found (searched: {where})", path=None), None
+        try:
+            st = path.stat()
+        except OSError as e:
+            return self._daemon_record(name, "error", f"cannot stat module file: "
+                                       f"{describe_os_error(e)}", path=str(path)), None
+        key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, self.cfg.strict,
+               self.kernel_id, self.engine.name)
+        memo = self._memo.get(name)
+        if memo is not None and memo.key == key and not force:
+            self.stats.reused += 1
+            return dict(memo.record), memo.btf
+        if not force:
+            reused = self._reuse_published(name, key)
+            if reused is not None:
+                self.stats.reused += 1
+                self._remember(name, key, *reused)
+                return dict(reused[0]), reused[1]
+        t0 = time.perf_counter()
+        try:
+            result = self.engine.reconcile(str(path), self.index, strict=self.cfg.strict,
+                                           module_name=name)
+        except Exception as e:  # the engine promises not to raise; be safe anyway
+            self.log.error("reconciliation raised", module=name, path=str(path),
+                           error=f"{type(e).__name__}: {e}")
+            return self._daemon_record(name, "error", f"internal error: {type(e).__name__}: {e}",
+                                       path=str(path)), None
+        elapsed = time.perf_counter() - t0
+        self.stats.reconciled += 1
+        record = self._result_record(name, result, path, key, elapsed)
+        btf = result.btf if record["verdict"] == "ok" else None
+        if record["verdict"] == "ok" and btf is None:
+            record["verdict"] = "error"
+            record["summary"] = "engine reported ok without BTF"
+        self._remember(name, key, record, btf)
+        return dict(record), btf
+
+    def _remember(self, name: str, key: tuple[Any, ...], record: dict[str, Any],
+                  btf: bytes | None) -> None:
+        self._memo[name] = _Memo(key, dict(record), btf)
+
+    def _reuse_published(self, name: str, key: tuple[Any, ...]
+                         ) -> tuple[dict[str, Any], bytes | None] | None:
+        """A record already on disk for the same file, policy and kernel (daemon restart)."""
+        assert self.cache is not None
+        rec = self.cache.read_record(name)
+        if not rec or rec.get("format") != RECORD_FORMAT or rec.get("key") != list(key):
+            return None
+        if rec.get("verdict") == "ok":
+            try:
+                btf = self.cache.btf_path(name).read_bytes()
+            except OSError:
+                return None
+            if hashlib.sha256(btf).hexdigest() != rec.get("btf_sha256"):
+                return None
+            return rec, btf
+        return rec, None
+
+    def _base_record(self, name: str, path: str | None) -> dict[str, Any]:
+        return {
+            "format": RECORD_FORMAT,
+            "module": name,
+            "path": path,
+            "kernel_id": self.kernel_id,
+            "release": self.release,
+            "strict": self.cfg.strict,
+            "daemon_version": VERSION,
+        }
+
+    def _daemon_record(self, name: str, verdict: str, summary: str, *,
+                       path: str | None) -> dict[str, Any]:
+        rec = self._base_record(name, path)
+        rec.update(verdict=verdict, summary=summary, diagnostics=[], module_sha256=None,
+                   btf=None, btf_sha256=None, btf_size=None, timings={}, key=None)
+        return rec
+
+    def _result_record(self, name: str, result: Any, path: Path, key: tuple[Any, ...],
+                       elapsed: float) -> dict[str, Any]:
+        try:
+            body = dict(result.to_json())
+        except Exception:
+            body = {}
+        verdict = getattr(result.verdict, "value", result.verdict)
+        rec = self._base_record(name, str(path))
+        for k, v in body.items():
+            if k not in ("btf",) and not isinstance(v, bytes | bytearray):
+                rec[k] = v
+        btf = result.btf if verdict == "ok" else None
+        timings = dict(getattr(result, "timings", None) or body.get("timings") or {})
+        timings["reconcile"] = round(elapsed, 6)
+        rec.update(
+            module=name,
+            path=str(path),
+            verdict=str(verdict),
+            summary=str(getattr(result, "summary", "") or body.get("summary", "")),
+            diagnostics=list(getattr(result, "diagnostics", None) or []),
+            module_sha256=getattr(result, "module_sha256", None),
+            btf=str(self.cache.btf_path(name)) if btf is not None and self.cache else None,
+            btf_sha256=hashlib.sha256(btf).hexdigest() if btf is not None else None,
+            btf_size=len(btf) if btf is not None else None,
+            timings=timings,
+            key=list(key),
+        )
+        return rec
+
+    def _publish(self, name: str, record: dict[str, Any], btf: bytes | None) -> None:
+        assert self.cache is not None
+        err = None
+        try:
+            self.cache.publish(name, record, btf)
+        except OSError as e:
+            err = describe_os_error(e)
+            self.stats.publish_errors += 1
+            self.log.error("cannot publish", module=name, error=err)
+            # Never leave a .btf that the record on disk does not vouch for.
+            with contextlib.suppress(OSError):
+                self.cache.btf_path(name).unlink(missing_ok=True)
+        view = ModuleView(name=name, verdict=record["verdict"], summary=record["summary"],
+                          path=record.get("path"),
+                          btf_path=record.get("btf") if err is None else None,
+                          record=record, published=err is None, publish_error=err)
+        with self.lock:
+            if self.desired.get(name):
+                self.modules[name] = view
+            self.manifest_dirty = True
+        log = self.log.info if record["verdict"] in ("ok", BUILTIN) else self.log.warning
+        if err is None:
+            log("published", module=name, verdict=record["verdict"], summary=record["summary"],
+                ms=round(record["timings"].get("event_to_publish", 0) * 1000, 2))
+
+    def _unpublish(self, name: str) -> None:
+        assert self.cache is not None
+        try:
+            existed = self.cache.remove(name)
+        except OSError as e:
+            self.stats.publish_errors += 1
+            self.log.error("cannot remove published entry", module=name,
+                           error=describe_os_error(e))
+            existed = True
+        with self.lock:
+            had = self.modules.pop(name, None) is not None
+            if not self.desired.get(name, False):
+                self.desired.pop(name, None)
+            self.manifest_dirty = True
+        if existed or had:
+            self.log.info("unloaded", module=name)
+
+    # ------------------------------------------------------------------ cross-check
+
+    def _cross_check(self, name: str, record: dict[str, Any], btf: bytes) -> None:
+        """On kernels that relocate .BTF.base themselves, compare with /sys/kernel/btf/<mod>."""
+        if release_tuple(self.release) < IN_KERNEL_RELOCATION:
+            return
+        kfile = self.cfg.sysfs / "kernel" / "btf" / name
+        initstate = self.cfg.sysfs / "module" / name / "initstate"
+        deadline = time.monotonic() + 2.0
+        # The uevent is sent before the module's BTF notifier runs: wait while it is coming.
+        while not kfile.exists() and time.monotonic() < deadline:
+            try:
+                state = initstate.read_text().strip()
+            except OSError:
+                state = "gone"
+            if state != "coming":
+                break
+            time.sleep(0.02)
+        try:
+            kernel_btf = kfile.read_bytes()
+        except FileNotFoundError:
+            result: dict[str, Any] = {"result": "absent",
+                                      "detail": f"{kfile} does not exist: the kernel made no "
+                                                "BTF for this module"}
+        except OSError as e:
+            result = {"result": "error", "detail": describe_os_error(e)}
+        else:
+            result = self._compare(name, btf, kernel_btf)
+        result["kernel_file"] = str(kfile)
+        record["cross_check"] = result
+        with self.lock:
+            still = self.desired.get(name, False)
+        if not still:
+            return
+        if result["result"] == "mismatch":
+            self.log.warning("our BTF differs from the kernel's", module=name,
+                             detail=result.get("detail"))
+        self._publish_quietly(name, record, btf)
+        memo = self._memo.get(name)
+        if memo is not None:
+            memo.record["cross_check"] = result
+
+    def _publish_quietly(self, name: str, record: dict[str, Any], btf: bytes) -> None:
+        assert self.cache is not None
+        try:
+            self.cache.publish(name, record, btf)
+        except OSError as e:
+            self.stats.publish_errors += 1
+            self.log.error("cannot publish", module=name, error=describe_os_error(e))
+            return
+        with self.lock:
+            view = self.modules.get(name)
+            if view is not None:
+                view.record = record
+
+    def _compare(self, name: str, ours: bytes, theirs: bytes) -> dict[str, Any]:
+        if ours == theirs:
+            return {"result": "match", "detail": "byte-identical to the kernel's"}
+        try:
+            from ..btf.btf import Btf
+            from ..btf.dump import dump_raw_lines
+
+            base = getattr(self.index, "btf", None)
+            a = dump_raw_lines(Btf.parse(ours, base=base, source="ours", validate=False))
+            b = dump_raw_lines(Btf.parse(theirs, base=base, source=f"/sys/kernel/btf/{name}",
+                                         validate=False))
+        except Exception as e:
+            return {"result": "mismatch", "detail": f"bytes differ and the kernel's could not "
+                    f"be compared type by type: {type(e).__name__}: {e}"}
+        if a == b:
+            return {"result": "match", "detail": "same types (raw dumps equal), "
+                    "byte layout differs"}
+        first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                     min(len(a), len(b)))
+        return {"result": "mismatch",
+                "detail": f"raw dumps differ ({len(a)} vs {len(b)} lines) at line {first + 1}: "
+                          f"ours {a[first] if first < len(a) else '<end>'!r}, kernel "
+                          f"{b[first] if first < len(b) else '<end>'!r}"}
+
+    # ------------------------------------------------------------------ manifest / status
+
+    def counts(self) -> dict[str, int]:
+        with self.lock:
+            views = list(self.modules.values())
+        out: dict[str, int] = {v: 0 for v in (*ENGINE_VERDICTS, BUILTIN, NO_FILE)}
+        for v in views:
+            out[v.verdict] = out.get(v.verdict, 0) + 1
+        return out
+
+    def flush_manifest(self) -> None:
+        if self.cache is None:
+            return
+        with self.lock:
+            if not self.manifest_dirty:
+                return
+            self.manifest_dirty = False
+            modules = {n: {"verdict": v.verdict, "btf": v.btf_path}
+                       for n, v in sorted(self.modules.items())}
+        manifest = {
+            "format": RECORD_FORMAT,
+            "kernel_id": self.kernel_id,
+            "release": self.release,
+            "vmlinux": str(self.cfg.vmlinux),
+            "daemon_version": VERSION,
+            "updated": time.time(),
+            "counts": self.counts(),
+            "modules": modules,
+        }
+        try:
+            self.cache.write_manifest(manifest)
+        except OSError as e:
+            with self.lock:
+                self.manifest_dirty = True
+            self.log.error("cannot write manifest", error=describe_os_error(e))
+
+    def status_line(self) -> str:
+        c = self.counts()
+        with self.lock:
+            pending = len(self.pending) + (1 if self.busy else 0)
+        parts = [f"{c['ok']} ok", f"{c['incompatible']} incompatible", f"{c['no-base']} no-base"]
+        if c["error"]:
+            parts.append(f"{c['error']} error")
+        tail = f"; {pending} queued" if pending else ""
+        return f"{', '.join(parts)} ({self.event_source}){tail}"
+
+    def status(self) -> dict[str, Any]:
+        with self.lock:
+            pending = len(self.pending)
+            busy = self.busy
+            last = list(self.stats.last_events)
+            problems = list(self.modindex.problems)
+            sources = list(self.modindex.sources)
+        s = self.stats
+        return {
+            "daemon": {
+                "pid": os.getpid(),
+                "version": VERSION,
+                "started": self.started_wall,
+                "uptime": round(self.clock() - self.started, 3),
+                "events": self.event_source,
+                "events_detail": self.event_source_detail,
+                "watching": self.watching,
+                "config": str(self.cfg.source) if self.cfg.source else None,
+                "socket": str(self.cfg.socket),
+                "strict": self.cfg.strict,
+                "engine": self.engine.name,
+            },
+            "kernel": {"id": self.kernel_id, "release": self.release,
+                       "vmlinux": str(self.cfg.vmlinux)},
+            "cache": {"dir": str(self.cfg.cache_dir),
+                      "kernel_dir": str(self.cache.kernel_dir) if self.cache else None},
+            "module_files": {"sources": sources, "problems": problems},
+            "counts": self.counts(),
+            "queue": {"pending": pending, "busy": busy},
+            "stats": {"events": s.events, "rescans": s.rescans, "overflows": s.overflows,
+                      "processed": s.processed, "reconciled": s.reconciled, "reused": s.reused,
+                      "publish_errors": s.publish_errors, "worker_errors": s.worker_errors},
+            "last_events": last,
+        }
+
+    def list_modules(self) -> list[dict[str, Any]]:
+        with self.lock:
+            views = sorted(self.modules.values(), key=lambda v: v.name)
+        return [{"module": v.name, "verdict": v.verdict, "summary": v.summary,
+                 "btf": v.btf_path, "published": v.published} for v in views]
+
+    def show(self, name: str) -> dict[str, Any] | None:
+        with self.lock:
+            v = self.modules.get(name)
+            pending = name in self.pending or self.busy == name
+        if v is None:
+            return None
+        rec = dict(v.record)
+        rec["published"] = v.published
+        if v.publish_error:
+            rec["publish_error"] = v.publish_error
+        rec["pending"] = pending
+        return rec
+
+    def is_pending(self, name: str) -> bool:
+        with self.lock:
+            return name in self.pending or self.busy == name

@@ -1,0 +1,37 @@
+"""The daemon's view of the reconciliation engine (``btfreconciled.reconcile``).
+
+The daemon only needs two calls; tests inject another object with the same shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Engine(Protocol):
+    name: str
+
+    def load_index(self, path: str) -> Any:
+        """The running kernel's vmlinux index (built once); has ``.btf``."""
+
+    def reconcile(self, path: str, index: Any, *, strict: str, module_name: str) -> Any:
+        """A ``ModuleResult``-shaped object: module, path, verdict (enum with ``.value``),
+        summary, diagnostics, btf, module_sha256, timings, ``to_json()``."""
+
+
+class ReconcileEngine:
+    """The real engine: :mod:`btfreconciled.reconcile`."""
+
+    name = "btfreconciled.reconcile"
+
+    def __init__(self) -> None:
+        from .. import reconcile  # imported here: the daemon's --help works without it
+
+        self._mod = reconcile
+
+    def load_index(self, path: str) -> Any:
+        return self._mod.VmlinuxIndex.load(path)
+
+    def reconcile(self, path: str, index: Any, *, strict: str, module_name: str) -> Any:
+        return self._mod.reconcile_module_file(path, index, strict=strict,
+                                               module_name=module_name)

@@ -1,0 +1,300 @@
+"""The event loop of btfreconciled: uevents, control socket, signals, timers, sd_notify."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import config as config_mod
+from . import logs
+from .config import Config, ConfigError
+from .control import MAX_REQUEST, SocketInUse, answer_line, prepare_socket_path
+from .core import Daemon
+from .engine import Engine
+from .events import FileWatcher, UeventListener
+from .notify import Notifier
+
+# Settings that only take effect on restart (reload keeps the running value and says so).
+_RESTART_ONLY = ("cache_dir", "socket", "socket_mode", "socket_group", "vmlinux", "sysfs",
+                 "events", "release", "netlink_rcvbuf", "modules_root")
+
+
+class StartupError(Exception):
+    """The daemon cannot start; one-line message."""
+
+
+class Service:
+    def __init__(self, cfg: Config, engine: Engine, *,
+                 reload_config: Callable[[], Config] | None = None,
+                 notifier: Notifier | None = None) -> None:
+        self.cfg = cfg
+        self.engine = engine
+        self.reload_config = reload_config
+        self.notifier = notifier or Notifier()
+        self.log = logs.get()
+        self.daemon = Daemon(cfg, engine, notifier=self.notifier)
+        self.listener: UeventListener | None = None
+        self.watcher: FileWatcher | None = None
+        self.server: asyncio.AbstractServer | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stopping: asyncio.Event | None = None
+        self._rescan_scheduled = False
+        self._poll_handle: asyncio.TimerHandle | None = None
+        self._wd_handle: asyncio.TimerHandle | None = None
+        self._socket_ino: int | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        d = self.daemon
+        try:
+            d.load_kernel()
+        except FileNotFoundError as e:
+            raise StartupError(f"{e.filename}: not found (the running kernel's vmlinux BTF; "
+                               "needs CONFIG_DEBUG_INFO_BTF)") from None
+        except OSError as e:
+            raise StartupError(f"{e.filename or 'start-up'}: {e.strerror or e}") from None
+        self._open_events()
+        await self._open_control()
+        for sig, fn in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
+                        (signal.SIGHUP, self.reload)):
+            self.loop.add_signal_handler(sig, fn)
+        d.start_worker()
+        d.rescan("start-up")
+        self._start_watcher()
+        if d.event_source == "poll":
+            self._schedule_poll()
+        self.notifier.ready(f"watching {d.event_source}; reconciling loaded modules")
+        self._schedule_watchdog()
+        self.log.info("ready", socket=str(self.cfg.socket), events=d.event_source,
+                      detail=d.event_source_detail, cache=str(self.cfg.cache_dir),
+                      pid=os.getpid())
+        await self.stopping.wait()
+        await self._shutdown()
+        return 0
+
+    def request_stop(self) -> None:
+        if self.stopping is not None and not self.stopping.is_set():
+            self.log.info("stopping")
+            self.notifier.stopping()
+            self.stopping.set()
+
+    async def _shutdown(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 2)
+        self._remove_socket()
+        if self.listener is not None:
+            self.listener.close()
+        if self.watcher is not None:
+            self.watcher.stop()
+        for h in (self._poll_handle, self._wd_handle):
+            if h is not None:
+                h.cancel()
+        assert self.loop is not None
+        await self.loop.run_in_executor(None, self.daemon.stop)
+        self.log.info("stopped")
+
+    # ------------------------------------------------------------------ events
+
+    def _open_events(self) -> None:
+        d = self.daemon
+        if self.cfg.events == "poll":
+            d.event_source, d.event_source_detail = "poll", "configured (events = \"poll\")"
+            return
+        listener = UeventListener(self._on_uevent, self._on_overflow,
+                                  rcvbuf=self.cfg.netlink_rcvbuf)
+        try:
+            listener.open()
+        except OSError as e:
+            reason = f"netlink uevent socket unavailable: {e.strerror or e}"
+            if self.cfg.events == "netlink":
+                raise StartupError(reason) from None
+            d.event_source = "poll"
+            d.event_source_detail = f"fallback: {reason}; polling /sys/module every " \
+                                    f"{self.cfg.poll_interval:g} s"
+            self.log.warning("falling back to polling", reason=reason,
+                             interval=self.cfg.poll_interval)
+            return
+        assert self.loop is not None
+        listener.attach(self.loop)
+        self.listener = listener
+        d.event_source, d.event_source_detail = "netlink", "kernel uevents (NETLINK_KOBJECT_UEVENT)"
+
+    def _on_uevent(self, action: str, name: str, when: float) -> None:
+        self.daemon.on_event(action, name, when)
+
+    def _on_overflow(self) -> None:
+        self.daemon.stats.overflows += 1
+        self.log.warning("uevent queue overflowed (ENOBUFS); rescanning /sys/module")
+        self._schedule_rescan("overflow")
+
+    def _schedule_rescan(self, reason: str, delay: float = 0.0) -> None:
+        if self._rescan_scheduled or self.loop is None:
+            return
+        self._rescan_scheduled = True
+
+        def go() -> None:
+            self._rescan_scheduled = False
+            self.daemon.rescan(reason)
+
+        self.loop.call_later(delay, go)
+
+    def _schedule_poll(self) -> None:
+        assert self.loop is not None
+
+        def tick() -> None:
+            try:
+                self.daemon.poll_once()
+            except Exception as e:  # never let polling kill the loop
+                self.log.error("polling /sys/module failed", error=f"{type(e).__name__}: {e}")
+            self._poll_handle = self.loop.call_later(self.cfg.poll_interval, tick)  # type: ignore[union-attr]
+
+        self._poll_handle = self.loop.call_later(self.cfg.poll_interval, tick)
+
+    def _schedule_watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval
+        if not interval or self.loop is None:
+            return
+
+        def tick() -> None:
+            w = self.daemon._worker
+            if w is not None and w.is_alive():
+                self.notifier.watchdog()
+            else:
+                self.log.error("worker thread died; withholding watchdog ping")
+            self._wd_handle = self.loop.call_later(interval / 2, tick)  # type: ignore[union-attr]
+
+        tick()
+
+    def _start_watcher(self) -> None:
+        if not self.cfg.watch_files:
+            return
+        dirs: list[tuple[Path, bool]] = [(self.cfg.modules_dir(), False)]
+        dirs += [(p, True) for p in self.cfg.extra_module_dirs]
+        assert self.loop is not None
+        loop = self.loop
+        try:
+            self.watcher = FileWatcher(
+                dirs, self.cfg.source,
+                on_modules=lambda: loop.call_soon_threadsafe(self._modules_changed),
+                on_config=lambda: loop.call_soon_threadsafe(self.reload, "config file changed"),
+            )
+            self.watcher.start()
+            self.daemon.watching = self.watcher.watched
+        except Exception as e:  # inotify limits, unreadable dirs: events still work
+            self.log.warning("cannot watch module directories", error=f"{type(e).__name__}: {e}")
+            self.watcher = None
+
+    def _modules_changed(self) -> None:
+        assert self.loop is not None
+        self.loop.run_in_executor(None, self.daemon.modules_changed)
+
+    # ------------------------------------------------------------------ reload
+
+    def reload(self, why: str = "SIGHUP") -> None:
+        self.notifier.reloading()
+        if self.reload_config is not None:
+            try:
+                new = self.reload_config()
+            except ConfigError as e:
+                self.log.error("configuration not reloaded", reason=why, error=str(e))
+                self.notifier.send("READY=1", f"STATUS={self.daemon.status_line()}")
+                return
+            self._apply(new)
+        self.log.info("reloaded", reason=why)
+        self.daemon.refresh_module_index()
+        if self.cfg.gc:
+            self.daemon.gc()
+        self.daemon.rescan(why)
+        self.notifier.send("READY=1", f"STATUS={self.daemon.status_line()}")
+
+    def _apply(self, new: Config) -> None:
+        old = self.cfg
+        for key in _RESTART_ONLY:
+            if getattr(new, key) != getattr(old, key):
+                self.log.warning("setting changes only on restart", key=key,
+                                 running=str(getattr(old, key)), configured=str(getattr(new, key)))
+                setattr(new, key, getattr(old, key))
+        watch_changed = (new.extra_module_dirs != old.extra_module_dirs
+                         or new.watch_files != old.watch_files)
+        self.cfg = new
+        self.daemon.cfg = new
+        logs.configure(new.log_format, new.log_level)
+        self.log = logs.get()
+        self.daemon.log = self.log
+        if watch_changed:
+            if self.watcher is not None:
+                self.watcher.stop()
+                self.watcher = None
+            self._start_watcher()
+
+    # ------------------------------------------------------------------ control socket
+
+    async def _open_control(self) -> None:
+        path = self.cfg.socket
+        try:
+            prepare_socket_path(path)
+        except SocketInUse as e:
+            raise StartupError(str(e)) from None
+        except OSError as e:
+            raise StartupError(f"{path.parent}: {e.strerror or e}") from None
+        gid = self.cfg.socket_gid()
+        old = os.umask(0o177)  # no window in which the socket is more open than configured
+        try:
+            self.server = await asyncio.start_unix_server(self._client, path=str(path),
+                                                          limit=MAX_REQUEST)
+        except OSError as e:
+            raise StartupError(f"{path}: cannot listen: {e.strerror or e}") from None
+        finally:
+            os.umask(old)
+        if gid is not None:
+            os.chown(path, -1, gid)
+        os.chmod(path, self.cfg.socket_mode)
+        self._socket_ino = os.stat(path).st_ino
+
+    def _remove_socket(self) -> None:
+        try:
+            if os.stat(self.cfg.socket).st_ino == self._socket_ino:
+                os.unlink(self.cfg.socket)
+        except OSError:
+            pass
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    writer.write(b'{"ok": false, "error": "request too long", '
+                                 b'"code": "bad-request"}\n')
+                    break
+                if not line:
+                    break
+                if not line.strip():
+                    continue
+                writer.write(answer_line(self.daemon, line))
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+
+def reload_from(path: Path | None, overrides: dict[str, Any], *, required: bool) -> Config:
+    cfg = config_mod.load(path, required=required)
+    for key, value in overrides.items():
+        if key == "extra_module_dirs":
+            cfg.extra_module_dirs = [*cfg.extra_module_dirs, *value]
+        else:
+            setattr(cfg, key, value)
+    return cfg

@@ -1,0 +1,181 @@
+"""Helpers for the daemon tests: a fake engine (tests only) and a fake sysfs/module tree.
+
+The fake engine stands in for ``btfreconciled.reconcile`` while the daemon's own behaviour
+(events, queueing, cache, socket) is tested; it is injected through ``main(engine=...)``.
+A fake module file is text: its first word picks the verdict, the rest is a payload; the
+"reconciled BTF" is a deterministic function of the file, so a test can tell a complete
+``.btf`` from a torn one.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class FakeVerdict(enum.Enum):
+    OK = "ok"
+    INCOMPATIBLE = "incompatible"
+    NO_BASE = "no-base"
+    ERROR = "error"
+
+
+@dataclass
+class FakeIndex:
+    path: str
+    sha256: str
+    btf: Any = None
+
+
+@dataclass
+class FakeResult:
+    module: str
+    path: str
+    verdict: FakeVerdict
+    summary: str
+    diagnostics: list[dict] = field(default_factory=list)
+    btf: bytes | None = None
+    module_sha256: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"module": self.module, "path": self.path, "verdict": self.verdict.value,
+                "summary": self.summary, "diagnostics": self.diagnostics,
+                "module_sha256": self.module_sha256, "timings": self.timings}
+
+
+def expected_btf(content: bytes, size: int = 0) -> bytes:
+    """The fake engine's output for a module file: 'BTF!' + sha-derived bytes."""
+    seed = hashlib.sha256(content).digest()
+    n = size or 4096
+    reps = n // len(seed) + 1
+    return b"BTF!" + (seed * reps)[:n]
+
+
+class FakeEngine:
+    name = "fake"
+
+    def __init__(self, delay: float = 0.0, size: int = 0) -> None:
+        self.delay = delay
+        self.size = size
+        self.calls: list[str] = []
+
+    def load_index(self, path: str) -> FakeIndex:
+        data = Path(path).read_bytes()
+        return FakeIndex(path, hashlib.sha256(data).hexdigest())
+
+    def reconcile(self, path: str, index: Any, *, strict: str, module_name: str) -> FakeResult:
+        self.calls.append(module_name)
+        if self.delay:
+            time.sleep(self.delay)
+        content = Path(path).read_bytes()
+        word = content.split(b" ", 1)[0].strip()
+        sha = hashlib.sha256(content).hexdigest()
+        if word == b"RAISE":
+            raise RuntimeError("fake engine bug")
+        if word == b"OK":
+            return FakeResult(module_name, path, FakeVerdict.OK, "reconciled (fake)",
+                              btf=expected_btf(content, self.size), module_sha256=sha,
+                              timings={"fake": 0.0})
+        if word == b"INCOMPATIBLE":
+            return FakeResult(module_name, path, FakeVerdict.INCOMPATIBLE,
+                              "STRUCT foo size=16: vmlinux has size=24",
+                              diagnostics=[{"kind": "STRUCT", "name": "foo", "size": 16,
+                                            "candidates": [{"id": 7, "size": 24}]}],
+                              module_sha256=sha)
+        if word == b"NOBASE":
+            return FakeResult(module_name, path, FakeVerdict.NO_BASE,
+                              "no .BTF.base section: not split-distilled", module_sha256=sha)
+        return FakeResult(module_name, path, FakeVerdict.ERROR, f"not a module: {word!r}",
+                          module_sha256=sha)
+
+
+class FakeSystem:
+    """A fake /sys (module/, kernel/btf/vmlinux) and a module directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.sysfs = root / "sys"
+        self.mods = root / "mods"
+        self.cache = root / "cache"
+        self.socket = root / "run" / "control.sock"
+        (self.sysfs / "module").mkdir(parents=True)
+        (self.sysfs / "kernel" / "btf").mkdir(parents=True)
+        self.vmlinux = self.sysfs / "kernel" / "btf" / "vmlinux"
+        self.vmlinux.write_bytes(b"fake vmlinux btf " * 64)
+        self.mods.mkdir()
+        self.cache.mkdir()
+
+    def add_file(self, name: str, word: str = "OK", payload: str = "") -> Path:
+        p = self.mods / f"{name}.ko"
+        p.write_text(f"{word} {name} {payload}")
+        return p
+
+    def load(self, name: str) -> None:
+        d = self.sysfs / "module" / name
+        d.mkdir(exist_ok=True)
+        (d / "initstate").write_text("live\n")
+
+    def builtin(self, name: str) -> None:
+        (self.sysfs / "module" / name).mkdir(exist_ok=True)
+
+    def unload(self, name: str) -> None:
+        d = self.sysfs / "module" / name
+        for f in d.iterdir():
+            f.unlink()
+        d.rmdir()
+
+    def config(self, **extra: Any) -> Path:
+        lines = [
+            f'cache_dir = "{self.cache}"',
+            f'socket = "{self.socket}"',
+            f'sysfs = "{self.sysfs}"',
+            f'vmlinux = "{self.vmlinux}"',
+            f'modules_root = "{self.root / "nolib"}"',
+            f'extra_module_dirs = ["{self.mods}"]',
+            'release = "6.18.0-test"',
+        ]
+        for k, v in extra.items():
+            lines.append(f"{k} = {v!r}".replace("'", '"') if isinstance(v, str)
+                         else f"{k} = {str(v).lower() if isinstance(v, bool) else v}")
+        p = self.root / "btfreconciled.toml"
+        p.write_text("\n".join(lines) + "\n")
+        return p
+
+
+def daemon_argv(cfg: Path, *extra: str) -> list[str]:
+    """A python command line running the daemon with the fake engine."""
+    here = str(Path(__file__).parent)
+    code = (f"import os, sys; sys.path.insert(0, {here!r}); "
+            "from test_daemon_support import FakeEngine; "
+            "from btfreconciled.daemon.main import main; "
+            "eng = FakeEngine(delay=float(os.environ.get('FAKE_DELAY', '0')), "
+            "size=int(os.environ.get('FAKE_SIZE', '0'))); "
+            "sys.exit(main(sys.argv[1:], engine=eng))")
+    return [sys.executable, "-c", code, "--foreground", "--config", str(cfg), *extra]
+
+
+def wait_for(pred: Any, timeout: float = 10.0, interval: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return bool(pred())
+
+
+def env_for_daemon(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("WATCHDOG_USEC", None)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
