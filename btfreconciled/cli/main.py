@@ -16,7 +16,7 @@ from ..btf.errors import BtfError
 from ..elf import ElfError
 
 # Subcommand modules, in the order `--help` lists them.
-COMMANDS = ("dump", "inspect")
+COMMANDS = ("dump", "inspect", "status", "daemonctl")
 
 EXIT_OK, EXIT_INCOMPATIBLE, EXIT_ERROR = 0, 1, 2
 
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="btfreconcilectl",
         description="Inspect, check and reconcile kernel-module BTF against a kernel.",
     )
+    parser.add_argument("--socket", metavar="PATH", help="btfreconciled's control socket")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"{__package__}.{name}").register(sub)
