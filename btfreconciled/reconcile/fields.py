@@ -1,0 +1,385 @@
+"""`.BTF.base_expects`: full member lists of the base structs/unions a module depends on,
+written by `distill --fields`, and the field checks that use them at reconcile time.
+
+Layout of the section (a standalone BTF, SPEC §2): first, in order, one type per type of the
+module's distilled base (so its leading named INT/FLOAT/ENUM/FWD/STRUCT/UNION types with
+members dropped *are* the distilled base), the recorded structs/unions carrying their members;
+then the helper types members refer to: anonymous structs/unions in full, arrays (element type
+and count), pointers (to a FWD of a named struct/union, to a named int/enum, or to void), and
+named ints/enums/structs by name and size. Modifiers and typedefs are resolved away: a member's
+type is compared by kind, name and size.
+
+Field check of an expected struct/union against the vmlinux type it was matched to: every
+recorded member (anonymous struct/union members flattened, as C names them) must exist with the
+same bit offset, bitfield size and a compatible type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..btf.btf import Btf
+from .diagnostics import ERROR, WARNING, Problem, expected_dict, type_label
+from .distill import Builder, DistillResult
+from .target import VmlinuxIndex
+from .wire import (
+    CHAIN_KINDS,
+    K_ARRAY,
+    K_ENUM,
+    K_ENUM64,
+    K_FLOAT,
+    K_FUNC_PROTO,
+    K_FWD,
+    K_INT,
+    K_PTR,
+    K_STRUCT,
+    K_UNION,
+    kind_name,
+    record_offsets,
+)
+
+STRICT_CHOICES = ("off", "embedded", "all")
+FIELDS_EMBEDDED, FIELDS_ALL = "embedded", "all"
+_DISTILLABLE = frozenset({K_INT, K_FLOAT, K_ENUM, K_ENUM64, K_FWD, K_STRUCT, K_UNION})
+
+
+class _View:
+    """Word-level reads of one Btf (and its bases) by type id."""
+
+    def __init__(self, btf: Btf) -> None:
+        self.btf = btf
+        chain = []
+        b: Btf | None = btf
+        while b is not None:
+            w = b.types_words()
+            chain.append((b.start_id, w, record_offsets(w)))
+            b = b.base
+        self.chain = chain
+
+    def rec(self, tid: int) -> tuple[Any, int]:
+        for start, w, offs in self.chain:
+            if tid >= start:
+                return w, offs[tid - start]
+        raise IndexError(tid)
+
+    def kind(self, tid: int) -> int:
+        if not tid:
+            return 0
+        w, o = self.rec(tid)
+        return (w[o + 1] >> 24) & 0x1F
+
+    def name(self, tid: int) -> str:
+        if not tid:
+            return ""
+        w, o = self.rec(tid)
+        return self.btf.name_of(w[o])
+
+    def resolve(self, tid: int) -> int:
+        """Strip modifiers and typedefs."""
+        for _ in range(64):
+            if not tid:
+                return 0
+            w, o = self.rec(tid)
+            k = (w[o + 1] >> 24) & 0x1F
+            if k in CHAIN_KINDS:
+                tid = w[o + 2]
+                continue
+            return tid
+        return tid
+
+
+# --------------------------------------------------------------------- building the section
+def build_expects(src: Btf, dist: DistillResult, embedded_ids: set[int], mode: str) -> bytes:
+    """The `.BTF.base_expects` blob for module split BTF `src` (on its build vmlinux).
+
+    `embedded_ids`: original vmlinux ids of the named structs/unions the module embeds;
+    `mode` FIELDS_EMBEDDED records those, FIELDS_ALL every named struct/union it references.
+    """
+    vm = _View(src)
+    base = dist.base
+    out = Builder()
+    # ids of the distilled base in original vmlinux terms, in distilled order
+    by_new = {new: old for old, new in dist.id_map.items() if new < base.type_count}
+    prefix: list[int] = [by_new[i] for i in range(1, base.type_count)]
+    conv: dict[int, int] = {old: i + 1 for i, old in enumerate(prefix)}
+    fwds: dict[tuple[str, int], int] = {}
+    record = set(embedded_ids) if mode == FIELDS_EMBEDDED else {
+        t for t in prefix if vm.kind(t) in (K_STRUCT, K_UNION)}
+
+    def s(tid: int) -> int:
+        return out.add_str(vm.name(tid).encode("utf-8", "surrogateescape"))
+
+    pending: list[tuple[int, int]] = []  # (vmlinux id, expects id) composites to fill
+    # 1. the distilled-base-shaped prefix; recorded composites get members in pass 2
+    for old in prefix:
+        w, o = vm.rec(old)
+        info = w[o + 1]
+        k = (info >> 24) & 0x1F
+        if k in (K_STRUCT, K_UNION):
+            new = out.add([s(old), k << 24, w[o + 2]])
+            if old in record:
+                pending.append((old, new))
+        elif k in (K_ENUM, K_ENUM64):
+            out.add([s(old), K_ENUM << 24, w[o + 2]])
+        elif k == K_INT:
+            out.add([s(old), info, w[o + 2], w[o + 3]])
+        else:  # FLOAT, FWD
+            out.add([s(old), info, w[o + 2]])
+    # a sentinel anonymous type ends the distilled-base prefix
+    out.add([0, K_PTR << 24, 0])
+
+    def member_type(tid: int) -> int:
+        tid = vm.resolve(tid)
+        if not tid:
+            return 0
+        if tid in conv:
+            return conv[tid]
+        w, o = vm.rec(tid)
+        info = w[o + 1]
+        k = (info >> 24) & 0x1F
+        named = w[o] != 0
+        if k == K_PTR:
+            tgt = vm.resolve(w[o + 2])
+            tk = vm.kind(tgt)
+            if tk in (K_STRUCT, K_UNION, K_FWD) and vm.name(tgt):
+                union = 1 if tk == K_UNION or (tk == K_FWD and vm.rec(tgt)[0][
+                    vm.rec(tgt)[1] + 1] >> 31) else 0
+                key = (vm.name(tgt), union)
+                f = fwds.get(key)
+                if f is None:
+                    f = out.add([s(tgt), union << 31 | K_FWD << 24, 0])
+                    fwds[key] = f
+                pointee = f
+            elif tk in (K_INT, K_FLOAT, K_ENUM, K_ENUM64) and vm.name(tgt):
+                pointee = member_type(tgt)
+            else:
+                pointee = 0
+            new = out.add([0, K_PTR << 24, pointee])
+        elif k == K_ARRAY:
+            elem = member_type(w[o + 3])
+            index = member_type(w[o + 4])
+            new = out.add([0, K_ARRAY << 24, 0, elem, index, w[o + 5]])
+        elif k in (K_STRUCT, K_UNION):
+            new = out.add([s(tid), k << 24, w[o + 2]]) if named else _composite(tid)
+        elif k in (K_ENUM, K_ENUM64):
+            new = out.add([s(tid) if named else 0, K_ENUM << 24, w[o + 2]])
+        elif k == K_INT:
+            new = out.add([s(tid), info, w[o + 2], w[o + 3]])
+        elif k in (K_FLOAT, K_FWD):
+            new = out.add([s(tid), info, w[o + 2]])
+        else:  # FUNC_PROTO etc. are never member types by value
+            return 0
+        conv[tid] = new
+        return new
+
+    def members_of(tid: int) -> list[int]:
+        w, o = vm.rec(tid)
+        info = w[o + 1]
+        out_words: list[int] = []
+        for m in range(info & 0xFFFF):
+            p = o + 3 + 3 * m
+            mt = member_type(w[p + 1])
+            name = out.add_str(vm.btf.str_bytes(w[p])) if w[p] else 0
+            out_words += (name, mt, w[p + 2])
+        return out_words
+
+    def _composite(tid: int) -> int:
+        w, o = vm.rec(tid)
+        info = w[o + 1]
+        mem = members_of(tid)
+        return out.add([0, info, w[o + 2], *mem])
+
+    # 2. member lists of the recorded composites, written as later full copies would be
+    #    impossible to splice into the prefix; so the prefix record is rebuilt in place.
+    filled: dict[int, list[int]] = {}
+    for old, new in pending:
+        filled[new] = members_of(old)
+    if filled:
+        rebuilt = Builder()
+        rebuilt.strs = out.strs
+        rebuilt.lookup = out.lookup
+        offs = record_offsets(out.words)
+        for i, o in enumerate(offs):
+            end = offs[i + 1] if i + 1 < len(offs) else len(out.words)
+            rec = list(out.words[o:end])
+            mem = filled.get(i + 1)
+            if mem is not None:
+                rec[1] = (rec[1] & ~0xFFFF) | (len(mem) // 3)
+                if any(x >> 24 for x in mem[2::3]):
+                    rec[1] |= 1 << 31  # bitfield offsets
+                rec += mem
+            rebuilt.add(rec)
+        out = rebuilt
+    return out.to_bytes()
+
+
+def derive_base(expects: Btf) -> bytes:
+    """The distilled base an expects-only module implies: the leading named
+    INT/FLOAT/ENUM/ENUM64/FWD/STRUCT/UNION types, members dropped (ENUM64 as sized ENUM)."""
+    out = Builder()
+    for _tid, t in expects:
+        k = int(t.kind)
+        if k not in _DISTILLABLE or not t.name_off:
+            break
+        name = out.add_str(expects.str_bytes(t.name_off))
+        if k in (K_STRUCT, K_UNION):
+            out.add([name, k << 24, t.size])  # type: ignore[attr-defined]
+        elif k in (K_ENUM, K_ENUM64):
+            out.add([name, K_ENUM << 24, t.size])  # type: ignore[attr-defined]
+        elif k == K_INT:
+            out.add([name, K_INT << 24, t.size,  # type: ignore[attr-defined]
+                     t.encoding << 24 | t.bits_offset << 16 | t.nr_bits])  # type: ignore[attr-defined]
+        elif k == K_FWD:
+            out.add([name, t.kind_flag << 31 | K_FWD << 24, t.size_word])  # type: ignore[attr-defined]
+        else:
+            out.add([name, K_FLOAT << 24, t.size])  # type: ignore[attr-defined]
+    return out.to_bytes()
+
+
+# --------------------------------------------------------------------- checking
+@dataclass(frozen=True, slots=True)
+class FieldInfo:
+    name: str
+    bit_offset: int
+    bitfield_size: int
+    shape: tuple
+    type_text: str
+
+
+def _shape(v: _View, tid: int, depth: int = 0) -> tuple:
+    tid = v.resolve(tid)
+    if not tid:
+        return ("void",)
+    w, o = v.rec(tid)
+    k = (w[o + 1] >> 24) & 0x1F
+    name = v.btf.name_of(w[o])
+    if k == K_PTR:
+        return ("ptr",)
+    if k == K_ARRAY:
+        return ("array", _shape(v, w[o + 3], depth + 1) if depth < 8 else (), w[o + 5])
+    if k in (K_ENUM, K_ENUM64):
+        return ("enum", name, w[o + 2])
+    if k in (K_INT, K_FLOAT, K_STRUCT, K_UNION):
+        return (kind_name(k), name, w[o + 2])
+    if k == K_FWD:
+        return ("fwd", name)
+    if k == K_FUNC_PROTO:
+        return ("func_proto",)
+    return (kind_name(k), name)
+
+
+def _shape_text(shape: tuple) -> str:
+    k = shape[0]
+    if k == "array":
+        return f"{_shape_text(shape[1]) if shape[1] else '?'}[{shape[2]}]"
+    if k in ("struct", "union", "enum"):
+        return f"{k} {shape[1] or '(anon)'} (size {shape[2]})"
+    if k in ("int", "float"):
+        return f"{shape[1]} (size {shape[2]})"
+    if k == "ptr":
+        return "pointer"
+    return " ".join(str(x) for x in shape)
+
+
+def flatten(v: _View, tid: int) -> dict[str, FieldInfo]:
+    """Members of composite `tid` by name; anonymous struct/union members are flattened."""
+    out: dict[str, FieldInfo] = {}
+
+    def walk(t: int, base: int, depth: int) -> None:
+        w, o = v.rec(t)
+        info = w[o + 1]
+        kflag = info >> 31
+        for m in range(info & 0xFFFF):
+            p = o + 3 + 3 * m
+            raw = w[p + 2]
+            off = (raw & 0xFFFFFF) if kflag else raw
+            bsz = (raw >> 24) if kflag else 0
+            mt = w[p + 1]
+            name = v.btf.name_of(w[p])
+            r = v.resolve(mt)
+            if not name and v.kind(r) in (K_STRUCT, K_UNION) and not v.name(r) and depth < 16:
+                walk(r, base + off, depth + 1)
+                continue
+            key = name or f"(anon@{base + off})"
+            shape = _shape(v, mt)
+            out.setdefault(key, FieldInfo(key, base + off, bsz, shape, _shape_text(shape)))
+
+    walk(tid, 0, 0)
+    return out
+
+
+def _compatible(a: tuple, b: tuple) -> bool:
+    return a == b
+
+
+def check_fields(expects: Btf, target: VmlinuxIndex, id_map: dict[int, int],
+                 dist_names: dict[tuple[int, bytes], int], embedded: set[int], strict: str,
+                 module: str, warn: Callable[[str], None] | None = None) -> list[Problem]:
+    """Compare every struct/union of `expects` that has members with its vmlinux match.
+
+    `dist_names` maps (kind, name) of distilled types to their distilled id, `id_map` distilled
+    id -> vmlinux id (from relocation), `embedded` the distilled ids the module embeds.
+    """
+    if strict not in STRICT_CHOICES:
+        raise ValueError(f"strict must be one of {', '.join(STRICT_CHOICES)}")
+    ev = _View(expects)
+    tv = _View(target.btf)
+    problems: list[Problem] = []
+    for tid, t in expects:
+        k = int(t.kind)
+        if k not in (K_STRUCT, K_UNION) or not t.name_off or not t.members:  # type: ignore[attr-defined]
+            continue
+        name_b = expects.str_bytes(t.name_off)
+        name = name_b.decode("utf-8", "replace")
+        d = dist_names.get((k, name_b))
+        vid = id_map.get(d) if d is not None else None
+        if vid is None:
+            same = [c for c in target.candidates(name_b)
+                    if c.kind == k and c.size == t.size]  # type: ignore[attr-defined]
+            if len(same) != 1:
+                continue  # relocation reports what is missing or ambiguous
+            vid = same[0].id
+        is_emb = d is not None and d in embedded
+        severity = ERROR if strict == "all" or (strict == "embedded" and is_emb) else WARNING
+        exp = flatten(ev, tid)
+        have = flatten(tv, vid)
+        mismatches: list[dict[str, Any]] = []
+        label = type_label(k, name)
+        for mname, e in exp.items():
+            h = have.get(mname)
+            if h is None:
+                mismatches.append({"member": mname, "problem": "missing",
+                                   "old_offset": e.bit_offset, "old_size": e.bitfield_size,
+                                   "text": f"{label}.{mname}: gone (was at bit {e.bit_offset},"
+                                           f" {e.type_text})"})
+                continue
+            if h.bit_offset != e.bit_offset or h.bitfield_size != e.bitfield_size:
+                what = "moved" if h.bit_offset != e.bit_offset else "bitfield size changed"
+                sz = (f", bitfield size {e.bitfield_size} -> {h.bitfield_size}"
+                      if h.bitfield_size != e.bitfield_size else "")
+                mismatches.append({"member": mname, "problem": what,
+                                   "old_offset": e.bit_offset, "new_offset": h.bit_offset,
+                                   "old_size": e.bitfield_size, "new_size": h.bitfield_size,
+                                   "text": f"{label}.{mname}: {what}: bit offset"
+                                           f" {e.bit_offset} -> {h.bit_offset}{sz}"
+                                           f" ({e.type_text})"})
+            if not _compatible(e.shape, h.shape):
+                mismatches.append({"member": mname, "problem": "type changed",
+                                   "old_offset": e.bit_offset, "new_offset": h.bit_offset,
+                                   "old_type": e.type_text, "new_type": h.type_text,
+                                   "text": f"{label}.{mname}: type changed: {e.type_text}"
+                                           f" -> {h.type_text}"})
+        if not mismatches:
+            continue
+        first = mismatches[0]["text"]
+        more = f" (and {len(mismatches) - 1} more)" if len(mismatches) > 1 else ""
+        emb = "embedded" if is_emb else "referenced"
+        problems.append(Problem(
+            "field", severity,
+            f"{module}: {label} ({emb}) does not have the layout the module was built"
+            f" against: {first}{more}",
+            expected_dict(d if d is not None else tid, k, name, t.size),  # type: ignore[attr-defined]
+            [], is_emb, [], {"vmlinux_id": vid, "members": mismatches}))
+    return problems

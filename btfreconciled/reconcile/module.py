@@ -1,0 +1,171 @@
+"""One module file in, one verdict out: what the daemon and `btfreconcilectl check` call."""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..btf.btf import Btf
+from ..btf.errors import BtfError
+from ..elf import BtfSections, ElfError, read_btf_sections
+from .diagnostics import ERROR, Problem
+from .fields import STRICT_CHOICES, check_fields, derive_base
+from .relocate import EMBEDDED_KERNEL, relocate
+from .target import VmlinuxIndex, file_sha256, parse_btf
+from .wire import WireError
+
+
+class Verdict(enum.Enum):
+    OK = "ok"
+    INCOMPATIBLE = "incompatible"
+    NO_BASE = "no-base"
+    ERROR = "error"
+
+
+@dataclass
+class ModuleResult:
+    module: str
+    path: str
+    verdict: Verdict
+    summary: str
+    diagnostics: list[dict[str, Any]]  # one dict per problem / warning
+    btf: bytes | None  # reconciled split BTF (base = target vmlinux) when verdict is OK
+    module_sha256: str
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase + "total"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "module": self.module,
+            "path": self.path,
+            "verdict": self.verdict.value,
+            "summary": self.summary,
+            "diagnostics": self.diagnostics,
+            "btf_size": len(self.btf) if self.btf is not None else None,
+            "module_sha256": self.module_sha256,
+            "timings": {k: round(v, 6) for k, v in self.timings.items()},
+        }
+
+
+_KO_SUFFIX = re.compile(r"\.ko(\.(xz|zst|gz))?$")
+
+
+def module_name_of(path: str | Path) -> str:
+    """`snd-hda-intel.ko.xz` -> `snd_hda_intel` (the kernel's name for it)."""
+    name = Path(path).name
+    name = _KO_SUFFIX.sub("", name)
+    return name.replace("-", "_")
+
+
+@dataclass
+class LoadedModule:
+    """A module's sections parsed: split BTF on its distilled base (and expectations)."""
+
+    sections: BtfSections
+    split: Btf
+    dist: Btf
+    expects: Btf | None
+    derived_base: bool
+
+
+def load_module(path: str | Path, sections: BtfSections | None = None) -> LoadedModule | None:
+    """Parse `.BTF` on `.BTF.base` (or on the base implied by `.BTF.base_expects`).
+    None when the module has no distilled base at all. Raises BtfError/ElfError."""
+    if sections is None:
+        sections = read_btf_sections(path)
+    if sections.btf is None or (sections.base is None and sections.base_expects is None):
+        return None
+    p = str(path)
+    expects = None
+    if sections.base_expects is not None:
+        expects = parse_btf(sections.base_expects, source=f"{p}:.BTF.base_expects")
+    if sections.base is not None:
+        dist = parse_btf(sections.base, source=f"{p}:.BTF.base")
+        derived = False
+    else:
+        assert expects is not None
+        dist = parse_btf(derive_base(expects), source=f"{p}:.BTF.base_expects (as base)",
+                         validate=False)
+        derived = True
+    if dist.base is not None:  # pragma: no cover - parse without base gives a base BTF
+        raise BtfError("distilled base is not standalone", source=p)
+    split = parse_btf(sections.btf, base=dist, source=f"{p}:.BTF")
+    return LoadedModule(sections, split, dist, expects, derived)
+
+
+def reconcile_module_file(path: str, target: VmlinuxIndex, *, strict: str = "embedded",
+                          module_name: str | None = None,
+                          embedded_rule: str = EMBEDDED_KERNEL) -> ModuleResult:
+    """Reconcile the module file at `path` onto `target`. Never raises for bad module input:
+    unreadable or corrupt files give verdict ERROR with a one-line summary."""
+    if strict not in STRICT_CHOICES:
+        raise ValueError(f"strict must be one of {', '.join(STRICT_CHOICES)}")
+    t0 = time.perf_counter()
+    name = module_name or module_name_of(path)
+    timings: dict[str, float] = {}
+    sha = ""
+
+    def result(verdict: Verdict, summary: str, problems: list[Problem] | None = None,
+               btf: bytes | None = None) -> ModuleResult:
+        timings["total"] = time.perf_counter() - t0
+        return ModuleResult(name, str(path), verdict, summary,
+                            [p.to_dict() for p in problems or []], btf, sha, timings)
+
+    def error(summary: str) -> ModuleResult:
+        p = Problem("error", ERROR, summary)
+        return result(Verdict.ERROR, summary, [p])
+
+    try:
+        sections = read_btf_sections(path)
+        sha = sections.sha256
+    except ElfError as exc:
+        with contextlib.suppress(OSError):
+            sha = file_sha256(path)
+        return error(str(exc))
+    except OSError as exc:
+        return error(f"{path}: {exc.strerror or exc}")
+    timings["read"] = time.perf_counter() - t0
+    try:
+        t = time.perf_counter()
+        loaded = load_module(path, sections)
+        timings["parse"] = time.perf_counter() - t
+        if loaded is None:
+            what = "no .BTF section" if sections.btf is None else \
+                "no .BTF.base or .BTF.base_expects section"
+            p = Problem("no-base", "info", f"{path}: {what}: not split-distilled, nothing to"
+                                           " reconcile")
+            return result(Verdict.NO_BASE, p.summary, [p])
+        t = time.perf_counter()
+        rel = relocate(loaded.split, target, embedded_rule=embedded_rule, module=name)
+        timings["relocate"] = time.perf_counter() - t
+    except (BtfError, WireError) as exc:
+        return error(str(exc) if isinstance(exc, BtfError) else f"{path}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - never raise for bad module input
+        return error(f"{path}: cannot reconcile: {type(exc).__name__}: {exc}")
+
+    problems = list(rel.problems)
+    if any(p.code == "invalid-base" for p in problems):
+        return result(Verdict.ERROR, problems[0].summary, problems)
+    if loaded.expects is not None and rel.ok:
+        t = time.perf_counter()
+        try:
+            dist_names = {(d.kind, d.name): d.id for d in rel.dist_types}
+            problems += check_fields(loaded.expects, target, rel.id_map, dist_names,
+                                     rel.embedded, strict, name)
+        except Exception as exc:  # noqa: BLE001
+            return error(f"{path}:.BTF.base_expects: cannot check fields:"
+                         f" {type(exc).__name__}: {exc}")
+        timings["fields"] = time.perf_counter() - t
+    errors = [p for p in problems if p.severity == ERROR]
+    if errors:
+        more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+        return result(Verdict.INCOMPATIBLE, errors[0].summary + more, problems)
+    n_types = len(loaded.split)
+    warn = f"; {len(problems)} warnings" if problems else ""
+    summary = (f"{name}: compatible with {target.path}: {n_types} module types reconciled,"
+               f" {len(rel.dist_types)} expected base types matched{warn}")
+    return result(Verdict.OK, summary, problems, rel.data)

@@ -1,0 +1,395 @@
+"""Reconcile a module's split BTF onto a target vmlinux: libbpf `btf__relocate()` /
+the kernel's kernel/bpf/btf_relocate.c, rule for rule, with the target looked up by name.
+
+What btf_relocate.c does, and what we do the same way:
+
+- The distilled base may only hold *named* INT, FLOAT, ENUM, STRUCT, UNION and FWD types.
+- A distilled STRUCT/UNION that a split STRUCT/UNION member reaches through CONST, VOLATILE,
+  RESTRICT, TYPEDEF, TYPE_TAG and ARRAY links (no PTR) is "embedded": its size must match.
+  libbpf 1.5.0 scans only split ids below `nr_split_types` for this (a bug fixed upstream in
+  5ca681a86ef9, "Fix incorrect traversal end type ID when marking BTF_IS_EMBEDDED", and in
+  Linux 6.12.y stable); `EMBEDDED_KERNEL` scans every split type like the fixed code,
+  `EMBEDDED_LIBBPF_1_5` reproduces libbpf 1.5.0.
+- For every named base type of kind INT/FLOAT/ENUM/ENUM64 (name and size must be equal), FWD
+  (name only) or STRUCT/UNION (name; also size when the base has several composites of that
+  name), in base-id order, each same-named distilled type is checked for compatibility:
+  FWD needs a FWD of the same kind_flag, a STRUCT with kind_flag 0 or a UNION with kind_flag 1
+  (the base type's kind_flag, exactly as the C code tests it); INT needs an INT with the same
+  encoding; FLOAT a FLOAT; ENUM an ENUM or ENUM64; STRUCT/UNION anything that passed the name
+  (and size) lookup, except that an embedded one still unmapped needs an equal size.
+  A second compatible base type for an already mapped distilled type is an error (ambiguous).
+- Any distilled type left unmapped is an error.
+- Split ids move by (target type count - distilled type count); distilled ids become the
+  matched target ids; split string offsets move by (target str_len - distilled str_len) and
+  offsets into the distilled strings become the name offsets of the matched target types.
+- Header and string section are unchanged; only type-id and string-offset words change, so
+  the output is byte for byte what btf__raw_data() returns after btf__relocate().
+
+Processing each distilled type against its candidates in ascending target id replays exactly
+the state changes the C loop makes for that type, so accept/reject is the same; we collect
+every problem instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from array import array
+from dataclasses import dataclass, field
+
+from ..btf.btf import Btf
+from ..btf.kinds import BTF_MAGIC, BTF_VERSION, HEADER_SIZE
+from .diagnostics import ERROR, CandidateInfo, Problem, expected_dict, type_label
+from .target import Candidate, VmlinuxIndex
+from .wire import (
+    CHAIN_KINDS,
+    K_ARRAY,
+    K_ENUM,
+    K_ENUM64,
+    K_FLOAT,
+    K_FWD,
+    K_INT,
+    K_STRUCT,
+    K_UNION,
+    WireError,
+    id_slots,
+    kind_name,
+    record_offsets,
+    str_slots,
+)
+
+EMBEDDED_KERNEL = "kernel"
+EMBEDDED_LIBBPF_1_5 = "libbpf-1.5"
+_NATIVE = "<" if sys.byteorder == "little" else ">"
+_DIST_KINDS = frozenset({K_INT, K_FLOAT, K_ENUM, K_STRUCT, K_UNION, K_FWD})
+_MAX_PATHS = 4
+
+
+@dataclass(slots=True)
+class DistType:
+    id: int
+    kind: int
+    kflag: int
+    name_off: int
+    name: bytes
+    size: int
+    encoding: int
+
+    @property
+    def label(self) -> str:
+        return type_label(self.kind, self.name.decode("utf-8", "replace"))
+
+
+@dataclass
+class RelocateResult:
+    ok: bool
+    data: bytes | None  # relocated split BTF (base = target) when ok
+    problems: list[Problem]
+    id_map: dict[int, int]  # distilled id -> target id (what was matched)
+    dist_types: list[DistType]
+    embedded: set[int]  # distilled ids embedded by value (full scan)
+    embed_paths: dict[int, list[str]] = field(default_factory=dict)
+
+
+def dist_types_of(dist: Btf) -> list[DistType]:
+    words = dist.types_words()
+    offs = record_offsets(words)
+    strs = dist.strings
+    out = []
+    tid = dist.start_id
+    for o in offs:
+        no = words[o]
+        info = words[o + 1]
+        kind = (info >> 24) & 0x1F
+        name = b""
+        if no and no < len(strs):
+            end = strs.find(b"\0", no)
+            name = strs[no:end] if end >= 0 else strs[no:]
+        enc = (words[o + 3] >> 24) & 0x0F if kind == K_INT else 0
+        out.append(DistType(tid, kind, info >> 31, no, name, words[o + 2], enc))
+        tid += 1
+    return out
+
+
+class _Split:
+    """The module's split types as words, with kind/next lookups across split and base."""
+
+    def __init__(self, split: Btf, dist: list[DistType]) -> None:
+        self.btf = split
+        self.words = split.types_words()
+        self.offs = record_offsets(self.words)
+        self.start = split.start_id
+        self.dist = dist
+
+    def kind(self, tid: int) -> int:
+        if tid >= self.start:
+            return (self.words[self.offs[tid - self.start] + 1] >> 24) & 0x1F
+        return self.dist[tid - 1].kind if tid else 0
+
+    def label(self, tid: int) -> str:
+        if tid >= self.start:
+            w = self.words
+            o = self.offs[tid - self.start]
+            return type_label((w[o + 1] >> 24) & 0x1F, self.btf.name_of(w[o]))
+        return self.dist[tid - 1].label
+
+
+def _embedded_scan(sp: _Split, nr_dist: int, end: int, want_paths: bool
+                   ) -> tuple[set[int], dict[int, list[str]]]:
+    """btf_mark_embedded_composite_type_ids over split ids [nr_dist, end)."""
+    w = sp.words
+    offs = sp.offs
+    start = sp.start
+    nr_types = start + len(offs)
+    marked: set[int] = set()
+    paths: dict[int, list[str]] = {}
+    for tid in range(nr_dist, min(end, nr_types)):
+        o = offs[tid - start]
+        info = w[o + 1]
+        kind = (info >> 24) & 0x1F
+        if kind != K_STRUCT and kind != K_UNION:
+            continue
+        for m in range(info & 0xFFFF):
+            next_id = w[o + 4 + 3 * m]
+            steps = 0
+            while next_id:
+                steps += 1
+                if steps > 64 or next_id >= nr_types:  # a loop or a dangling id: stop
+                    break
+                if next_id >= start:
+                    no = offs[next_id - start]
+                    k = (w[no + 1] >> 24) & 0x1F
+                    if k in CHAIN_KINDS:
+                        next_id = w[no + 2]
+                        continue
+                    if k == K_ARRAY:
+                        next_id = w[no + 3]
+                        continue
+                    break
+                k = sp.dist[next_id - 1].kind
+                if (k in (K_STRUCT, K_UNION)) and next_id < nr_dist:
+                    marked.add(next_id)
+                    if want_paths:
+                        lst = paths.setdefault(next_id, [])
+                        if len(lst) < _MAX_PATHS:
+                            mname = sp.btf.name_of(w[o + 3 + 3 * m]) or "(anon)"
+                            lst.append(f"{sp.label(tid)}.{mname} -> {sp.label(next_id)}")
+                break
+    return marked, paths
+
+
+def _candidate_info(c: Candidate, target: VmlinuxIndex, why: str) -> CandidateInfo:
+    size = None if c.kind == K_FWD else c.size
+    return CandidateInfo(c.id, kind_name(c.kind), target.btf.name_of(c.name_off), size, why)
+
+
+def _match(d: DistType, target: VmlinuxIndex, embedded: bool
+           ) -> tuple[list[Candidate], list[tuple[Candidate, str]]]:
+    """The target types that map `d`, in the order btf_relocate.c finds them, and the
+    same-named ones it passes over (with the reason)."""
+    hits: list[Candidate] = []
+    misses: list[tuple[Candidate, str]] = []
+    dk = d.kind
+    for c in target.candidates(d.name):
+        bk = c.kind
+        # The sorted-name binary search: which base types even reach this distilled type.
+        if bk in (K_INT, K_FLOAT, K_ENUM, K_ENUM64):
+            if c.size != d.size:
+                misses.append((c, f"size {c.size} != {d.size}"))
+                continue
+        elif (bk in (K_STRUCT, K_UNION) and target.composites_named(c.name_off) > 1
+              and c.size != d.size):
+            misses.append((c, f"size {c.size} != {d.size} (several {kind_name(bk)}s of"
+                              " this name: size decides)"))
+            continue
+        # Compatibility of kinds (btf_relocate_map_distilled_base's switch).
+        if dk == K_FWD:
+            if bk == K_FWD:
+                ok = c.kflag == d.kflag
+            elif bk == K_STRUCT:
+                ok = c.kflag == 0
+            elif bk == K_UNION:
+                ok = c.kflag == 1
+            else:
+                ok = False
+            if not ok:
+                misses.append((c, "not compatible with the forward declaration"))
+                continue
+        elif dk == K_INT:
+            if bk != K_INT or c.encoding != d.encoding:
+                misses.append((c, "not an int" if bk != K_INT else
+                               f"encoding {c.encoding:#x} != {d.encoding:#x}"))
+                continue
+        elif dk == K_FLOAT:
+            if bk != K_FLOAT:
+                misses.append((c, "not a float"))
+                continue
+        elif dk == K_ENUM:
+            if bk != K_ENUM and bk != K_ENUM64:
+                misses.append((c, "not an enum"))
+                continue
+        elif dk in (K_STRUCT, K_UNION):
+            if embedded and not hits and c.size != d.size:
+                misses.append((c, f"size {c.size} != {d.size} and the module embeds it"))
+                continue
+        else:
+            misses.append((c, "distilled kind not matchable"))
+            continue
+        hits.append(c)
+    return hits, misses
+
+
+def _validate_dist(dist: list[DistType], module: str) -> list[Problem]:
+    for d in dist:
+        if d.kind not in _DIST_KINDS:
+            return [Problem("invalid-base", ERROR,
+                            f"{module}: .BTF.base type [{d.id}] has kind {kind_name(d.kind)},"
+                            " which a distilled base may not contain",
+                            expected_dict(d.id, d.kind, d.name.decode(errors="replace"), None))]
+        if not d.name_off:
+            return [Problem("invalid-base", ERROR,
+                            f"{module}: .BTF.base type [{d.id}] ({kind_name(d.kind)}) is"
+                            " anonymous; a distilled base holds named types only",
+                            expected_dict(d.id, d.kind, "", d.size))]
+    return []
+
+
+def relocate(split: Btf, target: VmlinuxIndex, *, embedded_rule: str = EMBEDDED_KERNEL,
+             module: str = "module", diagnose: bool = True) -> RelocateResult:
+    """Relocate `split` (whose base is the module's distilled base) onto `target`."""
+    dist_btf = split.base
+    if dist_btf is None or dist_btf.base is not None:
+        raise ValueError("relocate() needs split BTF whose base is a distilled base BTF")
+    dist = dist_types_of(dist_btf)
+    nr_dist = dist_btf.type_count
+    problems = _validate_dist(dist, module)
+    if problems:
+        return RelocateResult(False, None, problems, {}, dist, set())
+    sp = _Split(split, dist)
+    nr_types = split.type_count
+    nr_split = nr_types - nr_dist
+    scan_end = nr_types if embedded_rule == EMBEDDED_KERNEL else nr_split
+    if embedded_rule not in (EMBEDDED_KERNEL, EMBEDDED_LIBBPF_1_5):
+        raise ValueError(f"unknown embedded rule {embedded_rule!r}")
+    embedded_all, paths = _embedded_scan(sp, nr_dist, nr_types, diagnose)
+    if scan_end >= nr_types:
+        embedded = embedded_all
+    else:
+        embedded, _ = _embedded_scan(sp, nr_dist, scan_end, False)
+
+    id_map: dict[int, int] = {}
+    str_map: dict[int, tuple[int, int]] = {}  # dist name_off -> (target id, target name_off)
+    # void takes part in libbpf's name search with the empty name
+    for c in target.candidates(b""):
+        problems.append(Problem("invalid-base", ERROR,
+                                f"{module}: vmlinux type [{c.id}] has an empty name and maps"
+                                " to the distilled void type"))
+        break
+    for d in dist:
+        is_emb = d.id in embedded
+        hits, misses = _match(d, target, is_emb)
+        name = d.name.decode("utf-8", "replace")
+        if len(hits) == 1:
+            c = hits[0]
+            id_map[d.id] = c.id
+            prev = str_map.get(d.name_off)
+            if prev is None or prev[0] < c.id:
+                str_map[d.name_off] = (c.id, c.name_off)
+            continue
+        size = None if d.kind == K_FWD else d.size
+        emb = d.id in embedded_all if d.kind in (K_STRUCT, K_UNION) else None
+        if not hits:
+            cands = [_candidate_info(c, target, why) for c, why in misses]
+            if not cands and diagnose:
+                cands = _other_kinds(target, d)
+            what = "no type of that name" if not misses else "no compatible type"
+            summary = f"{module}: {d.label}"
+            if size is not None and d.kind != K_FWD:
+                summary += f" (size {d.size})"
+            summary += f" expected by the module: vmlinux has {what}"
+            if misses:
+                summary += " (" + "; ".join(
+                    f"[{c.id}] {type_label(c.kind, name)} {why}" for c, why in misses[:3]) + ")"
+            problems.append(Problem("unmapped", ERROR, summary,
+                                    expected_dict(d.id, d.kind, name, size), cands, emb,
+                                    paths.get(d.id, [])))
+        else:
+            cands = [_candidate_info(c, target, "") for c in hits]
+            ids = ", ".join(str(c.id) for c in hits)
+            summary = (f"{module}: {d.label} (size {d.size}) is ambiguous: vmlinux has"
+                       f" {len(hits)} equally good candidates (ids {ids})")
+            problems.append(Problem("ambiguous", ERROR, summary,
+                                    expected_dict(d.id, d.kind, name, size), cands, emb,
+                                    paths.get(d.id, [])))
+    if problems:
+        return RelocateResult(False, None, problems, id_map, dist, embedded_all, paths)
+
+    # Rewrite type ids, then string offsets, of every split record.
+    w = sp.words
+    shift = target.type_count - nr_dist
+    dmap = [0] * nr_dist
+    for k, v in id_map.items():
+        dmap[k] = v
+    dist_str_len = dist_btf.str_end
+    str_shift = target.str_len - dist_str_len
+    smap = {k: v[1] for k, v in str_map.items()}
+    for o in sp.offs:
+        for pos in id_slots(w, o):
+            v = w[pos]
+            w[pos] = v + shift if v >= nr_dist else dmap[v]
+    for o in sp.offs:
+        for pos in str_slots(w, o):
+            v = w[pos]
+            if not v:
+                continue
+            if v >= dist_str_len:
+                w[pos] = v + str_shift
+            else:
+                nv = smap.get(v)
+                if nv is None:
+                    s = dist_btf.name_of(v) if v < dist_str_len else "?"
+                    problems.append(Problem(
+                        "unmapped-string", ERROR,
+                        f"{module}: string '{s}' [offset {v}] of the module's types is in the"
+                        " distilled base but names no distilled type, so it cannot be mapped"))
+                    return RelocateResult(False, None, problems, id_map, dist, embedded_all,
+                                          paths)
+                w[pos] = nv
+    return RelocateResult(True, serialize(split, w), [], id_map, dist, embedded_all, paths)
+
+
+def _other_kinds(target: VmlinuxIndex, d: DistType) -> list[CandidateInfo]:
+    """Same-named types of kinds relocation never matches (e.g. a typedef), for context."""
+    out = []
+    try:
+        ids = target.btf.find(d.name)
+    except Exception:  # noqa: BLE001 - diagnostics only
+        return out
+    for tid in ids[:4]:
+        k = int(target.btf.kind_of(tid))
+        out.append(CandidateInfo(tid, kind_name(k), d.name.decode("utf-8", "replace"), None,
+                                 f"a {kind_name(k)}, never matched"))
+    return out
+
+
+def serialize(btf: Btf, words: array) -> bytes:
+    """`btf`'s header and strings around `words` (host order), in btf's byte order."""
+    return serialize_parts(words, btf.strings, byte_order=btf.byte_order, flags=btf.flags,
+                           hdr_extra=btf.hdr_extra)
+
+
+def serialize_parts(words: array, strs: bytes, *, byte_order: str = _NATIVE, flags: int = 0,
+                    hdr_extra: bytes = b"") -> bytes:
+    """A BTF blob: header, type words (given in host order), strings."""
+    if byte_order != _NATIVE:
+        words = array("I", words)
+        words.byteswap()
+    types = words.tobytes()
+    hdr_len = HEADER_SIZE + len(hdr_extra)
+    hdr = struct.pack(byte_order + "HBBIIIII", BTF_MAGIC, BTF_VERSION, flags, hdr_len,
+                      0, len(types), len(types), len(strs))
+    return hdr + hdr_extra + types + strs
+
+
+__all__ = ["EMBEDDED_KERNEL", "EMBEDDED_LIBBPF_1_5", "RelocateResult", "WireError",
+           "relocate", "serialize", "serialize_parts"]
