@@ -16,7 +16,7 @@ from ..btf.errors import BtfError
 from ..elf import ElfError
 
 # Subcommand modules, in the order `--help` lists them.
-COMMANDS = ("dump", "inspect", "status", "daemonctl")
+COMMANDS = ("dump", "inspect", "status", "daemonctl", "check", "reconcile", "distill")
 
 EXIT_OK, EXIT_INCOMPATIBLE, EXIT_ERROR = 0, 1, 2
 
