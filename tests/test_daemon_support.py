@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 import os
 import sys
 import time
@@ -134,21 +135,26 @@ class FakeSystem:
         d.rmdir()
 
     def config(self, **extra: Any) -> Path:
-        lines = [
-            f'cache_dir = "{self.cache}"',
-            f'socket = "{self.socket}"',
-            f'sysfs = "{self.sysfs}"',
-            f'vmlinux = "{self.vmlinux}"',
-            f'modules_root = "{self.root / "nolib"}"',
-            f'extra_module_dirs = ["{self.mods}"]',
-            'release = "6.18.0-test"',
-        ]
-        for k, v in extra.items():
-            lines.append(f"{k} = {v!r}".replace("'", '"') if isinstance(v, str)
-                         else f"{k} = {str(v).lower() if isinstance(v, bool) else v}")
+        values: dict[str, Any] = {
+            "cache_dir": str(self.cache), "socket": str(self.socket),
+            "sysfs": str(self.sysfs), "vmlinux": str(self.vmlinux),
+            "modules_root": str(self.root / "nolib"),
+            "extra_module_dirs": [str(self.mods)], "release": "6.18.0-test",
+        }
+        values.update(extra)
         p = self.root / "btfreconciled.toml"
-        p.write_text("\n".join(lines) + "\n")
+        p.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in values.items()))
         return p
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return json.dumps(str(v))
 
 
 def daemon_argv(cfg: Path, *extra: str) -> list[str]:
