@@ -16,6 +16,7 @@ same bit offset, bitfield size and a compatible type.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,19 @@ FIELDS_EMBEDDED, FIELDS_ALL = "embedded", "all"
 _DISTILLABLE = frozenset({K_INT, K_FLOAT, K_ENUM, K_ENUM64, K_FWD, K_STRUCT, K_UNION})
 
 
+_words_cache: weakref.WeakKeyDictionary[Btf, tuple[Any, list[int]]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _words(b: Btf) -> tuple[Any, list[int]]:
+    got = _words_cache.get(b)
+    if got is None:
+        w = b.types_words()
+        got = (w, record_offsets(w))
+        _words_cache[b] = got
+    return got
+
+
 class _View:
     """Word-level reads of one Btf (and its bases) by type id."""
 
@@ -53,8 +67,8 @@ class _View:
         chain = []
         b: Btf | None = btf
         while b is not None:
-            w = b.types_words()
-            chain.append((b.start_id, w, record_offsets(w)))
+            w, offs = _words(b)
+            chain.append((b.start_id, w, offs))
             b = b.base
         self.chain = chain
 

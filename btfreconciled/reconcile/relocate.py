@@ -178,6 +178,17 @@ def _embedded_scan(sp: _Split, nr_dist: int, end: int, want_paths: bool
     return marked, paths
 
 
+def embedded_ids(split: Btf) -> tuple[set[int], dict[int, list[str]]]:
+    """Distilled ids of the base structs/unions split BTF embeds by value (every split type
+    scanned), with up to four member paths each (`struct my_dev.work -> struct work_struct`)."""
+    dist_btf = split.base
+    if dist_btf is None:
+        raise ValueError("embedded_ids() needs split BTF")
+    dist = dist_types_of(dist_btf)
+    sp = _Split(split, dist)
+    return _embedded_scan(sp, dist_btf.type_count, split.type_count, True)
+
+
 def _candidate_info(c: Candidate, target: VmlinuxIndex, why: str) -> CandidateInfo:
     size = None if c.kind == K_FWD else c.size
     return CandidateInfo(c.id, kind_name(c.kind), target.btf.name_of(c.name_off), size, why)
@@ -392,4 +403,4 @@ def serialize_parts(words: array, strs: bytes, *, byte_order: str = _NATIVE, fla
 
 
 __all__ = ["EMBEDDED_KERNEL", "EMBEDDED_LIBBPF_1_5", "RelocateResult", "WireError",
-           "relocate", "serialize", "serialize_parts"]
+           "embedded_ids", "relocate", "serialize", "serialize_parts"]
