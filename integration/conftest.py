@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -47,3 +49,56 @@ def fixtures_612(tc) -> Path:
 @pytest.fixture(scope="session")
 def fixtures_61(tc) -> Path:
     return tc.fixtures_dir("6.1")
+
+
+def _boot_and_load(tc, series: str, tmp_factory) -> dict:
+    """Boot ``series`` once, insmod every fixture (the .BTF.base build, then the plain
+    one), and save what the kernel made of them under verdicts/<release>/."""
+    fx = tc.fixtures_dir(series)
+    mods = list(tc.FIXTURE_MODULES)
+    out = tmp_factory.mktemp(f"vm-{series}")
+    guest_out = "/run/btfr-out"
+    cmd = ["integration/guest/load_fixtures.sh", guest_out,
+           "distilled", str(fx), *mods, "--", "plain", str(fx / "plain"), *mods]
+    res = tc.run_in_vm(series, cmd, timeout=400, rwdirs=[f"{guest_out}={out}"])
+    if res.returncode != 0 or not (out / "complete").exists():
+        raise RuntimeError(f"VM run for {series} failed (status {res.returncode}):\n"
+                           f"{res.stdout}\n{res.stderr}")
+    release = tc.kernel_release(series)
+    vd = tc.cache_root() / "verdicts" / release
+    tmp = vd.with_name(vd.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(out, tmp)
+    summary = {"release": release, "uname": (out / "uname").read_text().strip(),
+               "modules": {}}
+    for phase in ("distilled", "plain"):
+        for m in mods:
+            d = out / phase
+            dmesg = (d / f"{m}.dmesg").read_text(errors="replace").splitlines()
+            summary["modules"].setdefault(m, {})[phase] = {
+                "insmod_status": int((d / f"{m}.insmod.rc").read_text()),
+                "sysfs_btf": (d / f"{m}.btf").exists(),
+                "sysfs_btf_size": (d / f"{m}.btf").stat().st_size if (d / f"{m}.btf").exists()
+                else None,
+                "bpftool_ko_status": int((d / f"{m}.ko.rc").read_text()),
+                "dmesg": [ln for ln in dmesg if "BTF" in ln or "BPF" in ln or "kfunc" in ln],
+            }
+            if phase == "distilled" and (d / f"{m}.btf").exists():
+                shutil.copyfile(d / f"{m}.btf", tmp / f"{m}.btf")
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    shutil.rmtree(vd, ignore_errors=True)
+    tmp.rename(vd)
+    return {"release": release, "verdicts": vd, "out": out, "summary": summary,
+            "stdout": res.stdout, "stderr": res.stderr}
+
+
+@pytest.fixture(scope="session")
+def vm_612(tc, tmp_path_factory) -> dict:
+    """One 6.12 boot for the whole session: every fixture loaded, verdicts saved."""
+    return _boot_and_load(tc, "6.12", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def vm_61(tc, tmp_path_factory) -> dict:
+    """One 6.1 boot for the whole session: what an old kernel does with .BTF.base modules."""
+    return _boot_and_load(tc, "6.1", tmp_path_factory)

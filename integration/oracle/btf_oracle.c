@@ -25,7 +25,9 @@
  *   base-of MOD OUT
  *       writes the distilled base embedded in MOD (.BTF.base) as raw BTF.
  *   info BTF [BASE]
- *       prints "types=<n> start_id=<id> str_len=<n> base_types=<n>".
+ *       prints "types=<n> start_id=<id> raw_size=<bytes>" (n = types of BTF
+ *       itself, without its base; a module with .BTF.base and no BASE is
+ *       parsed on its distilled base).
  *   --version
  *
  * Exit status: 0 success; 1 libbpf rejected the input or an I/O error (the
@@ -195,10 +197,11 @@ static int cmd_info(int argc, char **argv)
 		return 1;
 	raw = btf__raw_data(btf, &size);
 	b = btf__base_btf(btf);
-	printf("types=%u start_id=%u raw_size=%u base_types=%u\n",
+	/* start_id: first type id of this BTF (1 when standalone); types: how many
+	 * types it holds itself (split part only); raw_size: btf__raw_data size. */
+	printf("types=%u start_id=%u raw_size=%u\n",
 	       btf__type_cnt(btf) - (b ? btf__type_cnt(b) : 1),
-	       b ? btf__type_cnt(b) : 1, raw ? size : 0,
-	       b ? btf__type_cnt(b) : 0);
+	       b ? btf__type_cnt(b) : 1, raw ? size : 0);
 	return 0;
 }
 

@@ -9,6 +9,7 @@ output is an ELF file.  Usage: extract-vmlinux.py VMLINUZ OUT
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 # (magic, command); the command reads the compressed stream on stdin.
 CANDIDATES = [
@@ -23,9 +24,9 @@ CANDIDATES = [
 
 def main() -> int:
     src, out = sys.argv[1], sys.argv[2]
-    data = open(src, "rb").read()
+    data = Path(src).read_bytes()
     if data[:4] == b"\x7fELF":
-        open(out, "wb").write(data)
+        Path(out).write_bytes(data)
         return 0
     tmp = out + ".tmp"
     for magic, cmd in CANDIDATES:

@@ -1,0 +1,54 @@
+"""vm/run failure modes: clear errors, the guest's exit status, a timeout that kills QEMU."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+pytestmark = pytest.mark.vm
+
+
+def run(tc, *args, env=None, timeout=200):
+    return subprocess.run([str(tc.VM_DIR / "run"), *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def test_missing_kernel_is_a_clear_error(tc):
+    t0 = time.monotonic()
+    res = run(tc, "--kernel", "5.99", "--", "true", timeout=30)
+    assert res.returncode == 125
+    assert "kernel '5.99' not found" in res.stderr and "vm/setup" in res.stderr
+    assert time.monotonic() - t0 < 10
+
+
+def test_missing_rootfs_is_a_clear_error(tc, tmp_path):
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "6.12").symlink_to(tc.kernel_dir("6.12"))
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "BTFRECONCILED_CACHE_ROOT": str(tmp_path)}
+    res = run(tc, "--", "true", env=env, timeout=30)
+    assert res.returncode == 125
+    assert "root filesystem not found" in res.stderr
+
+
+def test_guest_output_and_failing_status(tc):
+    res = tc.run_in_vm("6.12", "echo hello-from-guest; uname -r; exit 42", timeout=200)
+    assert res.returncode == 42, res.stderr
+    assert "hello-from-guest" in res.stdout
+    assert tc.kernel_release("6.12") in res.stdout
+
+
+def test_hanging_guest_is_killed_at_timeout(tc, tmp_path):
+    marker = tmp_path / "hang-marker"
+    marker.mkdir()
+    t0 = time.monotonic()
+    res = run(tc, "--timeout", "60", "--rwdir", f"/run/hang={marker}", "--", "sleep 1000",
+              timeout=200)
+    elapsed = time.monotonic() - t0
+    assert res.returncode == 124
+    assert "did not finish within 60 s" in res.stderr
+    assert 55 < elapsed < 90
+    # no QEMU left behind
+    left = subprocess.run(["pgrep", "-f", str(marker)], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
