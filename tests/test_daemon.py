@@ -21,6 +21,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_daemon_support import (  # noqa: E402
+    CTL,
     FakeEngine,
     FakeSystem,
     daemon_argv,
@@ -555,7 +556,7 @@ def test_poll_fallback_is_shown_and_works(fs: FakeSystem) -> None:
                                     request(fs.socket, {"cmd": "list"})["modules"]), 10)
         fs.unload("a")
         assert wait_for(lambda: not request(fs.socket, {"cmd": "list"})["modules"], 10)
-        out = subprocess.run([sys.executable, "-m", "btfreconciled.cli.main", "--socket",
+        out = subprocess.run([*CTL, "--socket",
                               str(fs.socket), "status"], capture_output=True, text=True,
                              env=env_for_daemon())
         assert out.returncode == 0 and "events:  poll" in out.stdout

@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+# btfreconcilectl as the console script runs it (`python -m btfreconciled.cli.main` would
+# import cli/main.py twice, as __main__ and as a module, with two distinct CliError classes).
+CTL = [sys.executable, "-c", "import sys; from btfreconciled.cli.main import main; "
+       "sys.exit(main())"]
 
 
 class FakeVerdict(enum.Enum):
