@@ -64,8 +64,10 @@ class VmlinuxIndex:
             self._build()
 
     @classmethod
-    def load(cls, path: str = SYSFS_VMLINUX) -> VmlinuxIndex:
-        """Target BTF from /sys/kernel/btf/vmlinux, a raw BTF file or a vmlinux ELF."""
+    def load(cls, path: str = SYSFS_VMLINUX, *, validate: bool = True) -> VmlinuxIndex:
+        """Target BTF from /sys/kernel/btf/vmlinux, a raw BTF file or a vmlinux ELF.
+        /sys/kernel/btf/* is never re-validated (the kernel verified it); `validate=False`
+        also skips it for other files (e.g. deliberately mutated BTF in tests)."""
         sections = read_btf_sections(path)
         if sections.btf is None:
             raise BtfError("no .BTF section", source=str(path))
@@ -73,7 +75,7 @@ class VmlinuxIndex:
         verified = False
         with contextlib.suppress(OSError):
             verified = Path(path).resolve().parent == Path(SYSFS_VMLINUX).parent
-        btf = parse_btf(sections.btf, source=source, validate=not verified)
+        btf = parse_btf(sections.btf, source=source, validate=validate and not verified)
         return cls(btf, sha256=sections.sha256, path=str(path))
 
     @classmethod
