@@ -129,9 +129,9 @@ int main(int argc, char **argv)
 			btf__free(ns);
 			btf__free(nb);
 			btf__free(split);
-			/* relocate what a module would carry: the pair parsed back from bytes
-			 * (btf__relocate() on the in-memory pair would leave btf__raw_data()'s
-			 * cached copy stale) */
+			// relocate what a module would carry: the pair parsed back from bytes
+			// (btf__relocate() on the in-memory pair leaves btf__raw_data()'s
+			// cached copy stale)
 			{
 				char bp[4096], sp[4096];
 				struct btf *dist, *s2;
@@ -195,8 +195,9 @@ int main(int argc, char **argv)
 			}
 			if (n) {
 				qsort(t, n, sizeof(*t), cmp_u64);
-				printf("%s\t%d\t%llu\t%llu\n", name, types,
-				       (unsigned long long)t[n / 2], (unsigned long long)t[0]);
+				unsigned long long med = t[n / 2], min = t[0];
+
+				printf("%s\t%d\t%llu\t%llu\n", name, types, med, min);
 			} else {
 				printf("%s\t%d\tfail\n", name, types);
 			}
