@@ -140,7 +140,8 @@ def reconcile_module_file(path: str, target: VmlinuxIndex, *, strict: str = "emb
                                            " reconcile")
             return result(Verdict.NO_BASE, p.summary, [p])
         t = time.perf_counter()
-        rel = relocate(loaded.split, target, embedded_rule=embedded_rule, module=name)
+        rel = relocate(loaded.split, target, embedded_rule=embedded_rule, module=name,
+                       want_embedded=loaded.expects is not None)
         timings["relocate"] = time.perf_counter() - t
     except (BtfError, WireError) as exc:
         return error(str(exc) if isinstance(exc, BtfError) else f"{path}: {exc}")

@@ -38,7 +38,7 @@ from array import array
 from dataclasses import dataclass, field
 
 from ..btf.btf import Btf
-from ..btf.kinds import BTF_MAGIC, BTF_VERSION, HEADER_SIZE
+from ..btf.kinds import BTF_MAGIC, BTF_VERSION, EXTRA_FIXED_WORDS, EXTRA_VLEN_WORDS, HEADER_SIZE
 from .diagnostics import ERROR, CandidateInfo, Problem, expected_dict, type_label
 from .target import Candidate, VmlinuxIndex
 from .wire import (
@@ -91,6 +91,16 @@ class RelocateResult:
     embed_paths: dict[int, list[str]] = field(default_factory=dict)
 
 
+def parsed_offsets(btf: Btf, words: array) -> list[int]:
+    """Record offsets of `btf`'s own types in `words` (= btf.types_words()). The parser
+    already found them; reuse its list when no record was replaced or added since."""
+    offs = getattr(btf, "_offs", None)  # Btf internals: a list computed by Btf.parse
+    if (isinstance(offs, list) and len(offs) == len(btf) and not getattr(btf, "_replaced", 1)
+            and (not offs or offs[-1] < len(words))):
+        return offs
+    return record_offsets(words)
+
+
 def dist_types_of(dist: Btf) -> list[DistType]:
     words = dist.types_words()
     offs = record_offsets(words)
@@ -117,7 +127,7 @@ class _Split:
     def __init__(self, split: Btf, dist: list[DistType]) -> None:
         self.btf = split
         self.words = split.types_words()
-        self.offs = record_offsets(self.words)
+        self.offs = parsed_offsets(split, self.words)
         self.start = split.start_id
         self.dist = dist
 
@@ -266,8 +276,13 @@ def _validate_dist(dist: list[DistType], module: str) -> list[Problem]:
 
 
 def relocate(split: Btf, target: VmlinuxIndex, *, embedded_rule: str = EMBEDDED_KERNEL,
-             module: str = "module", diagnose: bool = True) -> RelocateResult:
-    """Relocate `split` (whose base is the module's distilled base) onto `target`."""
+             module: str = "module", diagnose: bool = True,
+             want_embedded: bool = False) -> RelocateResult:
+    """Relocate `split` (whose base is the module's distilled base) onto `target`.
+
+    `want_embedded`: always fill RelocateResult.embedded (the field checks need it); else it
+    is only computed when it can change a match or a problem is reported. `diagnose=False`
+    skips the extra work that only makes messages better."""
     dist_btf = split.base
     if dist_btf is None or dist_btf.base is not None:
         raise ValueError("relocate() needs split BTF whose base is a distilled base BTF")
@@ -276,17 +291,25 @@ def relocate(split: Btf, target: VmlinuxIndex, *, embedded_rule: str = EMBEDDED_
     problems = _validate_dist(dist, module)
     if problems:
         return RelocateResult(False, None, problems, {}, dist, set())
+    if embedded_rule not in (EMBEDDED_KERNEL, EMBEDDED_LIBBPF_1_5):
+        raise ValueError(f"unknown embedded rule {embedded_rule!r}")
     sp = _Split(split, dist)
     nr_types = split.type_count
     nr_split = nr_types - nr_dist
     scan_end = nr_types if embedded_rule == EMBEDDED_KERNEL else nr_split
-    if embedded_rule not in (EMBEDDED_KERNEL, EMBEDDED_LIBBPF_1_5):
-        raise ValueError(f"unknown embedded rule {embedded_rule!r}")
-    embedded_all, paths = _embedded_scan(sp, nr_dist, nr_types, diagnose)
+    # Embedding only matters for a distilled struct/union that vmlinux has in another size.
+    need = any(d.kind in (K_STRUCT, K_UNION)
+               and any(c.size != d.size for c in target.candidates(d.name)) for d in dist)
+    embedded_all: set[int] = set()
+    paths: dict[int, list[str]] = {}
+    if need or want_embedded:
+        embedded_all, paths = _embedded_scan(sp, nr_dist, nr_types, diagnose)
     if scan_end >= nr_types:
         embedded = embedded_all
-    else:
+    elif need:
         embedded, _ = _embedded_scan(sp, nr_dist, scan_end, False)
+    else:
+        embedded = set()
 
     id_map: dict[int, int] = {}
     str_map: dict[int, tuple[int, int]] = {}  # dist name_off -> (target id, target name_off)
@@ -296,6 +319,11 @@ def relocate(split: Btf, target: VmlinuxIndex, *, embedded_rule: str = EMBEDDED_
                                 f"{module}: vmlinux type [{c.id}] has an empty name and maps"
                                 " to the distilled void type"))
         break
+    def diag_embedded() -> None:
+        nonlocal embedded_all, paths
+        if diagnose and not (need or want_embedded):
+            embedded_all, paths = _embedded_scan(sp, nr_dist, nr_types, True)
+
     for d in dist:
         is_emb = d.id in embedded
         hits, misses = _match(d, target, is_emb)
@@ -308,6 +336,8 @@ def relocate(split: Btf, target: VmlinuxIndex, *, embedded_rule: str = EMBEDDED_
                 str_map[d.name_off] = (c.id, c.name_off)
             continue
         size = None if d.kind == K_FWD else d.size
+        if not problems:
+            diag_embedded()
         emb = d.id in embedded_all if d.kind in (K_STRUCT, K_UNION) else None
         if not hits:
             cands = [_candidate_info(c, target, why) for c, why in misses]
@@ -336,37 +366,120 @@ def relocate(split: Btf, target: VmlinuxIndex, *, embedded_rule: str = EMBEDDED_
         return RelocateResult(False, None, problems, id_map, dist, embedded_all, paths)
 
     # Rewrite type ids, then string offsets, of every split record.
-    w = sp.words
     shift = target.type_count - nr_dist
     dmap = [0] * nr_dist
     for k, v in id_map.items():
         dmap[k] = v
     dist_str_len = dist_btf.str_end
-    str_shift = target.str_len - dist_str_len
     smap = {k: v[1] for k, v in str_map.items()}
-    for o in sp.offs:
+    w = sp.words
+    bad = _rewrite(w, sp.offs, nr_dist, shift, dmap, dist_str_len,
+                   target.str_len - dist_str_len, smap)
+    if bad is not None:
+        s = dist_btf.name_of(bad)
+        problems.append(Problem(
+            "unmapped-string", ERROR,
+            f"{module}: string '{s}' [offset {bad}] of the module's types is in the"
+            " distilled base but names no distilled type, so it cannot be mapped"))
+        return RelocateResult(False, None, problems, id_map, dist, embedded_all, paths)
+    return RelocateResult(True, serialize(split, w), [], id_map, dist, embedded_all, paths)
+
+
+def _rewrite(w: array, offs: list[int], nr_dist: int, shift: int, dmap: list[int],
+             dsl: int, sshift: int, smap: dict[int, int]) -> int | None:
+    """Rewrite ids and string offsets of the records at `offs` in place; returns the first
+    distilled-base string offset that has no mapping (then `w` is garbage), else None."""
+    if shift >= 0 and sshift >= 0 and sys.byteorder == "little" and len(offs) > 64:
+        done = _rewrite_lanes(w, offs, nr_dist, shift, dmap, dsl, sshift, smap)
+        if done is not False:
+            return done  # type: ignore[return-value]
+    for o in offs:
         for pos in id_slots(w, o):
             v = w[pos]
             w[pos] = v + shift if v >= nr_dist else dmap[v]
-    for o in sp.offs:
+    for o in offs:
         for pos in str_slots(w, o):
             v = w[pos]
             if not v:
                 continue
-            if v >= dist_str_len:
-                w[pos] = v + str_shift
+            if v >= dsl:
+                w[pos] = v + sshift
             else:
                 nv = smap.get(v)
                 if nv is None:
-                    s = dist_btf.name_of(v) if v < dist_str_len else "?"
-                    problems.append(Problem(
-                        "unmapped-string", ERROR,
-                        f"{module}: string '{s}' [offset {v}] of the module's types is in the"
-                        " distilled base but names no distilled type, so it cannot be mapped"))
-                    return RelocateResult(False, None, problems, id_map, dist, embedded_all,
-                                          paths)
+                    return v
                 w[pos] = nv
-    return RelocateResult(True, serialize(split, w), [], id_map, dist, embedded_all, paths)
+    return None
+
+
+# Per record shape (info word): bytes with 0x80000000 in the lanes that hold type ids, and
+# in the lanes that hold string offsets (libbpf's field iterator order does not matter here).
+_LANE_MASKS: dict[int, tuple[bytes, bytes]] = {}
+_B31 = (0x80000000).to_bytes(4, "little")
+_Z = bytes(4)
+
+
+def _lane_masks(info: int) -> tuple[bytes, bytes]:
+    m = _LANE_MASKS.get(info)
+    if m is None:
+        kind = (info >> 24) & 0x1F
+        n = 3 + EXTRA_FIXED_WORDS[kind] + EXTRA_VLEN_WORDS[kind] * (info & 0xFFFF)
+        fake = [0] * n
+        fake[1] = info
+        ids = set(id_slots(fake, 0))
+        strs = set(str_slots(fake, 0))
+        m = (b"".join(_B31 if i in ids else _Z for i in range(n)),
+             b"".join(_B31 if i in strs else _Z for i in range(n)))
+        _LANE_MASKS[info] = m
+    return m
+
+
+def _rewrite_lanes(w: array, offs: list[int], nr_dist: int, shift: int, dmap: list[int],
+                   dsl: int, sshift: int, smap: dict[int, int]) -> int | None | bool:
+    """The same rewrite on all words at once, as lane-wise arithmetic on one big integer
+    (32-bit lanes never carry into each other: every slot value is < 2**31 and the results
+    fit). Python-level work is per distinct record shape and per reference into the
+    distilled base, not per word. Returns False when the input does not allow it."""
+    infos = [w[o + 1] for o in offs]
+    for info in set(infos).difference(_LANE_MASKS):
+        _lane_masks(info)
+    masks = _LANE_MASKS
+    mid_b = b"".join([masks[i][0] for i in infos])
+    mstr_b = b"".join([masks[i][1] for i in infos])
+    nbytes = len(mid_b)
+    if nbytes != 4 * len(w):
+        return False
+    words = int.from_bytes(w.tobytes(), "little")
+    mid = int.from_bytes(mid_b, "little")
+    mstr = int.from_bytes(mstr_b, "little")
+    slots = mid | mstr
+    if words & slots:  # some slot value >= 2**31: not lane-safe
+        return False
+    one_id = mid >> 31
+    one_str = mstr >> 31
+    # bit 31 of a slot lane after adding (2**31 - T) says "value >= T"
+    ge_t = (words + one_id * (0x80000000 - nr_dist) + one_str * (0x80000000 - dsl)) & slots
+    ge_1 = (words + (one_id | one_str) * 0x7FFFFFFF) & slots
+    out = words + ((ge_t & mid) >> 31) * shift + ((ge_t & mstr) >> 31) * sshift
+    res = array("I")
+    res.frombytes(out.to_bytes(nbytes, "little"))
+    # lanes with 0 < value < T refer into the distilled base: map them one by one
+    small = (ge_1 ^ ge_t).to_bytes(nbytes, "little")
+    find = small.find
+    i = find(0x80)
+    while i >= 0:
+        lane = i >> 2
+        v = w[lane]
+        if mid_b[i] == 0x80:
+            res[lane] = dmap[v]
+        else:
+            nv = smap.get(v)
+            if nv is None:
+                return v
+            res[lane] = nv
+        i = find(0x80, i + 1)
+    w[:] = res
+    return None
 
 
 def _other_kinds(target: VmlinuxIndex, d: DistType) -> list[CandidateInfo]:
