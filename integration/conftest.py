@@ -15,9 +15,18 @@ import toolchain  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def tc():
-    """The toolchain module, after making sure vm/setup has built everything."""
-    toolchain.require_toolchain()
+def tc(request):
+    """The toolchain module, after making sure vm/setup has built everything.
+
+    vm/setup's progress is shown live (pytest's output capture is suspended meanwhile):
+    the first build takes minutes and should not look like a hang."""
+    if not toolchain.toolchain_ready():
+        capman = request.config.pluginmanager.getplugin("capturemanager")
+        if capman is not None:
+            with capman.global_and_fixture_disabled():
+                toolchain.require_toolchain()
+        else:
+            toolchain.require_toolchain()
     return toolchain
 
 

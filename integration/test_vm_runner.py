@@ -33,10 +33,17 @@ def test_missing_rootfs_is_a_clear_error(tc, tmp_path):
 
 
 def test_guest_output_and_failing_status(tc):
-    res = tc.run_in_vm("6.12", "echo hello-from-guest; uname -r; exit 42", timeout=200)
+    """Output comes back, the status is the guest command's, the checkout is importable."""
+    res = tc.run_in_vm(
+        "6.12",
+        "echo hello-from-guest; uname -r; "
+        "python3 -c 'import btfreconciled, elftools, structlog, pyroute2, watchdog, zstandard; "
+        "print(\"imports-ok\", btfreconciled.__file__)'; exit 42",
+        timeout=200)
     assert res.returncode == 42, res.stderr
     assert "hello-from-guest" in res.stdout
     assert tc.kernel_release("6.12") in res.stdout
+    assert f"imports-ok {tc.REPO}/btfreconciled/__init__.py" in res.stdout
 
 
 def test_hanging_guest_is_killed_at_timeout(tc, tmp_path):
