@@ -272,6 +272,34 @@ def test_mutated_vmlinux_same_verdict_as_libbpf(tc, harness, mutated, tmp_path, 
     assert (res.verdict is Verdict.OK) == libbpf_accepts
 
 
+def test_libbpf_15_embedded_scan_quirk_confirmed(tc, harness, mutated, tmp_path):
+    """libbpf 1.5.0 only marks embedded structs among split ids < nr_split_types (fixed
+    upstream by 5ca681a86ef9 and in Linux 6.12.y). A module with fewer split types than
+    distilled ones embedding a struct that grew: libbpf 1.5 accepts it, the fixed rule (and
+    the running 6.12 kernel) rejects it. EMBEDDED_LIBBPF_1_5 reproduces the former."""
+    dist = Btf()
+    dist.add(Int(dist.add_str("int"), 0, 4, 1, 0, 32))
+    dist.add(Int(dist.add_str("unsigned int"), 0, 4, 0, 0, 32))
+    dist.add(Int(dist.add_str("long unsigned int"), 0, 8, 0, 0, 64))
+    dist.add(Int(dist.add_str("long long unsigned int"), 0, 8, 0, 0, 64))
+    ws = dist.add(Struct(dist.add_str("work_struct"), 0, 32, ()))
+    dist = Btf.parse(dist.to_bytes(), validate=False)
+    split = Btf(dist)
+    split.add(Struct(split.add_str("holder"), 0, 32, (Member(split.add_str("w"), ws, 0),)))
+    (tmp_path / "d.btf").write_bytes(dist.to_bytes())
+    (tmp_path / "s.btf").write_bytes(split.to_bytes())
+    split = Btf.parse(split.to_bytes(), base=dist, validate=False)
+    status = run_harness(tc, harness, "relocate", mutated["grow-embedded"],
+                         [f"q\t{tmp_path / 'd.btf'}\t{tmp_path / 's.btf'}"], tmp_path,
+                         str(tmp_path))
+    assert status["q"] == ("ok",), status
+    target = VmlinuxIndex.load(str(mutated["grow-embedded"]), validate=False)
+    ours = relocate(split, target, embedded_rule=EMBEDDED_LIBBPF_1_5)
+    assert ours.ok and ours.data == (tmp_path / "q.rel").read_bytes()
+    fixed = relocate(split, target)
+    assert not fixed.ok and "struct work_struct" in fixed.problems[0].summary
+
+
 def test_field_check_catches_member_moved_at_same_size(tc, mutated, tmp_path):
     """work_struct.entry and .func swap places, size stays 32: the kernel and libbpf accept
     (size-only rule), our field check rejects a module that recorded the layout."""

@@ -562,3 +562,23 @@ def test_cli_check_reconcile_distill(tmp_path, built, capsys):
     assert ctl(["check", str(tmp_path / "missing.ko"), "--vmlinux", str(vm)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.ko" in err
+
+
+def test_module_without_anonymous_base_refs_comes_back_identical_in_dump():
+    from btfreconciled.btf.dump import dump_raw
+
+    base = reparse(vmlinux())
+    s = Btf(base)
+    n = base.type_count
+    s.add(Struct(s.add_str("plain_obj"), 0, 24, (
+        Member(s.add_str("a"), 1, 0), Member(s.add_str("l"), 3, 64))))
+    s.add(Ptr(0, 0, n))
+    s.add(FuncProto(0, 0, 1, (Param(s.add_str("o"), n + 1),)))
+    s.add(Func(s.add_str("plain_fn"), 0, n + 2, 1))
+    orig = reparse(s, base)
+    res = distill(orig)
+    assert len(res.split) == len(orig)  # nothing copied
+    rel = relocate(res.split, target_of(base))
+    back = Btf.parse(rel.data, base=base, validate=False)
+    assert compare_split(orig, back).equal
+    assert dump_raw(back) == dump_raw(orig)

@@ -99,8 +99,6 @@ def _exit_code(res: ModuleResult) -> int:
         return EXIT_OK
     if res.verdict is Verdict.INCOMPATIBLE:
         return EXIT_INCOMPATIBLE
-    if res.verdict is Verdict.NO_BASE and not res.diagnostics:
-        return EXIT_ERROR
     if res.verdict is Verdict.ERROR:
         # one line on stderr, like every other CLI error
         print(f"btfreconcilectl: error: {res.summary}", file=sys.stderr)

@@ -239,7 +239,8 @@ def _match(d: DistType, target: VmlinuxIndex, embedded: bool
         elif dk == K_INT:
             if bk != K_INT or c.encoding != d.encoding:
                 misses.append((c, "not an int" if bk != K_INT else
-                               f"encoding {c.encoding:#x} != {d.encoding:#x}"))
+                               f"encoding {_enc(c.encoding)}, the module expects"
+                               f" {_enc(d.encoding)}"))
                 continue
         elif dk == K_FLOAT:
             if bk != K_FLOAT:
@@ -258,6 +259,11 @@ def _match(d: DistType, target: VmlinuxIndex, embedded: bool
             continue
         hits.append(c)
     return hits, misses
+
+
+def _enc(e: int) -> str:
+    names = [n for bit, n in ((1, "SIGNED"), (2, "CHAR"), (4, "BOOL")) if e & bit]
+    return "|".join(names) if names else "(none)"
 
 
 def _validate_dist(dist: list[DistType], module: str) -> list[Problem]:
