@@ -67,11 +67,13 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
+def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644,
+                 sync_dir: bool = True) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix.
 
     The temporary file is hidden (``.tmp-*``) in the same directory; on any failure it is
-    removed and the exception propagates (the old file, if any, is untouched).
+    removed and the exception propagates (the old file, if any, is untouched).  With
+    ``sync_dir=False`` the caller fsyncs the directory itself (once for several renames).
     """
     target = Path(path)
     directory = target.parent
@@ -91,21 +93,85 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
-    fsync_dir(directory)
+    if sync_dir:
+        fsync_dir(directory)
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, sync_dir: bool = True) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(),
+                 sync_dir=sync_dir)
 
 
-def unlink_durable(path: str | os.PathLike[str]) -> bool:
+def unlink_durable(path: str | os.PathLike[str], *, sync_dir: bool = True) -> bool:
     """Remove ``path`` if present and make the removal durable; True when it existed."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         return False
-    fsync_dir(Path(path).parent)
+    if sync_dir:
+        fsync_dir(Path(path).parent)
     return True
+
+
+def _stage(target: Path, data: bytes) -> str:
+    """Write ``data`` to a hidden temporary file next to ``target`` (not yet durable)."""
+    fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{target.name}.", dir=target.parent)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fchmod(fd, 0o644)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def _unlink_missing_ok(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+_libc: Any = None
+
+
+def _syncfs(directory: Path) -> bool:
+    """syncfs(2) on the filesystem holding ``directory``; False when unavailable/failed."""
+    global _libc
+    try:
+        if _libc is None:
+            import ctypes
+            import ctypes.util
+
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return _libc.syncfs(fd) == 0
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        return False
+
+
+def _make_durable(directory: Path, paths: list[str]) -> dict[str, OSError]:
+    """Flush the data of freshly written files: one syncfs for a group, else fsync each.
+    Returns the files whose flush failed."""
+    failed: dict[str, OSError] = {}
+    if not paths or (len(paths) > 2 and _syncfs(directory)):
+        return failed
+    for p in paths:
+        try:
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            failed[p] = e
+    return failed
 
 
 class Cache:
@@ -187,18 +253,72 @@ class Cache:
         Order matters for readers: a ``.btf`` is in place before the record that announces
         it, and a stale ``.btf`` is gone before a record that says there is none.
         """
-        btf_path = self.btf_path(name)
-        if btf is not None:
-            atomic_write(btf_path, btf)
-        else:
-            unlink_durable(btf_path)
-        atomic_write_json(self.record_path(name), record)
+        errors = self.publish_many([(name, record, btf)])
+        if name in errors:
+            raise errors[name]
 
     def remove(self, name: str) -> bool:
         """Forget a module (unloaded): its ``.btf`` first, then its record."""
-        a = unlink_durable(self.btf_path(name))
-        b = unlink_durable(self.record_path(name))
+        a = unlink_durable(self.btf_path(name), sync_dir=False)
+        b = unlink_durable(self.record_path(name), sync_dir=False)
+        if a or b:
+            fsync_dir(self.modules_dir)
         return a or b
+
+    def publish_many(self, entries: list[tuple[str, dict[str, Any] | None, bytes | None]]
+                     ) -> dict[str, OSError]:
+        """Publish (``record`` given) or remove (``record`` None) several modules at once.
+
+        Every new file is written to a hidden temporary file and made durable *before* it
+        is renamed into place -- one ``syncfs`` for a group instead of one ``fsync`` per
+        file -- then the renames happen in order (``.btf`` before its record, stale
+        ``.btf`` removed before its record) and the directory is fsynced once.  A failure
+        (ENOSPC, EIO, ...) affects only its own module; it is returned, not raised.
+        """
+        errors: dict[str, OSError] = {}
+        staged: list[tuple[str, str | None, str | None]] = []
+        for name, record, btf in entries:
+            if record is None:
+                staged.append((name, None, None))
+                continue
+            tb = tj = None
+            try:
+                if btf is not None:
+                    tb = _stage(self.btf_path(name), btf)
+                tj = _stage(self.record_path(name),
+                            (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+            except OSError as e:
+                errors[name] = e
+                for t in (tb, tj):
+                    if t is not None:
+                        with contextlib.suppress(OSError):
+                            os.unlink(t)
+                continue
+            staged.append((name, tb, tj))
+        temps = [t for _, tb, tj in staged for t in (tb, tj) if t is not None]
+        failed = _make_durable(self.modules_dir, temps)
+        for name, tb, tj in staged:
+            try:
+                if tj is None:
+                    _unlink_missing_ok(self.btf_path(name))
+                    _unlink_missing_ok(self.record_path(name))
+                    continue
+                bad = failed.get(tj) or (failed.get(tb) if tb else None)
+                if bad is not None:
+                    raise bad
+                if tb is not None:
+                    os.replace(tb, self.btf_path(name))
+                else:
+                    _unlink_missing_ok(self.btf_path(name))
+                os.replace(tj, self.record_path(name))
+            except OSError as e:
+                errors[name] = e
+                for t in (tb, tj):
+                    if t is not None:
+                        with contextlib.suppress(OSError):
+                            os.unlink(t)
+        fsync_dir(self.modules_dir)
+        return errors
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         atomic_write_json(self.manifest_path, manifest)

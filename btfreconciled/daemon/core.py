@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cache import Cache, CacheError, check_module_name, describe_os_error, kernel_id_of
+from ..cache import Cache, CacheError, check_module_name, describe_os_error
 from . import logs
 from .config import Config
 from .engine import Engine
@@ -57,6 +57,32 @@ def release_tuple(release: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+MANIFEST_QUIET = 0.1  # seconds without work before the manifest is rewritten
+BATCH = 16  # modules evaluated, then published with one durability barrier
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def release_memory() -> None:
+    """Hand memory freed by a big transient (the vmlinux index build) back to the OS."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 @dataclass
 class ModuleView:
     """What the daemon knows about one loaded module (in memory, for the control socket)."""
@@ -69,6 +95,15 @@ class ModuleView:
     record: dict[str, Any]
     published: bool = True
     publish_error: str | None = None
+
+
+@dataclass
+class _Job:
+    name: str
+    loaded: bool
+    when: float
+    by_event: bool
+    force: bool
 
 
 @dataclass
@@ -89,6 +124,8 @@ class Stats:
     publish_errors: int = 0
     worker_errors: int = 0
     last_events: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
+    # event received -> record renamed into place (seconds), for the last 1000 loads
+    latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))
 
 
 class Daemon:
@@ -107,10 +144,12 @@ class Daemon:
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.desired: dict[str, bool] = {}  # name -> loaded, as the events last said
-        self.pending: collections.OrderedDict[str, float] = collections.OrderedDict()
+        # name -> (time of the first unserved trigger, triggered by an event (not a rescan))
+        self.pending: collections.OrderedDict[str, tuple[float, bool]] = \
+            collections.OrderedDict()
         self.force: set[str] = set()  # names to reconcile again even if unchanged
         self.modules: dict[str, ModuleView] = {}
-        self.busy: str | None = None
+        self.busy: list[str] = []
         self.stats = Stats()
         self.event_source = "none"
         self.event_source_detail = ""
@@ -131,11 +170,11 @@ class Daemon:
     def load_kernel(self) -> None:
         """Hash the running vmlinux BTF, build the index once, prepare the cache."""
         vmlinux = self.cfg.vmlinux
-        data = vmlinux.read_bytes()
-        self.kernel_id = kernel_id_of(data)
+        self.kernel_id = _sha256_file(vmlinux)
         t0 = time.perf_counter()
         self.index = self.engine.load_index(str(vmlinux))
         self.index_seconds = time.perf_counter() - t0
+        release_memory()
         self.cache = Cache(self.cfg.cache_dir, self.kernel_id)
         leftovers = self.cache.prepare()
         if leftovers:
@@ -193,12 +232,12 @@ class Daemon:
             self.stats.last_events.append({"time": time.time(), "action": action,
                                            "module": name, "source": source})
             self.desired[name] = action == "add"
-            self._enqueue(name, when)
+            self._enqueue(name, when, event=True)
 
-    def _enqueue(self, name: str, when: float) -> None:
+    def _enqueue(self, name: str, when: float, *, event: bool = False) -> None:
         # lock held
         if name not in self.pending:
-            self.pending[name] = when
+            self.pending[name] = (when, event)
         self.idle.clear()
         self.cond.notify()
 
@@ -251,37 +290,51 @@ class Daemon:
     # ------------------------------------------------------------------ worker
 
     def _work(self) -> None:
+        quiet_until: float | None = None
         while True:
             with self.cond:
                 while not self.pending and not self._stop:
-                    if not self.idle.is_set():
-                        self.cond.release()
-                        try:
-                            self._on_idle()
-                        finally:
-                            self.cond.acquire()
-                        if self.pending or self._stop:
-                            continue
+                    if self.idle.is_set():
+                        self.cond.wait()
+                        continue
+                    # Queue drained: after a short quiet period (so that a burst of events
+                    # is not slowed down by manifest writes) flush the manifest, then idle.
+                    now = time.monotonic()
+                    if quiet_until is None:
+                        quiet_until = now + MANIFEST_QUIET
+                    if now < quiet_until:
+                        self.cond.wait(quiet_until - now)
+                        continue
+                    quiet_until = None
+                    self.cond.release()
+                    try:
+                        self._on_idle()
+                    finally:
+                        self.cond.acquire()
+                    if not self.pending:
                         self.idle.set()
-                    self.cond.wait()
                 if self._stop:
                     return
-                name, when = self.pending.popitem(last=False)
-                want = self.desired.get(name, False)
-                force = name in self.force
-                self.force.discard(name)
-                self.busy = name
+                quiet_until = None
+                batch: list[_Job] = []
+                while self.pending and len(batch) < BATCH:
+                    name, (when, by_event) = self.pending.popitem(last=False)
+                    batch.append(_Job(name, self.desired.get(name, False), when, by_event,
+                                      name in self.force))
+                    self.force.discard(name)
+                self.busy = [j.name for j in batch]
             try:
-                self.process(name, want, when, force=force)
+                self.process_batch(batch)
             except Exception as e:  # one bad module never stops the daemon
                 self.stats.worker_errors += 1
-                self.log.error("internal error while processing a module", module=name,
+                self.log.error("internal error while processing modules",
+                               modules=[j.name for j in batch],
                                error=f"{type(e).__name__}: {e}",
                                traceback=traceback.format_exc(limit=8))
             finally:
                 with self.lock:
-                    self.busy = None
-                    self.stats.processed += 1
+                    self.busy = []
+                    self.stats.processed += len(batch)
 
     def _on_idle(self) -> None:
         self.flush_manifest()
@@ -293,28 +346,76 @@ class Daemon:
         while time.monotonic() < deadline:
             if self.idle.wait(max(0.0, deadline - time.monotonic())):
                 with self.lock:
-                    if not self.pending and self.busy is None and self.idle.is_set():
+                    if not self.pending and not self.busy and self.idle.is_set():
                         return True
                 time.sleep(0.005)
         return False
 
-    # ------------------------------------------------------------------ one module
+    # ------------------------------------------------------------------ modules
 
-    def process(self, name: str, loaded: bool, when: float, *, force: bool = False) -> None:
+    def process(self, name: str, loaded: bool, when: float, *, force: bool = False,
+                by_event: bool = False) -> None:
+        """Make the cache match one module's state (see :meth:`process_batch`)."""
+        self.process_batch([_Job(name, loaded, when, by_event, force)])
+
+    def process_batch(self, jobs: list[_Job]) -> None:
+        """Evaluate each module (reconcile, or reuse an earlier result), then publish the
+        group with one durability barrier; loads get their latency recorded."""
         assert self.cache is not None
-        if not loaded:
-            self._unpublish(name)
-            return
-        record, btf = self._evaluate(name, force=force)
-        published_at = self.clock()
-        record["timings"] = dict(record.get("timings") or {})
-        record["published_at"] = time.time()
-        record["timings"]["event_to_publish"] = round(published_at - when, 6)
-        self._publish(name, record, btf)
-        if record["verdict"] == "ok" and btf is not None:
-            self._cross_check(name, record, btf)
+        writes: list[tuple[str, dict[str, Any] | None, bytes | None]] = []
+        done: list[tuple[_Job, dict[str, Any] | None, bytes | None, bool]] = []
+        deferred: list[tuple[str, dict[str, Any], bytes]] = []
+        for job in jobs:
+            if not job.loaded:
+                writes.append((job.name, None, None))
+                done.append((job, None, None, True))
+                continue
+            try:
+                started = self.clock()
+                record, btf, on_disk = self._evaluate(job.name, force=job.force)
+                record["timings"] = dict(record.get("timings") or {})
+                record["timings"]["queued"] = round(started - job.when, 6)  # event -> worker
+                if record["verdict"] == "ok" and btf is not None:
+                    cc = self._cross_check_now(job.name, btf)
+                    if cc is None:
+                        deferred.append((job.name, record, btf))
+                    elif cc != record.get("cross_check", {}):
+                        if cc:
+                            record["cross_check"] = cc
+                        else:
+                            record.pop("cross_check", None)
+                        on_disk = False
+                if not on_disk:
+                    record["timings"]["event_to_write"] = round(self.clock() - job.when, 6)
+                    record["published_at"] = time.time()
+                    writes.append((job.name, record, btf))
+                done.append((job, record, btf, not on_disk))
+            except Exception as e:  # one bad module never stops the daemon
+                self.stats.worker_errors += 1
+                self.log.error("internal error while processing a module", module=job.name,
+                               error=f"{type(e).__name__}: {e}",
+                               traceback=traceback.format_exc(limit=8))
+        errors: dict[str, OSError] = {}
+        if writes:
+            try:
+                errors = self.cache.publish_many(writes)
+            except OSError as e:  # the directory itself is gone or unwritable
+                errors = {name: e for name, _, _ in writes}
+        now = self.clock()
+        for job, record, btf, written in done:
+            err = errors.get(job.name)
+            if record is None:
+                self._forget(job.name, err)
+                continue
+            self._note_published(job.name, record, btf, err if written else None)
+            if err is None and job.by_event:
+                self.stats.latencies.append(now - job.when)
+        for name, record, btf in deferred:
+            if name not in errors:
+                self._cross_check_later(name, record, btf)
 
-    def _evaluate(self, name: str, *, force: bool) -> tuple[dict[str, Any], bytes | None]:
+    def _evaluate(self, name: str, *, force: bool) -> tuple[dict[str, Any], bytes | None, bool]:
+        """(record, btf, already_on_disk) for a loaded module."""
         sysdir = self.cfg.sysfs / "module" / name
         with self.lock:
             idx = self.modindex
@@ -322,31 +423,32 @@ class Daemon:
         has_initstate = (sysdir / "initstate").exists()
         if sysdir.is_dir() and not has_initstate:
             return self._daemon_record(name, BUILTIN, "built into the kernel: its BTF is part of "
-                                       "vmlinux", path=None), None
+                                       "vmlinux", path=None), None, False
         if path is None:
             if idx.is_builtin(name):
                 return self._daemon_record(name, BUILTIN, "built into the kernel "
-                                           "(modules.builtin)", path=None), None
+                                           "(modules.builtin)", path=None), None, False
             where = ", ".join(idx.sources) or "no module tree is readable"
             return self._daemon_record(
-                name, NO_FILE, f"module file not found (searched: {where})", path=None), None
+                name, NO_FILE, f"module file not found (searched: {where})",
+                path=None), None, False
         try:
             st = path.stat()
         except OSError as e:
             return self._daemon_record(name, "error", f"cannot stat module file: "
-                                       f"{describe_os_error(e)}", path=str(path)), None
+                                       f"{describe_os_error(e)}", path=str(path)), None, False
         key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, self.cfg.strict,
                self.kernel_id, self.engine.name)
         memo = self._memo.get(name)
         if memo is not None and memo.key == key and not force:
             self.stats.reused += 1
-            return dict(memo.record), memo.btf
+            return dict(memo.record), memo.btf, False
         if not force:
             reused = self._reuse_published(name, key)
             if reused is not None:
                 self.stats.reused += 1
                 self._remember(name, key, *reused)
-                return dict(reused[0]), reused[1]
+                return dict(reused[0]), reused[1], True
         t0 = time.perf_counter()
         try:
             result = self.engine.reconcile(str(path), self.index, strict=self.cfg.strict,
@@ -355,7 +457,7 @@ class Daemon:
             self.log.error("reconciliation raised", module=name, path=str(path),
                            error=f"{type(e).__name__}: {e}")
             return self._daemon_record(name, "error", f"internal error: {type(e).__name__}: {e}",
-                                       path=str(path)), None
+                                       path=str(path)), None, False
         elapsed = time.perf_counter() - t0
         self.stats.reconciled += 1
         record = self._result_record(name, result, path, key, elapsed)
@@ -364,11 +466,12 @@ class Daemon:
             record["verdict"] = "error"
             record["summary"] = "engine reported ok without BTF"
         self._remember(name, key, record, btf)
-        return dict(record), btf
+        return dict(record), btf, False
 
     def _remember(self, name: str, key: tuple[Any, ...], record: dict[str, Any],
                   btf: bytes | None) -> None:
-        self._memo[name] = _Memo(key, dict(record), btf)
+        rec = {k: v for k, v in record.items() if k != "cross_check"}
+        self._memo[name] = _Memo(key, rec, btf)
 
     def _reuse_published(self, name: str, key: tuple[Any, ...]
                          ) -> tuple[dict[str, Any], bytes | None] | None:
@@ -385,6 +488,8 @@ class Daemon:
             if hashlib.sha256(btf).hexdigest() != rec.get("btf_sha256"):
                 return None
             return rec, btf
+        if self.cache.btf_path(name).exists():
+            return None  # a stale .btf next to a failed verdict: publish again to remove it
         return rec, None
 
     def _base_record(self, name: str, path: str | None) -> dict[str, Any]:
@@ -434,91 +539,93 @@ class Daemon:
         )
         return rec
 
-    def _publish(self, name: str, record: dict[str, Any], btf: bytes | None) -> None:
+    def _note_published(self, name: str, record: dict[str, Any], btf: bytes | None,
+                        err: OSError | None) -> None:
+        """Update the in-memory view after a publish attempt."""
         assert self.cache is not None
-        err = None
-        try:
-            self.cache.publish(name, record, btf)
-        except OSError as e:
-            err = describe_os_error(e)
+        msg = None
+        if err is not None:
+            msg = describe_os_error(err)
             self.stats.publish_errors += 1
-            self.log.error("cannot publish", module=name, error=err)
+            self.log.error("cannot publish", module=name, error=msg)
             # Never leave a .btf that the record on disk does not vouch for.
             with contextlib.suppress(OSError):
                 self.cache.btf_path(name).unlink(missing_ok=True)
         view = ModuleView(name=name, verdict=record["verdict"], summary=record["summary"],
                           path=record.get("path"),
-                          btf_path=record.get("btf") if err is None else None,
-                          record=record, published=err is None, publish_error=err)
+                          btf_path=record.get("btf") if msg is None else None,
+                          record=record, published=msg is None, publish_error=msg)
         with self.lock:
             if self.desired.get(name):
                 self.modules[name] = view
             self.manifest_dirty = True
-        log = self.log.info if record["verdict"] in ("ok", BUILTIN) else self.log.warning
-        if err is None:
-            log("published", module=name, verdict=record["verdict"], summary=record["summary"],
-                ms=round(record["timings"].get("event_to_publish", 0) * 1000, 2))
+        if msg is None:
+            log = self.log.info if record["verdict"] in ("ok", BUILTIN) else self.log.warning
+            log("published", module=name, verdict=record["verdict"], summary=record["summary"])
 
-    def _unpublish(self, name: str) -> None:
-        assert self.cache is not None
-        try:
-            existed = self.cache.remove(name)
-        except OSError as e:
+    def _forget(self, name: str, err: OSError | None) -> None:
+        if err is not None:
             self.stats.publish_errors += 1
             self.log.error("cannot remove published entry", module=name,
-                           error=describe_os_error(e))
-            existed = True
+                           error=describe_os_error(err))
         with self.lock:
             had = self.modules.pop(name, None) is not None
             if not self.desired.get(name, False):
                 self.desired.pop(name, None)
             self.manifest_dirty = True
-        if existed or had:
+        if had:
             self.log.info("unloaded", module=name)
 
     # ------------------------------------------------------------------ cross-check
 
-    def _cross_check(self, name: str, record: dict[str, Any], btf: bytes) -> None:
-        """On kernels that relocate .BTF.base themselves, compare with /sys/kernel/btf/<mod>."""
-        if release_tuple(self.release) < IN_KERNEL_RELOCATION:
-            return
+    def _kernel_relocates(self) -> bool:
+        return release_tuple(self.release) >= IN_KERNEL_RELOCATION
+
+    def _cross_check_now(self, name: str, btf: bytes) -> dict[str, Any] | None:
+        """On kernels that relocate .BTF.base themselves, compare with /sys/kernel/btf/<mod>.
+
+        {} when not applicable; None when the module is still initialising (the uevent comes
+        before the kernel's BTF notifier) and the check must wait.
+        """
+        if not self._kernel_relocates():
+            return {}
         kfile = self.cfg.sysfs / "kernel" / "btf" / name
-        initstate = self.cfg.sysfs / "module" / name / "initstate"
-        deadline = time.monotonic() + 2.0
-        # The uevent is sent before the module's BTF notifier runs: wait while it is coming.
-        while not kfile.exists() and time.monotonic() < deadline:
-            try:
-                state = initstate.read_text().strip()
-            except OSError:
-                state = "gone"
-            if state != "coming":
-                break
-            time.sleep(0.02)
         try:
             kernel_btf = kfile.read_bytes()
         except FileNotFoundError:
-            result: dict[str, Any] = {"result": "absent",
-                                      "detail": f"{kfile} does not exist: the kernel made no "
-                                                "BTF for this module"}
+            try:
+                state = (self.cfg.sysfs / "module" / name / "initstate").read_text().strip()
+            except OSError:
+                state = "gone"
+            if state == "coming":
+                return None
+            return {"result": "absent", "kernel_file": str(kfile),
+                    "detail": f"{kfile} does not exist: the kernel made no BTF for this module"}
         except OSError as e:
-            result = {"result": "error", "detail": describe_os_error(e)}
-        else:
-            result = self._compare(name, btf, kernel_btf)
-        result["kernel_file"] = str(kfile)
-        record["cross_check"] = result
-        with self.lock:
-            still = self.desired.get(name, False)
-        if not still:
-            return
-        if result["result"] == "mismatch":
+            return {"result": "error", "kernel_file": str(kfile), "detail": describe_os_error(e)}
+        res = self._compare(name, btf, kernel_btf)
+        res["kernel_file"] = str(kfile)
+        if res["result"] == "mismatch":
             self.log.warning("our BTF differs from the kernel's", module=name,
-                             detail=result.get("detail"))
-        self._publish_quietly(name, record, btf)
-        memo = self._memo.get(name)
-        if memo is not None:
-            memo.record["cross_check"] = result
+                             detail=res.get("detail"))
+        return res
 
-    def _publish_quietly(self, name: str, record: dict[str, Any], btf: bytes) -> None:
+    def _cross_check_later(self, name: str, record: dict[str, Any], btf: bytes) -> None:
+        """Wait (bounded) for a module that is still coming, then re-publish with the result."""
+        deadline = time.monotonic() + 2.0
+        res: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            res = self._cross_check_now(name, btf)
+            if res is not None:
+                break
+            time.sleep(0.02)
+        if res is None:
+            res = {"result": "absent", "detail": "the module was still initialising after 2 s",
+                   "kernel_file": str(self.cfg.sysfs / "kernel" / "btf" / name)}
+        with self.lock:
+            if not self.desired.get(name, False) or name in self.pending:
+                return  # unloaded (or changed) meanwhile: its next processing decides
+        record = dict(record, cross_check=res)
         assert self.cache is not None
         try:
             self.cache.publish(name, record, btf)
@@ -594,7 +701,7 @@ class Daemon:
     def status_line(self) -> str:
         c = self.counts()
         with self.lock:
-            pending = len(self.pending) + (1 if self.busy else 0)
+            pending = len(self.pending) + len(self.busy)
         parts = [f"{c['ok']} ok", f"{c['incompatible']} incompatible", f"{c['no-base']} no-base"]
         if c["error"]:
             parts.append(f"{c['error']} error")
@@ -604,7 +711,7 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         with self.lock:
             pending = len(self.pending)
-            busy = self.busy
+            busy = ", ".join(self.busy) or None
             last = list(self.stats.last_events)
             problems = list(self.modindex.problems)
             sources = list(self.modindex.sources)
@@ -633,8 +740,20 @@ class Daemon:
             "stats": {"events": s.events, "rescans": s.rescans, "overflows": s.overflows,
                       "processed": s.processed, "reconciled": s.reconciled, "reused": s.reused,
                       "publish_errors": s.publish_errors, "worker_errors": s.worker_errors},
+            "latency": self.latency_summary(),
             "last_events": last,
         }
+
+    def latency_summary(self) -> dict[str, Any]:
+        """Event received -> published, over the last (up to) 1000 module loads."""
+        with self.lock:
+            lat = sorted(self.stats.latencies)
+        if not lat:
+            return {"n": 0}
+
+        def p(q: float) -> float:
+            return round(lat[min(len(lat) - 1, round(q * (len(lat) - 1)))] * 1000, 2)
+        return {"n": len(lat), "p50_ms": p(0.5), "p99_ms": p(0.99), "max_ms": p(1.0)}
 
     def list_modules(self) -> list[dict[str, Any]]:
         with self.lock:
@@ -645,7 +764,7 @@ class Daemon:
     def show(self, name: str) -> dict[str, Any] | None:
         with self.lock:
             v = self.modules.get(name)
-            pending = name in self.pending or self.busy == name
+            pending = name in self.pending or name in self.busy
         if v is None:
             return None
         rec = dict(v.record)
@@ -657,4 +776,4 @@ class Daemon:
 
     def is_pending(self, name: str) -> bool:
         with self.lock:
-            return name in self.pending or self.busy == name
+            return name in self.pending or name in self.busy
