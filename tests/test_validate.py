@@ -81,17 +81,23 @@ class Kernel:
     def __init__(self) -> None:
         self.libc = ctypes.CDLL(None, use_errno=True)
 
-    def load(self, data: bytes) -> tuple[bool, str, int]:
+    def load(self, data: bytes, log_level: int = 0) -> tuple[bool, str, int]:
+        """(accepted, last line of the verifier log, errno). The log is only asked for
+        on failure: with it the kernel logs every type and runs out of buffer."""
         buf = ctypes.create_string_buffer(data, max(len(data), 1))
-        log = ctypes.create_string_buffer(1 << 16)
-        attr = struct.pack("<QQIII", ctypes.addressof(buf), ctypes.addressof(log), len(data),
-                           len(log), 1).ljust(128, b"\0")
+        size = (1 << 24) if log_level else 0
+        log = ctypes.create_string_buffer(max(size, 1))
+        attr = struct.pack("<QQIII", ctypes.addressof(buf),
+                           ctypes.addressof(log) if log_level else 0, len(data), size,
+                           log_level).ljust(128, b"\0")
         abuf = ctypes.create_string_buffer(attr, len(attr))
         fd = self.libc.syscall(self.SYS_BPF, self.BPF_BTF_LOAD, abuf, len(attr))
         err = ctypes.get_errno()
         if fd >= 0:
             os.close(fd)
             return True, "", 0
+        if not log_level and err not in (errno.EPERM, errno.EACCES, errno.ENOSYS):
+            return self.load(data, 1)
         lines = [x for x in log.value.decode(errors="replace").splitlines() if x.strip()]
         return False, lines[-1] if lines else os.strerror(err), err
 

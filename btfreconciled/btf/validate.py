@@ -47,13 +47,15 @@ on failure do we go back to find, and name, the first offending type.
 
 from __future__ import annotations
 
+import gc
 import re
 import sys
 from array import array
-from bisect import bisect_right
-from collections import Counter, deque
+from bisect import bisect_left, bisect_right
+from collections import deque
+from collections.abc import Iterator
 from itertools import accumulate, chain, compress, repeat
-from operator import add, and_, gt, itemgetter, le, not_, rshift
+from operator import add, gt, itemgetter, le, not_, rshift
 
 from .errors import BtfError
 from .kinds import Kind
@@ -114,6 +116,10 @@ RAISE_INTERNAL_ERRORS = False
 def validate_btf(btf) -> None:  # noqa: ANN001 (a Btf; btf.py imports us lazily)
     """Raise BtfError (one line: source, type id, byte offset, what is wrong) unless `btf`
     passes the kernel's and libbpf's checks. Called by `Btf.parse(..., validate=True)`."""
+    # The columns below are big, short-lived and acyclic: generational collections in the
+    # middle of the work only rescan them (~8% of the time on a vmlinux).
+    was_enabled = gc.isenabled()
+    gc.disable()
     try:
         _Validator(btf).run()
     except BtfError:
@@ -123,6 +129,9 @@ def validate_btf(btf) -> None:  # noqa: ANN001 (a Btf; btf.py imports us lazily)
             raise
         raise btf._err(f"cannot validate this BTF ({type(exc).__name__}: {exc})",
                        offset=0) from None
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _g(seq, idx):  # noqa: ANN001, ANN202
@@ -130,7 +139,7 @@ def _g(seq, idx):  # noqa: ANN001, ANN202
     if len(idx) > 1:
         return itemgetter(*idx)(seq)
     if idx:
-        return (seq[idx[0]],)
+        return (seq[next(iter(idx))],)
     return ()
 
 
@@ -286,27 +295,22 @@ class _Validator:
     def group(self) -> None:
         """Check the info words (once per distinct value) and sort records by kind."""
         infos = self.infos
-        counts = Counter(infos)
         kind_of = {}
-        kcount = [0] * 20
         bad = []
-        for info, c in counts.items():
+        for info in set(infos):
             if _info_problem(info):
                 bad.append(info)
-            k = (info >> 24) & 0x1F
-            kind_of[info] = k
-            kcount[k] += c
+            kind_of[info] = (info >> 24) & 0x1F
         if bad:
             local = _first(map(set(bad).__contains__, infos))
             self.fail_local(local, _info_problem(infos[local]), self.offs[local] + 1)
         kl = list(_g(kind_of, infos))
         order = sorted(range(self.n), key=kl.__getitem__)
+        key = kl.__getitem__
         self.groups: dict[int, list[int]] = {}
-        pos = 0
-        for k in range(20):
-            if kcount[k]:
-                self.groups[k] = order[pos:pos + kcount[k]]
-                pos += kcount[k]
+        for k in sorted(set(kind_of.values())):
+            lo = bisect_left(order, k, key=key)
+            self.groups[k] = order[lo:bisect_left(order, k + 1, lo, key=key)]
         self.kl = kl
 
     def loc(self, kind: int) -> list[int]:
@@ -345,10 +349,11 @@ class _Validator:
         end = self.str_end
         if not col:
             return
+        distinct = set(col)
         bad = None
-        if max(col) >= end:
+        if max(distinct) >= end:
             bad = _first(map(end.__le__, col))
-        elif required and 0 in col:
+        elif required and 0 in distinct:
             bad = col.index(0)
         if bad is not None:
             r, j, p = it.where(bad)
@@ -356,7 +361,7 @@ class _Validator:
             why = "has no name" if not col[bad] else (
                 f"has name offset {col[bad]:#x} past the end of the strings ({end:#x})")
             self.fail_local(it.locs[r], f"{what} {n} {why}", p)
-        self.idents.update(col)
+        self.idents |= distinct
 
     # ------------------------------------------------------------ meta: simple kinds
     def meta_simple_kinds(self) -> None:
@@ -429,8 +434,9 @@ class _Validator:
             return g
         self.check_item_names(g, MN, "member", required=False)
         T = self.T
-        if max(MT) >= T or min(MT) == 0:
-            i = _first(map(T.__le__, MT)) if max(MT) >= T else MT.index(0)
+        g.MTset = mts = set(MT)
+        if max(mts) >= T or 0 in mts:
+            i = _first(map(T.__le__, MT)) if max(mts) >= T else MT.index(0)
             r, j, p = g.where(i)
             what = f"member {j}{self._label(MN[i])}"
             msg = self.past_end(what, MT[i]) if MT[i] else f"{what} is void (type [0])"
@@ -470,17 +476,17 @@ class _Validator:
             return
         self.check_item_names(p, PN, "parameter", required=False)
         T = self.T
-        if max(PT) >= T:
+        p.PTset = pts = set(PT)
+        if max(pts) >= T:
             i = _first(map(T.__le__, PT))
             r, j, w = p.where(i)
             self.fail_local(locs[r], self.past_end(f"parameter {j + 1}{self._label(PN[i])}",
                                                    PT[i]), w + 1)
         # a void parameter: only the last, unnamed one (varargs)
-        if PT.count(0):
-            lasts = set(map((1).__rsub__, p.cum))
-            for i in compress(range(len(PT)), map(not_, PT)):
+        if 0 in pts:
+            for i in _positions(PT, 0):
                 r, j, w = p.where(i)
-                if i not in lasts:
+                if i != p.cum[r] - 1:
                     self.fail_local(locs[r], f"parameter {j + 1} is void (only a last "
                                     "parameter may be, for varargs)", w + 1)
                 if PN[i]:
@@ -590,7 +596,7 @@ class _Validator:
                     bad.add(o)
             rel = [o - sso for o in offsets if o >= sso]
         else:
-            rel = list(offsets)
+            rel = offsets  # iterated twice below, in the same order
         if not rel:
             return bad
         strs = self.strs
@@ -611,7 +617,7 @@ class _Validator:
             badstarts.add(i)
             i = tx.find(_LONG, tx.index(b"\0", i))
         if badstarts:
-            bad.update(r + sso for r in badstarts.intersection(rel))
+            bad.update(r + sso for r in badstarts.intersection(offsets if not sso else rel))
         # offsets into the middle of a string (no compiler makes them): one by one
         for r in compress(rel, _g(b"\0" + t, rel)):
             if not _IDENT_RE.fullmatch(strs[r:strs.index(b"\0", r)]):
@@ -860,9 +866,9 @@ class _Validator:
         d = self.w[self.offs[tid - self.start] + 3]
         return d & 0xFF, (d >> 16) & 0xFF
 
-    def resolved(self, col):  # noqa: ANN001, ANN201
+    def resolved(self, col, distinct=None):  # noqa: ANN001, ANN201
         """For the distinct ids of `col`: (ids, direct kinds, resolved ids, resolved kinds)."""
-        dl = list(set(col))
+        dl = list(set(col) if distinct is None else distinct)
         rl = _g(self.RID, dl)
         return dl, _g(self.KT, dl), rl, _g(self.KT, rl)
 
@@ -871,7 +877,7 @@ class _Validator:
         for g in self.member_groups:
             if not g.MT:
                 continue
-            dl, dk, rl, rk = self.resolved(g.MT)
+            dl, dk, rl, rk = self.resolved(g.MT, g.MTset)
             g.dl, g.rl, g.rk = dl, rl, rk
             if BAD_MEMBER.isdisjoint(dk) and SIZED.issuperset(rk):
                 continue
@@ -1001,10 +1007,23 @@ class _Validator:
             if not slow:
                 continue
             rid = dict(zip(g.dl, g.rl, strict=True))
+            rkind = dict(zip(g.dl, g.rk, strict=True))
+            kflag, cum, ssz, MT = g.kflag, g.cum, g.ssz, g.MT
             for i in sorted(slow):
-                r, j, p = g.where(i)
-                msg = self.member_problem(g.kflag, g.ssz[r], MO[i], g.MT[i], rid[g.MT[i]])
+                mo, t = MO[i], MT[i]
+                r = bisect_right(cum, i)
+                ss = ssz[r]
+                bs = mo >> 24
+                if kflag and bs and rkind[t] == INT:
+                    # the common slow case, an int bitfield: eff is its int's bytes if that
+                    # is a regular int; btf_int_check_kflag_member, inline
+                    e = eff[t]
+                    bo = mo & 0xFFFFFF
+                    if e < HUGE and bs <= 8 * e and (bo & 7) + bs <= 128 and bo + bs <= 8 * ss:
+                        continue
+                msg = self.member_problem(kflag, ss, mo, t, rid[t])
                 if msg:
+                    r, j, p = g.where(i)
                     self.fail_local(g.locs[r], f"member {j}{self._label(g.MN[i])} {msg}", p + 2)
 
     def member_problem(self, kflag: int, ssize: int, moff: int, mt: int,  # noqa: C901
@@ -1077,7 +1096,7 @@ class _Validator:
         if not PT:
             return
         # parameters: something with a size (void ones were checked: last, varargs)
-        dl, dk, rl, rk = self.resolved(PT)
+        dl, dk, rl, rk = self.resolved(PT, p.PTset)
         bad = {d for d, k, r in zip(dl, dk, rk, strict=True)
                if d and (k in SOURCE_ONLY or r not in SIZED)}
         if bad:
@@ -1086,10 +1105,10 @@ class _Validator:
             self.fail_local(locs[r], f"parameter {j + 1}{self._label(PN[i])} has type "
                             f"{self._ref(PT[i])}, which has no size", w + 1)
         # protos with an unnamed parameter cannot be a FUNC's type
-        sel = list(map(and_, map(not_, PN), map(bool, PT)))
-        if any(sel):
-            owners = chain.from_iterable(map(repeat, self.ids(locs), p.vlens))
-            self.unnamed = set(compress(owners, sel))
+        unnamed = [i for i in compress(range(len(PN)), map(not_, PN)) if PT[i]]
+        if unnamed:
+            ids = self.ids(locs)
+            self.unnamed = set(_g(ids, list(map(bisect_right, repeat(p.cum), unnamed))))
 
     def resolve_funcs(self) -> None:
         locs = self.loc(FUNC)
@@ -1214,6 +1233,17 @@ def _fits(bit_off: int, nr_bits: int, ssize: int) -> str | None:
         return f"({nr_bits} bits at bit offset {bit_off}) ends past the end of the " \
                f"{ssize}-byte struct"
     return None
+
+
+def _positions(col, value: int) -> Iterator[int]:  # noqa: ANN001
+    """Indexes of `value` in `col`, by C-speed scans (for values that are rare)."""
+    i = -1
+    try:
+        while True:
+            i = col.index(value, i + 1)
+            yield i
+    except ValueError:
+        return
 
 
 def _has_cycle(X: list[int], Y) -> bool:  # noqa: ANN001
