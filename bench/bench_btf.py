@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from btfreconciled.btf import Btf
+from btfreconciled.btf import Btf, Kind
 from btfreconciled.btf import dump as dump_mod
 
 
@@ -69,7 +69,7 @@ def main() -> int:
     def ours_load() -> None:
         b = Btf.parse(src.read_bytes(), source=str(src), validate=False)
         b.build_index()
-        b.find("task_struct")
+        b.find("task_struct", Kind.STRUCT)
 
     def ours_validate() -> None:
         Btf.parse(tmp.read_bytes(), source=str(tmp), validate=True)

@@ -7,8 +7,11 @@ The reference is bpftool's dump_btf_type() in tools/bpf/bpftool/btf.c.
 
 from __future__ import annotations
 
+import os
 from collections import ChainMap
+from collections.abc import Sequence
 from itertools import accumulate
+from typing import BinaryIO
 
 from .btf import Btf
 
@@ -79,22 +82,26 @@ def _string_starts(btf: Btf) -> dict[int, str]:
     return by_off
 
 
-def dump_raw_lines(btf: Btf) -> list[str]:
-    """The raw dump of `btf`'s own types, one string per type (members on continuation
-    lines); a split BTF prints only its split types, numbered from its first split id, like
-    `bpftool btf dump file X -B BASE`."""
-    names = _Names(btf)
+def dump_raw_lines(btf: Btf, first: int = 0, last: int | None = None,
+                   names: _Names | None = None) -> list[str]:
+    """The raw dump of `btf`'s own types, one string per line; a split BTF prints only its
+    split types, numbered from its first split id, like `bpftool btf dump file X -B BASE`.
+    `first`/`last` select a range of this BTF's own records (local indexes)."""
+    if names is None:
+        names = _Names(btf)
     nm = names.get
     total = btf.type_count
-    w = btf.types_words()
+    w, offs = _records(btf)
+    if last is None:
+        last = len(offs)
     kinds_of = _kind_lookup(btf)
     out: list[str] = []
     emit = out.append
     extend = out.extend
     nmx = names.getitem
-    i = 0
-    n = len(w)
-    tid = btf.start_id - 1
+    i = offs[first] if first < len(offs) else len(w)
+    n = offs[last] if last < len(offs) else len(w)
+    tid = btf.start_id + first - 1
     while i < n:
         tid += 1
         no = w[i]
@@ -224,6 +231,61 @@ def _kind_lookup(btf: Btf):  # noqa: ANN202
         return int(btf.kind_of(type_id)), btf.name_off_of(type_id)
 
     return kinds_of
+
+
+def _records(btf: Btf) -> tuple[Sequence[int], list[int]]:
+    """(words, record offsets) of `btf`'s own types in wire form."""
+    if not btf._replaced and len(btf._offs) == len(btf._types):
+        return btf._words, btf._offs
+    wire = Btf.parse(btf.to_bytes(), base=btf.base, source=btf.source, validate=False)
+    return wire._words, wire._offs
+
+
+# Below this many types a second process costs more than it saves.
+PARALLEL_MIN_TYPES = 20000
+
+
+def write_raw(btf: Btf, out: BinaryIO) -> None:
+    """Write the raw dump to a binary stream. A large BTF (a vmlinux: ~300k lines, where
+    formatting is the whole cost) is rendered by two processes: a forked child formats the
+    second half of the records while this process formats and writes the first, then the
+    child's text is copied through a pipe."""
+    n = len(btf)
+    names = _Names(btf)  # built before fork(): the child shares it copy-on-write
+    if n < PARALLEL_MIN_TYPES or (os.cpu_count() or 1) < 2 or not hasattr(os, "fork"):
+        out.write(_encode(dump_raw_lines(btf, names=names)))
+        return
+    mid = n // 2
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: second half into the pipe, then exit without cleanup handlers
+        status = 0
+        try:
+            os.close(rfd)
+            data = memoryview(_encode(dump_raw_lines(btf, mid, n, names)))
+            while data:
+                data = data[os.write(wfd, data):]
+        except BaseException:  # noqa: BLE001 - reported through the exit status
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(wfd)
+    try:
+        out.write(_encode(dump_raw_lines(btf, 0, mid, names)))
+        with os.fdopen(rfd, "rb", closefd=True) as pipe:
+            while chunk := pipe.read(1 << 20):
+                out.write(chunk)
+    finally:
+        _, status = os.waitpid(pid, 0)
+    if status:
+        raise RuntimeError("dump worker process failed")
+
+
+def _encode(lines: list[str]) -> bytes:
+    if not lines:
+        return b""
+    lines.append("")
+    return "\n".join(lines).encode("utf-8", "surrogateescape")
 
 
 def dump_raw(btf: Btf) -> str:

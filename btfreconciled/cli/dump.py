@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from ..btf.dump import dump_raw
+from ..btf.dump import write_raw
 from ..btf.load import load_base, load_btf
 
 if TYPE_CHECKING:
@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
             out.write(json.dumps(_type_json(btf, tid, t)))
             out.write("\n")
     else:
-        sys.stdout.write(dump_raw(btf))
+        sys.stdout.flush()
+        write_raw(btf, sys.stdout.buffer)
     sys.stdout.flush()
     return 0
 
