@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -611,7 +612,10 @@ def test_host_without_lib_modules(tmp_path: Path) -> None:
     try:
         assert wait_for(lambda: sock.exists() or p.poll() is not None, 20)
         assert p.poll() is None, p.communicate()
-        assert wait_for(lambda: request(sock, {"cmd": "status"})["queue"]["pending"] == 0, 20)
+        def settled() -> bool:
+            q = request(sock, {"cmd": "status"})["queue"]
+            return q["pending"] == 0 and q["busy"] is None
+        assert wait_for(settled, 20)
         st = request(sock, {"cmd": "status"})
         assert any("modules.dep: not found" in x for x in st["module_files"]["problems"])
         assert st["kernel"]["release"] == os.uname().release
@@ -687,3 +691,62 @@ def test_daemon_help_and_config_errors(tmp_path: Path) -> None:
     assert eff["cache_dir"] == str(tmp_path / "rel/cache")  # relative to the config file
     assert eff["socket"] == "/tmp/x.sock" and eff["socket_mode"] == "0660"
     assert eff["extra_module_dirs"] == [str(tmp_path / "m")] and eff["strict"] == "all"
+
+
+UNPRIVILEGED = r'''
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import test_daemon_support as t
+import btfreconciled.daemon.main as m
+import btfreconciled.daemon.service, btfreconciled.daemon.control, btfreconciled.daemon.core
+import pyroute2.netlink, pyroute2.netlink.uevent
+import watchdog.events, watchdog.observers, watchdog.observers.inotify
+import ctypes, ctypes.util, json, tomllib, socket, asyncio, concurrent.futures.thread
+# Everything is imported while root (this host's Python lives under /root, mode 0700);
+# from here on the daemon is uid/gid 65534, as DynamicUser=yes runs it.
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+sys.exit(m.main(sys.argv[2:], engine=t.FakeEngine()))
+'''
+
+
+def test_daemon_runs_unprivileged_as_the_unit_runs_it() -> None:
+    """The unit's DynamicUser=yes: an ordinary uid, a cache and runtime directory it owns,
+    a private network namespace; uevents still arrive and results are published."""
+    root = Path(tempfile.mkdtemp(prefix="btfr-unpriv-", dir="/tmp"))
+    try:
+        os.chmod(root, 0o755)
+        fs = FakeSystem(root)
+        fs.add_file("a")
+        fs.socket.parent.mkdir()
+        for d in (fs.cache, fs.socket.parent):
+            os.chown(d, 65534, 65534)
+        cfg = fs.config(log_format="json")
+        here = str(Path(__file__).resolve().parent)
+        p = subprocess.Popen(["unshare", "-n", sys.executable, "-c", UNPRIVILEGED, here,
+                              "--foreground", "--config", str(cfg)], env=env_for_daemon(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert wait_for(lambda: answers(fs.socket) or p.poll() is not None, 30)
+            assert p.poll() is None, p.communicate()[1][-3000:]
+            st = os.stat(fs.socket)
+            assert (st.st_uid, oct(st.st_mode & 0o777)) == (65534, "0o600")
+            assert request(fs.socket, {"cmd": "status"})["daemon"]["events"] == "netlink"
+            fs.load("a")
+            send = ("import socket; s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 15); "
+                    "s.bind((0, 0)); s.sendto(b'add@/module/a\\0ACTION=add\\0DEVPATH=/module/a"
+                    "\\0SUBSYSTEM=module\\0SEQNUM=1\\0', (0, 1))")
+            subprocess.run(["nsenter", f"--net=/proc/{p.pid}/ns/net", sys.executable, "-c",
+                            send], check=True)
+            assert wait_for(lambda: any(m["module"] == "a" and m["verdict"] == "ok" for m in
+                                        request(fs.socket, {"cmd": "list"})["modules"]), 10)
+            btf = Path(request(fs.socket, {"cmd": "path", "module": "a"})["btf"])
+            assert btf.stat().st_uid == 65534
+            assert btf.read_bytes() == expected_btf((fs.mods / "a.ko").read_bytes())
+        finally:
+            rc, err = stop(p)
+        assert rc == 0, err[-3000:]
+        assert not fs.socket.exists()
+    finally:
+        subprocess.run(["rm", "-rf", str(root)], check=False)

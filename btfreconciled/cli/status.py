@@ -87,6 +87,13 @@ def run(args: argparse.Namespace) -> int:
     out.append(f"modules: {counts}{', ' + extra if extra else ''}")
     busy = f" (working on {q['busy']})" if q.get("busy") else ""
     out.append(f"queue:   {q['pending']} pending{busy}")
+    lat = st.get("latency") or {}
+    if lat.get("n"):
+        out.append(f"latency: event -> published p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms "
+                   f"(last {lat['n']} loads)")
+    rs = st.get("last_rescan")
+    if rs:
+        out.append(f"rescan:  {rs['modules']} modules in {rs['seconds']} s ({rs['reason']})")
     s = st.get("stats", {})
     if s.get("publish_errors") or s.get("worker_errors"):
         out.append(f"errors:  {s.get('publish_errors', 0)} publish, "

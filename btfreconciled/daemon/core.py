@@ -164,6 +164,10 @@ class Daemon:
         self.modindex = ModuleIndex()
         self.idle = threading.Event()
         self.idle.set()
+        self.index_seconds = 0.0
+        self._rescan: dict[str, Any] | None = None  # the rescan being worked off
+        self.last_rescan: dict[str, Any] | None = None
+        self._last_done = 0.0
 
     # ------------------------------------------------------------------ start-up
 
@@ -259,6 +263,7 @@ class Daemon:
                 queued += 1
             self.stats.last_events.append({"time": time.time(), "action": "rescan",
                                            "module": None, "source": reason})
+            self._rescan = {"reason": reason, "modules": len(loaded), "started": now}
         self.log.info("rescan", reason=reason, modules=len(loaded), queued=queued)
         return queued
 
@@ -312,6 +317,12 @@ class Daemon:
                     finally:
                         self.cond.acquire()
                     if not self.pending:
+                        if self._rescan is not None:
+                            r = self._rescan
+                            self._rescan = None
+                            self.last_rescan = {
+                                "reason": r["reason"], "modules": r["modules"],
+                                "seconds": round(max(0.0, self._last_done - r["started"]), 3)}
                         self.idle.set()
                 if self._stop:
                     return
@@ -335,6 +346,7 @@ class Daemon:
                 with self.lock:
                     self.busy = []
                     self.stats.processed += len(batch)
+                    self._last_done = self.clock()
 
     def _on_idle(self) -> None:
         self.flush_manifest()
@@ -741,6 +753,8 @@ class Daemon:
                       "processed": s.processed, "reconciled": s.reconciled, "reused": s.reused,
                       "publish_errors": s.publish_errors, "worker_errors": s.worker_errors},
             "latency": self.latency_summary(),
+            "index_seconds": round(self.index_seconds, 3),
+            "last_rescan": self.last_rescan,
             "last_events": last,
         }
 

@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from pyroute2.netlink import NETLINK_KOBJECT_UEVENT
-from pyroute2.netlink.uevent import MarshalUevent
-
 from ..cache import normalize_module_name
+
+# pyroute2 is imported when the listener is created, after the vmlinux index is built: its
+# ~20 MB of modules then do not add to the start-up memory peak.
 
 KERNEL_GROUP = 1  # MONITOR_GROUP_KERNEL: the kernel's own events (udev re-broadcasts on 2)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -36,12 +36,18 @@ ModuleEvent = Callable[[str, str, float], None]  # action, module name, receive 
 Overflow = Callable[[], None]
 
 
-def parse_uevent(data: bytes, marshal: MarshalUevent | None = None) -> list[tuple[str, str]]:
+def _marshal() -> Any:
+    from pyroute2.netlink.uevent import MarshalUevent
+
+    return MarshalUevent()
+
+
+def parse_uevent(data: bytes, marshal: Any = None) -> list[tuple[str, str]]:
     """``add@/module/foo ACTION=add DEVPATH=/module/foo SUBSYSTEM=module`` -> [("add", "foo")].
 
     Only module add/remove events are returned; everything else is ignored.
     """
-    marshal = marshal or MarshalUevent()
+    marshal = marshal or _marshal()
     out = []
     try:
         msgs = list(marshal.parse(data))
@@ -75,12 +81,14 @@ class UeventListener:
         self.rcvbuf = rcvbuf
         self.sock: socket.socket | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.marshal = MarshalUevent()
+        self.marshal = _marshal()
         self.received = 0
         self.overflows = 0
 
     def open(self) -> None:
         """Create and bind the socket; raises OSError when netlink is unavailable."""
+        from pyroute2.netlink import NETLINK_KOBJECT_UEVENT
+
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
                              NETLINK_KOBJECT_UEVENT)
         try:
