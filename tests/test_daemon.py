@@ -750,3 +750,30 @@ def test_daemon_runs_unprivileged_as_the_unit_runs_it() -> None:
         assert not fs.socket.exists()
     finally:
         subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def test_unprivileged_start_without_access_says_what_to_do() -> None:
+    """An ordinary user starting the daemon on the system paths gets one line naming the
+    option that gives it an instance of its own."""
+    root = Path(tempfile.mkdtemp(prefix="btfr-noaccess-", dir="/tmp"))
+    try:
+        os.chmod(root, 0o755)
+        fs = FakeSystem(root)  # cache/ and run/ belong to root: not writable for 65534
+        (fs.cache / "x").mkdir()
+        cfg = fs.config(log_format="json", cache_dir=str(fs.cache / "x"))
+        here = str(Path(__file__).resolve().parent)
+        run = [sys.executable, "-c", UNPRIVILEGED, here, "--foreground", "--config", str(cfg)]
+        r = subprocess.run(run, env=env_for_daemon(), capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2
+        assert r.stderr.strip().splitlines()[-1].startswith(
+            f"btfreconciled: error: {fs.cache / 'x'}")
+        assert "permission denied (run as root, or give an instance of your own --cache-dir" \
+            in r.stderr
+        os.chown(fs.cache / "x", 65534, 65534)
+        r = subprocess.run(run, env=env_for_daemon(), capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2
+        assert r.stderr.strip().splitlines()[-1] == (
+            f"btfreconciled: error: {fs.socket}: permission denied (run as root, or give an "
+            "instance of your own --socket PATH)")
+    finally:
+        subprocess.run(["rm", "-rf", str(root)], check=False)

@@ -59,8 +59,16 @@ class Service:
         except FileNotFoundError as e:
             raise StartupError(f"{e.filename}: not found (the running kernel's vmlinux BTF; "
                                "needs CONFIG_DEBUG_INFO_BTF)") from None
+        except PermissionError as e:
+            hint = ""
+            if e.filename and str(e.filename).startswith(str(self.cfg.cache_dir)):
+                hint = " (run as root, or give an instance of your own --cache-dir DIR)"
+            raise StartupError(f"{e.filename or 'start-up'}: permission denied{hint}") from None
         except OSError as e:
             raise StartupError(f"{e.filename or 'start-up'}: {e.strerror or e}") from None
+        except Exception as e:  # a corrupt vmlinux BTF, an engine failure
+            raise StartupError(f"cannot index the running kernel's BTF {self.cfg.vmlinux}: "
+                               f"{type(e).__name__}: {e}") from None
         self._open_events()
         await self._open_control()
         for sig, fn in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
@@ -245,6 +253,9 @@ class Service:
             prepare_socket_path(path)
         except SocketInUse as e:
             raise StartupError(str(e)) from None
+        except PermissionError:
+            raise StartupError(f"{path}: permission denied (run as root, or give an instance "
+                               "of your own --socket PATH)") from None
         except OSError as e:
             raise StartupError(f"{path.parent}: {e.strerror or e}") from None
         gid = self.cfg.socket_gid()
