@@ -98,7 +98,7 @@ class World:
 
 
 def rss(pid: int) -> dict[str, float]:
-    out = {}
+    out: dict[str, float] = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         k, _, v = line.partition(":")
         if k in ("VmRSS", "VmHWM"):
@@ -175,8 +175,8 @@ def bench_latency(w: World, n_events: int) -> dict[str, Any]:
             is_cold = rng.random() < 0.5
             if is_cold:  # a rebuilt module file: the daemon must reconcile it again
                 f = w.mods / f"{m}.ko"
-                st = f.stat()
-                os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+                fst = f.stat()
+                os.utime(f, ns=(fst.st_atime_ns, fst.st_mtime_ns + 1_000_000))
             rec = mdir / f"{m}.json"
             w.load(m)
             t0 = time.perf_counter()

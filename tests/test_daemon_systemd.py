@@ -54,7 +54,7 @@ def test_unit_security_exposure_at_most_2(unit: Path) -> None:
 
 def test_unit_says_what_the_daemon_needs() -> None:
     text = UNIT.read_text()
-    settings = {}
+    settings: dict[str, list[str]] = {}
     for line in text.splitlines():
         if "=" in line and not line.startswith("#"):
             k, v = line.split("=", 1)

@@ -414,12 +414,12 @@ class Daemon:
             except OSError as e:  # the directory itself is gone or unwritable
                 errors = {name: e for name, _, _ in writes}
         now = self.clock()
-        for job, record, btf, written in done:
+        for job, rec, data, written in done:
             err = errors.get(job.name)
-            if record is None:
+            if rec is None:
                 self._forget(job.name, err)
                 continue
-            self._note_published(job.name, record, btf, err if written else None)
+            self._note_published(job.name, rec, data, err if written else None)
             if err is None and job.by_event:
                 self.stats.latencies.append(now - job.when)
         for name, record, btf in deferred:

@@ -48,7 +48,7 @@ def parse_uevent(data: bytes, marshal: Any = None) -> list[tuple[str, str]]:
     Only module add/remove events are returned; everything else is ignored.
     """
     marshal = marshal or _marshal()
-    out = []
+    out: list[tuple[str, str]] = []
     try:
         msgs = list(marshal.parse(data))
     except (UnicodeDecodeError, ValueError, IndexError):

@@ -190,12 +190,15 @@ class Service:
         dirs += [(p, True) for p in self.cfg.extra_module_dirs]
         assert self.loop is not None
         loop = self.loop
+        def on_modules() -> None:
+            loop.call_soon_threadsafe(self._modules_changed)
+
+        def on_config() -> None:
+            loop.call_soon_threadsafe(self.reload, "config file changed")
+
         try:
-            self.watcher = FileWatcher(
-                dirs, self.cfg.source,
-                on_modules=lambda: loop.call_soon_threadsafe(self._modules_changed),
-                on_config=lambda: loop.call_soon_threadsafe(self.reload, "config file changed"),
-            )
+            self.watcher = FileWatcher(dirs, self.cfg.source, on_modules=on_modules,
+                                       on_config=on_config)
             self.watcher.start()
             self.daemon.watching = self.watcher.watched
         except Exception as e:  # inotify limits, unreadable dirs: events still work
