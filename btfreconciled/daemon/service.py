@@ -270,10 +270,20 @@ class Service:
             raise StartupError(f"{path}: cannot listen: {e.strerror or e}") from None
         finally:
             os.umask(old)
-        if gid is not None:
-            os.chown(path, -1, gid)
-        os.chmod(path, self.cfg.socket_mode)
+        try:
+            if gid is not None:
+                os.chown(path, -1, gid)
+            os.chmod(path, self.cfg.socket_mode)
+        except OSError as e:
+            self._remove_socket_file(path)
+            raise StartupError(f"{path}: cannot set group {self.cfg.socket_group!r} / mode "
+                               f"{self.cfg.socket_mode:04o}: {e.strerror or e}") from None
         self._socket_ino = os.stat(path).st_ino
+
+    @staticmethod
+    def _remove_socket_file(path: Path) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
     def _remove_socket(self) -> None:
         try:
