@@ -313,6 +313,24 @@ def test_cross_check_with_kernel_btf(fs: FakeSystem) -> None:
         assert d.cache.read_record("diff")["cross_check"]["result"] == "mismatch"  # type: ignore
     finally:
         d.stop()
+    # a module still initialising: published at once, cross-checked when its BTF appears
+    fs.add_file("slow")
+    fs.load("slow")
+    (fs.sysfs / "module" / "slow" / "initstate").write_text("coming\n")
+    d = make_daemon(fs, release="6.12.57+deb13-amd64")
+    try:
+        d.on_event("add", "slow")
+        assert wait_for(lambda: d.cache is not None and d.cache.read_record("slow") is not None)
+        assert "cross_check" not in d.cache.read_record("slow")  # type: ignore
+        time.sleep(0.3)
+        (fs.sysfs / "kernel" / "btf" / "slow").write_bytes(
+            expected_btf((fs.mods / "slow.ko").read_bytes()))
+        (fs.sysfs / "module" / "slow" / "initstate").write_text("live\n")
+        assert wait_for(lambda: (d.cache.read_record("slow") or {})  # type: ignore
+                        .get("cross_check", {}).get("result") == "match", 5)
+        assert d.wait_idle()
+    finally:
+        d.stop()
     # before 6.11 the kernel does not relocate: no cross-check
     d = make_daemon(fs, release="6.1.0-56-amd64")
     try:

@@ -59,6 +59,7 @@ def release_tuple(release: str) -> tuple[int, int]:
 
 MANIFEST_QUIET = 0.1  # seconds without work before the manifest is rewritten
 BATCH = 16  # modules evaluated, then published with one durability barrier
+CROSS_CHECK_DELAY, CROSS_CHECK_TRIES = 0.05, 60  # wait up to 3 s for /sys/kernel/btf/<mod>
 
 
 def _sha256_file(path: Path) -> str:
@@ -156,6 +157,7 @@ class Daemon:
         self.watching: list[str] = []
         self.manifest_dirty = False
         self._memo: dict[str, _Memo] = {}
+        self._cc_tries: dict[str, int] = {}
         self._stop = False
         self._worker: threading.Thread | None = None
         self.index: Any = None
@@ -376,7 +378,7 @@ class Daemon:
         assert self.cache is not None
         writes: list[tuple[str, dict[str, Any] | None, bytes | None]] = []
         done: list[tuple[_Job, dict[str, Any] | None, bytes | None, bool]] = []
-        deferred: list[tuple[str, dict[str, Any], bytes]] = []
+        retry: list[str] = []
         for job in jobs:
             if not job.loaded:
                 writes.append((job.name, None, None))
@@ -390,8 +392,20 @@ class Daemon:
                 if record["verdict"] == "ok" and btf is not None:
                     cc = self._cross_check_now(job.name, btf)
                     if cc is None:
-                        deferred.append((job.name, record, btf))
-                    elif cc != record.get("cross_check", {}):
+                        # The uevent precedes the kernel's BTF notifier: publish now, look
+                        # again shortly (without holding up the other modules).
+                        tries = self._cc_tries.get(job.name, 0)
+                        if tries < CROSS_CHECK_TRIES:
+                            self._cc_tries[job.name] = tries + 1
+                            retry.append(job.name)
+                        else:
+                            cc = {"result": "absent", "kernel_file": str(
+                                self.cfg.sysfs / "kernel" / "btf" / job.name),
+                                "detail": "the module was still initialising after "
+                                          f"{CROSS_CHECK_TRIES * CROSS_CHECK_DELAY:g} s"}
+                    if cc is not None:
+                        self._cc_tries.pop(job.name, None)
+                    if cc is not None and cc != record.get("cross_check", {}):
                         if cc:
                             record["cross_check"] = cc
                         else:
@@ -422,9 +436,15 @@ class Daemon:
             self._note_published(job.name, rec, data, err if written else None)
             if err is None and job.by_event:
                 self.stats.latencies.append(now - job.when)
-        for name, record, btf in deferred:
-            if name not in errors:
-                self._cross_check_later(name, record, btf)
+        for name in retry:
+            t = threading.Timer(CROSS_CHECK_DELAY, self._requeue, (name,))
+            t.daemon = True
+            t.start()
+
+    def _requeue(self, name: str) -> None:
+        with self.cond:
+            if self.desired.get(name, False) and not self._stop:
+                self._enqueue(name, self.clock())
 
     def _evaluate(self, name: str, *, force: bool) -> tuple[dict[str, Any], bytes | None, bool]:
         """(record, btf, already_on_disk) for a loaded module."""
@@ -621,34 +641,6 @@ class Daemon:
             self.log.warning("our BTF differs from the kernel's", module=name,
                              detail=res.get("detail"))
         return res
-
-    def _cross_check_later(self, name: str, record: dict[str, Any], btf: bytes) -> None:
-        """Wait (bounded) for a module that is still coming, then re-publish with the result."""
-        deadline = time.monotonic() + 2.0
-        res: dict[str, Any] | None = None
-        while time.monotonic() < deadline:
-            res = self._cross_check_now(name, btf)
-            if res is not None:
-                break
-            time.sleep(0.02)
-        if res is None:
-            res = {"result": "absent", "detail": "the module was still initialising after 2 s",
-                   "kernel_file": str(self.cfg.sysfs / "kernel" / "btf" / name)}
-        with self.lock:
-            if not self.desired.get(name, False) or name in self.pending:
-                return  # unloaded (or changed) meanwhile: its next processing decides
-        record = dict(record, cross_check=res)
-        assert self.cache is not None
-        try:
-            self.cache.publish(name, record, btf)
-        except OSError as e:
-            self.stats.publish_errors += 1
-            self.log.error("cannot publish", module=name, error=describe_os_error(e))
-            return
-        with self.lock:
-            view = self.modules.get(name)
-            if view is not None:
-                view.record = record
 
     def _compare(self, name: str, ours: bytes, theirs: bytes) -> dict[str, Any]:
         if ours == theirs:
