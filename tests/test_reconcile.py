@@ -47,7 +47,15 @@ from btfreconciled.reconcile import (
 )
 from btfreconciled.reconcile.compare import compare_split
 from btfreconciled.reconcile.fields import FIELDS_ALL, FIELDS_EMBEDDED, build_expects
-from btfreconciled.reconcile.relocate import _rewrite, _rewrite_lanes, embedded_ids
+from btfreconciled.reconcile.relocate import (
+    _embedded_reverse,
+    _embedded_scan,
+    _rewrite,
+    _rewrite_lanes,
+    _Split,
+    dist_types_of,
+    embedded_ids,
+)
 from btfreconciled.reconcile.wire import id_slots, record_offsets, str_slots
 
 SIGNED = 1
@@ -404,8 +412,9 @@ def test_lane_rewrite_equals_plain_loop(built):
     offs = record_offsets(w)
     dmap = [0, *range(101, 100 + n)]  # void stays void
     smap = {off: off + 7 for off in range(1, s.base.str_end)}
+    masks = _Split(s, dist_types_of(s.base)).lane_masks()
     a, b = array("I", w), array("I", w)
-    assert _rewrite_lanes(a, offs, n, 1000, dmap, s.base.str_end, 5000, smap) is None
+    assert _rewrite_lanes(a, masks, n, 1000, dmap, s.base.str_end, 5000, smap) is None
     for o in offs:  # the plain loop, spelled out
         for p in id_slots(b, o):
             b[p] = b[p] + 1000 if b[p] >= n else dmap[b[p]]
@@ -414,6 +423,12 @@ def test_lane_rewrite_equals_plain_loop(built):
             if v:
                 b[p] = v + 5000 if v >= s.base.str_end else smap[v]
     assert a == b
+    # a distilled base of more than 256 types takes the per-reference path
+    big = dmap + list(range(5000, 5300))
+    a2, b2 = array("I", w), array("I", w)
+    assert _rewrite_lanes(a2, masks, n + 300, 1000, big, s.base.str_end, 5000, smap) is None
+    assert _rewrite(b2, offs, n + 300, 1000, big, s.base.str_end, 5000, smap) is None
+    assert a2 == b2
     c = array("I", w)
     assert _rewrite(c, offs, n, 1000, dmap, s.base.str_end, 5000, smap) is None and c == b
 
@@ -582,3 +597,33 @@ def test_module_without_anonymous_base_refs_comes_back_identical_in_dump():
     back = Btf.parse(rel.data, base=base, validate=False)
     assert compare_split(orig, back).equal
     assert dump_raw(back) == dump_raw(orig)
+
+
+@pytest.mark.parametrize("embed", ["value", "typedef-array", "pointer"])
+def test_reverse_embedded_search_equals_libbpf_forward_walk(embed, built):
+    for split in (_struct_module(embed)[1], distill(built[1]).split):
+        sp = _Split(split, dist_types_of(split.base))
+        comps = {d.id for d in sp.dist if d.kind in (4, 5)}
+        fwd = _embedded_scan(sp, split.base.type_count, split.type_count, True)
+        rev = _embedded_reverse(sp, comps, split.type_count, True)
+        assert fwd == rev
+        end = split.start_id + 1
+        assert _embedded_scan(sp, split.base.type_count, end, False)[0] == \
+            _embedded_reverse(sp, comps, end, False)[0]
+
+
+def test_lane_templates_match_the_field_iterator():
+    from btfreconciled.btf.kinds import EXTRA_FIXED_WORDS, EXTRA_VLEN_WORDS
+    from btfreconciled.reconcile.relocate import _LANE_ID, _LANE_STR, _lane_masks
+
+    b31, z = (0x80000000).to_bytes(4, "little"), bytes(4)
+    for kind in range(1, 20):
+        for vlen in (0, 1, 2, 7):
+            info = 1 << 31 | kind << 24 | vlen
+            _lane_masks(info)
+            n = 3 + EXTRA_FIXED_WORDS[kind] + EXTRA_VLEN_WORDS[kind] * vlen
+            fake = [0] * n
+            fake[1] = info
+            ids, strs = set(id_slots(fake, 0)), set(str_slots(fake, 0))
+            assert _LANE_ID[info] == b"".join(b31 if i in ids else z for i in range(n))
+            assert _LANE_STR[info] == b"".join(b31 if i in strs else z for i in range(n))

@@ -34,7 +34,10 @@ from __future__ import annotations
 
 import struct
 import sys
+import weakref
 from array import array
+from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..btf.btf import Btf
@@ -44,9 +47,11 @@ from .target import Candidate, VmlinuxIndex
 from .wire import (
     CHAIN_KINDS,
     K_ARRAY,
+    K_DATASEC,
     K_ENUM,
     K_ENUM64,
     K_FLOAT,
+    K_FUNC_PROTO,
     K_FWD,
     K_INT,
     K_STRUCT,
@@ -131,6 +136,21 @@ class _Split:
         self.start = split.start_id
         self.dist = dist
 
+    _masks: tuple[bytes, bytes] | None = None
+    lanes: _LaneIndex | None = None
+
+    def lane_masks(self) -> tuple[bytes, bytes]:
+        """(id lanes, string lanes) of the whole type section: 0x80000000 in every word that
+        holds a type id / a string offset, 0 elsewhere (little-endian bytes)."""
+        if self._masks is None:
+            w = self.words
+            infos = list(map(w.__getitem__, map((1).__add__, self.offs)))
+            for info in set(infos).difference(_LANE_ID):
+                _lane_masks(info)
+            self._masks = (b"".join(map(_LANE_ID.__getitem__, infos)),
+                           b"".join(map(_LANE_STR.__getitem__, infos)))
+        return self._masks
+
     def kind(self, tid: int) -> int:
         if tid >= self.start:
             return (self.words[self.offs[tid - self.start] + 1] >> 24) & 0x1F
@@ -142,6 +162,24 @@ class _Split:
             o = self.offs[tid - self.start]
             return type_label((w[o + 1] >> 24) & 0x1F, self.btf.name_of(w[o]))
         return self.dist[tid - 1].label
+
+
+_split_cache: weakref.WeakKeyDictionary[Btf, _Split] = weakref.WeakKeyDictionary()
+
+
+def prepare(split: Btf) -> _Split:
+    """Index a parsed module split BTF for relocation (record offsets, which words are ids
+    and strings, and the lane code plane used by the rewrite). Done once per parsed module,
+    like libbpf's type-offset index at parse time; relocate() calls it when needed."""
+    sp = _split_cache.get(split)
+    if sp is None:
+        if split.base is None:
+            raise ValueError("prepare() needs split BTF")
+        sp = _Split(split, dist_types_of(split.base))
+        if len(sp.offs) > 64 and sys.byteorder == "little":
+            sp.lanes = _LaneIndex(sp, split.base.type_count, split.base.str_end)
+        _split_cache[split] = sp
+    return sp
 
 
 def _embedded_scan(sp: _Split, nr_dist: int, end: int, want_paths: bool
@@ -188,15 +226,71 @@ def _embedded_scan(sp: _Split, nr_dist: int, end: int, want_paths: bool
     return marked, paths
 
 
+def _embedded_reverse(sp: _Split, targets: set[int], end: int, want_paths: bool
+                      ) -> tuple[set[int], dict[int, list[str]]]:
+    """The same marking as _embedded_scan, found backwards: for each distilled struct/union
+    in `targets`, the split CONST/VOLATILE/RESTRICT/TYPEDEF/TYPE_TAG/ARRAY types that lead to
+    it, then the struct/union members (of split ids below `end`) that lead to any of those.
+    Word search instead of a walk over every member of every split type."""
+    w = sp.words
+    offs = sp.offs
+    start = sp.start
+    raw = w.tobytes()
+    mid = sp.lane_masks()[0] if sys.byteorder == "little" else None
+    marked: set[int] = set()
+    paths: dict[int, list[str]] = {}
+    order = sys.byteorder
+    lanes = sp.lanes if sp.lanes is not None and sp.lanes.ok else None
+    for d in sorted(targets):
+        seen = {d}
+        work = [d]
+        done = False
+        while work and not done:
+            x = work.pop()
+            if lanes is not None and x < lanes.nr_dist:
+                # the code plane holds distilled ids (only) in the low byte of id lanes
+                pat = bytes((x,))
+                find = lanes.codes.find
+            else:
+                pat = x.to_bytes(4, order)
+                find = raw.find
+            i = find(pat)
+            while i >= 0:
+                if not i & 3 and (mid is None or mid[i + 3] == 0x80):
+                    lane = i >> 2
+                    r = bisect_right(offs, lane) - 1
+                    o = offs[r]
+                    rel = lane - o
+                    info = w[o + 1]
+                    k = (info >> 24) & 0x1F
+                    tid = start + r
+                    if k in (K_STRUCT, K_UNION):
+                        if rel >= 4 and (rel - 4) % 3 == 0 and tid < end:
+                            marked.add(d)
+                            if not want_paths:
+                                done = True
+                                break
+                            lst = paths.setdefault(d, [])
+                            if len(lst) < _MAX_PATHS:
+                                mname = sp.btf.name_of(w[lane - 1]) or "(anon)"
+                                lst.append(f"{sp.label(tid)}.{mname} -> {sp.label(d)}")
+                    elif ((k in CHAIN_KINDS and rel == 2) or (k == K_ARRAY and rel == 3)) \
+                            and tid not in seen:
+                        seen.add(tid)
+                        work.append(tid)
+                i = find(pat, i + 1)
+    return marked, paths
+
+
 def embedded_ids(split: Btf) -> tuple[set[int], dict[int, list[str]]]:
     """Distilled ids of the base structs/unions split BTF embeds by value (every split type
     scanned), with up to four member paths each (`struct my_dev.work -> struct work_struct`)."""
     dist_btf = split.base
     if dist_btf is None:
         raise ValueError("embedded_ids() needs split BTF")
-    dist = dist_types_of(dist_btf)
-    sp = _Split(split, dist)
-    return _embedded_scan(sp, dist_btf.type_count, split.type_count, True)
+    sp = prepare(split)
+    comps = {d.id for d in sp.dist if d.kind in (K_STRUCT, K_UNION)}
+    return _embedded_reverse(sp, comps, split.type_count, True)
 
 
 def _candidate_info(c: Candidate, target: VmlinuxIndex, why: str) -> CandidateInfo:
@@ -292,28 +386,30 @@ def relocate(split: Btf, target: VmlinuxIndex, *, embedded_rule: str = EMBEDDED_
     dist_btf = split.base
     if dist_btf is None or dist_btf.base is not None:
         raise ValueError("relocate() needs split BTF whose base is a distilled base BTF")
-    dist = dist_types_of(dist_btf)
+    sp = prepare(split)
+    dist = sp.dist
     nr_dist = dist_btf.type_count
     problems = _validate_dist(dist, module)
     if problems:
         return RelocateResult(False, None, problems, {}, dist, set())
     if embedded_rule not in (EMBEDDED_KERNEL, EMBEDDED_LIBBPF_1_5):
         raise ValueError(f"unknown embedded rule {embedded_rule!r}")
-    sp = _Split(split, dist)
     nr_types = split.type_count
     nr_split = nr_types - nr_dist
     scan_end = nr_types if embedded_rule == EMBEDDED_KERNEL else nr_split
     # Embedding only matters for a distilled struct/union that vmlinux has in another size.
-    need = any(d.kind in (K_STRUCT, K_UNION)
-               and any(c.size != d.size for c in target.candidates(d.name)) for d in dist)
+    comps = {d.id for d in dist if d.kind in (K_STRUCT, K_UNION)}
+    needed = {d.id for d in dist if d.id in comps
+              and any(c.size != d.size for c in target.candidates(d.name))}
+    need = bool(needed)
     embedded_all: set[int] = set()
     paths: dict[int, list[str]] = {}
-    if need or want_embedded:
-        embedded_all, paths = _embedded_scan(sp, nr_dist, nr_types, diagnose)
-    if scan_end >= nr_types:
-        embedded = embedded_all
+    if want_embedded:
+        embedded_all, paths = _embedded_reverse(sp, comps, nr_types, diagnose)
+    if want_embedded and scan_end >= nr_types:
+        embedded = embedded_all & needed
     elif need:
-        embedded, _ = _embedded_scan(sp, nr_dist, scan_end, False)
+        embedded, _ = _embedded_reverse(sp, needed, scan_end, False)
     else:
         embedded = set()
 
@@ -327,8 +423,8 @@ def relocate(split: Btf, target: VmlinuxIndex, *, embedded_rule: str = EMBEDDED_
         break
     def diag_embedded() -> None:
         nonlocal embedded_all, paths
-        if diagnose and not (need or want_embedded):
-            embedded_all, paths = _embedded_scan(sp, nr_dist, nr_types, True)
+        if diagnose and not want_embedded:
+            embedded_all, paths = _embedded_reverse(sp, comps, nr_types, True)
 
     for d in dist:
         is_emb = d.id in embedded
@@ -378,9 +474,19 @@ def relocate(split: Btf, target: VmlinuxIndex, *, embedded_rule: str = EMBEDDED_
         dmap[k] = v
     dist_str_len = dist_btf.str_end
     smap = {k: v[1] for k, v in str_map.items()}
-    w = sp.words
-    bad = _rewrite(w, sp.offs, nr_dist, shift, dmap, dist_str_len,
-                   target.str_len - dist_str_len, smap)
+    sshift = target.str_len - dist_str_len
+    out = None
+    if sp.lanes is not None and sp.lanes.ok:
+        out = sp.lanes.apply(dmap, shift, sshift, smap)
+    if isinstance(out, int):
+        bad: int | None = out
+    elif out is not None:
+        bad = None
+        return RelocateResult(True, serialize_parts_raw(split, out), [], id_map, dist,
+                              embedded_all, paths)
+    else:
+        w = array("I", sp.words)
+        bad = _rewrite(w, sp.offs, nr_dist, shift, dmap, dist_str_len, sshift, smap)
     if bad is not None:
         s = dist_btf.name_of(bad)
         problems.append(Problem(
@@ -391,12 +497,102 @@ def relocate(split: Btf, target: VmlinuxIndex, *, embedded_rule: str = EMBEDDED_
     return RelocateResult(True, serialize(split, w), [], id_map, dist, embedded_all, paths)
 
 
+class _LaneIndex:
+    """Everything about a split BTF's type words that does not depend on the target.
+
+    Every word becomes a 32-bit lane of one big integer W. A *code* per lane (in the lane's
+    low byte) says what relocation does to it: 0 nothing (not an id/string, void, no name),
+    254 "split type id: add the id shift", 255 "split string: add the string shift", 1..253 a
+    reference into the distilled base (the distilled id itself, or a code standing for a
+    distilled-base string offset). Relocating is then: one translate() of the code plane per
+    output byte (tables built from the id/string maps), one big-integer addition, one
+    to_bytes(). Lanes never carry into each other: every delta keeps its lane < 2**32."""
+
+    def __init__(self, sp: _Split, nr_dist: int, dsl: int) -> None:
+        self.ok = False
+        mid_b, mstr_b = sp.lane_masks()
+        self.nbytes = n = len(mid_b)
+        if n != 4 * len(sp.words) or nr_dist > 253:
+            return
+        raw = sp.words.tobytes()
+        w = int.from_bytes(raw, "little")
+        a1 = int.from_bytes(mid_b, "little") >> 31
+        b1 = int.from_bytes(mstr_b, "little") >> 31
+        s1 = a1 | b1
+        if (w >> 31) & s1:  # a slot value >= 2**31: not lane-safe
+            return
+        ge = ((w + a1 * (0x80000000 - nr_dist) + b1 * (0x80000000 - dsl)) >> 31) & s1
+        gea = ge & a1
+        geb = ge ^ gea
+        small_id = a1 ^ gea  # id lanes below nr_dist (void included: code 0)
+        small_str = b1 ^ geb
+        nz = ((w + small_str * 0x7FFFFFFF) >> 31) & small_str  # dist-base strings, not 0
+        codes = bytearray((gea * 254 | geb * 255 | (w & (small_id * 0xFF))).to_bytes(n, "little"))
+        self.str_codes: dict[int, int] = {}  # code -> distilled-base string offset
+        self.str_lanes: list[tuple[int, int]] = []  # (lane, offset) without a code
+        if nz:
+            nzb = nz.to_bytes(n, "little")
+            by_off: dict[int, int] = {}
+            i = nzb.find(1)
+            while i >= 0:
+                lane = i >> 2
+                off = sp.words[lane]
+                code = by_off.get(off)
+                if code is None and nr_dist + len(by_off) < 254:
+                    code = nr_dist + len(by_off)
+                    by_off[off] = code
+                    self.str_codes[code] = off
+                if code is None:
+                    self.str_lanes.append((lane, off))
+                else:
+                    codes[i] = code
+                i = nzb.find(1, i + 4)
+        self.codes = bytes(codes)
+        self.w = w
+        self.nr_dist = nr_dist
+        self.ok = True
+
+    def apply(self, dmap: list[int], shift: int, sshift: int, smap: dict[int, int]
+              ) -> bytes | int | None:
+        """Relocated type words as bytes; an int is a distilled-base string offset without a
+        mapping; None means "use the plain loop" (a delta would be negative)."""
+        delta = [0] * 256
+        for v in range(1, self.nr_dist):
+            delta[v] = dmap[v] - v
+        for code, off in self.str_codes.items():
+            nv = smap.get(off)
+            if nv is None:
+                return off
+            delta[code] = nv - off
+        delta[254] = shift
+        delta[255] = sshift
+        if min(delta) < 0 or max(delta) > 0xFFFFFFFF:
+            return None
+        codes = self.codes
+        plane = bytearray(codes.translate(bytes(d & 0xFF for d in delta)))
+        for k in (1, 2, 3):
+            if any(d >> (8 * k) for d in delta):
+                plane[k::4] = codes.translate(bytes((d >> (8 * k)) & 0xFF for d in delta))[0::4]
+        out = (self.w + int.from_bytes(plane, "little")).to_bytes(self.nbytes, "little")
+        if self.str_lanes:
+            buf = bytearray(out)
+            for lane, off in self.str_lanes:
+                nv = smap.get(off)
+                if nv is None:
+                    return off
+                struct.pack_into("<I", buf, 4 * lane, nv)
+            out = bytes(buf)
+        return out
+
+
 def _rewrite(w: array, offs: list[int], nr_dist: int, shift: int, dmap: list[int],
-             dsl: int, sshift: int, smap: dict[int, int]) -> int | None:
+             dsl: int, sshift: int, smap: dict[int, int],
+             masks: Callable[[], tuple[bytes, bytes]] | None = None) -> int | None:
     """Rewrite ids and string offsets of the records at `offs` in place; returns the first
     distilled-base string offset that has no mapping (then `w` is garbage), else None."""
-    if shift >= 0 and sshift >= 0 and sys.byteorder == "little" and len(offs) > 64:
-        done = _rewrite_lanes(w, offs, nr_dist, shift, dmap, dsl, sshift, smap)
+    if (masks is not None and shift >= 0 and sshift >= 0 and sys.byteorder == "little"
+            and len(offs) > 64):
+        done = _rewrite_lanes(w, masks(), nr_dist, shift, dmap, dsl, sshift, smap)
         if done is not False:
             return done  # type: ignore[return-value]
     for o in offs:
@@ -419,39 +615,55 @@ def _rewrite(w: array, offs: list[int], nr_dist: int, shift: int, dmap: list[int
 
 
 # Per record shape (info word): bytes with 0x80000000 in the lanes that hold type ids, and
-# in the lanes that hold string offsets (libbpf's field iterator order does not matter here).
-_LANE_MASKS: dict[int, tuple[bytes, bytes]] = {}
+# in the lanes that hold string offsets.
+_LANE_ID: dict[int, bytes] = {}
+_LANE_STR: dict[int, bytes] = {}
 _B31 = (0x80000000).to_bytes(4, "little")
 _Z = bytes(4)
 
 
-def _lane_masks(info: int) -> tuple[bytes, bytes]:
-    m = _LANE_MASKS.get(info)
-    if m is None:
-        kind = (info >> 24) & 0x1F
-        n = 3 + EXTRA_FIXED_WORDS[kind] + EXTRA_VLEN_WORDS[kind] * (info & 0xFFFF)
-        fake = [0] * n
-        fake[1] = info
-        ids = set(id_slots(fake, 0))
-        strs = set(str_slots(fake, 0))
-        m = (b"".join(_B31 if i in ids else _Z for i in range(n)),
-             b"".join(_B31 if i in strs else _Z for i in range(n)))
-        _LANE_MASKS[info] = m
-    return m
+def _lane_masks(info: int) -> None:
+    """Fill _LANE_ID/_LANE_STR for one record shape (strided slice writes, no per-word
+    Python: a 60000-value enum is one record)."""
+    kind = (info >> 24) & 0x1F
+    if kind == 0 or kind >= len(EXTRA_FIXED_WORDS):
+        raise WireError(f"unknown BTF kind {kind}")
+    vlen = info & 0xFFFF
+    n = 3 + EXTRA_FIXED_WORDS[kind] + EXTRA_VLEN_WORDS[kind] * vlen
+    fake = [0] * min(n, 8)
+    fake[1] = info & ~0xFFFF  # vlen 0: the fixed slots only
+    ids = bytearray(4 * n)
+    strs = bytearray(4 * n)
+    for i in id_slots(fake, 0):
+        ids[4 * i + 3] = 0x80
+    for i in str_slots(fake, 0):
+        strs[4 * i + 3] = 0x80
+    if vlen:
+        if kind in (K_STRUCT, K_UNION):
+            ids[4 * 4 + 3::12] = b"\x80" * vlen
+            strs[4 * 3 + 3::12] = b"\x80" * vlen
+        elif kind == K_FUNC_PROTO:
+            ids[4 * 4 + 3::8] = b"\x80" * vlen
+            strs[4 * 3 + 3::8] = b"\x80" * vlen
+        elif kind == K_ENUM:
+            strs[4 * 3 + 3::8] = b"\x80" * vlen
+        elif kind == K_ENUM64:
+            strs[4 * 3 + 3::12] = b"\x80" * vlen
+        elif kind == K_DATASEC:
+            ids[4 * 3 + 3::12] = b"\x80" * vlen
+    _LANE_ID[info] = bytes(ids)
+    _LANE_STR[info] = bytes(strs)
 
 
-def _rewrite_lanes(w: array, offs: list[int], nr_dist: int, shift: int, dmap: list[int],
-                   dsl: int, sshift: int, smap: dict[int, int]) -> int | None | bool:
+def _rewrite_lanes(w: array, masks: tuple[bytes, bytes], nr_dist: int, shift: int,
+                   dmap: list[int], dsl: int, sshift: int, smap: dict[int, int]
+                   ) -> int | None | bool:
     """The same rewrite on all words at once, as lane-wise arithmetic on one big integer
     (32-bit lanes never carry into each other: every slot value is < 2**31 and the results
-    fit). Python-level work is per distinct record shape and per reference into the
-    distilled base, not per word. Returns False when the input does not allow it."""
-    infos = [w[o + 1] for o in offs]
-    for info in set(infos).difference(_LANE_MASKS):
-        _lane_masks(info)
-    masks = _LANE_MASKS
-    mid_b = b"".join([masks[i][0] for i in infos])
-    mstr_b = b"".join([masks[i][1] for i in infos])
+    fit). References into a distilled base of at most 256 types are mapped with
+    bytes.translate; Python-level work is per distinct record shape and per reference to a
+    distilled-base string, not per word. Returns False when the input does not allow it."""
+    mid_b, mstr_b = masks
     nbytes = len(mid_b)
     if nbytes != 4 * len(w):
         return False
@@ -467,23 +679,36 @@ def _rewrite_lanes(w: array, offs: list[int], nr_dist: int, shift: int, dmap: li
     ge_t = (words + one_id * (0x80000000 - nr_dist) + one_str * (0x80000000 - dsl)) & slots
     ge_1 = (words + (one_id | one_str) * 0x7FFFFFFF) & slots
     out = words + ((ge_t & mid) >> 31) * shift + ((ge_t & mstr) >> 31) * sshift
+    small = ge_1 ^ ge_t  # lanes with 0 < value < T: references into the distilled base
+    small_id = small & mid
+    if nr_dist <= 256 and small_id:
+        # value v < 256 sits in the lane's low byte: map it byte-wise to dmap[v]
+        low = words & ((small_id >> 31) * 0xFF)
+        lb = low.to_bytes(nbytes, "little")
+        new = 0
+        for k in range(3):
+            table = bytes((dmap[v] >> (8 * k)) & 0xFF if 0 < v < nr_dist else 0
+                          for v in range(256))
+            new |= int.from_bytes(lb.translate(table), "little") << (8 * k)
+        out = out - low + new
+        small ^= small_id
     res = array("I")
     res.frombytes(out.to_bytes(nbytes, "little"))
-    # lanes with 0 < value < T refer into the distilled base: map them one by one
-    small = (ge_1 ^ ge_t).to_bytes(nbytes, "little")
-    find = small.find
-    i = find(0x80)
-    while i >= 0:
-        lane = i >> 2
-        v = w[lane]
-        if mid_b[i] == 0x80:
-            res[lane] = dmap[v]
-        else:
-            nv = smap.get(v)
-            if nv is None:
-                return v
-            res[lane] = nv
-        i = find(0x80, i + 1)
+    if small:
+        sb = small.to_bytes(nbytes, "little")
+        find = sb.find
+        i = find(0x80)
+        while i >= 0:
+            lane = i >> 2
+            v = w[lane]
+            if mid_b[i] == 0x80:
+                res[lane] = dmap[v]
+            else:
+                nv = smap.get(v)
+                if nv is None:
+                    return v
+                res[lane] = nv
+            i = find(0x80, i + 1)
     w[:] = res
     return None
 
@@ -506,6 +731,20 @@ def serialize(btf: Btf, words: array) -> bytes:
     """`btf`'s header and strings around `words` (host order), in btf's byte order."""
     return serialize_parts(words, btf.strings, byte_order=btf.byte_order, flags=btf.flags,
                            hdr_extra=btf.hdr_extra)
+
+
+def serialize_parts_raw(btf: Btf, types_host: bytes) -> bytes:
+    """Like serialize(), from the type words as host-order bytes."""
+    if btf.byte_order != _NATIVE:
+        w = array("I")
+        w.frombytes(types_host)
+        return serialize(btf, w)
+    hdr_len = HEADER_SIZE + len(btf.hdr_extra)
+    strs = btf.strings
+    n = len(types_host)
+    hdr = struct.pack(btf.byte_order + "HBBIIIII", BTF_MAGIC, BTF_VERSION, btf.flags, hdr_len,
+                      0, n, n, len(strs))
+    return hdr + btf.hdr_extra + types_host + strs
 
 
 def serialize_parts(words: array, strs: bytes, *, byte_order: str = _NATIVE, flags: int = 0,
