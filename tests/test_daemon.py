@@ -795,3 +795,40 @@ def test_unprivileged_start_without_access_says_what_to_do() -> None:
             "instance of your own --socket PATH)")
     finally:
         subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def test_log_format_choice() -> None:
+    from btfreconciled.daemon.logs import use_json
+
+    class Tty:
+        def isatty(self) -> bool:
+            return True
+
+    class Pipe:
+        def isatty(self) -> bool:
+            return False
+
+    assert use_json("auto", Tty(), env={}) is False  # type: ignore[arg-type]
+    assert use_json("auto", Pipe(), env={}) is True  # type: ignore[arg-type]
+    assert use_json("auto", Tty(), env={"JOURNAL_STREAM": "8:123"}) is True  # type: ignore
+    assert use_json("console", Pipe(), env={}) is False  # type: ignore[arg-type]
+    assert use_json("json", Tty(), env={}) is True  # type: ignore[arg-type]
+
+
+def test_notifier_environment() -> None:
+    from btfreconciled.daemon.notify import Notifier
+
+    n = Notifier(env={"NOTIFY_SOCKET": "@abstract", "WATCHDOG_USEC": "30000000",
+                      "WATCHDOG_PID": str(os.getpid())})
+    assert n.address == "\0abstract" and n.watchdog_interval == 30.0
+    assert Notifier(env={"WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}).watchdog_interval is None
+    off = Notifier(env={})
+    assert not off.enabled and off.send("READY=1") is False
+    # an abstract-namespace listener receives the datagram
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.bind(f"\0btfr-test-{os.getpid()}")
+    rx.settimeout(5)
+    n = Notifier(env={"NOTIFY_SOCKET": f"@btfr-test-{os.getpid()}"})
+    assert n.ready("hello")
+    assert rx.recv(1024).decode().startswith("READY=1\nSTATUS=hello\nMAINPID=")
+    rx.close()
