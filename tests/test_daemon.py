@@ -174,7 +174,7 @@ def test_verdicts_builtin_nofile_and_engine_failure(fs: FakeSystem) -> None:
             (fs.mods / "good.ko").read_bytes())
         assert not d.cache.btf_path("bad").exists()
         bad = d.cache.read_record("bad")
-        assert bad and bad["diagnostics"][0]["name"] == "foo"
+        assert bad and bad["diagnostics"][0]["expected"]["name"] == "foo"
         man = d.cache.read_manifest()
         assert man and man["modules"]["good"]["verdict"] == "ok"
         assert man["counts"]["incompatible"] == 1

@@ -93,8 +93,15 @@ class FakeEngine:
         if word == b"INCOMPATIBLE":
             return FakeResult(module_name, path, FakeVerdict.INCOMPATIBLE,
                               "STRUCT foo size=16: vmlinux has size=24",
-                              diagnostics=[{"kind": "STRUCT", "name": "foo", "size": 16,
-                                            "candidates": [{"id": 7, "size": 24}]}],
+                              diagnostics=[{
+                                  "code": "unmapped", "severity": "error",
+                                  "summary": "struct foo (size 16) expected by the module: "
+                                             "vmlinux has no compatible type",
+                                  "expected": {"id": 3, "kind": "struct", "name": "foo",
+                                               "size": 16},
+                                  "candidates": [{"id": 7, "kind": "struct", "name": "foo",
+                                                  "size": 24, "why_not": "size 24 != 16"}],
+                                  "embedded": True, "paths": ["struct obj.f -> struct foo"]}],
                               module_sha256=sha)
         if word == b"NOBASE":
             return FakeResult(module_name, path, FakeVerdict.NO_BASE,

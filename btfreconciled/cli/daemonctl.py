@@ -57,14 +57,28 @@ def run_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _diag_line(d: Any) -> str:
-    if isinstance(d, dict):
-        for key in ("message", "text", "summary"):
-            if isinstance(d.get(key), str):
-                sev = d.get("severity") or d.get("level")
-                return f"{sev}: {d[key]}" if sev else d[key]
-        return json.dumps(d, sort_keys=True)
-    return str(d)
+def _diag_lines(d: Any) -> list[str]:
+    """One diagnostic of the engine as indented text lines (JSON for unknown shapes)."""
+    if not isinstance(d, dict):
+        return [f"  - {d}"]
+    text = next((d[k] for k in ("summary", "message", "text") if isinstance(d.get(k), str)),
+                None)
+    if text is None:
+        return [f"  - {json.dumps(d, sort_keys=True)}"]
+    sev = d.get("severity") or d.get("level")
+    out = [f"  - {sev + ': ' if sev else ''}{text}"]
+    exp = d.get("expected")
+    if isinstance(exp, dict):
+        out.append(f"      expected: {exp.get('kind', '')} {exp.get('name', '')} "
+                   f"size={exp.get('size')}")
+    for c in d.get("candidates") or []:
+        if isinstance(c, dict):
+            why = f" ({c['why_not']})" if c.get("why_not") else ""
+            out.append(f"      vmlinux has: [{c.get('id')}] {c.get('kind', '')} "
+                       f"{c.get('name', '')} size={c.get('size')}{why}")
+    for path in d.get("paths") or []:
+        out.append(f"      embedded through: {path}")
+    return out
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -91,7 +105,8 @@ def run_show(args: argparse.Namespace) -> int:
     diags = rec.get("diagnostics") or []
     if diags:
         out.append("diagnostics:")
-        out += [f"  - {_diag_line(d)}" for d in diags]
+        for d in diags:
+            out += _diag_lines(d)
     sys.stdout.write("\n".join(out) + "\n")
     return EXIT_OK
 
