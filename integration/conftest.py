@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -75,7 +77,7 @@ def _boot_and_load(tc, series: str, tmp_factory) -> dict:
                            f"{res.stdout}\n{res.stderr}")
     release = tc.kernel_release(series)
     vd = tc.cache_root() / "verdicts" / release
-    tmp = vd.with_name(vd.name + ".tmp")
+    tmp = vd.with_name(f"{vd.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(out, tmp)
     summary = {"release": release, "uname": (out / "uname").read_text().strip(),
@@ -95,8 +97,16 @@ def _boot_and_load(tc, series: str, tmp_factory) -> dict:
             if phase == "distilled" and (d / f"{m}.btf").exists():
                 shutil.copyfile(d / f"{m}.btf", tmp / f"{m}.btf")
     (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    shutil.rmtree(vd, ignore_errors=True)
-    tmp.rename(vd)
+    # replace the previous verdicts as a whole (another session may be doing the same)
+    old = vd.with_name(f"{vd.name}.old{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        vd.rename(old)
+    try:
+        tmp.rename(vd)
+    except OSError:  # someone else's verdicts landed in between: ours are as new
+        shutil.rmtree(vd, ignore_errors=True)
+        tmp.rename(vd)
+    shutil.rmtree(old, ignore_errors=True)
     return {"release": release, "verdicts": vd, "out": out, "summary": summary,
             "stdout": res.stdout, "stderr": res.stderr}
 

@@ -2,6 +2,7 @@
 # shellcheck shell=bash
 
 BTFR_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+: "${HOME:=$(getent passwd "$(id -u)" | cut -d: -f6)}"
 BTFR_CACHE="${BTFRECONCILED_CACHE_ROOT:-$HOME/.cache/btfreconciled}"
 BTFR_ROOTFS="$BTFR_CACHE/rootfs/trixie"
 BTFR_BUILDROOT="$BTFR_CACHE/rootfs/bookworm"
