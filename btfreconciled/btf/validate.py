@@ -188,6 +188,18 @@ PHASES = (
 )
 
 
+class _Protos:
+    """FUNC_PROTO records: return types, and parameters as columns by vlen."""
+
+    def __init__(self) -> None:
+        self.locs: list[int] = []
+        self.ret: tuple = ()
+        # (locals of the protos with vlen v, parameter index j, v, name offsets, types)
+        self.cols: list[tuple] = []
+        self.PTset: set[int] = set()
+        self.unnamed_locs: set[int] = set()
+
+
 class _Validator:
     def __init__(self, btf) -> None:  # noqa: ANN001
         self.btf = btf
@@ -200,7 +212,8 @@ class _Validator:
         self.sso = btf.start_str_off
         self.str_end = btf.str_end
         self.strs = btf._strs
-        self.idents: set[int] = set()
+        # name columns that must be identifiers: (offsets, required)
+        self.idents: list[tuple[object, bool]] = []
         self.ptr_size = 8
         self.bw: bytes | None = None
 
@@ -349,11 +362,10 @@ class _Validator:
         end = self.str_end
         if not col:
             return
-        distinct = set(col)
         bad = None
-        if max(distinct) >= end:
+        if max(col) >= end:
             bad = _first(map(end.__le__, col))
-        elif required and 0 in distinct:
+        elif required and 0 in col:
             bad = col.index(0)
         if bad is not None:
             r, j, p = it.where(bad)
@@ -361,7 +373,7 @@ class _Validator:
             why = "has no name" if not col[bad] else (
                 f"has name offset {col[bad]:#x} past the end of the strings ({end:#x})")
             self.fail_local(it.locs[r], f"{what} {n} {why}", p)
-        self.idents |= distinct
+        self.idents.append((col, required))
 
     # ------------------------------------------------------------ meta: simple kinds
     def meta_simple_kinds(self) -> None:
@@ -377,9 +389,9 @@ class _Validator:
             nm = _g(names, locs)
             if 0 in nm:
                 self.fail_local(locs[nm.index(0)], "needs a name")
-            self.idents.update(nm)
+            self.idents.append((nm, True))
         for kind in OPTIONAL_IDENT:
-            self.idents.update(_g(names, self.loc(kind)))
+            self.idents.append((_g(names, self.loc(kind)), False))
         for kind in (TYPE_TAG, DECL_TAG):
             for local in self.loc(kind):
                 if not self._name_bytes(names[local]):
@@ -463,35 +475,63 @@ class _Validator:
 
     # ------------------------------------------------------------ meta: protos
     def meta_protos(self) -> None:
+        """Parameters as columns: protos sorted by vlen, then one gather per parameter
+        position (cheaper than cutting 29k small records out one by one)."""
         locs = self.loc(FUNC_PROTO)
-        self.protos: _Items | None = None
+        self.protos = None
         if not locs:
             return
-        p = self.protos = self.items(locs, 2)
-        fl = self.flat(p)
-        p.PN, p.PT = PN, PT = fl[0::2], fl[1::2]
+        p = self.protos = _Protos()
+        p.locs = locs
         p.ret = _g(self.sw, locs)
         self.check_bound(p.ret, locs, "return type")
-        if not PT:
-            return
-        self.check_item_names(p, PN, "parameter", required=False)
-        T = self.T
-        p.PTset = pts = set(PT)
-        if max(pts) >= T:
-            i = _first(map(T.__le__, PT))
-            r, j, w = p.where(i)
-            self.fail_local(locs[r], self.past_end(f"parameter {j + 1}{self._label(PN[i])}",
-                                                   PT[i]), w + 1)
-        # a void parameter: only the last, unnamed one (varargs)
-        if 0 in pts:
-            for i in _positions(PT, 0):
-                r, j, w = p.where(i)
-                if i != p.cum[r] - 1:
-                    self.fail_local(locs[r], f"parameter {j + 1} is void (only a last "
-                                    "parameter may be, for varargs)", w + 1)
-                if PN[i]:
-                    self.fail_local(locs[r], f"vararg parameter {j + 1} has a name"
-                                    f"{self._label(PN[i])}", w)
+        infos = self.infos
+        by_vlen = sorted(locs, key=infos.__getitem__)  # kind and kind_flag are all equal
+        key = (0xFFFF).__and__
+        vl = list(map(key, _g(infos, by_vlen)))
+        mv = memoryview(self.w)
+        offs = self.offs
+        lo = 0
+        T, end = self.T, self.str_end
+        pts: set[int] = set()
+        while lo < len(vl):
+            v = vl[lo]
+            hi = bisect_right(vl, v, lo)
+            group = by_vlen[lo:hi]
+            lo = hi
+            if not v:
+                continue
+            ofs = list(_g(offs, group))
+            get = itemgetter(*ofs) if len(ofs) > 1 else (lambda m, o=ofs[0]: (m[o],))
+            for j in range(v):
+                PN = get(mv[3 + 2 * j:])
+                PT = get(mv[4 + 2 * j:])
+                p.cols.append((group, j, v, PN, PT))
+                if max(PN) >= end:
+                    i = _first(map(end.__le__, PN))
+                    self.fail_local(group[i], f"parameter {j + 1} has name offset {PN[i]:#x} "
+                                    f"past the end of the strings ({end:#x})", ofs[i] + 3 + 2 * j)
+                self.idents.append((PN, False))
+                distinct = set(PT)
+                if max(distinct) >= T:
+                    i = _first(map(T.__le__, PT))
+                    self.fail_local(group[i], self.past_end(
+                        f"parameter {j + 1}{self._label(PN[i])}", PT[i]), ofs[i] + 4 + 2 * j)
+                if 0 in distinct:  # a void parameter: only the last, unnamed one (varargs)
+                    for i in _positions(PT, 0):
+                        if j != v - 1:
+                            self.fail_local(group[i], f"parameter {j + 1} is void (only a last "
+                                            "parameter may be, for varargs)", ofs[i] + 4 + 2 * j)
+                        if PN[i]:
+                            self.fail_local(group[i], f"vararg parameter {j + 1} has a name"
+                                            f"{self._label(PN[i])}", ofs[i] + 3 + 2 * j)
+                pts |= distinct
+                unnamed = p.unnamed_locs
+                for i in _positions(PN, 0):  # protos with an unnamed (non-vararg) parameter
+                    if PT[i]:
+                        unnamed.add(group[i])
+        pts.discard(0)
+        p.PTset = pts
 
     # ------------------------------------------------------------ meta: enums
     def meta_enums(self) -> None:
@@ -579,50 +619,65 @@ class _Validator:
 
     # ------------------------------------------------------------ names
     def check_identifiers(self) -> None:
-        offsets = self.idents
-        offsets.discard(0)
-        if offsets:
-            bad = self.bad_identifiers(offsets)
+        """Every name that must be a C identifier is one. One byte per string offset says
+        whether a name starting there is fine: 'a' (an identifier starts here: the rest
+        of its string is identifier characters, at most 512 of them), 'Z' (offset 0, the
+        empty name), '?' (inside a string that is no identifier: check that suffix on its
+        own), anything else (not an identifier). Each column then costs one gather."""
+        if not self.idents:
+            return
+        lut = self.ident_lut()
+        if lut is None:  # strings we cannot lay out in one piece: check one by one
+            offsets = set().union(*(set(c) for c, _ in self.idents))
+            offsets.discard(0)
+            bad = {o for o in offsets if not _IDENT_RE.fullmatch(self._name_bytes(o) or b"")}
+            if bad:
+                self.report_bad_identifier(bad)
+            return
+        ok_required, ok_optional = {0x61}, {0x61, 0x5A}
+        for col, required in self.idents:
+            allowed = ok_required if required else ok_optional
+            classes = _g(lut, col)
+            good = classes.count(0x61) if required else classes.count(0x61) + classes.count(0x5A)
+            if good == len(classes):
+                continue
+            bad = set()
+            for o in set(col):
+                c = lut[o]
+                if c in allowed or (c == 0x3F and _IDENT_RE.fullmatch(self._name_bytes(o))):
+                    continue
+                bad.add(o)
             if bad:
                 self.report_bad_identifier(bad)
 
-    def bad_identifiers(self, offsets: set[int]) -> set[int]:
-        """The offsets in `offsets` whose strings are not valid identifiers."""
-        bad: set[int] = set()
-        sso = self.sso
-        if sso:
-            for o in [o for o in offsets if o < sso]:
-                if not _IDENT_RE.fullmatch(self.base.str_bytes(o)):
-                    bad.add(o)
-            rel = [o - sso for o in offsets if o >= sso]
-        else:
-            rel = offsets  # iterated twice below, in the same order
-        if not rel:
-            return bad
-        strs = self.strs
-        t = strs.translate(_IDCLASS)
-        # the first character
-        firsts = _g(t, rel)
-        if set(firsts) != {0x61}:
-            bad.update(r + sso for r, c in zip(rel, firsts, strict=True) if c != 0x61)
-        # strings holding a character no identifier has, or longer than 512 bytes
-        badstarts = set()
+    def ident_lut(self) -> bytearray | None:
+        strs = [self.strs]
+        base = self.base
+        while base is not None:
+            strs.append(base._strs)
+            base = base.base
+        full = b"".join(reversed(strs))
+        if len(full) != self.str_end:
+            return None
+        t = full.translate(_IDCLASS)
+        lut = bytearray(t)
+        lut[0] = 0x5A
+        # strings with a character no identifier has, or longer than 512 bytes
+        spans = []
         i = t.find(b"!")
         while i >= 0:
-            badstarts.add(t.rfind(b"\0", 0, i) + 1)
-            i = t.find(b"!", t.index(b"\0", i))
+            end = t.index(b"\0", i)
+            spans.append((t.rfind(b"\0", 0, i) + 1, end))
+            i = t.find(b"!", end)
         tx = t.translate(_NONNUL)
         i = tx.find(_LONG)
         while i >= 0:
-            badstarts.add(i)
-            i = tx.find(_LONG, tx.index(b"\0", i))
-        if badstarts:
-            bad.update(r + sso for r in badstarts.intersection(offsets if not sso else rel))
-        # offsets into the middle of a string (no compiler makes them): one by one
-        for r in compress(rel, _g(b"\0" + t, rel)):
-            if not _IDENT_RE.fullmatch(strs[r:strs.index(b"\0", r)]):
-                bad.add(r + sso)
-        return bad
+            end = tx.index(b"\0", i)
+            spans.append((i, end))
+            i = tx.find(_LONG, end)
+        for a, b in spans:
+            lut[a:b] = b"?" * (b - a)
+        return lut
 
     def report_bad_identifier(self, bad: set[int]) -> None:
         """Find the first type that uses one of the `bad` name offsets, and say so."""
@@ -667,7 +722,7 @@ class _Validator:
             refs.update(filter(below, g.MT))
         if self.protos:
             refs.update(filter(below, self.protos.ret))
-            refs.update(filter(below, self.protos.PT))
+            refs.update(filter(below, self.protos.PTset))
         if self.arrays:
             refs.update(filter(below, self.arrays[2]))
             refs.update(filter(below, self.arrays[3]))
@@ -971,23 +1026,29 @@ class _Validator:
                 asize[x] = nel * esize
 
     def finish_tables(self) -> None:
-        """SIZE (bytes) and EFF0/EFF1: the bytes a member of that type occupies, for the
-        quick member check in a struct without/with kind_flag (HUGE: use the exact check)."""
-        start, ids = self.start, self.ids
+        """SIZE: the size in bytes of each type id that has one."""
         SIZE = list(self.SW)
-        _scatter(SIZE, ids(self.loc(PTR)), repeat(self.ptr_size))
+        _scatter(SIZE, self.ids(self.loc(PTR)), repeat(self.ptr_size))
         _scatter(SIZE, self.asize.keys(), self.asize.values())
-        EFF0 = list(SIZE)
-        for local in self.loc(INT):
-            bits, off = self.int_bits(start + local)
-            EFF0[start + local] = bits >> 3 if _int_regular(bits, off) else HUGE
-        _scatter(EFF0, ids(self.loc(FLOAT)), repeat(HUGE))
-        EFF1 = list(EFF0)
-        _scatter(EFF1, ids(self.loc(ENUM)), repeat(HUGE))
-        _scatter(EFF1, ids(self.loc(ENUM64)), repeat(HUGE))
-        for b, (_r, size, eff0, eff1) in self.base_info.items():
-            SIZE[b], EFF0[b], EFF1[b] = size, eff0, eff1
-        self.SIZE, self.EFF0, self.EFF1 = SIZE, EFF0, EFF1
+        for b, (_r, size, _eff0, _eff1) in self.base_info.items():
+            SIZE[b] = size
+        self.SIZE = SIZE
+
+    def effective_sizes(self, g: _Items) -> dict[int, int]:
+        """Member type id -> the bytes such a member occupies for the quick check
+        (HUGE: not decided by bytes; the exact check runs)."""
+        start = self.start
+        eff = dict(zip(g.dl, _g(self.SIZE, g.rl), strict=True))
+        for d, r, k in zip(g.dl, g.rl, g.rk, strict=True):
+            if k == INT:
+                if r < start:
+                    eff[d] = self.base_info[r][2]
+                else:
+                    bits, off = self.int_bits(r)
+                    eff[d] = bits >> 3 if _int_regular(bits, off) else HUGE
+            elif k == FLOAT or (g.kflag and k in (ENUM, ENUM64)):
+                eff[d] = HUGE
+        return eff
 
     # ------------------------------------------------------------ members
     def resolve_members(self) -> None:
@@ -996,7 +1057,7 @@ class _Validator:
         for g in self.member_groups:
             if not g.MT:
                 continue
-            eff = dict(zip(g.dl, _g(self.EFF1 if g.kflag else self.EFF0, g.rl), strict=True))
+            eff = self.effective_sizes(g)
             MO = g.MO
             ends = map(add, map(rshift, MO, repeat(3)), _g(eff, g.MT))
             SS = chain.from_iterable(map(repeat, g.ssz, g.vlens))
@@ -1084,7 +1145,7 @@ class _Validator:
         p = self.protos
         if not p:
             return
-        locs, PN, PT = p.locs, p.PN, p.PT
+        locs = p.locs
         # return types: void, or something with a size
         dl, dk, rl, rk = self.resolved(p.ret)
         bad = {d for d, k, r in zip(dl, dk, rk, strict=True)
@@ -1092,23 +1153,21 @@ class _Validator:
         if bad:
             i = _first(map(bad.__contains__, p.ret))
             self.fail_local(locs[i], f"returns {self._ref(p.ret[i])}, which has no size",
-                            p.offs[i] + 2)
-        if not PT:
-            return
+                            self.offs[locs[i]] + 2)
         # parameters: something with a size (void ones were checked: last, varargs)
-        dl, dk, rl, rk = self.resolved(PT, p.PTset)
-        bad = {d for d, k, r in zip(dl, dk, rk, strict=True)
-               if d and (k in SOURCE_ONLY or r not in SIZED)}
-        if bad:
-            i = _first(map(bad.__contains__, PT))
-            r, j, w = p.where(i)
-            self.fail_local(locs[r], f"parameter {j + 1}{self._label(PN[i])} has type "
-                            f"{self._ref(PT[i])}, which has no size", w + 1)
+        if p.PTset:
+            dl, dk, rl, rk = self.resolved((), p.PTset)
+            bad = {d for d, k, r in zip(dl, dk, rk, strict=True)
+                   if k in SOURCE_ONLY or r not in SIZED}
+            if bad:
+                local, j, i, PN, PT = min(
+                    (group[i], j, i, PN, PT) for group, j, v, PN, PT in p.cols
+                    for i in range(len(PT)) if PT[i] in bad)
+                self.fail_local(local, f"parameter {j + 1}{self._label(PN[i])} has type "
+                                f"{self._ref(PT[i])}, which has no size",
+                                self.offs[local] + 4 + 2 * j)
         # protos with an unnamed parameter cannot be a FUNC's type
-        unnamed = [i for i in compress(range(len(PN)), map(not_, PN)) if PT[i]]
-        if unnamed:
-            ids = self.ids(locs)
-            self.unnamed = set(_g(ids, list(map(bisect_right, repeat(p.cum), unnamed))))
+        self.unnamed = set(map(self.start.__add__, p.unnamed_locs))
 
     def resolve_funcs(self) -> None:
         locs = self.loc(FUNC)
