@@ -417,14 +417,19 @@ def relocate(split: Btf, target: VmlinuxIndex, *, embedded_rule: str = EMBEDDED_
     str_map: dict[int, tuple[int, int]] = {}  # dist name_off -> (target id, target name_off)
     # void takes part in libbpf's name search with the empty name
     for c in target.candidates(b""):
-        problems.append(Problem("invalid-base", ERROR,
-                                f"{module}: vmlinux type [{c.id}] has an empty name and maps"
-                                " to the distilled void type"))
-        break
+        if c.kind == K_FWD or (c.kind in (K_STRUCT, K_UNION)
+                               and target.composites_named(c.name_off) < 2) or c.size == 0:
+            problems.append(Problem("invalid-base", ERROR,
+                                    f"{module}: vmlinux type [{c.id}] has an empty name and"
+                                    " maps to the distilled void type"))
+            break
+    diagnosed = want_embedded or not diagnose
+
     def diag_embedded() -> None:
-        nonlocal embedded_all, paths
-        if diagnose and not want_embedded:
+        nonlocal embedded_all, paths, diagnosed
+        if not diagnosed:
             embedded_all, paths = _embedded_reverse(sp, comps, nr_types, True)
+            diagnosed = True
 
     for d in dist:
         is_emb = d.id in embedded
@@ -438,8 +443,7 @@ def relocate(split: Btf, target: VmlinuxIndex, *, embedded_rule: str = EMBEDDED_
                 str_map[d.name_off] = (c.id, c.name_off)
             continue
         size = None if d.kind == K_FWD else d.size
-        if not problems:
-            diag_embedded()
+        diag_embedded()
         emb = d.id in embedded_all if d.kind in (K_STRUCT, K_UNION) else None
         if not hits:
             cands = [_candidate_info(c, target, why) for c, why in misses]
