@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import bpftool_raw  # noqa: E402
+from oracle_tools import bpftool_raw  # noqa: E402
 
 from btfreconciled.btf import Btf  # noqa: E402
 from btfreconciled.btf.dump import dump_raw  # noqa: E402

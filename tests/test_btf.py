@@ -8,7 +8,7 @@ import sys
 from array import array
 
 import pytest
-from conftest import VMLINUX, bpftool_raw
+from oracle_tools import VMLINUX, bpftool_raw
 
 from btfreconciled.btf import Btf, BtfError, Kind
 from btfreconciled.btf.dump import dump_raw
