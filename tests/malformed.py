@@ -425,6 +425,8 @@ def hand_crafted() -> Iterator[Case]:  # noqa: C901 (a list of cases)
         "func", lambda b, t: Func(t.name_off, 0, b.ids["anon_proto"], 1))), "unnamed")
     yield Case("PTR to a FUNC", edit(_replace("pfoo", lambda b, t: Ptr(0, 0, b.ids["func"]))),
                "points to")
+    yield Case("TYPEDEF of a FUNC", edit(lambda b: b.btf.add(
+        Typedef(b.s("frob_t"), 0, b.ids["func"]))), "points to")
     yield Case("CONST of a VAR",
                edit(_replace("cchar", lambda b, t: Const(0, 0, b.ids["var"]))), "points to")
     yield Case("TYPEDEF of a DATASEC", edit(_replace(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import malformed
 import pytest
-from conftest import VMLINUX
+from oracle_tools import VMLINUX
 
 from btfreconciled.btf import Btf, BtfError, Kind
 from btfreconciled.btf import validate as validate_mod
@@ -34,7 +35,12 @@ STRICTER_THAN_KERNEL = {
     "struct containing itself through a const seen first from a pointer",
     # the kernel only counts links that go to higher type ids
     "modifier chain of 33",
+    # the kernel takes a modifier of a FUNC when it resolves the FUNC first
+    "TYPEDEF of a FUNC",
 }
+# What those deliberate differences look like in our messages (random blobs may hit them).
+DELIBERATE = re.compile(r"points to \[\d+\] FUNC|contains itself by value|"
+                        r"chain of more than 32 modifiers")
 
 
 @pytest.fixture(autouse=True)
@@ -264,10 +270,14 @@ def test_random_blobs_parse_or_raise_btf_error_and_match_libbpf(libbpf: Libbpf) 
 
 
 def test_random_blobs_match_the_kernel(kernel: Kernel) -> None:
+    """Whatever the kernel rejects, we reject; whatever it accepts, we accept too, but for
+    the deliberate, order-independent differences."""
     diffs = []
-    for case in [*TRUNC, *RANDOM]:
+    for case in [*TRUNC, *RANDOM, *malformed.word_smashes(600, seed=21)]:
         ok, log, _ = kernel.load(case.data)
         ours = parse_error(case.data)
+        if ok and ours is not None and DELIBERATE.search(ours):
+            continue
         if ok != (ours is None):
             diffs.append(f"{case.name}: kernel {'accepts' if ok else 'rejects: ' + log}; "
                          f"we {'accept' if ours is None else 'reject: ' + ours}")

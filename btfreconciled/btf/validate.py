@@ -105,6 +105,7 @@ _ID_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_.")
 _IDCLASS = bytes(0 if c == 0 else 0x61 if c in _ID_START else 0x30 if 0x30 <= c <= 0x39
                  else 0x21 for c in range(256))
 _NONNUL = bytes([0] + [0x78] * 255)
+_KIND_OF_TOP_BYTE = bytes(c & 0x1F for c in range(256))
 _LONG = b"x" * 513
 _NATIVE = "<" if sys.byteorder == "little" else ">"
 _LONG_NAMES = (b"long", b"long int", b"unsigned long", b"long unsigned int")
@@ -284,9 +285,10 @@ class _Validator:
         offs = self.offs
         if self.n > 1:
             get = itemgetter(*offs)
-            self.names = get(w)
-            self.infos = get(w[1:])
-            self.sw = get(w[2:])  # size or type word
+            mv = memoryview(w)
+            self.names = get(mv)
+            self.infos = get(mv[1:])
+            self.sw = get(mv[2:])  # size or type word
         else:
             o = offs[0]
             self.names, self.infos, self.sw = (w[o],), (w[o + 1],), (w[o + 2],)
@@ -308,20 +310,23 @@ class _Validator:
     def group(self) -> None:
         """Check the info words (once per distinct value) and sort records by kind."""
         infos = self.infos
-        kind_of = {}
+        kinds = set()
         bad = []
         for info in set(infos):
             if _info_problem(info):
                 bad.append(info)
-            kind_of[info] = (info >> 24) & 0x1F
+            kinds.add((info >> 24) & 0x1F)
         if bad:
             local = _first(map(set(bad).__contains__, infos))
             self.fail_local(local, _info_problem(infos[local]), self.offs[local] + 1)
-        kl = list(_g(kind_of, infos))
+        # the kind is the low 5 bits of the info word's top byte
+        top = array("I", infos).tobytes()[3::4] if sys.byteorder == "little" else \
+            array("I", infos).tobytes()[0::4]
+        kl = list(top.translate(_KIND_OF_TOP_BYTE))
         order = sorted(range(self.n), key=kl.__getitem__)
         key = kl.__getitem__
         self.groups: dict[int, list[int]] = {}
-        for k in sorted(set(kind_of.values())):
+        for k in sorted(kinds):
             lo = bisect_left(order, k, key=key)
             self.groups[k] = order[lo:bisect_left(order, k + 1, lo, key=key)]
         self.kl = kl
