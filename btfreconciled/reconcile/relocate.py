@@ -719,7 +719,7 @@ def _rewrite_lanes(w: array, masks: tuple[bytes, bytes], nr_dist: int, shift: in
 
 def _other_kinds(target: VmlinuxIndex, d: DistType) -> list[CandidateInfo]:
     """Same-named types of kinds relocation never matches (e.g. a typedef), for context."""
-    out = []
+    out: list[CandidateInfo] = []
     try:
         ids = target.btf.find(d.name)
     except Exception:  # noqa: BLE001 - diagnostics only
