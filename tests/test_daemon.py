@@ -832,3 +832,32 @@ def test_notifier_environment() -> None:
     assert n.ready("hello")
     assert rx.recv(1024).decode().startswith("READY=1\nSTATUS=hello\nMAINPID=")
     rx.close()
+
+
+def test_cache_inside_a_watched_module_dir_does_not_feed_back(fs: FakeSystem) -> None:
+    """extra_module_dirs may contain the cache (or the log): the daemon's own writes must not
+    look like module-tree changes, and re-checking unchanged modules rewrites nothing."""
+    for n in ("a", "b"):
+        fs.add_file(n)
+        fs.load(n)
+    fs.builtin("vt")
+    p = start(fs, fs.config(log_format="json", extra_module_dirs=[str(fs.root)]))
+    try:
+        wait_idle_remote(fs)
+        before = request(fs.socket, {"cmd": "status"})["stats"]["processed"]
+        rec = request(fs.socket, {"cmd": "show", "module": "a"})["record"]
+        time.sleep(1.5)
+        st = wait_idle_remote(fs)
+        assert st["stats"]["processed"] == before, "the daemon reacted to its own writes"
+        # a real module-tree change re-checks, but unchanged results are not rewritten
+        (fs.mods / "new.ko").write_text("OK new")
+        assert wait_for(lambda: request(fs.socket, {"cmd": "status"})["stats"]["processed"]
+                        > before, 10)
+        wait_idle_remote(fs)
+        again = request(fs.socket, {"cmd": "show", "module": "a"})["record"]
+        assert again["published_at"] == rec["published_at"]
+        time.sleep(1.0)
+        st2 = wait_idle_remote(fs)
+        assert st2["stats"]["processed"] <= before + 3  # one re-check of a, b, vt; no loop
+    finally:
+        assert stop(p)[0] == 0

@@ -411,6 +411,11 @@ class Daemon:
                         else:
                             record.pop("cross_check", None)
                         on_disk = False
+                if not on_disk and self._same_as_published(job.name, record):
+                    # re-checked, nothing changed (rescan, SIGHUP, module tree touched)
+                    with self.lock:
+                        record = self.modules[job.name].record
+                    on_disk = True
                 if not on_disk:
                     record["timings"]["event_to_write"] = round(self.clock() - job.when, 6)
                     record["published_at"] = time.time()
@@ -445,6 +450,16 @@ class Daemon:
         with self.cond:
             if self.desired.get(name, False) and not self._stop:
                 self._enqueue(name, self.clock())
+
+    def _same_as_published(self, name: str, record: dict[str, Any]) -> bool:
+        with self.lock:
+            view = self.modules.get(name)
+        if view is None or not view.published or not self.desired.get(name, False):
+            return False
+        volatile = ("timings", "published_at")
+        a = {k: v for k, v in record.items() if k not in volatile}
+        b = {k: v for k, v in view.record.items() if k not in volatile}
+        return a == b
 
     def _evaluate(self, name: str, *, force: bool) -> tuple[dict[str, Any], bytes | None, bool]:
         """(record, btf, already_on_disk) for a loaded module."""

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterable
@@ -167,6 +168,23 @@ def scan_sysfs(sysfs: Path) -> dict[str, str]:
     return out
 
 
+_TREE_FILES = ("modules.dep", "modules.dep.bin", "modules.builtin", "modules.order")
+
+
+def _is_module_tree_file(path: str, ignored: tuple[str, ...]) -> bool:
+    """A change that can alter module lookup: a module file or depmod's index, outside the
+    daemon's own cache (which may sit below a watched directory)."""
+    if path.startswith(ignored):
+        return False
+    base = os.path.basename(path)
+    if base.startswith("."):
+        return False  # editors' and our own temporary files
+    return base in _TREE_FILES or bool(_KO_NAME.match(base))
+
+
+_KO_NAME = re.compile(r"^.+\.ko(?:\.(?:xz|zst|gz))?$")
+
+
 class FileWatcher:
     """watchdog observer on module directories and the config file.
 
@@ -176,7 +194,7 @@ class FileWatcher:
 
     def __init__(self, module_dirs: Iterable[tuple[Path, bool]], config: Path | None,
                  on_modules: Callable[[], None], on_config: Callable[[], None],
-                 debounce: float = 0.3) -> None:
+                 debounce: float = 0.3, ignore: Iterable[Path] = ()) -> None:
         from watchdog.events import FileSystemEvent, FileSystemEventHandler
         from watchdog.observers import Observer
 
@@ -188,6 +206,7 @@ class FileWatcher:
         self.debounce = debounce
         outer = self
         config_path = str(config) if config else None
+        ignored = tuple(str(p).rstrip("/") + "/" for p in ignore)
 
         class Handler(FileSystemEventHandler):
             def __init__(self, kind: str) -> None:
@@ -201,7 +220,7 @@ class FileWatcher:
                 if self.kind == "config":
                     if config_path in paths:
                         outer._fire("config", on_config)
-                else:
+                elif any(_is_module_tree_file(p, ignored) for p in paths if p):
                     outer._fire("modules", on_modules)
 
         for d, recursive in module_dirs:

@@ -198,7 +198,8 @@ class Service:
 
         try:
             self.watcher = FileWatcher(dirs, self.cfg.source, on_modules=on_modules,
-                                       on_config=on_config)
+                                       on_config=on_config,
+                                       ignore=[self.cfg.cache_dir])
             self.watcher.start()
             self.daemon.watching = self.watcher.watched
         except Exception as e:  # inotify limits, unreadable dirs: events still work
