@@ -388,7 +388,7 @@ def check_fields(expects: Btf, target: VmlinuxIndex, id_map: dict[int, int],
         if not mismatches:
             continue
         first = mismatches[0]["text"]
-        more = f" (and {len(mismatches) - 1} more)" if len(mismatches) > 1 else ""
+        more = f" (and {len(mismatches) - 1} more)" if len(mismatches) > 1 else ""  # members
         emb = "embedded" if is_emb else "referenced"
         problems.append(Problem(
             "field", severity,

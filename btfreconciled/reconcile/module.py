@@ -163,10 +163,11 @@ def reconcile_module_file(path: str, target: VmlinuxIndex, *, strict: str = "emb
         timings["fields"] = time.perf_counter() - t
     errors = [p for p in problems if p.severity == ERROR]
     if errors:
-        more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+        n = len(errors) - 1
+        more = f" (and {n} more problem{'s' if n > 1 else ''})" if n else ""
         return result(Verdict.INCOMPATIBLE, errors[0].summary + more, problems)
     n_types = len(loaded.split)
-    warn = f"; {len(problems)} warnings" if problems else ""
+    warn = f"; {len(problems)} warning{'s' if len(problems) > 1 else ''}" if problems else ""
     summary = (f"{name}: compatible with {target.path}: {n_types} module types reconciled,"
                f" {len(rel.dist_types)} expected base types matched{warn}")
     return result(Verdict.OK, summary, problems, rel.data)
