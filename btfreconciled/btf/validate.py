@@ -55,7 +55,7 @@ from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterator
 from itertools import accumulate, chain, compress, repeat
-from operator import add, gt, itemgetter, le, not_, rshift
+from operator import add, and_, gt, itemgetter, le, not_
 
 from .errors import BtfError
 from .kinds import Kind
@@ -106,6 +106,15 @@ _IDCLASS = bytes(0 if c == 0 else 0x61 if c in _ID_START else 0x30 if 0x30 <= c 
                  else 0x21 for c in range(256))
 _NONNUL = bytes([0] + [0x78] * 255)
 _KIND_OF_TOP_BYTE = bytes(c & 0x1F for c in range(256))
+# member types whose effective size is not their size (without, with kind_flag)
+_EFF_SPECIAL = (frozenset({INT, FLOAT}), frozenset({INT, FLOAT, ENUM, ENUM64}))
+# By the top byte of an info word (kind_flag << 7 | reserved << 5 | kind): a bad
+# combination; a kind whose vlen must be 0; FUNC (vlen is its linkage, 0 or 1).
+_BAD_TOP = bytes(1 if c & 0x60 or not 1 <= c & 0x1F <= 19 or (c & 0x80 and c & 0x1F in NO_KFLAG)
+                 else 0 for c in range(256))
+_VLEN_ZERO_TOP = bytes(0xFF if c & 0x1F in VLEN_ZERO else 0 for c in range(256))
+_FUNC_TOP = bytes(0xFF if c & 0x1F == FUNC else 0 for c in range(256))
+_ABOVE_1 = bytes(0xFF if c > 1 else 0 for c in range(256))
 _LONG = b"x" * 513
 _NATIVE = "<" if sys.byteorder == "little" else ">"
 _LONG_NAMES = (b"long", b"long int", b"unsigned long", b"long unsigned int")
@@ -308,25 +317,34 @@ class _Validator:
         return out
 
     def group(self) -> None:
-        """Check the info words (once per distinct value) and sort records by kind."""
+        """Check the info words and sort records by kind. The checks run on the bytes of
+        the info words at once (one byte per record and field); only when one fails do
+        we look at the words one distinct value at a time, to name the first culprit."""
         infos = self.infos
-        kinds = set()
-        bad = []
-        for info in set(infos):
-            if _info_problem(info):
-                bad.append(info)
-            kinds.add((info >> 24) & 0x1F)
-        if bad:
-            local = _first(map(set(bad).__contains__, infos))
+        raw = array("I", infos).tobytes()
+        if sys.byteorder == "little":
+            top, reserved, vhi, vlo = raw[3::4], raw[2::4], raw[1::4], raw[0::4]
+        else:
+            top, reserved, vhi, vlo = raw[0::4], raw[1::4], raw[2::4], raw[3::4]
+        n = self.n
+        little = int.from_bytes
+        ok = (reserved.count(0) == n and top.translate(_BAD_TOP).count(0) == n
+              and not (little(vhi, "little") | little(vlo, "little"))
+              & little(top.translate(_VLEN_ZERO_TOP), "little")
+              and not (little(vhi, "little") | little(vlo.translate(_ABOVE_1), "little"))
+              & little(top.translate(_FUNC_TOP), "little"))
+        if not ok:
+            bad = {info for info in set(infos) if _info_problem(info)}
+            local = _first(map(bad.__contains__, infos))
             self.fail_local(local, _info_problem(infos[local]), self.offs[local] + 1)
         # the kind is the low 5 bits of the info word's top byte
-        top = array("I", infos).tobytes()[3::4] if sys.byteorder == "little" else \
-            array("I", infos).tobytes()[0::4]
-        kl = list(top.translate(_KIND_OF_TOP_BYTE))
+        kb = top.translate(_KIND_OF_TOP_BYTE)
+        kinds = [k for k in range(1, 20) if k in kb]
+        kl = list(kb)
         order = sorted(range(self.n), key=kl.__getitem__)
         key = kl.__getitem__
         self.groups: dict[int, list[int]] = {}
-        for k in sorted(kinds):
+        for k in kinds:
             lo = bisect_left(order, k, key=key)
             self.groups[k] = order[lo:bisect_left(order, k + 1, lo, key=key)]
         self.kl = kl
@@ -960,8 +978,9 @@ class _Validator:
         for g in self.member_groups:
             if not g.MT:
                 continue
-            comp = {d: r for d, r, k in zip(g.dl, g.rl, g.rk, strict=True)
-                    if k in COMPOSITE and r >= start}
+            comp = dict(compress(zip(g.dl, g.rl, strict=True),
+                                 map(and_, map(COMPOSITE.__contains__, g.rk),
+                                     map(start.__le__, g.rl))))
             if not comp:
                 continue
             sel = list(map(comp.__contains__, g.MT))
@@ -1044,7 +1063,8 @@ class _Validator:
         (HUGE: not decided by bytes; the exact check runs)."""
         start = self.start
         eff = dict(zip(g.dl, _g(self.SIZE, g.rl), strict=True))
-        for d, r, k in zip(g.dl, g.rl, g.rk, strict=True):
+        special = _EFF_SPECIAL[g.kflag].__contains__
+        for d, r, k in compress(zip(g.dl, g.rl, g.rk, strict=True), map(special, g.rk)):
             if k == INT:
                 if r < start:
                     eff[d] = self.base_info[r][2]
@@ -1063,10 +1083,12 @@ class _Validator:
             if not g.MT:
                 continue
             eff = self.effective_sizes(g)
+            eff_bits = dict(zip(eff, map((8).__mul__, eff.values()), strict=True))
             MO = g.MO
-            ends = map(add, map(rshift, MO, repeat(3)), _g(eff, g.MT))
-            SS = chain.from_iterable(map(repeat, g.ssz, g.vlens))
-            slow = set(compress(range(len(MO)), map(gt, ends, SS)))
+            # in bits: a member ends inside its struct (misaligned ones are caught below)
+            ends = map(add, MO, _g(eff_bits, g.MT))
+            size_bits = chain.from_iterable(map(repeat, map((8).__mul__, g.ssz), g.vlens))
+            slow = set(compress(range(len(MO)), map(gt, ends, size_bits)))
             mask = 0xFF000007 if g.kflag else 7
             if any(map(mask.__and__, MO)):
                 slow.update(compress(range(len(MO)), map(mask.__and__, MO)))
