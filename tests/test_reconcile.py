@@ -627,3 +627,32 @@ def test_lane_templates_match_the_field_iterator():
             ids, strs = set(id_slots(fake, 0)), set(str_slots(fake, 0))
             assert _LANE_ID[info] == b"".join(b31 if i in ids else z for i in range(n))
             assert _LANE_STR[info] == b"".join(b31 if i in strs else z for i in range(n))
+
+
+@pytest.mark.parametrize("n_ints", [40, 300])  # one-byte codes, and the wide mode
+def test_lane_index_relocation_equals_plain_loop(n_ints):
+    from btfreconciled.reconcile.relocate import prepare
+
+    def vm(order):
+        b = Btf()
+        for i in order:
+            b.add(Int(b.add_str(f"i{i}"), 0, 4, 0, 0, 32))
+        return b
+
+    base = reparse(vm(range(n_ints)))
+    s = Btf(base)
+    n = base.type_count
+    for i in range(n_ints):  # a struct per int, named after the int: strings shared
+        s.add(Struct(s.add_str(f"i{i}" if i % 2 else f"s{i}"), 0, 4,
+                     (Member(s.add_str(f"i{(i + 1) % n_ints}"), 1 + i, 0),)))
+        s.add(Ptr(0, 0, n + 2 * i))
+    dist = distill(reparse(s, base))
+    # a target where the same ints sit elsewhere and their names at other offsets
+    target = target_of(vm(reversed(range(n_ints))))
+    fast = Btf.parse(dist.split.to_bytes(), base=dist.base, validate=False)
+    assert prepare(fast).lanes is not None and prepare(fast).lanes.ok
+    assert prepare(fast).lanes.wide == (n_ints > 253)
+    slow = Btf.parse(dist.split.to_bytes(), base=dist.base, validate=False)
+    prepare(slow).lanes = None
+    a, b = relocate(fast, target), relocate(slow, target)
+    assert a.ok and b.ok and a.data == b.data

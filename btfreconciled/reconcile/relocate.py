@@ -240,7 +240,7 @@ def _embedded_reverse(sp: _Split, targets: set[int], end: int, want_paths: bool
     marked: set[int] = set()
     paths: dict[int, list[str]] = {}
     order = sys.byteorder
-    lanes = sp.lanes if sp.lanes is not None and sp.lanes.ok else None
+    lanes = sp.lanes if sp.lanes is not None and sp.lanes.ok and not sp.lanes.wide else None
     for d in sorted(targets):
         seen = {d}
         work = [d]
@@ -516,8 +516,11 @@ class _LaneIndex:
         self.ok = False
         mid_b, mstr_b = sp.lane_masks()
         self.nbytes = n = len(mid_b)
-        if n != 4 * len(sp.words) or nr_dist > 253:
+        if n != 4 * len(sp.words) or nr_dist > 0xFFFFFF:
             return
+        # a distilled base of more than 253 types does not fit the one-byte code: its
+        # references are then patched lane by lane (wide mode)
+        self.wide = wide = nr_dist > 253
         raw = sp.words.tobytes()
         w = int.from_bytes(raw, "little")
         a1 = int.from_bytes(mid_b, "little") >> 31
@@ -531,7 +534,20 @@ class _LaneIndex:
         small_id = a1 ^ gea  # id lanes below nr_dist (void included: code 0)
         small_str = b1 ^ geb
         nz = ((w + small_str * 0x7FFFFFFF) >> 31) & small_str  # dist-base strings, not 0
-        codes = bytearray((gea * 254 | geb * 255 | (w & (small_id * 0xFF))).to_bytes(n, "little"))
+        self.id_lanes: list[tuple[int, int]] = []  # wide mode: (lane, distilled id)
+        if wide:
+            codes = bytearray((gea * 254 | geb * 255).to_bytes(n, "little"))
+            nzid = ((w + small_id * 0x7FFFFFFF) >> 31) & small_id
+            if nzid:
+                nzb = nzid.to_bytes(n, "little")
+                i = nzb.find(1)
+                while i >= 0:
+                    self.id_lanes.append((i >> 2, sp.words[i >> 2]))
+                    i = nzb.find(1, i + 4)
+        else:
+            codes = bytearray((gea * 254 | geb * 255 | (w & (small_id * 0xFF))
+                               ).to_bytes(n, "little"))
+        first_str_code = 1 if wide else nr_dist
         self.str_codes: dict[int, int] = {}  # code -> distilled-base string offset
         self.str_lanes: list[tuple[int, int]] = []  # (lane, offset) without a code
         if nz:
@@ -542,8 +558,8 @@ class _LaneIndex:
                 lane = i >> 2
                 off = sp.words[lane]
                 code = by_off.get(off)
-                if code is None and nr_dist + len(by_off) < 254:
-                    code = nr_dist + len(by_off)
+                if code is None and first_str_code + len(by_off) < 254:
+                    code = first_str_code + len(by_off)
                     by_off[off] = code
                     self.str_codes[code] = off
                 if code is None:
@@ -561,8 +577,9 @@ class _LaneIndex:
         """Relocated type words as bytes; an int is a distilled-base string offset without a
         mapping; None means "use the plain loop" (a delta would be negative)."""
         delta = [0] * 256
-        for v in range(1, self.nr_dist):
-            delta[v] = dmap[v] - v
+        if not self.wide:
+            for v in range(1, self.nr_dist):
+                delta[v] = dmap[v] - v
         for code, off in self.str_codes.items():
             nv = smap.get(off)
             if nv is None:
@@ -570,23 +587,36 @@ class _LaneIndex:
             delta[code] = nv - off
         delta[254] = shift
         delta[255] = sshift
-        if min(delta) < 0 or max(delta) > 0xFFFFFFFF:
+        if max(delta) > 0xFFFFFFFF or min(delta) < -0xFFFFFFFF:
             return None
-        codes = self.codes
-        plane = bytearray(codes.translate(bytes(d & 0xFF for d in delta)))
-        for k in (1, 2, 3):
-            if any(d >> (8 * k) for d in delta):
-                plane[k::4] = codes.translate(bytes((d >> (8 * k)) & 0xFF for d in delta))[0::4]
-        out = (self.w + int.from_bytes(plane, "little")).to_bytes(self.nbytes, "little")
-        if self.str_lanes:
-            buf = bytearray(out)
+        # a string can map to a smaller offset: negative deltas go into their own plane
+        # (lanes stay non-negative: the result of each lane is a valid offset)
+        total = self.w + self._plane([max(d, 0) for d in delta])
+        neg = [max(-d, 0) for d in delta]
+        if any(neg):
+            total -= self._plane(neg)
+        out = total.to_bytes(self.nbytes, "little")
+        if self.str_lanes or self.id_lanes:
+            buf = bytearray(out)  # lanes without a code
             for lane, off in self.str_lanes:
                 nv = smap.get(off)
                 if nv is None:
                     return off
                 struct.pack_into("<I", buf, 4 * lane, nv)
+            pack = struct.Struct("<I").pack_into
+            for lane, v in self.id_lanes:
+                pack(buf, 4 * lane, dmap[v])
             out = bytes(buf)
         return out
+
+    def _plane(self, delta: list[int]) -> int:
+        """The lanes' deltas (by code) as one big integer."""
+        codes = self.codes
+        plane = bytearray(codes.translate(bytes(d & 0xFF for d in delta)))
+        for k in (1, 2, 3):
+            if any(d >> (8 * k) for d in delta):
+                plane[k::4] = codes.translate(bytes((d >> (8 * k)) & 0xFF for d in delta))[0::4]
+        return int.from_bytes(plane, "little")
 
 
 def _rewrite(w: array, offs: list[int], nr_dist: int, shift: int, dmap: list[int],
