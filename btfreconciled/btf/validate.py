@@ -420,9 +420,11 @@ class _Validator:
                 if not self._name_bytes(names[local]):
                     self.fail_local(local, "needs a non-empty " +
                                     ("name" if kind == TYPE_TAG else "value"))
+        self.targets: dict[int, tuple] = {}  # what PTRs, modifiers and FUNCs point to
         for kind in (*REFS, FUNC):
             locs = self.loc(kind)
-            self.check_bound(_g(sw, locs), locs, "")
+            self.targets[kind] = col = _g(sw, locs)
+            self.check_bound(col, locs, "")
         locs = self.loc(FWD)
         size = _g(sw, locs)
         if any(size):
@@ -549,10 +551,11 @@ class _Validator:
                             self.fail_local(group[i], f"vararg parameter {j + 1} has a name"
                                             f"{self._label(PN[i])}", ofs[i] + 3 + 2 * j)
                 pts |= distinct
-                unnamed = p.unnamed_locs
-                for i in _positions(PN, 0):  # protos with an unnamed (non-vararg) parameter
-                    if PT[i]:
-                        unnamed.add(group[i])
+                # protos with an unnamed (non-vararg) parameter
+                if 0 not in distinct:
+                    p.unnamed_locs.update(compress(group, map(not_, PN)))
+                else:
+                    p.unnamed_locs.update(group[i] for i in _positions(PN, 0) if PT[i])
         pts.discard(0)
         p.PTset = pts
 
@@ -829,11 +832,12 @@ class _Validator:
         resolves to through modifiers), chain length, TYPE_TAG order."""
         KT = self.KT
         MX: list[int] = []
-        for kind in MODS:
+        Y = list(self.targets[PTR])
+        for kind in REFS[1:]:
             MX += self.ids(self.loc(kind))
+            Y += self.targets[kind]
         PX = self.ids(self.loc(PTR))
         X = PX + MX
-        Y = _g(self.SW, X)
         dk = _g(KT, Y)
         if not BAD_REF_TARGET.isdisjoint(dk):
             i = min((j for j, k in enumerate(dk) if k in BAD_REF_TARGET), key=X.__getitem__)
@@ -1201,7 +1205,7 @@ class _Validator:
         if not locs:
             return
         KT, start = self.KT, self.start
-        ft = _g(self.sw, locs)
+        ft = self.targets[FUNC]
         protos = set(ft)
         if {KT[p] for p in protos} != {FUNC_PROTO}:
             i = next(i for i, p in enumerate(ft) if KT[p] != FUNC_PROTO)
