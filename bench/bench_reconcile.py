@@ -137,9 +137,12 @@ def main() -> int:
               f"{ours_full[n]:>12.3f}{ours_rel[n] / libbpf[n]:>8.2f}")
     for what, ours in (("relocate", ours_rel), ("parse+relocate", ours_full)):
         ratios = [ours[n] / libbpf[n] for n in names]
+        worst = max(names, key=lambda n: ours[n] / libbpf[n])
         print(f"ratio ours/libbpf ({what}): median {statistics.median(ratios):.3f}"
               f"  p90 {pct(ratios, 90):.3f}  max {max(ratios):.3f}"
-              f"  (faster than libbpf on {sum(r < 1 for r in ratios)}/{len(ratios)})")
+              f"  (faster than libbpf on {sum(r < 1 for r in ratios)}/{len(ratios)};"
+              f" max at {Path(mods[int(worst[1:])]).name}, {size[worst]} split types,"
+              f" {ours[worst]:.3f} vs {libbpf[worst]:.3f} ms)")
     print(f"libbpf per module: median {statistics.median(libbpf[n] for n in names):.3f} ms;"
           f" ours: median {statistics.median(ours_rel[n] for n in names):.3f} ms"
           f" (+ {index_s * 1e3:.0f} ms once for the index)")
