@@ -464,7 +464,8 @@ class _Validator:
     def meta_member_group(self, kind: int, kflag: int, locs: list[int]) -> _Items:
         g = self.items(locs, 3)
         g.kind, g.kflag = kind, kflag
-        fl = self.flat(g)
+        # a list: every later pass then reuses these int objects instead of making new ones
+        fl = self.flat(g).tolist()
         g.MN, g.MT, g.MO = MN, MT, MO = fl[0::3], fl[1::3], fl[2::3]
         g.ssz = _g(self.sw, locs)
         if not MT:
@@ -478,7 +479,7 @@ class _Validator:
             what = f"member {j}{self._label(MN[i])}"
             msg = self.past_end(what, MT[i]) if MT[i] else f"{what} is void (type [0])"
             self.fail_local(locs[r], msg, p + 1)
-        BO = MO if not kflag else array("I", map((0xFFFFFF).__and__, MO))
+        BO = MO if not kflag else list(map((0xFFFFFF).__and__, MO))
         if kind == UNION:
             if any(BO):
                 i = _first(BO)
@@ -488,8 +489,7 @@ class _Validator:
             return g
         # member bit offsets never decrease (">": a last "char a[0]" may share an offset);
         # that they lie inside the struct is part of the member checks below
-        prev = array("I", [0])
-        prev.extend(BO[:-1])
+        prev = [0, *BO[:-1]]
         _scatter(prev, g.cum[:bisect_right(g.cum, len(BO) - 1)], repeat(0))
         if not all(map(le, prev, BO)):
             i = _first(map(gt, prev, BO))
@@ -565,7 +565,8 @@ class _Validator:
             locs = self.loc(kind)
             if locs:
                 e = self.items(locs, stride)
-                self.check_item_names(e, self.flat(e)[0::stride], "enumerator", required=True)
+                self.check_item_names(e, self.flat(e)[0::stride].tolist(), "enumerator",
+                                      required=True)
 
     # ------------------------------------------------------------ meta: arrays
     def meta_arrays(self) -> None:
