@@ -885,7 +885,8 @@ class _Validator:
         if not MX:
             return
         KT, start = self.KT, self.start
-        exits = {y for y in MY if y < start and KT[y] in MODS}
+        exits = ({y for y in filter(start.__gt__, MY) if KT[y] in MODS}
+                 if self.base is not None else set())
         X = MX + list(exits)
         Y = MY + [-1] * len(exits)
         S = set(X)
@@ -898,12 +899,13 @@ class _Validator:
             X = list(compress(X, keep))
             Y = list(compress(Y, keep))
             S = set(X)
-        tagged = {x for x in chain(MX, exits) if KT[x] == TYPE_TAG}
+        tagged = set(self.ids(self.loc(TYPE_TAG)))
+        tagged.update(x for x in exits if KT[x] == TYPE_TAG)
         if not tagged:
             return
         nxt = dict(zip(MX, MY, strict=True))
-        while True:
-            new = {x for x in MX if nxt[x] in tagged and x not in tagged}
+        while True:  # every modifier whose chain reaches a TYPE_TAG
+            new = set(compress(MX, map(tagged.__contains__, MY))) - tagged
             if not new:
                 break
             tagged |= new
