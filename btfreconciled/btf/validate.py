@@ -382,21 +382,22 @@ class _Validator:
             self.fail_local(locs[i], msg, word(i) if word else None)
 
     def check_item_names(self, it: _Items, col, what: str, required: bool) -> None:  # noqa: ANN001
-        end = self.str_end
+        """Names of members/enumerators: present if required, and identifiers (that they
+        lie inside the strings is checked by the identifier lookup itself)."""
         if not col:
             return
-        bad = None
-        if max(col) >= end:
-            bad = _first(map(end.__le__, col))
-        elif required and 0 in col:
-            bad = col.index(0)
-        if bad is not None:
+
+        def fail(bad: int) -> None:
             r, j, p = it.where(bad)
             n = j + 1 if what == "parameter" else j
+            end = self.str_end
             why = "has no name" if not col[bad] else (
                 f"has name offset {col[bad]:#x} past the end of the strings ({end:#x})")
             self.fail_local(it.locs[r], f"{what} {n} {why}", p)
-        self.idents.append((col, required))
+
+        if required and 0 in col:
+            fail(col.index(0))
+        self.idents.append((col, required, fail))
 
     # ------------------------------------------------------------ meta: simple kinds
     def meta_simple_kinds(self) -> None:
@@ -412,9 +413,9 @@ class _Validator:
             nm = _g(names, locs)
             if 0 in nm:
                 self.fail_local(locs[nm.index(0)], "needs a name")
-            self.idents.append((nm, True))
+            self.idents.append((nm, True, None))  # (names: checked in check_name_offsets)
         for kind in OPTIONAL_IDENT:
-            self.idents.append((_g(names, self.loc(kind)), False))
+            self.idents.append((_g(names, self.loc(kind)), False, None))
         for kind in (TYPE_TAG, DECL_TAG):
             for local in self.loc(kind):
                 if not self._name_bytes(names[local]):
@@ -532,11 +533,11 @@ class _Validator:
                 PN = get(mv[3 + 2 * j:])
                 PT = get(mv[4 + 2 * j:])
                 p.cols.append((group, j, v, PN, PT))
-                if max(PN) >= end:
-                    i = _first(map(end.__le__, PN))
+                def fail(i: int, group=group, j=j, ofs=ofs, PN=PN) -> None:
                     self.fail_local(group[i], f"parameter {j + 1} has name offset {PN[i]:#x} "
                                     f"past the end of the strings ({end:#x})", ofs[i] + 3 + 2 * j)
-                self.idents.append((PN, False))
+
+                self.idents.append((PN, False, fail))
                 distinct = set(PT)
                 if max(distinct) >= T:
                     i = _first(map(T.__le__, PT))
@@ -653,18 +654,26 @@ class _Validator:
         own), anything else (not an identifier). Each column then costs one gather."""
         if not self.idents:
             return
+        end = self.str_end
         lut = self.ident_lut()
         if lut is None:  # strings we cannot lay out in one piece: check one by one
-            offsets = set().union(*(set(c) for c, _ in self.idents))
+            for col, _, past_end in self.idents:
+                if col and max(col) >= end:
+                    past_end(_first(map(end.__le__, col)))
+            offsets = set().union(*(set(c) for c, _, _ in self.idents))
             offsets.discard(0)
             bad = {o for o in offsets if not _IDENT_RE.fullmatch(self._name_bytes(o) or b"")}
             if bad:
                 self.report_bad_identifier(bad)
             return
         ok_required, ok_optional = {0x61}, {0x61, 0x5A}
-        for col, required in self.idents:
+        for col, required, past_end in self.idents:
             allowed = ok_required if required else ok_optional
-            classes = _g(lut, col)
+            try:
+                classes = _g(lut, col)  # (the lookup table ends where the strings end)
+            except IndexError:
+                past_end(_first(map(end.__le__, col)))
+                raise
             good = classes.count(0x61) if required else classes.count(0x61) + classes.count(0x5A)
             if good == len(classes):
                 continue
