@@ -881,12 +881,27 @@ class _Validator:
             if x in seen:
                 self.report_loop(path[seen[x]:], "is in a reference loop")
 
-    def report_loop(self, loop: list[int], what: str) -> None:
+    def report_loop(self, loop: list[int], what: str, via=None) -> None:  # noqa: ANN001
+        """`via(a, b)`, if given, says how a leads to b (" member 2 'x'")."""
         first = min(loop)
         k = loop.index(first)
         loop = loop[k:] + loop[:k]
-        text = " -> ".join(self._ref(y) for y in loop)
+        nxt = loop[1:] + loop[:1]
+        text = " -> ".join(self._ref(a) + (via(a, b) if via else "")
+                           for a, b in zip(loop, nxt, strict=True))
         self.fail(first, f"{what}: {text} -> [{first}]")
+
+    def embedding_via(self, a: int, b: int) -> str:
+        """Which member (or the element) of local type a holds b by value."""
+        w, o = self.w, self.offs[a - self.start]
+        kind = (w[o + 1] >> 24) & 0x1F
+        if kind == ARRAY:
+            return " element"
+        for j in range(w[o + 1] & 0xFFFF):
+            p = o + 3 + 3 * j
+            if w[p + 1] < self.T and self.RID[w[p + 1]] == b:
+                return f" member {j}{self._label(w[p])}"
+        return ""
 
     def check_chains(self, MX: list[int], MY: list[int]) -> None:
         """Modifier chains: at most 32 links, TYPE_TAGs only at the start (as
@@ -1028,7 +1043,7 @@ class _Validator:
             seen[x] = len(path)
             path.append(x)
             x = min(adj[x])
-        self.report_loop(path[seen[x]:], "contains itself by value")
+        self.report_loop(path[seen[x]:], "contains itself by value", self.embedding_via)
 
     # ------------------------------------------------------------ sizes
     def array_sizes(self) -> None:
