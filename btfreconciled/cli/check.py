@@ -19,7 +19,7 @@ from ..reconcile import (
 )
 from ..reconcile.diagnostics import problem_text
 from ..reconcile.target import SYSFS_VMLINUX
-from .main import EXIT_ERROR, EXIT_INCOMPATIBLE, EXIT_OK, CliError
+from .errors import EXIT_ERROR, EXIT_INCOMPATIBLE, EXIT_OK, CliError
 
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 

@@ -13,7 +13,7 @@ from ..reconcile.distill import DistillError
 from ..reconcile.fields import FIELDS_ALL, FIELDS_EMBEDDED, build_expects
 from ..reconcile.relocate import embedded_ids
 from ..reconcile.target import parse_btf
-from .main import EXIT_OK, CliError
+from .errors import EXIT_OK, CliError
 
 
 def register(sub: argparse._SubParsersAction) -> None:

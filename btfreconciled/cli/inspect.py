@@ -35,14 +35,14 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     sections = read_btf_sections(args.file)
     if sections.btf is None:
-        from .main import CliError
+        from .errors import CliError
 
         raise CliError(f"{args.file}: no .BTF section")
     base = None
     if args.base:
         bsec = read_btf_sections(args.base)
         if bsec.btf is None:
-            from .main import CliError
+            from .errors import CliError
 
             raise CliError(f"{args.base}: no .BTF section")
         base = Btf.parse(bsec.btf, source=args.base, validate=not is_kernel_verified(args.base))

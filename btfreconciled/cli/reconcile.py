@@ -13,7 +13,7 @@ from ..reconcile import EMBEDDED_KERNEL, EMBEDDED_LIBBPF_1_5, Verdict, reconcile
 from ..reconcile.diagnostics import problem_text
 from ..reconcile.target import SYSFS_VMLINUX
 from .check import RULE_HELP, STRICT_HELP, VMLINUX_HELP, _exit_code, load_target
-from .main import CliError
+from .errors import CliError
 
 
 def register(sub: argparse._SubParsersAction) -> None:

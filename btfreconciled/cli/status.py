@@ -11,7 +11,7 @@ from typing import Any
 
 from ..daemon.config import DEFAULT_SOCKET
 from ..daemon.control import ClientError, request
-from .main import CliError
+from .errors import CliError
 
 SOCKET_ENV = "BTFRECONCILED_SOCKET"
 
