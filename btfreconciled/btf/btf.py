@@ -432,6 +432,15 @@ class Btf:
         return found + [i for i in ids if self.kind_of(i) == kind]
 
     # ---------------------------------------------------------------- writing
+    def wire_records(self) -> tuple[array, list[int]]:
+        """(type-section words, word offset of each record) of this BTF's own types, in host
+        order. The parser's arrays when nothing was replaced or added since parsing (shared:
+        do not modify them), else those of the re-serialised section."""
+        if not self._replaced and len(self._offs) == len(self._types):
+            return self._words, self._offs
+        wire = Btf.parse(self.to_bytes(), base=self.base, source=self.source, validate=False)
+        return wire._words, wire._offs
+
     def types_words(self, *, reencode: bool = False) -> array:
         """The type section as u32 words in host order. Raw records are copied as they are
         unless replaced; `reencode=True` encodes every type from its decoded form instead

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections import ChainMap
-from collections.abc import Sequence
 from itertools import accumulate
 from typing import BinaryIO
 
@@ -91,7 +90,7 @@ def dump_raw_lines(btf: Btf, first: int = 0, last: int | None = None,
         names = _Names(btf)
     nm = names.get
     total = btf.type_count
-    w, offs = _records(btf)
+    w, offs = btf.wire_records()
     if last is None:
         last = len(offs)
     kinds_of = _kind_lookup(btf)
@@ -231,14 +230,6 @@ def _kind_lookup(btf: Btf):  # noqa: ANN202
         return int(btf.kind_of(type_id)), btf.name_off_of(type_id)
 
     return kinds_of
-
-
-def _records(btf: Btf) -> tuple[Sequence[int], list[int]]:
-    """(words, record offsets) of `btf`'s own types in wire form."""
-    if not btf._replaced and len(btf._offs) == len(btf._types):
-        return btf._words, btf._offs
-    wire = Btf.parse(btf.to_bytes(), base=btf.base, source=btf.source, validate=False)
-    return wire._words, wire._offs
 
 
 # Below this many types a second process costs more than it saves.

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..btf.btf import Btf
-from .wire import id_slots, record_offsets, str_slots
+from .wire import id_slots, str_slots
 
 
 @dataclass
@@ -27,8 +27,7 @@ class Comparison:
 class _Side:
     def __init__(self, btf: Btf) -> None:
         self.btf = btf
-        self.split_words = btf.types_words()
-        self.split_offs = record_offsets(self.split_words)
+        self.split_words, self.split_offs = btf.wire_records()
         self.start = btf.start_id
 
     def record(self, tid: int, base_view: _Side | None) -> tuple[tuple, tuple, tuple]:

@@ -66,8 +66,7 @@ class _Words:
     __slots__ = ("words", "offs", "start")
 
     def __init__(self, btf: Btf) -> None:
-        self.words = btf.types_words()
-        self.offs = record_offsets(self.words)
+        self.words, self.offs = btf.wire_records()
         self.start = btf.start_id
 
     def record(self, tid: int) -> array:

@@ -53,8 +53,7 @@ _words_cache: weakref.WeakKeyDictionary[Btf, tuple[Any, list[int]]] = \
 def _words(b: Btf) -> tuple[Any, list[int]]:
     got = _words_cache.get(b)
     if got is None:
-        w = b.types_words()
-        got = (w, record_offsets(w))
+        got = b.wire_records()
         _words_cache[b] = got
     return got
 

@@ -59,7 +59,6 @@ from .wire import (
     WireError,
     id_slots,
     kind_name,
-    record_offsets,
     str_slots,
 )
 
@@ -96,19 +95,8 @@ class RelocateResult:
     embed_paths: dict[int, list[str]] = field(default_factory=dict)
 
 
-def parsed_offsets(btf: Btf, words: array) -> list[int]:
-    """Record offsets of `btf`'s own types in `words` (= btf.types_words()). The parser
-    already found them; reuse its list when no record was replaced or added since."""
-    offs = getattr(btf, "_offs", None)  # Btf internals: a list computed by Btf.parse
-    if (isinstance(offs, list) and len(offs) == len(btf) and not getattr(btf, "_replaced", 1)
-            and (not offs or offs[-1] < len(words))):
-        return offs
-    return record_offsets(words)
-
-
 def dist_types_of(dist: Btf) -> list[DistType]:
-    words = dist.types_words()
-    offs = record_offsets(words)
+    words, offs = dist.wire_records()
     strs = dist.strings
     out = []
     tid = dist.start_id
@@ -131,8 +119,7 @@ class _Split:
 
     def __init__(self, split: Btf, dist: list[DistType]) -> None:
         self.btf = split
-        self.words = split.types_words()
-        self.offs = parsed_offsets(split, self.words)
+        self.words, self.offs = split.wire_records()
         self.start = split.start_id
         self.dist = dist
 

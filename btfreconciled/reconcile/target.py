@@ -16,7 +16,7 @@ from pathlib import Path
 from ..btf.btf import Btf
 from ..btf.errors import BtfError
 from ..elf import read_btf_sections
-from .wire import K_ENUM, K_ENUM64, K_FLOAT, K_FWD, K_INT, K_STRUCT, K_UNION, record_offsets
+from .wire import K_ENUM, K_ENUM64, K_FLOAT, K_FWD, K_INT, K_STRUCT, K_UNION
 
 SYSFS_VMLINUX = "/sys/kernel/btf/vmlinux"
 # Kinds btf_relocate.c considers in the base (everything else is skipped).
@@ -37,13 +37,8 @@ class Candidate:
 
 def parse_btf(data: bytes, *, base: Btf | None = None, source: str = "<memory>",
               validate: bool = True) -> Btf:
-    """Btf.parse, validating when the validator is available."""
-    if validate:
-        try:
-            return Btf.parse(data, base=base, source=source, validate=True)
-        except ModuleNotFoundError:  # btf/validate.py not there (yet)
-            pass
-    return Btf.parse(data, base=base, source=source, validate=False)
+    """Btf.parse with this package's defaults (validate unless told the input is trusted)."""
+    return Btf.parse(data, base=base, source=source, validate=validate)
 
 
 @dataclass
@@ -100,8 +95,7 @@ class VmlinuxIndex:
         return self.composite_count.get(name_off, 0)
 
     def _build(self) -> None:
-        words = self.btf.types_words()
-        offs = record_offsets(words)
+        words, offs = self.btf.wire_records()
         strs = self.btf.strings
         find = strs.find
         by_name: dict[bytes, list[Candidate]] = {}
