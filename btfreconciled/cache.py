@@ -289,10 +289,7 @@ class Cache:
                             (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
             except OSError as e:
                 errors[name] = e
-                for t in (tb, tj):
-                    if t is not None:
-                        with contextlib.suppress(OSError):
-                            os.unlink(t)
+                _discard(tb, tj)
                 continue
             staged.append((name, tb, tj))
         temps = [t for _, tb, tj in staged for t in (tb, tj) if t is not None]
@@ -313,10 +310,7 @@ class Cache:
                 os.replace(tj, self.record_path(name))
             except OSError as e:
                 errors[name] = e
-                for t in (tb, tj):
-                    if t is not None:
-                        with contextlib.suppress(OSError):
-                            os.unlink(t)
+                _discard(tb, tj)
         fsync_dir(self.modules_dir)
         return errors
 
@@ -356,3 +350,11 @@ def describe_os_error(exc: OSError) -> str:
     text = exc.strerror or str(exc)
     where = f" ({exc.filename})" if exc.filename else ""
     return f"{code + ': ' if code else ''}{text}{where}"
+
+
+def _discard(*temps: str | None) -> None:
+    """Remove staged temp files of a write that will not be published."""
+    for t in temps:
+        if t is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(t)

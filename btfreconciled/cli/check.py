@@ -35,6 +35,15 @@ RULE_HELP = (
     " is scanned, as in Linux and libbpf >= 1.6) or 'libbpf-1.5' (libbpf 1.5.0's shorter scan)")
 
 
+def add_target_arguments(p: argparse.ArgumentParser) -> None:
+    """--vmlinux, --strict and --rule: which kernel to reconcile against, and how."""
+    p.add_argument("--vmlinux", metavar="FILE", default=SYSFS_VMLINUX, help=VMLINUX_HELP)
+    p.add_argument("--strict", choices=("off", "embedded", "all"), default="embedded",
+                   help=STRICT_HELP)
+    p.add_argument("--rule", choices=(EMBEDDED_KERNEL, EMBEDDED_LIBBPF_1_5),
+                   default=EMBEDDED_KERNEL, help=RULE_HELP)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "check",
@@ -51,11 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                " module without .BTF.base).",
     )
     p.add_argument("module", metavar="MODULE", help="module file, directory or modules tree")
-    p.add_argument("--vmlinux", metavar="FILE", default=SYSFS_VMLINUX, help=VMLINUX_HELP)
-    p.add_argument("--strict", choices=("off", "embedded", "all"), default="embedded",
-                   help=STRICT_HELP)
-    p.add_argument("--rule", choices=(EMBEDDED_KERNEL, EMBEDDED_LIBBPF_1_5),
-                   default=EMBEDDED_KERNEL, help=RULE_HELP)
+    add_target_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable result on stdout")
     p.set_defaults(handler=run)
 

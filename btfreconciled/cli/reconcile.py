@@ -9,10 +9,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..reconcile import EMBEDDED_KERNEL, EMBEDDED_LIBBPF_1_5, Verdict, reconcile_module_file
+from ..reconcile import Verdict, reconcile_module_file
 from ..reconcile.diagnostics import problem_text
-from ..reconcile.target import SYSFS_VMLINUX
-from .check import RULE_HELP, STRICT_HELP, VMLINUX_HELP, _exit_code, load_target
+from .check import _exit_code, add_target_arguments, load_target
 from .errors import CliError
 
 
@@ -31,11 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("module", metavar="MODULE", help="module file (.ko[.xz|.zst|.gz])")
     p.add_argument("-o", "--output", metavar="OUT.btf", required=True,
                    help="where to write the reconciled split BTF (replaced atomically)")
-    p.add_argument("--vmlinux", metavar="FILE", default=SYSFS_VMLINUX, help=VMLINUX_HELP)
-    p.add_argument("--strict", choices=("off", "embedded", "all"), default="embedded",
-                   help=STRICT_HELP)
-    p.add_argument("--rule", choices=(EMBEDDED_KERNEL, EMBEDDED_LIBBPF_1_5),
-                   default=EMBEDDED_KERNEL, help=RULE_HELP)
+    add_target_arguments(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=run)
 
