@@ -18,14 +18,13 @@ from .errors import BtfError
 from .kinds import (
     BTF_MAGIC,
     BTF_VERSION,
-    EXTRA_FIXED_WORDS,
-    EXTRA_VLEN_WORDS,
     HEADER_SIZE,
     LAYOUT_KINDS,
     MAX_NAME_OFFSET,
     MAX_TYPE,
     NR_KINDS,
     Kind,
+    record_words,
 )
 
 if TYPE_CHECKING:
@@ -192,7 +191,7 @@ class Btf:
                     if kind == 0 or kind >= NR_KINDS:
                         raise self._err(f"unknown BTF kind {kind}", offset=self._byte(i),
                                         type_id=self.start_id + len(offs) - 1)
-                    step = 3 + EXTRA_FIXED_WORDS[kind] + EXTRA_VLEN_WORDS[kind] * (info & 0xFFFF)
+                    step = record_words(info)
                     if kind in LAYOUT_KINDS:
                         step = -step
                     step_of[info] = step
@@ -320,9 +319,6 @@ class Btf:
 
     def type_name(self, type_id: int) -> str:
         return self.name_of(self.name_off_of(type_id)) if type_id else ""
-
-    def valid_str_off(self, off: int) -> bool:
-        return off < self.str_end
 
     def find_str(self, s: str | bytes) -> int | None:
         """Offset of an existing string (base first, like btf__find_str), else None."""

@@ -13,14 +13,16 @@ from itertools import accumulate
 from typing import BinaryIO
 
 from .btf import Btf
+from .kinds import FUNC_EXTERN, FUNC_GLOBAL, FUNC_STATIC, INT_BOOL, INT_CHAR, INT_SIGNED
 
 KIND_STR = (
     "UNKNOWN", "INT", "PTR", "ARRAY", "STRUCT", "UNION", "ENUM", "FWD", "TYPEDEF", "VOLATILE",
     "CONST", "RESTRICT", "FUNC", "FUNC_PROTO", "VAR", "DATASEC", "FLOAT", "DECL_TAG", "TYPE_TAG",
     "ENUM64",
 )
-_INT_ENC = {0: "(none)", 1: "SIGNED", 2: "CHAR", 4: "BOOL"}
-_LINKAGE = {0: "static", 1: "global", 2: "extern"}
+_INT_ENC = {0: "(none)", INT_SIGNED: "SIGNED", INT_CHAR: "CHAR", INT_BOOL: "BOOL"}
+# FUNC linkage (in vlen) and VAR linkage share numbers and names
+_LINKAGE = {FUNC_STATIC: "static", FUNC_GLOBAL: "global", FUNC_EXTERN: "extern"}
 _PLUS_ONE = (1).__add__
 _MEMBER = "\t'%s' type_id=%d bits_offset=%d"
 _PARAM = "\t'%s' type_id=%d"

@@ -10,7 +10,6 @@ BTF_VERSION = 1
 HEADER_SIZE = 24
 MAX_TYPE = 0x000FFFFF
 MAX_NAME_OFFSET = 0x00FFFFFF
-MAX_VLEN = 0xFFFF
 KSYM_NAME_LEN = 512  # the kernel's limit on a BTF name (KSYM_NAME_LEN)
 
 
@@ -52,24 +51,6 @@ INT_BOOL = 1 << 2
 # FUNC linkage (kept in vlen) and VAR linkage
 FUNC_STATIC, FUNC_GLOBAL, FUNC_EXTERN = 0, 1, 2
 VAR_STATIC, VAR_GLOBAL_ALLOCATED, VAR_GLOBAL_EXTERN = 0, 1, 2
-
-# Kinds whose record carries a type id in the size/type word.
-REF_KINDS = frozenset(
-    {
-        Kind.PTR,
-        Kind.TYPEDEF,
-        Kind.VOLATILE,
-        Kind.CONST,
-        Kind.RESTRICT,
-        Kind.FUNC,
-        Kind.FUNC_PROTO,
-        Kind.VAR,
-        Kind.DECL_TAG,
-        Kind.TYPE_TAG,
-    }
-)
-# Modifiers are transparent for layout: they have no size of their own.
-MODIFIER_KINDS = frozenset({Kind.TYPEDEF, Kind.VOLATILE, Kind.CONST, Kind.RESTRICT, Kind.TYPE_TAG})
 
 
 # Kinds that describe data layout by name: what reconciliation matches and the eager index holds.

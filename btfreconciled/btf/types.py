@@ -363,8 +363,3 @@ def encode(t: Type) -> list[int]:
     if isinstance(t, _Ref):
         return [t.name_off, head, t.type]
     raise TypeError(f"cannot encode {t!r}")
-
-
-def type_size(t: Type) -> int | None:
-    """The size word for kinds that have one."""
-    return getattr(t, "size", None)

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..btf.btf import Btf
-from ..btf.kinds import BTF_MAGIC, BTF_VERSION, EXTRA_FIXED_WORDS, EXTRA_VLEN_WORDS, HEADER_SIZE
+from ..btf.kinds import BTF_MAGIC, BTF_VERSION, EXTRA_FIXED_WORDS, HEADER_SIZE, record_words
 from .diagnostics import ERROR, CandidateInfo, Problem, expected_dict, type_label
 from .target import Candidate, VmlinuxIndex
 from .wire import (
@@ -650,7 +650,7 @@ def _lane_masks(info: int) -> None:
     if kind == 0 or kind >= len(EXTRA_FIXED_WORDS):
         raise WireError(f"unknown BTF kind {kind}")
     vlen = info & 0xFFFF
-    n = 3 + EXTRA_FIXED_WORDS[kind] + EXTRA_VLEN_WORDS[kind] * vlen
+    n = record_words(info)
     fake = [0] * min(n, 8)
     fake[1] = info & ~0xFFFF  # vlen 0: the fixed slots only
     ids = bytearray(4 * n)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..btf.kinds import EXTRA_FIXED_WORDS, EXTRA_VLEN_WORDS, NR_KINDS, Kind
+from ..btf.kinds import NR_KINDS, Kind, record_words
 
 K_INT, K_PTR, K_ARRAY, K_STRUCT, K_UNION, K_ENUM, K_FWD, K_TYPEDEF = 1, 2, 3, 4, 5, 6, 7, 8
 K_VOLATILE, K_CONST, K_RESTRICT, K_FUNC, K_FUNC_PROTO, K_VAR, K_DATASEC = 9, 10, 11, 12, 13, 14, 15
@@ -47,7 +47,7 @@ def record_offsets(words: Sequence[int]) -> list[int]:
             kind = (info >> 24) & 0x1F
             if kind == 0 or kind >= NR_KINDS:
                 raise WireError(f"unknown BTF kind {kind} in record at word {i}")
-            step = 3 + EXTRA_FIXED_WORDS[kind] + EXTRA_VLEN_WORDS[kind] * (info & 0xFFFF)
+            step = record_words(info)
             steps[info] = step
         i += step
     if i != n:
