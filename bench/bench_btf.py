@@ -9,13 +9,14 @@
                format raw`, both writing to /dev/null
 
 Prints medians, the ratios, and a breakdown of where our time goes.
-Usage: bench/bench_btf.py [--runs N] [FILE]
+Usage: /opt/btfreconciled/bin/python bench/bench_btf.py [--runs N] [FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import shutil
 import statistics
 import subprocess
@@ -83,7 +84,11 @@ def main() -> int:
     t_val = median_time(ours_validate, max(3, args.runs // 3))
 
     bpftool = shutil.which("bpftool")
-    ctl = shutil.which("btfreconcilectl")
+    # The btfreconcilectl of this interpreter's installation, not whichever is first on PATH
+    # (a version manager's shim there would add its own start-up to our time).
+    ctl = str(Path(sys.executable).parent / "btfreconcilectl")
+    if not os.access(ctl, os.X_OK):
+        ctl = shutil.which("btfreconcilectl")
     if not bpftool or not ctl:
         raise SystemExit("bpftool and btfreconcilectl must be on PATH (scripts/install-deps)")
 

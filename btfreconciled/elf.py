@@ -36,23 +36,24 @@ from __future__ import annotations
 import contextlib
 import copy
 import gzip
-import hashlib
 import io
 import lzma
 import os
 import stat
 import struct
-import tempfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import zstandard
-from elftools.common.exceptions import ELFError
-from elftools.construct import Container
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import Section
+# pyelftools, zstandard, hashlib and tempfile are imported where they are used: together they
+# cost ~25 ms at start-up, and a command reading a raw BTF file such as
+# /sys/kernel/btf/vmlinux (`btfreconcilectl dump`) needs none of them.
+if TYPE_CHECKING:
+    from elftools.construct import Container
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import Section
 
 BTF_SECTION = ".BTF"
 BTF_BASE_SECTION = ".BTF.base"
@@ -75,10 +76,17 @@ _SHF_ALLOC = 0x2
 _SHF_INFO_LINK = 0x40
 _NEW_SECTION_ALIGN = 4
 
-# Python's own errors pyelftools lets escape on malformed input (bad offsets, enum values,
-# string decoding); all of them mean "this is not a well-formed ELF".
-_PARSE_ERRORS = (ELFError, struct.error, ValueError, IndexError, KeyError, TypeError,
-                 AttributeError, AssertionError, OverflowError)
+
+
+def _parse_errors() -> tuple[type[BaseException], ...]:
+    """pyelftools' ELFError and Python's own errors it lets escape on malformed input (bad
+    offsets, enum values, string decoding): all of them mean "this is not a well-formed ELF".
+    A function so that pyelftools is imported only once an ELF is parsed (an `except`
+    clause's expression is evaluated only when an exception reaches it)."""
+    from elftools.common.exceptions import ELFError
+
+    return (ELFError, struct.error, ValueError, IndexError, KeyError, TypeError,
+            AttributeError, AssertionError, OverflowError)
 
 
 class ElfError(Exception):
@@ -98,7 +106,7 @@ class BtfSections:
     base: bytes | None  # .BTF.base (distilled base)
     base_expects: bytes | None  # .BTF.base_expects
     is_elf: bool  # False for a raw BTF file such as /sys/kernel/btf/vmlinux
-    sha256: str  # of the file as stored on disk (compressed bytes)
+    sha256: str | None  # of the file as stored on disk (compressed bytes); None if not asked
 
 
 @dataclass(frozen=True)
@@ -118,8 +126,9 @@ class _Image:
 # --------------------------------------------------------------------------- reading
 
 
-def read_btf_sections(path: str | os.PathLike[str]) -> BtfSections:
-    """Read `.BTF`, `.BTF.base` and `.BTF.base_expects` from an ELF or raw BTF file."""
+def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True) -> BtfSections:
+    """Read `.BTF`, `.BTF.base` and `.BTF.base_expects` from an ELF or raw BTF file;
+    `digest=False` skips hashing the file (`sha256` is then None)."""
     image = _load(Path(path))
     if image.is_elf:
         found = _read_named_sections(image.path, _open_elf(image.path, image.data),
@@ -133,8 +142,14 @@ def read_btf_sections(path: str | os.PathLike[str]) -> BtfSections:
         base=found.get(BTF_BASE_SECTION),
         base_expects=found.get(BTF_BASE_EXPECTS_SECTION),
         is_elf=image.is_elf,
-        sha256=hashlib.sha256(image.raw).hexdigest(),
+        sha256=_sha256(image.raw) if digest else None,
     )
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
 
 
 def _load(path: Path) -> _Image:
@@ -187,7 +202,7 @@ def _decompress(path: Path, compression: str, raw: bytes) -> bytes:
                 raise ElfError(path, f"{compression} stream decompresses to more than "
                                      f"{MAX_DECOMPRESSED_SIZE} bytes; refusing")
         return bytes(out)
-    except (lzma.LZMAError, zlib.error, zstandard.ZstdError, EOFError) as e:
+    except (lzma.LZMAError, zlib.error, _zstd().ZstdError, EOFError) as e:
         raise ElfError(path, f"corrupt {compression} stream: {e}") from None
 
 
@@ -219,13 +234,19 @@ def _gzip_chunks(raw: bytes) -> Iterator[bytes]:
         rest = dec.unused_data.lstrip(b"\0")  # like gzip(1), ignore trailing zero padding
 
 
+def _zstd():  # noqa: ANN202 - the zstandard module
+    import zstandard
+
+    return zstandard
+
+
 def _zstd_chunks(raw: bytes) -> Iterator[bytes]:
     # decompressobj has no output bound, so feed it small input pieces: one zstd block
     # (<= 128 KiB of output) needs at least a few input bytes, which bounds each call's
     # output. Its eof flag is what tells a truncated frame apart (stream_reader does not).
     pos = 0
     while pos < len(raw):
-        dec = zstandard.ZstdDecompressor().decompressobj()
+        dec = _zstd().ZstdDecompressor().decompressobj()
         while not dec.eof:
             if pos >= len(raw):
                 raise EOFError("truncated stream")
@@ -236,13 +257,15 @@ def _zstd_chunks(raw: bytes) -> Iterator[bytes]:
 
 
 def _open_elf(path: Path, data: bytes) -> ELFFile:
+    from elftools.elf.elffile import ELFFile
+
     try:
         elf = ELFFile(io.BytesIO(data))
         _check_section_table(path, elf, len(data))
         return elf
     except ElfError:
         raise
-    except _PARSE_ERRORS as e:
+    except _parse_errors() as e:
         raise ElfError(path, f"truncated or corrupt ELF: {e}") from None
 
 
@@ -275,7 +298,7 @@ def _read_named_sections(path: Path, elf: ELFFile, size: int,
         return found
     except ElfError:
         raise
-    except _PARSE_ERRORS as e:
+    except _parse_errors() as e:
         raise ElfError(path, f"truncated or corrupt ELF: {e}") from None
 
 
@@ -332,7 +355,7 @@ class _ElfRewriter:
             self._parse()
         except ElfError:
             raise
-        except _PARSE_ERRORS as e:
+        except _parse_errors() as e:
             raise ElfError(path, f"truncated or corrupt ELF: {e}") from None
 
     def _parse(self) -> None:
@@ -544,7 +567,7 @@ def _compress(compression: str | None, data: bytearray) -> bytes | bytearray:
         # kmod's xz decoder only accepts CRC32 (or no) checks, not the CRC64 default.
         return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
     if compression == "zst":
-        return zstandard.ZstdCompressor().compress(data)
+        return _zstd().ZstdCompressor().compress(data)
     if compression == "gz":
         return gzip.compress(data, mtime=0)
     return data
@@ -584,6 +607,8 @@ def _atomic_write(dst: Path, payload: bytes | bytearray, verify: Callable[[Path]
     # not replace the link with a regular file.
     target = dst.resolve() if dst.is_symlink() else dst
     directory = target.parent
+    import tempfile
+
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
                                         dir=directory)

@@ -7,8 +7,12 @@ The reference is bpftool's dump_btf_type() in tools/bpf/bpftool/btf.c.
 
 from __future__ import annotations
 
+import bisect
+import errno
 import os
+import signal
 from collections import ChainMap
+from collections.abc import Mapping
 from itertools import accumulate
 from typing import BinaryIO
 
@@ -24,12 +28,15 @@ _INT_ENC = {0: "(none)", INT_SIGNED: "SIGNED", INT_CHAR: "CHAR", INT_BOOL: "BOOL
 # FUNC linkage (in vlen) and VAR linkage share numbers and names
 _LINKAGE = {FUNC_STATIC: "static", FUNC_GLOBAL: "global", FUNC_EXTERN: "extern"}
 _PLUS_ONE = (1).__add__
-_MEMBER = "\t'%s' type_id=%d bits_offset=%d"
-_PARAM = "\t'%s' type_id=%d"
 
 
 class _Names:
-    """Offset -> printable name for a BTF and its bases, as bpftool's btf_str() prints it."""
+    """Offset -> printable name for a BTF and its bases, as bpftool's btf_str() prints it.
+
+    `fast` is a plain dict (or, for split BTF, a ChainMap over the base's) of every string
+    start; subscripting it raises KeyError for anything else. The _Names object itself
+    answers every offset: string starts, offsets into the middle of a string, and invalid
+    offsets past the end."""
 
     def __init__(self, btf: Btf) -> None:
         self._chain: list[tuple[int, bytes]] = []
@@ -42,22 +49,23 @@ class _Names:
         self._end = btf.str_end
         self._extra: dict[int, str] = {}
         # A base's map is shared by every split BTF dumped on it, so it is never copied.
-        lookup = maps[0] if len(maps) == 1 else ChainMap(*maps)
-        self.get = lookup.get
-        self.getitem = lookup.__getitem__
+        self.fast: Mapping[int, str] = maps[0] if len(maps) == 1 else ChainMap(*maps)
 
-    def __call__(self, off: int) -> str:
-        """Slow path: offset 0, offsets into the middle of a string, invalid offsets."""
+    def __getitem__(self, off: int) -> str:
+        s = self.fast.get(off)
+        if s is not None:
+            return s
         s = self._extra.get(off)
         if s is not None:
             return s
         if off >= self._end:
-            return "(invalid)"
-        for start, strs in self._chain:
-            if off >= start:
-                rel = off - start
-                s = strs[rel : strs.find(b"\0", rel)].decode("utf-8", "surrogateescape")
-                break
+            s = "(invalid)"
+        else:
+            for start, strs in self._chain:
+                if off >= start:
+                    rel = off - start
+                    s = strs[rel : strs.find(b"\0", rel)].decode("utf-8", "surrogateescape")
+                    break
         self._extra[off] = s
         return s
 
@@ -70,13 +78,17 @@ def _string_starts(btf: Btf) -> dict[int, str]:
         return cached
     strs = btf.strings
     # The section ends with NUL, so split() yields a final '' that is not a string.
-    parts = strs.split(b"\0")[:-1]
-    starts = accumulate(map(_PLUS_ONE, map(len, parts)), initial=btf.start_str_off)
-    if strs.isascii():
-        by_off = dict(zip(starts, strs.decode("ascii").split("\0")[:-1], strict=False))
+    if strs.isascii():  # kernel BTF: split the text once, no per-string bytes objects
+        texts = strs.decode("ascii").split("\0")
+        texts.pop()
+        lengths = map(len, texts)
     else:
-        by_off = {st: p.decode("utf-8", "surrogateescape")
-                  for st, p in zip(starts, parts, strict=False)}
+        parts = strs.split(b"\0")
+        parts.pop()
+        texts = [p.decode("utf-8", "surrogateescape") for p in parts]
+        lengths = map(len, parts)
+    starts = accumulate(map(_PLUS_ONE, lengths), initial=btf.start_str_off)
+    by_off = dict(zip(starts, texts, strict=False))
     if btf.start_str_off == 0:
         by_off[0] = "(anon)"
     btf._dump_names = by_off  # type: ignore[attr-defined]
@@ -88,138 +100,134 @@ def dump_raw_lines(btf: Btf, first: int = 0, last: int | None = None,
     """The raw dump of `btf`'s own types, one string per line; a split BTF prints only its
     split types, numbered from its first split id, like `bpftool btf dump file X -B BASE`.
     `first`/`last` select a range of this BTF's own records (local indexes)."""
+    return "\n".join(_record_texts(btf, first, last, names)).split("\n")
+
+
+def _record_texts(btf: Btf, first: int = 0, last: int | None = None,
+                  names: _Names | None = None) -> list[str]:
+    """One string per record: its line and its member lines, joined by newlines."""
     if names is None:
         names = _Names(btf)
-    nm = names.get
-    total = btf.type_count
+    try:
+        return _format(btf, first, last, names.fast, names)
+    except KeyError:
+        # A name offset that is no string start (into the middle of a string, or past the
+        # end): legal or reported by bpftool alike, and rare enough to redo slowly.
+        return _format(btf, first, last, names, names)
+
+
+def _format(btf: Btf, first: int, last: int | None, N: Mapping[int, str],  # noqa: N803, C901
+            names: _Names) -> list[str]:
+    # Hot loop: ~300k lines for a vmlinux. Each record is formatted from its wire words
+    # into one string, and records are tested in order of frequency in kernel BTF.
     w, offs = btf.wire_records()
     if last is None:
         last = len(offs)
+    total = btf.type_count
     kinds_of = _kind_lookup(btf)
     out: list[str] = []
     emit = out.append
-    extend = out.extend
-    nmx = names.getitem
     i = offs[first] if first < len(offs) else len(w)
     n = offs[last] if last < len(offs) else len(w)
     tid = btf.start_id + first - 1
     while i < n:
         tid += 1
-        no = w[i]
         info = w[i + 1]
         st = w[i + 2]
-        kind = (info >> 24) & 0x1F
-        name = nm(no)
-        if name is None:
-            name = names(no)
+        kind = info >> 24 & 0x1F
+        name = N[w[i]]
         i += 3
-        if kind == 12:  # FUNC, the most common kind by far
+        if kind == 12:  # FUNC
             emit(f"[{tid}] FUNC '{name}' type_id={st} linkage="
                  f"{_LINKAGE.get(info & 0xFFFF, '(unknown)')}")
         elif kind == 13:  # FUNC_PROTO
             vlen = info & 0xFFFF
-            emit(f"[{tid}] FUNC_PROTO '{name}' ret_type_id={st} vlen={vlen}")
-            end = i + 2 * vlen
-            try:
-                extend(map(_PARAM.__mod__, zip(map(nmx, w[i:end:2]), w[i + 1 : end : 2])))
-            except KeyError:
-                for j in range(i, end, 2):
-                    pno = w[j]
-                    pname = nm(pno)
-                    if pname is None:
-                        pname = names(pno)
-                    emit(f"\t'{pname}' type_id={w[j + 1]}")
+            head = f"[{tid}] FUNC_PROTO '{name}' ret_type_id={st} vlen={vlen}"
+            if vlen == 0:
+                emit(head)
+            elif vlen == 1:
+                emit(f"{head}\n\t'{N[w[i]]}' type_id={w[i + 1]}")
+            elif vlen == 2:
+                emit(f"{head}\n\t'{N[w[i]]}' type_id={w[i + 1]}"
+                     f"\n\t'{N[w[i + 2]]}' type_id={w[i + 3]}")
+            else:
+                emit(head + "".join([f"\n\t'{N[w[j]]}' type_id={w[j + 1]}"
+                                     for j in range(i, i + 2 * vlen, 2)]))
             i += 2 * vlen
+        elif kind == 2 or kind == 8 or kind == 10 or kind == 9 or kind == 11 or kind == 18:
+            emit(f"[{tid}] {KIND_STR[kind]} '{name}' type_id={st}")
         elif kind == 4 or kind == 5:  # STRUCT UNION
             vlen = info & 0xFFFF
-            emit(f"[{tid}] {'STRUCT' if kind == 4 else 'UNION'} '{name}' size={st} vlen={vlen}")
-            kflag = info >> 31
             end = i + 3 * vlen
-            if not kflag:
-                # Whole member list formatted by C-level map/zip; KeyError = a name offset
-                # that is not a string start, which the slow path below handles.
-                try:
-                    extend(map(_MEMBER.__mod__, zip(map(nmx, w[i:end:3]), w[i + 1 : end : 3],
-                                                    w[i + 2 : end : 3])))
-                    i = end
-                    continue
-                except KeyError:
-                    pass
-            for j in range(i, end, 3):
-                mno = w[j]
-                off = w[j + 2]
-                mname = nm(mno)
-                if mname is None:
-                    mname = names(mno)
-                if not kflag:
-                    emit(f"\t'{mname}' type_id={w[j + 1]} bits_offset={off}")
-                elif off >> 24:
-                    emit(f"\t'{mname}' type_id={w[j + 1]} bits_offset={off & 0xFFFFFF}"
-                         f" bitfield_size={off >> 24}")
-                else:
-                    emit(f"\t'{mname}' type_id={w[j + 1]} bits_offset={off & 0xFFFFFF}")
-            i += 3 * vlen
-        elif kind == 2 or kind == 8 or kind == 9 or kind == 10 or kind == 11 or kind == 18:
-            emit(f"[{tid}] {KIND_STR[kind]} '{name}' type_id={st}")
+            head = f"[{tid}] {'STRUCT' if kind == 4 else 'UNION'} '{name}' size={st} vlen={vlen}"
+            if info >> 31:  # kind_flag: bitfield size in the top 8 bits of the offset
+                emit(head + "".join([
+                    f"\n\t'{N[w[j]]}' type_id={w[j + 1]} bits_offset={w[j + 2] & 0xFFFFFF}"
+                    + (f" bitfield_size={w[j + 2] >> 24}" if w[j + 2] >> 24 else "")
+                    for j in range(i, end, 3)]))
+            else:
+                emit(head + "".join([f"\n\t'{N[w[j]]}' type_id={w[j + 1]} bits_offset={w[j + 2]}"
+                                     for j in range(i, end, 3)]))
+            i = end
+        elif kind == 3:  # ARRAY
+            emit(f"[{tid}] ARRAY '{name}' type_id={w[i]} index_type_id={w[i + 1]} "
+                 f"nr_elems={w[i + 2]}")
+            i += 3
+        elif kind == 6:  # ENUM
+            vlen = info & 0xFFFF
+            end = i + 2 * vlen
+            if info >> 31:  # signed values
+                vals = "".join([f"\n\t'{N[w[j]]}' val={w[j + 1] - (w[j + 1] >> 31 << 32)}"
+                                for j in range(i, end, 2)])
+            else:
+                vals = "".join([f"\n\t'{N[w[j]]}' val={w[j + 1]}" for j in range(i, end, 2)])
+            emit(f"[{tid}] ENUM '{name}' encoding={'SIGNED' if info >> 31 else 'UNSIGNED'}"
+                 f" size={st} vlen={vlen}{vals}")
+            i = end
+        elif kind == 14:  # VAR
+            emit(f"[{tid}] VAR '{name}' type_id={st}, linkage={_LINKAGE.get(w[i], '(unknown)')}")
+            i += 1
+        elif kind == 17:  # DECL_TAG
+            idx = w[i]
+            emit(f"[{tid}] DECL_TAG '{name}' type_id={st} "
+                 f"component_idx={idx - (idx >> 31 << 32)}")
+            i += 1
         elif kind == 1:  # INT
             v = w[i]
             i += 1
             emit(f"[{tid}] INT '{name}' size={st} bits_offset={v >> 16 & 0xFF} "
                  f"nr_bits={v & 0xFF} encoding={_INT_ENC.get(v >> 24 & 0x0F, 'UNKN')}")
-        elif kind == 3:  # ARRAY
-            emit(f"[{tid}] ARRAY '{name}' type_id={w[i]} index_type_id={w[i + 1]} "
-                 f"nr_elems={w[i + 2]}")
-            i += 3
-        elif kind == 6 or kind == 19:  # ENUM ENUM64
-            vlen = info & 0xFFFF
-            kflag = info >> 31
-            emit(f"[{tid}] {KIND_STR[kind]} '{name}' encoding={'SIGNED' if kflag else 'UNSIGNED'}"
-                 f" size={st} vlen={vlen}")
-            step = 2 if kind == 6 else 3
-            for j in range(i, i + step * vlen, step):
-                eno = w[j]
-                ename = nm(eno)
-                if ename is None:
-                    ename = names(eno)
-                if kind == 6:
-                    val = w[j + 1]
-                    if kflag and val & 0x80000000:
-                        val -= 1 << 32
-                    emit(f"\t'{ename}' val={val}")
-                else:
-                    # bpftool: %lldLL when signed, %lluULL otherwise
-                    val = w[j + 1] | w[j + 2] << 32
-                    if kflag:
-                        if val >> 63:
-                            val -= 1 << 64
-                        emit(f"\t'{ename}' val={val}LL")
-                    else:
-                        emit(f"\t'{ename}' val={val}ULL")
-            i += step * vlen
         elif kind == 7:  # FWD
             emit(f"[{tid}] FWD '{name}' fwd_kind={'union' if info >> 31 else 'struct'}")
-        elif kind == 14:  # VAR
-            emit(f"[{tid}] VAR '{name}' type_id={st}, linkage={_LINKAGE.get(w[i], '(unknown)')}")
-            i += 1
+        elif kind == 19:  # ENUM64: bpftool prints %lldLL when signed, %lluULL otherwise
+            vlen = info & 0xFFFF
+            end = i + 3 * vlen
+            signed = info >> 31
+            lines = [f"[{tid}] ENUM64 '{name}' encoding={'SIGNED' if signed else 'UNSIGNED'}"
+                     f" size={st} vlen={vlen}"]
+            for j in range(i, end, 3):
+                val = w[j + 1] | w[j + 2] << 32
+                if signed:
+                    lines.append(f"\t'{N[w[j]]}' val={val - (val >> 63 << 64)}LL")
+                else:
+                    lines.append(f"\t'{N[w[j]]}' val={val}ULL")
+            emit("\n".join(lines))
+            i = end
         elif kind == 15:  # DATASEC
             vlen = info & 0xFFFF
-            emit(f"[{tid}] DATASEC '{name}' size={st} vlen={vlen}")
-            for j in range(i, i + 3 * vlen, 3):
+            end = i + 3 * vlen
+            lines = [f"[{tid}] DATASEC '{name}' size={st} vlen={vlen}"]
+            for j in range(i, end, 3):
                 vt = w[j]
                 line = f"\ttype_id={vt} offset={w[j + 1]} size={w[j + 2]}"
                 if vt < total:
                     vk, vno = kinds_of(vt)
-                    line += f" ({KIND_STR[vk]} '{names(vno) if vno else ''}')"
-                emit(line)
-            i += 3 * vlen
+                    line += f" ({KIND_STR[vk]} '{names[vno] if vno else ''}')"
+                lines.append(line)
+            emit("\n".join(lines))
+            i = end
         elif kind == 16:  # FLOAT
             emit(f"[{tid}] FLOAT '{name}' size={st}")
-        elif kind == 17:  # DECL_TAG
-            idx = w[i]
-            if idx & 0x80000000:
-                idx -= 1 << 32
-            emit(f"[{tid}] DECL_TAG '{name}' type_id={st} component_idx={idx}")
-            i += 1
         else:
             emit(f"[{tid}] {KIND_STR[kind]} '{name}'")
     return out
@@ -236,42 +244,86 @@ def _kind_lookup(btf: Btf):  # noqa: ANN202
 
 # Below this many types a second process costs more than it saves.
 PARALLEL_MIN_TYPES = 20000
+# Records rendered, encoded and written at a time. Holding a whole vmlinux dump (~300k line
+# strings, then their join and its encoding: ~50 MB) costs more in first-touch page faults
+# than in formatting; chunks this size keep reusing the same few hundred KiB instead.
+CHUNK_TYPES = 2048
 
 
 def write_raw(btf: Btf, out: BinaryIO) -> None:
     """Write the raw dump to a binary stream. A large BTF (a vmlinux: ~300k lines, where
-    formatting is the whole cost) is rendered by two processes: a forked child formats the
-    second half of the records while this process formats and writes the first, then the
-    child's text is copied through a pipe."""
+    formatting is the whole cost) is rendered by two processes: a forked child renders the
+    second half of the records into a memfd while this process renders and writes the first;
+    the child's text then goes to `out` by sendfile(), without passing through Python."""
     n = len(btf)
     names = _Names(btf)  # built before fork(): the child shares it copy-on-write
-    if n < PARALLEL_MIN_TYPES or (os.cpu_count() or 1) < 2 or not hasattr(os, "fork"):
-        out.write(_encode(dump_raw_lines(btf, names=names)))
+    if (n < PARALLEL_MIN_TYPES or (os.cpu_count() or 1) < 2 or not hasattr(os, "fork")
+            or not hasattr(os, "memfd_create")):
+        _render(btf, 0, n, names, out.write)
         return
-    mid = n // 2
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: second half into the pipe, then exit without cleanup handlers
-        status = 0
-        try:
-            os.close(rfd)
-            data = memoryview(_encode(dump_raw_lines(btf, mid, n, names)))
-            while data:
-                data = data[os.write(wfd, data):]
-        except BaseException:  # noqa: BLE001 - reported through the exit status
-            status = 1
-        finally:
-            os._exit(status)
-    os.close(wfd)
+    mid = _balanced_split(btf)
+    spill = os.memfd_create("btf-dump", os.MFD_CLOEXEC)
     try:
-        out.write(_encode(dump_raw_lines(btf, 0, mid, names)))
-        with os.fdopen(rfd, "rb", closefd=True) as pipe:
-            while chunk := pipe.read(1 << 20):
-                out.write(chunk)
+        pid = os.fork()
+        if pid == 0:  # child: second half into the memfd, then exit without cleanup handlers
+            status = 1
+            try:
+                _render(btf, mid, n, names, lambda data: _write_all(spill, data))
+                status = 0
+            finally:
+                os._exit(status)
+        try:
+            _render(btf, 0, mid, names, out.write)
+        except BaseException:
+            os.kill(pid, signal.SIGKILL)
+            raise
+        finally:
+            _, status = os.waitpid(pid, 0)
+        if status:
+            raise RuntimeError("dump worker process failed")
+        out.flush()
+        _copy_out(spill, out)
     finally:
-        _, status = os.waitpid(pid, 0)
-    if status:
-        raise RuntimeError("dump worker process failed")
+        os.close(spill)
+
+
+def _balanced_split(btf: Btf) -> int:
+    """The record index that splits the dump's text roughly in half: output lines follow the
+    record words (a member is 3 words and one line), not the record count."""
+    w, offs = btf.wire_records()
+    return max(1, bisect.bisect_left(offs, len(w) // 2))
+
+
+def _render(btf: Btf, first: int, last: int, names: _Names, write) -> None:  # noqa: ANN001
+    for a in range(first, last, CHUNK_TYPES):
+        write(_encode(_record_texts(btf, a, min(a + CHUNK_TYPES, last), names)))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _copy_out(spill: int, out: BinaryIO) -> None:
+    size = os.lseek(spill, 0, os.SEEK_END)
+    try:
+        out_fd = out.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (e.g. BytesIO)
+        out.write(os.pread(spill, size, 0))
+        return
+    sent = 0
+    while sent < size:
+        try:
+            done = os.sendfile(out_fd, spill, sent, size - sent)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOSYS) or sent:
+                raise
+            out.write(os.pread(spill, size, 0))  # an output sendfile() cannot write to
+            return
+        if done == 0:
+            raise OSError(errno.EIO, "sendfile made no progress")
+        sent += done
 
 
 def _encode(lines: list[str]) -> bytes:
@@ -282,6 +334,6 @@ def _encode(lines: list[str]) -> bytes:
 
 
 def dump_raw(btf: Btf) -> str:
-    lines = dump_raw_lines(btf)
-    lines.append("")
-    return "\n".join(lines)
+    texts = _record_texts(btf)
+    texts.append("")
+    return "\n".join(texts)

@@ -31,7 +31,7 @@ def load_btf(
     path: str | os.PathLike[str], *, base: Btf | None = None, validate: bool | None = None
 ) -> LoadedBtf:
     """The `.BTF` of an ELF file (or the whole raw BTF file), split on `base` when given."""
-    sections = read_btf_sections(path)
+    sections = read_btf_sections(path, digest=False)
     if sections.btf is None:
         raise BtfError("no .BTF section", source=str(path))
     source = f"{path}:.BTF" if sections.is_elf else str(path)
