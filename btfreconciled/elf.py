@@ -34,21 +34,17 @@ written atomically: temp file in the destination directory, fsync, verify, renam
 from __future__ import annotations
 
 import contextlib
-import copy
-import gzip
 import io
-import lzma
 import os
 import stat
 import struct
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-# pyelftools, zstandard, hashlib and tempfile are imported where they are used: together they
-# cost ~25 ms at start-up, and a command reading a raw BTF file such as
+# pyelftools, zstandard, lzma, gzip, copy, hashlib and tempfile are imported where they are
+# used: together they cost ~30 ms at start-up, and a command reading a raw BTF file such as
 # /sys/kernel/btf/vmlinux (`btfreconcilectl dump`) needs none of them.
 if TYPE_CHECKING:
     from elftools.construct import Container
@@ -98,8 +94,9 @@ class ElfError(Exception):
         super().__init__(f"{self.path}: {self.reason}")
 
 
-@dataclass(frozen=True)
-class BtfSections:
+# NamedTuples rather than dataclasses: `dataclasses` (with `inspect`) costs ~6 ms to import,
+# a tenth of a `btfreconcilectl dump` that needs neither.
+class BtfSections(NamedTuple):
     path: Path
     compression: str | None  # None, "xz", "zst", "gz"
     btf: bytes | None  # .BTF
@@ -109,8 +106,7 @@ class BtfSections:
     sha256: str | None  # of the file as stored on disk (compressed bytes); None if not asked
 
 
-@dataclass(frozen=True)
-class _Image:
+class _Image(NamedTuple):
     """A file as read: on-disk bytes, compression and the decompressed payload."""
 
     path: Path
@@ -202,13 +198,14 @@ def _decompress(path: Path, compression: str, raw: bytes) -> bytes:
                 raise ElfError(path, f"{compression} stream decompresses to more than "
                                      f"{MAX_DECOMPRESSED_SIZE} bytes; refusing")
         return bytes(out)
-    except (lzma.LZMAError, zlib.error, _zstd().ZstdError, EOFError) as e:
+    except (_lzma().LZMAError, zlib.error, _zstd().ZstdError, EOFError) as e:
         raise ElfError(path, f"corrupt {compression} stream: {e}") from None
 
 
 def _xz_chunks(raw: bytes) -> Iterator[bytes]:
     # Concatenated xz streams are valid xz; decode them all, bounded chunk by chunk.
     rest = raw
+    lzma = _lzma()
     while rest:
         dec = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
         yield dec.decompress(rest, _DECOMPRESS_CHUNK)
@@ -232,6 +229,12 @@ def _gzip_chunks(raw: bytes) -> Iterator[bytes]:
             if not chunk and not dec.eof:
                 raise EOFError("truncated stream")
         rest = dec.unused_data.lstrip(b"\0")  # like gzip(1), ignore trailing zero padding
+
+
+def _lzma():  # noqa: ANN202 - the lzma module
+    import lzma
+
+    return lzma
 
 
 def _zstd():  # noqa: ANN202 - the zstandard module
@@ -376,7 +379,7 @@ class _ElfRewriter:
         self.names: list[str] = []
         for index, section in enumerate(elf.iter_sections()):
             _check_section_bounds(self.path, index, section, len(self.data))
-            self.headers.append(copy.copy(section.header))
+            self.headers.append(_copy(section.header))
             self.names.append(section.name)
         self.shstrndx = elf.get_shstrndx()
         if not 0 < self.shstrndx < count:
@@ -466,7 +469,7 @@ class _ElfRewriter:
 
     def _layout(self, in_place: dict[int, bytes], moved: dict[int, bytes],
                 added: list[tuple[str, bytes]], removed: set[int]) -> bytearray:
-        headers = [copy.copy(h) for h in self.headers]
+        headers = [_copy(h) for h in self.headers]
         shstrtab = bytearray(self.shstrtab)
         new_strtab = False
         for name, _ in added:
@@ -509,7 +512,7 @@ class _ElfRewriter:
         return end
 
     def _null_header(self) -> Container:
-        header = copy.copy(self.headers[0])
+        header = _copy(self.headers[0])
         for key in header:
             header[key] = 0
         header["sh_type"] = "SHT_NULL"
@@ -550,6 +553,12 @@ class _ElfRewriter:
             struct.pack_into(f"{endian}H", out, 0x30, e_shnum)
 
 
+def _copy(header: Container) -> Container:
+    import copy
+
+    return copy.copy(header)
+
+
 def _find_string(table: bytes | bytearray, name: str) -> int | None:
     """Offset of `name` in a string table; a hit inside a longer name is fine (ELF shares
     suffixes) because the needle ends with the NUL terminator."""
@@ -565,10 +574,13 @@ def _pad(out: bytearray, align: int) -> None:
 def _compress(compression: str | None, data: bytearray) -> bytes | bytearray:
     if compression == "xz":
         # kmod's xz decoder only accepts CRC32 (or no) checks, not the CRC64 default.
+        lzma = _lzma()
         return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
     if compression == "zst":
         return _zstd().ZstdCompressor().compress(data)
     if compression == "gz":
+        import gzip
+
         return gzip.compress(data, mtime=0)
     return data
 

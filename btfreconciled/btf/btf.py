@@ -158,10 +158,11 @@ class Btf:
         self.flags = flags
         self.hdr_extra = extra
         self._strs = strs
-        types = data[hdr_len : hdr_len + type_len]
-        # array indexing is ~1.4x faster than memoryview indexing, and the copy is cheap.
+        # array indexing is ~1.4x faster than memoryview indexing, and the copy is cheap;
+        # copying straight from a view of `data` saves an intermediate bytes slice.
         words = array("I")
-        words.frombytes(types)
+        with memoryview(data) as view:
+            words.frombytes(view[hdr_len : hdr_len + type_len])
         if order != _NATIVE:
             words.byteswap()
         self._words = words

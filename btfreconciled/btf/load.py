@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..elf import BtfSections, read_btf_sections
+from ..elf import read_btf_sections
 from .btf import Btf
 from .errors import BtfError
 
@@ -21,15 +20,9 @@ def is_kernel_verified(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-@dataclass(frozen=True)
-class LoadedBtf:
-    btf: Btf
-    sections: BtfSections
-
-
 def load_btf(
     path: str | os.PathLike[str], *, base: Btf | None = None, validate: bool | None = None
-) -> LoadedBtf:
+) -> Btf:
     """The `.BTF` of an ELF file (or the whole raw BTF file), split on `base` when given."""
     sections = read_btf_sections(path, digest=False)
     if sections.btf is None:
@@ -37,10 +30,9 @@ def load_btf(
     source = f"{path}:.BTF" if sections.is_elf else str(path)
     if validate is None:
         validate = not is_kernel_verified(path)
-    btf = Btf.parse(sections.btf, base=base, source=source, validate=validate)
-    return LoadedBtf(btf, sections)
+    return Btf.parse(sections.btf, base=base, source=source, validate=validate)
 
 
 def load_base(path: str | os.PathLike[str]) -> Btf:
     """A base BTF (vmlinux) from a raw file or an ELF `.BTF` section."""
-    return load_btf(path).btf
+    return load_btf(path)

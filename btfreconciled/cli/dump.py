@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import TYPE_CHECKING
 
@@ -30,8 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     base = load_base(args.base) if args.base else None
-    btf = load_btf(args.file, base=base).btf
+    btf = load_btf(args.file, base=base)
     if args.json:
+        import json
+
         out = sys.stdout
         for tid, t in btf:
             out.write(json.dumps(_type_json(btf, tid, t)))
