@@ -175,6 +175,60 @@ def test_split_btf_on_built_base(tmp_path) -> None:
     assert dump_raw(parsed) == bpftool_raw(tmp_path / "split.btf", tmp_path / "base.btf")
 
 
+def test_dump_names_mid_string_and_raw_bytes_like_bpftool(tmp_path) -> None:
+    # A name offset may point into the middle of a string (libbpf and the kernel accept
+    # it), and libbpf does not insist on UTF-8: bpftool prints whatever bytes are there.
+    b = Btf()
+    uc = b.add_str("unsigned char")
+    i8 = b.add(Int(uc + len("unsigned "), 0, 1, 0, 0, 8))  # named "char"
+    odd = b.add_str(b"caf\xc3\xa9_\xff")
+    b.add(Struct(odd, 0, 1, (Member(uc + 3, i8, 0), Member(odd + 3, i8, 0))))
+    b.add(Enum(odd + 4, 0, 4, (EnumValue(uc + 9, 1),)))
+    b.add(FuncProto(0, 0, i8, (Param(odd + 1, i8),)))
+    path = tmp_path / "names.btf"
+    path.write_bytes(b.to_bytes())
+    # (the kernel's rules, which our validator applies, want C identifiers here)
+    parsed = Btf.parse(path.read_bytes(), validate=False)
+    assert dump_raw(parsed) == bpftool_raw(path)
+    assert "'char' size=1" in dump_raw(parsed)
+
+
+def test_dump_name_offset_past_the_end_is_invalid() -> None:
+    # Only reachable unvalidated (the validator rejects it first); bpftool's btf_str()
+    # prints "(invalid)" for it, and so do we, on every line that names something.
+    b = Btf()
+    i32 = b.add(Int(b.add_str("int"), 0, 4, 1, 0, 32))
+    x = b.add_str("x")
+    b.add(Struct(x, 0, 4, (Member(x, i32, 0), Member(0, i32, 0))))
+    b.add(FuncProto(0, 0, i32, (Param(x, i32),)))
+    data = bytearray(b.to_bytes())
+    past = len(b.strings) + 7
+    # type section at 24: INT 16 bytes, STRUCT 12 + 2 * 12, FUNC_PROTO 12 + 8
+    for at, off in ((40, past), (52, past), (88, past + 1)):
+        struct.pack_into("<I", data, at, off)
+    data = bytes(data)
+    with pytest.raises(BtfError):
+        Btf.parse(data)
+    parsed = Btf.parse(data, validate=False)
+    assert dump_raw(parsed).splitlines()[1:] == [
+        "[2] STRUCT '(invalid)' size=4 vlen=2",
+        "\t'(invalid)' type_id=1 bits_offset=0",
+        "\t'(anon)' type_id=1 bits_offset=0",
+        "[3] FUNC_PROTO '(anon)' ret_type_id=1 vlen=1",
+        "\t'(invalid)' type_id=1",
+    ]
+    # the last NUL of the section is a valid, empty name
+    assert "FLOAT '' size=8" in dump_raw(Btf.parse(_float_named_by_last_nul(),
+                                                    validate=False))
+
+
+def _float_named_by_last_nul() -> bytes:
+    b = Btf()
+    b.add(Int(b.add_str("int"), 0, 4, 1, 0, 32))
+    b.add(Float(len(b.strings) - 1, 0, 8))
+    return b.to_bytes()
+
+
 def test_replace_keeps_other_records_exact(vmlinux_bytes: bytes) -> None:
     btf = Btf.parse(vmlinux_bytes, validate=False)
     (ts,) = btf.find("task_struct", Kind.STRUCT)

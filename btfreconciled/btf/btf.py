@@ -45,6 +45,8 @@ def _codec():  # noqa: ANN202
 
 
 _NATIVE = "<" if sys.byteorder == "little" else ">"
+# What _scan_records() sets, and a parse(defer_scan=True) leaves unset.
+_SCANNED = frozenset({"_offs", "_types", "_layout_locals"})
 
 
 class Btf:
@@ -71,7 +73,6 @@ class Btf:
         self._replaced: set[int] = set()  # local indexes of raw records replaced by types
         self._strs = b"" if base else b"\0"
         self._str_cache: dict[int, str] = {}
-        self._dump_names: dict[int, str] | None = None  # owned by dump.py
         self._str_lookup: dict[bytes, int] | None = None  # for add_str dedup
         self._index: dict[bytes, list[int]] | None = None
         self._rest_index: dict[bytes, list[int]] | None = None
@@ -85,12 +86,19 @@ class Btf:
         base: Btf | None = None,
         source: str = "<memory>",
         validate: bool = True,
+        defer_scan: bool = False,
     ) -> Btf:
         """Parse a BTF blob. `validate=False` is for BTF the kernel already verified
-        (/sys/kernel/btf/*): only the structural checks that keep decoding in bounds run."""
+        (/sys/kernel/btf/*): only the structural checks that keep decoding in bounds run.
+        With it, `defer_scan=True` also leaves the record scan (record offsets, kinds) until
+        something first needs it, so that a dump can start on the words at once."""
         data = bytes(data)
         btf = cls(base, source=source)
         btf._parse_header_and_sections(data)
+        if defer_scan and not validate:
+            # __getattr__ scans when one of these is first read
+            del btf._offs, btf._types, btf._layout_locals
+            return btf
         btf._scan_records()
         if validate:
             from .validate import validate_btf
@@ -212,6 +220,19 @@ class Btf:
         self._offs = offs
         self._layout_locals = layout
         self._types = [None] * len(offs)
+
+    def __getattr__(self, name: str) -> object:
+        # Reached only for attributes that are not set: the record arrays of a
+        # parse(defer_scan=True), on first use.
+        if name in _SCANNED:
+            self._scan_records()
+            return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def scanned(self) -> bool:
+        """False while a parse(defer_scan=True) has not been scanned yet."""
+        return "_offs" in self.__dict__
 
     def _byte(self, word: int) -> int:
         return getattr(self, "_types_off", 0) + 4 * word
@@ -346,7 +367,6 @@ class Btf:
         rel = len(self._strs)
         self._strs += b + b"\0"
         lookup[b] = rel
-        self._dump_names = None
         return self.start_str_off + rel
 
     def _strings_lookup(self) -> dict[bytes, int]:
@@ -437,6 +457,11 @@ class Btf:
             return self._words, self._offs
         wire = Btf.parse(self.to_bytes(), base=self.base, source=self.source, validate=False)
         return wire._words, wire._offs
+
+    def wire_words(self) -> array:
+        """wire_records()'s words; for a parse(defer_scan=True) not scanned yet (nothing can
+        have changed), the parsed words, without scanning."""
+        return self._words if not self.scanned else self.wire_records()[0]
 
     def types_words(self, *, reencode: bool = False) -> array:
         """The type section as u32 words in host order. Raw records are copied as they are

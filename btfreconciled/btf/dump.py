@@ -11,13 +11,11 @@ import bisect
 import errno
 import os
 import signal
-from collections import ChainMap
-from collections.abc import Mapping
-from itertools import accumulate
+from array import array
 from typing import BinaryIO
 
 from .btf import Btf
-from .kinds import FUNC_EXTERN, FUNC_GLOBAL, FUNC_STATIC, INT_BOOL, INT_CHAR, INT_SIGNED
+from .kinds import FUNC_EXTERN, FUNC_GLOBAL, FUNC_STATIC, INT_BOOL, INT_CHAR, INT_SIGNED, MAX_TYPE
 
 KIND_STR = (
     "UNKNOWN", "INT", "PTR", "ARRAY", "STRUCT", "UNION", "ENUM", "FWD", "TYPEDEF", "VOLATILE",
@@ -27,162 +25,156 @@ KIND_STR = (
 _INT_ENC = {0: "(none)", INT_SIGNED: "SIGNED", INT_CHAR: "CHAR", INT_BOOL: "BOOL"}
 # FUNC linkage (in vlen) and VAR linkage share numbers and names
 _LINKAGE = {FUNC_STATIC: "static", FUNC_GLOBAL: "global", FUNC_EXTERN: "extern"}
-_PLUS_ONE = (1).__add__
 
 
-class _Names:
-    """Offset -> printable name for a BTF and its bases, as bpftool's btf_str() prints it.
+class _Strings:
+    """The string sections of a BTF and its bases as one str, indexed by string offset.
 
-    `fast` is a plain dict (or, for split BTF, a ChainMap over the base's) of every string
-    start; subscripting it raises KeyError for anything else. The _Names object itself
-    answers every offset: string starts, offsets into the middle of a string, and invalid
-    offsets past the end."""
+    Decoded as latin-1 (one char per byte) so that offsets need no translation and the
+    dump's bytes come back exactly on encoding; bpftool prints names as raw bytes too.
+    A name is `text[off:text.index("\\0", off)]`: that costs ~0.15 us more per lookup than
+    a dict of every string, but building such a dict for a vmlinux (124k strings) costs
+    ~35 ms before the first line can be printed, more than the lookups it saves in either
+    of the two dump processes."""
 
     def __init__(self, btf: Btf) -> None:
-        self._chain: list[tuple[int, bytes]] = []
-        maps: list[dict[int, str]] = []
+        chain: list[bytes] = []
         b: Btf | None = btf
         while b is not None:
-            self._chain.append((b.start_str_off, b.strings))
-            maps.append(_string_starts(b))
+            chain.append(b.strings)
             b = b.base
-        self._end = btf.str_end
-        self._extra: dict[int, str] = {}
-        # A base's map is shared by every split BTF dumped on it, so it is never copied.
-        self.fast: Mapping[int, str] = maps[0] if len(maps) == 1 else ChainMap(*maps)
+        # A split BTF's offsets continue its base's, so the sections simply concatenate.
+        self.text = b"".join(reversed(chain)).decode("latin-1")
 
-    def __getitem__(self, off: int) -> str:
-        s = self.fast.get(off)
-        if s is not None:
-            return s
-        s = self._extra.get(off)
-        if s is not None:
-            return s
-        if off >= self._end:
-            s = "(invalid)"
-        else:
-            for start, strs in self._chain:
-                if off >= start:
-                    rel = off - start
-                    s = strs[rel : strs.find(b"\0", rel)].decode("utf-8", "surrogateescape")
-                    break
-        self._extra[off] = s
-        return s
+    def name(self, off: int) -> str:
+        """bpftool's btf_str(): '(anon)' for 0, '(invalid)' past the end."""
+        if not off:
+            return "(anon)"
+        if off >= len(self.text):
+            return "(invalid)"
+        return self.text[off : self.text.index("\0", off)]
 
 
-def _string_starts(btf: Btf) -> dict[int, str]:
-    """Every string start of `btf`'s own string section -> its text (cached on the Btf).
-    Offset 0 is no name at all, which bpftool prints as '(anon)'."""
-    cached = getattr(btf, "_dump_names", None)
-    if cached is not None:
-        return cached
-    strs = btf.strings
-    # The section ends with NUL, so split() yields a final '' that is not a string.
-    if strs.isascii():  # kernel BTF: split the text once, no per-string bytes objects
-        texts = strs.decode("ascii").split("\0")
-        texts.pop()
-        lengths = map(len, texts)
-    else:
-        parts = strs.split(b"\0")
-        parts.pop()
-        texts = [p.decode("utf-8", "surrogateescape") for p in parts]
-        lengths = map(len, parts)
-    starts = accumulate(map(_PLUS_ONE, lengths), initial=btf.start_str_off)
-    by_off = dict(zip(starts, texts, strict=False))
-    if btf.start_str_off == 0:
-        by_off[0] = "(anon)"
-    btf._dump_names = by_off  # type: ignore[attr-defined]
-    return by_off
+class _CheckedText(str):
+    """The string text for BTF whose name offsets may run past the end (never the case once
+    validated or kernel-verified): the hot loop's `text[off:text.index("\\0", off)]` then
+    gives '(invalid)' as bpftool does, instead of raising."""
+
+    def index(self, sub: str, start: int = 0, *args: int) -> int:  # type: ignore[override]
+        return start if start >= len(self) else super().index(sub, start, *args)
+
+    def __getitem__(self, key):  # noqa: ANN001, ANN204
+        if isinstance(key, slice) and key.start >= len(self):
+            return "(invalid)"
+        return super().__getitem__(key)
 
 
-def dump_raw_lines(btf: Btf, first: int = 0, last: int | None = None,
-                   names: _Names | None = None) -> list[str]:
+def dump_raw_lines(btf: Btf, first: int = 0, last: int | None = None) -> list[str]:
     """The raw dump of `btf`'s own types, one string per line; a split BTF prints only its
     split types, numbered from its first split id, like `bpftool btf dump file X -B BASE`.
     `first`/`last` select a range of this BTF's own records (local indexes)."""
-    return "\n".join(_record_texts(btf, first, last, names)).split("\n")
+    return _decode(_encode(_record_texts(btf, first, last))).split("\n")[:-1]
 
 
 def _record_texts(btf: Btf, first: int = 0, last: int | None = None,
-                  names: _Names | None = None) -> list[str]:
-    """One string per record: its line and its member lines, joined by newlines."""
-    if names is None:
-        names = _Names(btf)
-    try:
-        return _format(btf, first, last, names.fast, names)
-    except KeyError:
-        # A name offset that is no string start (into the middle of a string, or past the
-        # end): legal or reported by bpftool alike, and rare enough to redo slowly.
-        return _format(btf, first, last, names, names)
-
-
-def _format(btf: Btf, first: int, last: int | None, N: Mapping[int, str],  # noqa: N803, C901
-            names: _Names) -> list[str]:
-    # Hot loop: ~300k lines for a vmlinux. Each record is formatted from its wire words
-    # into one string, and records are tested in order of frequency in kernel BTF.
+                  strings: _Strings | None = None) -> list[str]:
+    """One latin-1 string per record (its line and its member lines, joined by newlines)
+    for this BTF's own records `first` to `last` (local indexes)."""
     w, offs = btf.wire_records()
     if last is None:
         last = len(offs)
-    total = btf.type_count
+    start = offs[first] if first < len(offs) else len(w)
+    stop = offs[last] if last < len(offs) else len(w)
+    texts, _ = _format_words(btf, w, start, stop, btf.start_id + first,
+                             strings or _Strings(btf))
+    return texts
+
+
+def _format_words(btf: Btf, w: array, start: int, stop: int, tid: int, strings: _Strings,
+                  limit: int = MAX_TYPE) -> tuple[list[str], int]:
+    """The texts of the records that start in words [start, stop), at most `limit` of them,
+    the first being type `tid`; and the word where the next record starts."""
+    try:
+        return _format(btf, w, start, stop, tid, limit, strings.text, strings)
+    except ValueError:  # a name offset past the end of the strings: legal only unvalidated
+        return _format(btf, w, start, stop, tid, limit, _CheckedText(strings.text), strings)
+
+
+def _format(btf: Btf, w: array, i: int, stop: int, tid: int, limit: int,  # noqa: C901
+            T: str, strings: _Strings) -> tuple[list[str], int]:  # noqa: N803
+    # Hot loop: ~300k lines for a vmlinux. Each record is formatted from its wire words
+    # into one string, and records are tested in order of frequency in kernel BTF. A name
+    # is inlined as `T[o:fi(Z, o)] if o else A`: a call per name would cost more than the
+    # rest of its line.
     kinds_of = _kind_lookup(btf)
+    fi = T.index
+    Z = "\0"  # noqa: N806
+    A = "(anon)"  # noqa: N806
     out: list[str] = []
     emit = out.append
-    i = offs[first] if first < len(offs) else len(w)
-    n = offs[last] if last < len(offs) else len(w)
-    tid = btf.start_id + first - 1
-    while i < n:
+    tid -= 1
+    last_tid = tid + limit
+    while i < stop and tid < last_tid:
         tid += 1
+        o = w[i]
         info = w[i + 1]
         st = w[i + 2]
         kind = info >> 24 & 0x1F
-        name = N[w[i]]
+        name = T[o:fi(Z, o)] if o else A
         i += 3
         if kind == 12:  # FUNC
             emit(f"[{tid}] FUNC '{name}' type_id={st} linkage="
                  f"{_LINKAGE.get(info & 0xFFFF, '(unknown)')}")
         elif kind == 13:  # FUNC_PROTO
             vlen = info & 0xFFFF
-            head = f"[{tid}] FUNC_PROTO '{name}' ret_type_id={st} vlen={vlen}"
-            if vlen == 0:
-                emit(head)
-            elif vlen == 1:
-                emit(f"{head}\n\t'{N[w[i]]}' type_id={w[i + 1]}")
-            elif vlen == 2:
-                emit(f"{head}\n\t'{N[w[i]]}' type_id={w[i + 1]}"
-                     f"\n\t'{N[w[i + 2]]}' type_id={w[i + 3]}")
-            else:
-                emit(head + "".join([f"\n\t'{N[w[j]]}' type_id={w[j + 1]}"
-                                     for j in range(i, i + 2 * vlen, 2)]))
-            i += 2 * vlen
+            end = i + 2 * vlen
+            emit(f"[{tid}] FUNC_PROTO '{name}' ret_type_id={st} vlen={vlen}" + "".join([
+                f"\n\t'{T[p:fi(Z, p)] if p else A}' type_id={t}"
+                for p, t in zip(w[i:end:2], w[i + 1 : end : 2])]))
+            i = end
         elif kind == 2 or kind == 8 or kind == 10 or kind == 9 or kind == 11 or kind == 18:
             emit(f"[{tid}] {KIND_STR[kind]} '{name}' type_id={st}")
         elif kind == 4 or kind == 5:  # STRUCT UNION
             vlen = info & 0xFFFF
             end = i + 3 * vlen
             head = f"[{tid}] {'STRUCT' if kind == 4 else 'UNION'} '{name}' size={st} vlen={vlen}"
+            members = zip(w[i:end:3], w[i + 1 : end : 3], w[i + 2 : end : 3])
             if info >> 31:  # kind_flag: bitfield size in the top 8 bits of the offset
                 emit(head + "".join([
-                    f"\n\t'{N[w[j]]}' type_id={w[j + 1]} bits_offset={w[j + 2] & 0xFFFFFF}"
-                    + (f" bitfield_size={w[j + 2] >> 24}" if w[j + 2] >> 24 else "")
-                    for j in range(i, end, 3)]))
+                    f"\n\t'{T[m:fi(Z, m)] if m else A}' type_id={t} bits_offset={b & 0xFFFFFF}"
+                    + (f" bitfield_size={b >> 24}" if b >> 24 else "")
+                    for m, t, b in members]))
             else:
-                emit(head + "".join([f"\n\t'{N[w[j]]}' type_id={w[j + 1]} bits_offset={w[j + 2]}"
-                                     for j in range(i, end, 3)]))
+                emit(head + "".join([
+                    f"\n\t'{T[m:fi(Z, m)] if m else A}' type_id={t} bits_offset={b}"
+                    for m, t, b in members]))
             i = end
         elif kind == 3:  # ARRAY
             emit(f"[{tid}] ARRAY '{name}' type_id={w[i]} index_type_id={w[i + 1]} "
                  f"nr_elems={w[i + 2]}")
             i += 3
-        elif kind == 6:  # ENUM
+        elif kind == 6 or kind == 19:  # ENUM ENUM64
             vlen = info & 0xFFFF
-            end = i + 2 * vlen
-            if info >> 31:  # signed values
-                vals = "".join([f"\n\t'{N[w[j]]}' val={w[j + 1] - (w[j + 1] >> 31 << 32)}"
-                                for j in range(i, end, 2)])
-            else:
-                vals = "".join([f"\n\t'{N[w[j]]}' val={w[j + 1]}" for j in range(i, end, 2)])
-            emit(f"[{tid}] ENUM '{name}' encoding={'SIGNED' if info >> 31 else 'UNSIGNED'}"
-                 f" size={st} vlen={vlen}{vals}")
+            signed = info >> 31
+            head = (f"[{tid}] {KIND_STR[kind]} '{name}' encoding="
+                    f"{'SIGNED' if signed else 'UNSIGNED'} size={st} vlen={vlen}")
+            if kind == 6:
+                end = i + 2 * vlen
+                values = zip(w[i:end:2], w[i + 1 : end : 2])
+                if signed:
+                    values = ((e, v - (v >> 31 << 32)) for e, v in values)
+                emit(head + "".join([f"\n\t'{T[e:fi(Z, e)] if e else A}' val={v}"
+                                     for e, v in values]))
+            else:  # bpftool: %lldLL when signed, %lluULL otherwise
+                end = i + 3 * vlen
+                values = ((e, lo | hi << 32) for e, lo, hi in
+                          zip(w[i:end:3], w[i + 1 : end : 3], w[i + 2 : end : 3]))
+                if signed:
+                    emit(head + "".join([f"\n\t'{T[e:fi(Z, e)] if e else A}' "
+                                         f"val={v - (v >> 63 << 64)}LL" for e, v in values]))
+                else:
+                    emit(head + "".join([f"\n\t'{T[e:fi(Z, e)] if e else A}' val={v}ULL"
+                                         for e, v in values]))
             i = end
         elif kind == 14:  # VAR
             emit(f"[{tid}] VAR '{name}' type_id={st}, linkage={_LINKAGE.get(w[i], '(unknown)')}")
@@ -199,20 +191,6 @@ def _format(btf: Btf, first: int, last: int | None, N: Mapping[int, str],  # noq
                  f"nr_bits={v & 0xFF} encoding={_INT_ENC.get(v >> 24 & 0x0F, 'UNKN')}")
         elif kind == 7:  # FWD
             emit(f"[{tid}] FWD '{name}' fwd_kind={'union' if info >> 31 else 'struct'}")
-        elif kind == 19:  # ENUM64: bpftool prints %lldLL when signed, %lluULL otherwise
-            vlen = info & 0xFFFF
-            end = i + 3 * vlen
-            signed = info >> 31
-            lines = [f"[{tid}] ENUM64 '{name}' encoding={'SIGNED' if signed else 'UNSIGNED'}"
-                     f" size={st} vlen={vlen}"]
-            for j in range(i, end, 3):
-                val = w[j + 1] | w[j + 2] << 32
-                if signed:
-                    lines.append(f"\t'{N[w[j]]}' val={val - (val >> 63 << 64)}LL")
-                else:
-                    lines.append(f"\t'{N[w[j]]}' val={val}ULL")
-            emit("\n".join(lines))
-            i = end
         elif kind == 15:  # DATASEC
             vlen = info & 0xFFFF
             end = i + 3 * vlen
@@ -220,9 +198,9 @@ def _format(btf: Btf, first: int, last: int | None, N: Mapping[int, str],  # noq
             for j in range(i, end, 3):
                 vt = w[j]
                 line = f"\ttype_id={vt} offset={w[j + 1]} size={w[j + 2]}"
-                if vt < total:
+                if vt < btf.type_count:
                     vk, vno = kinds_of(vt)
-                    line += f" ({KIND_STR[vk]} '{names[vno] if vno else ''}')"
+                    line += f" ({KIND_STR[vk]} '{strings.name(vno) if vno else ''}')"
                 lines.append(line)
             emit("\n".join(lines))
             i = end
@@ -230,7 +208,7 @@ def _format(btf: Btf, first: int, last: int | None, N: Mapping[int, str],  # noq
             emit(f"[{tid}] FLOAT '{name}' size={st}")
         else:
             emit(f"[{tid}] {KIND_STR[kind]} '{name}'")
-    return out
+    return out, i
 
 
 def _kind_lookup(btf: Btf):  # noqa: ANN202
@@ -242,38 +220,52 @@ def _kind_lookup(btf: Btf):  # noqa: ANN202
     return kinds_of
 
 
-# Below this many types a second process costs more than it saves.
-PARALLEL_MIN_TYPES = 20000
+# Below this many type-section words (a ~20k-type BTF) a second process costs more than it
+# saves.
+PARALLEL_MIN_WORDS = 100_000
 # Records rendered, encoded and written at a time. Holding a whole vmlinux dump (~300k line
 # strings, then their join and its encoding: ~50 MB) costs more in first-touch page faults
 # than in formatting; chunks this size keep reusing the same few hundred KiB instead.
 CHUNK_TYPES = 2048
+# The parent renders the records that start in the first SPLIT_AT of the type section's
+# words, the child the rest. Measured on the vmlinux BTF of Linux 6.1, 6.12 and 6.18: the
+# formatting work is even at 52-57% of the words (structs, whose member lines cost the most
+# per word, come first), and the child also runs the record scan, ~8% of the work.
+SPLIT_AT = 0.6
 
 
 def write_raw(btf: Btf, out: BinaryIO) -> None:
     """Write the raw dump to a binary stream. A large BTF (a vmlinux: ~300k lines, where
     formatting is the whole cost) is rendered by two processes: a forked child renders the
-    second half of the records into a memfd while this process renders and writes the first;
-    the child's text then goes to `out` by sendfile(), without passing through Python."""
-    n = len(btf)
-    names = _Names(btf)  # built before fork(): the child shares it copy-on-write
-    if (n < PARALLEL_MIN_TYPES or (os.cpu_count() or 1) < 2 or not hasattr(os, "fork")
+    later records into a memfd while this process renders and writes the first ones; the
+    child's text then goes to `out` by sendfile(), without passing through Python.
+
+    Neither process needs the record scan to start: this one walks the words from the first
+    record, and only the child, which must find where its records begin, scans (for a
+    parse(defer_scan=True), that is the first scan)."""
+    w = btf.wire_words()
+    strings = _Strings(btf)
+    if (len(w) < PARALLEL_MIN_WORDS or (os.cpu_count() or 1) < 2 or not hasattr(os, "fork")
             or not hasattr(os, "memfd_create")):
-        _render(btf, 0, n, names, out.write)
+        _render(btf, w, 0, len(w), btf.start_id, strings, out.write)
         return
-    mid = _balanced_split(btf)
+    split = int(len(w) * SPLIT_AT)
     spill = os.memfd_create("btf-dump", os.MFD_CLOEXEC)
     try:
         pid = os.fork()
-        if pid == 0:  # child: second half into the memfd, then exit without cleanup handlers
+        if pid == 0:  # child: the later records into the memfd, then exit without cleanup
             status = 1
             try:
-                _render(btf, mid, n, names, lambda data: _write_all(spill, data))
+                w, offs = btf.wire_records()
+                mid = bisect.bisect_left(offs, split)  # the first record at or after split
+                start = offs[mid] if mid < len(offs) else len(w)
+                _render(btf, w, start, len(w), btf.start_id + mid, strings,
+                        lambda data: _write_all(spill, data))
                 status = 0
             finally:
                 os._exit(status)
         try:
-            _render(btf, 0, mid, names, out.write)
+            _render(btf, w, 0, split, btf.start_id, strings, out.write)
         except BaseException:
             os.kill(pid, signal.SIGKILL)
             raise
@@ -287,30 +279,14 @@ def write_raw(btf: Btf, out: BinaryIO) -> None:
         os.close(spill)
 
 
-# Kinds whose records are followed by one line per vlen entry.
-_LISTING_KINDS = frozenset({4, 5, 6, 13, 15, 19})  # STRUCT UNION ENUM FUNC_PROTO DATASEC ENUM64
-
-
-def _balanced_split(btf: Btf, sample: int = 32) -> int:
-    """The record index that splits the formatting work in half. Timed in the two
-    processes on a vmlinux, a record costs about twice as much as a member line, and member
-    lines cluster (the structs come first), so neither the record count nor the word count
-    splits evenly; every `sample`-th record is weighed instead."""
-    w, offs = btf.wire_records()
-    cumulative = []
-    cost = 0
-    for o in offs[::sample]:
-        info = w[o + 1]
-        cost += 2
-        if info >> 24 & 0x1F in _LISTING_KINDS:
-            cost += info & 0xFFFF
-        cumulative.append(cost)
-    return max(1, min(len(offs) - 1, bisect.bisect_left(cumulative, cost / 2) * sample))
-
-
-def _render(btf: Btf, first: int, last: int, names: _Names, write) -> None:  # noqa: ANN001
-    for a in range(first, last, CHUNK_TYPES):
-        write(_encode(_record_texts(btf, a, min(a + CHUNK_TYPES, last), names)))
+def _render(btf: Btf, w: array, start: int, stop: int, tid: int, strings: _Strings,
+            write) -> None:  # noqa: ANN001
+    """Format the records that start in words [start, stop) and write them, chunk by
+    chunk; `tid` is the first one's type id."""
+    while start < stop:
+        texts, start = _format_words(btf, w, start, stop, tid, strings, CHUNK_TYPES)
+        tid += len(texts)
+        write(_encode(texts))
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -340,14 +316,17 @@ def _copy_out(spill: int, out: BinaryIO) -> None:
         sent += done
 
 
-def _encode(lines: list[str]) -> bytes:
-    if not lines:
+def _encode(texts: list[str]) -> bytes:
+    if not texts:
         return b""
-    lines.append("")
-    return "\n".join(lines).encode("utf-8", "surrogateescape")
+    texts.append("")
+    return "\n".join(texts).encode("latin-1")
+
+
+def _decode(data: bytes) -> str:
+    """The dump as text, names decoded as UTF-8 like everything else we print."""
+    return data.decode("utf-8", "surrogateescape")
 
 
 def dump_raw(btf: Btf) -> str:
-    texts = _record_texts(btf)
-    texts.append("")
-    return "\n".join(texts)
+    return _decode(_encode(_record_texts(btf)))

@@ -21,16 +21,19 @@ def is_kernel_verified(path: str | os.PathLike[str]) -> bool:
 
 
 def load_btf(
-    path: str | os.PathLike[str], *, base: Btf | None = None, validate: bool | None = None
+    path: str | os.PathLike[str], *, base: Btf | None = None, validate: bool | None = None,
+    defer_scan: bool = False,
 ) -> Btf:
-    """The `.BTF` of an ELF file (or the whole raw BTF file), split on `base` when given."""
+    """The `.BTF` of an ELF file (or the whole raw BTF file), split on `base` when given.
+    `defer_scan` is Btf.parse's (it only applies to BTF that is not validated)."""
     sections = read_btf_sections(path, digest=False)
     if sections.btf is None:
         raise BtfError("no .BTF section", source=str(path))
     source = f"{path}:.BTF" if sections.is_elf else str(path)
     if validate is None:
         validate = not is_kernel_verified(path)
-    return Btf.parse(sections.btf, base=base, source=source, validate=validate)
+    return Btf.parse(sections.btf, base=base, source=source, validate=validate,
+                     defer_scan=defer_scan)
 
 
 def load_base(path: str | os.PathLike[str]) -> Btf:

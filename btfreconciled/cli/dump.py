@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     base = load_base(args.base) if args.base else None
-    btf = load_btf(args.file, base=base)
+    # (a dump of a kernel-verified vmlinux starts formatting before the record scan)
+    btf = load_btf(args.file, base=base, defer_scan=not args.json)
     if args.json:
         import json
 
