@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 from oracle_tools import VMLINUX, bpftool_raw
 
 from btfreconciled.btf import Btf, BtfError, Kind
-from btfreconciled.btf.dump import dump_raw
+from btfreconciled.btf.dump import PARALLEL_MIN_WORDS, dump_raw, write_raw
 from btfreconciled.btf.types import (
     Array,
     Const,
@@ -87,6 +88,21 @@ def test_cli_dump_is_bpftool_text(vmlinux_bytes: bytes) -> None:
                          capture_output=True, text=True, errors="surrogateescape")
     assert res.returncode == 0, res.stderr
     assert res.stdout == bpftool_raw(VMLINUX)
+
+
+def test_write_raw_two_processes_into_file_and_memory(vmlinux_bytes: bytes, tmp_path) -> None:
+    # The parallel path, on an already scanned Btf (the CLI's is deferred), into a real file
+    # (the child's half arrives by sendfile) and into a BytesIO (no file descriptor).
+    btf = Btf.parse(vmlinux_bytes, validate=False)
+    assert len(btf.wire_words()) >= PARALLEL_MIN_WORDS
+    ref = bpftool_raw(VMLINUX).encode("utf-8", "surrogateescape")
+    with open(tmp_path / "dump.txt", "wb") as f:
+        f.write(b"kept\n")  # the child's half must land after what is already there
+        write_raw(btf, f)
+    assert (tmp_path / "dump.txt").read_bytes() == b"kept\n" + ref
+    buf = io.BytesIO()
+    write_raw(btf, buf)
+    assert buf.getvalue() == ref
 
 
 def test_name_index(vmlinux_bytes: bytes) -> None:
@@ -227,6 +243,30 @@ def _float_named_by_last_nul() -> bytes:
     b.add(Int(b.add_str("int"), 0, 4, 1, 0, 32))
     b.add(Float(len(b.strings) - 1, 0, 8))
     return b.to_bytes()
+
+
+def test_deferred_scan_is_the_same_btf(vmlinux_bytes: bytes) -> None:
+    eager = Btf.parse(vmlinux_bytes, validate=False)
+    lazy = Btf.parse(vmlinux_bytes, validate=False, defer_scan=True)
+    assert not lazy.scanned and lazy.wire_words() == eager.wire_words()
+    assert not lazy.scanned  # the words alone need no scan
+    (ts,) = lazy.find("task_struct", Kind.STRUCT)
+    assert lazy.scanned
+    assert ts == eager.find("task_struct", Kind.STRUCT)[0]
+    assert len(lazy) == len(eager) and lazy.type(ts) == eager.type(ts)
+    assert lazy.to_bytes() == vmlinux_bytes
+    # validation needs the records, so it never defers
+    small = Btf()
+    small.add(Int(small.add_str("int"), 0, 4, 1, 0, 32))
+    assert Btf.parse(small.to_bytes(), defer_scan=True).scanned
+
+
+def test_deferred_scan_reports_bad_records_on_first_use() -> None:
+    data = bytearray(_all_kinds_btf().to_bytes())
+    struct.pack_into("<I", data, 24 + 4, 0x1F << 24)  # first record: kind 31
+    lazy = Btf.parse(bytes(data), validate=False, defer_scan=True)
+    with pytest.raises(BtfError, match="unknown BTF kind 31"):
+        len(lazy)
 
 
 def test_replace_keeps_other_records_exact(vmlinux_bytes: bytes) -> None:
