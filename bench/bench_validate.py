@@ -6,8 +6,13 @@ Both run in this process, interleaved, on the same file (default /sys/kernel/btf
 we print the median wall-clock and CPU time of each and their ratio. Ours is the whole job
 an untrusted file gets: read the file, `Btf.parse(data, validate=True)`. libbpf's is
 `btf__parse(path, NULL)` through ctypes on the system libbpf.so.1 (it reads the file too).
-The Must-show budget is ours <= 40x libbpf's. `--profile` adds a cProfile summary and the
-time of each validation phase.
+`--profile` adds a cProfile summary and the time of each validation phase.
+
+These are warm, repeated calls: after the first, glibc hands libbpf back the heap it just
+freed and libbpf runs in 2-4 ms instead of the ~9 ms of a first call in a fresh process.
+The budget (ours <= 40x libbpf) is stated for the fresh-process case, which
+bench/bench_btf.py measures ("validate fresh"); the warm ratio here is for tracking our
+own validator's speed.
 """
 
 from __future__ import annotations
@@ -80,7 +85,7 @@ def main() -> int:
         for label, w, c in (("libbpf btf__parse", lw, lc),
                             ("read + Btf.parse(validate)", ow, oc)):
             print(f"    {label:28s} wall {stat(w) * 1e3:8.2f} ms   cpu {stat(c) * 1e3:8.2f} ms")
-        print(f"    ratio (budget 40x)           wall {stat(ow) / stat(lw):8.1f} x    "
+        print(f"    ratio (warm heaps)           wall {stat(ow) / stat(lw):8.1f} x    "
               f"cpu {stat(oc) / stat(lc):8.1f} x")
     if args.profile:
         profile(path)
