@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import struct
 import subprocess
@@ -103,6 +104,27 @@ def test_write_raw_two_processes_into_file_and_memory(vmlinux_bytes: bytes, tmp_
     buf = io.BytesIO()
     write_raw(btf, buf)
     assert buf.getvalue() == ref
+
+
+def test_write_raw_worker_failures_reach_the_caller(vmlinux_bytes: bytes, monkeypatch) -> None:
+    # The child's errors come back as what they were: a BtfError with its type id (a bad
+    # record only the child's scan sees), an OSError with its errno (its spill file full).
+    eager = Btf.parse(vmlinux_bytes, validate=False)
+    last = eager.wire_records()[1][-1]
+    data = bytearray(vmlinux_bytes)
+    struct.pack_into("<I", data, 24 + 4 * last + 4, 0x1F << 24)
+    lazy = Btf.parse(bytes(data), validate=False, defer_scan=True)
+    with pytest.raises(BtfError) as err:
+        write_raw(lazy, io.BytesIO())
+    assert err.value.type_id == len(eager) and "unknown BTF kind 31" in str(err.value)
+
+    def full(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("btfreconciled.btf.dump._write_all", full)
+    with pytest.raises(OSError) as err:
+        write_raw(eager, io.BytesIO())
+    assert err.value.errno == errno.ENOSPC
 
 
 def test_name_index(vmlinux_bytes: bytes) -> None:

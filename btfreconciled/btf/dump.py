@@ -64,7 +64,7 @@ class _CheckedText(str):
         return start if start >= len(self) else super().index(sub, start, *args)
 
     def __getitem__(self, key):  # noqa: ANN001, ANN204
-        if isinstance(key, slice) and key.start >= len(self):
+        if isinstance(key, slice) and key.start is not None and key.start >= len(self):
             return "(invalid)"
         return super().__getitem__(key)
 
@@ -251,6 +251,7 @@ def write_raw(btf: Btf, out: BinaryIO) -> None:
         return
     split = int(len(w) * SPLIT_AT)
     spill = os.memfd_create("btf-dump", os.MFD_CLOEXEC)
+    failure_r, failure_w = os.pipe()
     try:
         pid = os.fork()
         if pid == 0:  # child: the later records into the memfd, then exit without cleanup
@@ -262,8 +263,12 @@ def write_raw(btf: Btf, out: BinaryIO) -> None:
                 _render(btf, w, start, len(w), btf.start_id + mid, strings,
                         lambda data: _write_all(spill, data))
                 status = 0
+            except BaseException as e:  # noqa: BLE001 - handed to the parent, which raises it
+                _send_failure(failure_w, e)
             finally:
                 os._exit(status)
+        os.close(failure_w)
+        failure_w = -1
         try:
             _render(btf, w, 0, split, btf.start_id, strings, out.write)
         except BaseException:
@@ -272,11 +277,38 @@ def write_raw(btf: Btf, out: BinaryIO) -> None:
         finally:
             _, status = os.waitpid(pid, 0)
         if status:
-            raise RuntimeError("dump worker process failed")
+            raise _received_failure(failure_r, status)
         out.flush()
         _copy_out(spill, out)
     finally:
-        os.close(spill)
+        for fd in (spill, failure_r, failure_w):
+            if fd >= 0:
+                os.close(fd)
+
+
+def _send_failure(fd: int, exc: BaseException) -> None:
+    """In the child: the exception, pickled (BtfError and OSError keep what and where)."""
+    import pickle
+
+    try:
+        data = pickle.dumps(exc)
+    except Exception:  # noqa: BLE001 - an unpicklable exception still has a message
+        data = b""
+    if not data or len(data) > 4096:  # one write into the pipe, which nobody drains yet
+        data = pickle.dumps(RuntimeError(f"{type(exc).__name__}: {str(exc)[:2000]}"))
+    os.write(fd, data)
+
+
+def _received_failure(fd: int, status: int) -> BaseException:
+    import pickle
+
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    try:
+        return pickle.loads(b"".join(chunks))
+    except Exception:  # noqa: BLE001 - killed before it could say why
+        return RuntimeError(f"dump worker process failed (wait status {status:#x})")
 
 
 def _render(btf: Btf, w: array, start: int, stop: int, tid: int, strings: _Strings,

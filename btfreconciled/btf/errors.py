@@ -24,6 +24,11 @@ class BtfError(Exception):
         self.offset = offset
         self.type_id = type_id
 
+    def __reduce__(self) -> tuple:
+        # Pickles with its where-fields (Exception's default keeps only the message), so that
+        # a worker process can hand the error to its parent.
+        return (_rebuild, (type(self), self.message, self.source, self.offset, self.type_id))
+
     def __str__(self) -> str:
         where = [self.source]
         if self.type_id is not None:
@@ -31,3 +36,8 @@ class BtfError(Exception):
         if self.offset is not None:
             where.append(f"offset {self.offset:#x}")
         return f"{': '.join(where)}: {self.message}"
+
+
+def _rebuild(cls: type[BtfError], message: str, source: str, offset: int | None,
+             type_id: int | None) -> BtfError:
+    return cls(message, source=source, offset=offset, type_id=type_id)
