@@ -91,6 +91,17 @@ def test_cli_dump_is_bpftool_text(vmlinux_bytes: bytes) -> None:
     assert res.stdout == bpftool_raw(VMLINUX)
 
 
+@pytest.mark.parametrize("json_lines", [False, True])
+def test_cli_dump_to_a_full_disk_is_one_line_error(json_lines: bool) -> None:
+    cmd = [sys.executable, "-m", "btfreconciled.cli.main", "dump", str(VMLINUX)]
+    with open("/dev/full", "wb") as full:  # every write fails with ENOSPC
+        res = subprocess.run(cmd + ["--json"] * json_lines, stdout=full, stderr=subprocess.PIPE,
+                             text=True)
+    assert res.returncode == 2
+    assert res.stderr == ("btfreconcilectl: error: writing standard output: "
+                          "No space left on device\n")
+
+
 def test_write_raw_two_processes_into_file_and_memory(vmlinux_bytes: bytes, tmp_path) -> None:
     # The parallel path, on an already scanned Btf (the CLI's is deferred), into a real file
     # (the child's half arrives by sendfile) and into a BytesIO (no file descriptor).

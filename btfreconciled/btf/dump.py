@@ -264,6 +264,8 @@ def write_raw(btf: Btf, out: BinaryIO) -> None:
                         lambda data: _write_all(spill, data))
                 status = 0
             except BaseException as e:  # noqa: BLE001 - handed to the parent, which raises it
+                if isinstance(e, OSError) and e.filename is None:
+                    e.filename = "memfd:btf-dump"  # not the caller's output: say which file
                 _send_failure(failure_w, e)
             finally:
                 os._exit(status)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..btf.dump import write_raw
 from ..btf.load import load_base, load_btf
+from .errors import CliError
 
 if TYPE_CHECKING:
     from ..btf.types import Type
@@ -31,17 +32,25 @@ def run(args: argparse.Namespace) -> int:
     base = load_base(args.base) if args.base else None
     # (a dump of a kernel-verified vmlinux starts formatting before the record scan)
     btf = load_btf(args.file, base=base, defer_scan=not args.json)
-    if args.json:
-        import json
+    try:
+        if args.json:
+            import json
 
-        out = sys.stdout
-        for tid, t in btf:
-            out.write(json.dumps(_type_json(btf, tid, t)))
-            out.write("\n")
-    else:
+            out = sys.stdout
+            for tid, t in btf:
+                out.write(json.dumps(_type_json(btf, tid, t)))
+                out.write("\n")
+        else:
+            sys.stdout.flush()
+            write_raw(btf, sys.stdout.buffer)
         sys.stdout.flush()
-        write_raw(btf, sys.stdout.buffer)
-    sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        # e.g. ENOSPC on a redirected dump: say where, since the error itself does not
+        raise CliError(f"writing standard output: {e.strerror or e}") from None
     return 0
 
 
