@@ -106,7 +106,6 @@ def _format(btf: Btf, w: array, i: int, stop: int, tid: int, limit: int,  # noqa
     # into one string, and records are tested in order of frequency in kernel BTF. A name
     # is inlined as `T[o:fi(Z, o)] if o else A`: a call per name would cost more than the
     # rest of its line.
-    kinds_of = _kind_lookup(btf)
     fi = T.index
     Z = "\0"  # noqa: N806
     A = "(anon)"  # noqa: N806
@@ -199,7 +198,7 @@ def _format(btf: Btf, w: array, i: int, stop: int, tid: int, limit: int,  # noqa
                 vt = w[j]
                 line = f"\ttype_id={vt} offset={w[j + 1]} size={w[j + 2]}"
                 if vt < btf.type_count:
-                    vk, vno = kinds_of(vt)
+                    vk, vno = _kind_and_name_off(btf, vt)
                     line += f" ({KIND_STR[vk]} '{strings.name(vno) if vno else ''}')"
                 lines.append(line)
             emit("\n".join(lines))
@@ -211,13 +210,11 @@ def _format(btf: Btf, w: array, i: int, stop: int, tid: int, limit: int,  # noqa
     return out, i
 
 
-def _kind_lookup(btf: Btf):  # noqa: ANN202
-    def kinds_of(type_id: int) -> tuple[int, int]:
-        if type_id == 0:
-            return 0, 0
-        return int(btf.kind_of(type_id)), btf.name_off_of(type_id)
-
-    return kinds_of
+def _kind_and_name_off(btf: Btf, type_id: int) -> tuple[int, int]:
+    """What a DATASEC entry's line names: its type's kind and name offset (void: 0, 0)."""
+    if type_id == 0:
+        return 0, 0
+    return int(btf.kind_of(type_id)), btf.name_off_of(type_id)
 
 
 # Below this many type-section words (a ~20k-type BTF) a second process costs more than it
