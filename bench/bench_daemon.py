@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 
 CACHE_ROOT = Path(os.environ.get("BTFRECONCILED_CACHE_ROOT")
                   or Path.home() / ".cache" / "btfreconciled")
-FIXTURES = ("btfr_embed", "btfr_ptr", "btfr_types", "btfr_kfunc")
+FIXTURES = ("btfr_embed", "btfr_ptr", "btfr_types", "btfr_kfunc", "btfr_loader")
 TARGETS = {"p99_ms": 50.0, "rescan_200_s": 2.0, "rss_mb": 100.0}
 
 

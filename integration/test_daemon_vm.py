@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import toolchain
 
 from btfreconciled.btf.btf import Btf
 from btfreconciled.btf.kinds import Kind
@@ -37,7 +38,7 @@ from btfreconciled.reconcile.distill import distill
 
 pytestmark = pytest.mark.vm
 
-MODS = ("btfr_embed", "btfr_ptr", "btfr_types", "btfr_kfunc")
+MODS = toolchain.FIXTURE_MODULES
 GUEST_OUT = "/run/btfr-daemon"
 
 GUEST_SCRIPT = r"""

@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 
 import pytest
+import toolchain
 
 from btfreconciled.btf.btf import Btf
 from btfreconciled.btf.kinds import Kind
@@ -43,7 +44,7 @@ from btfreconciled.reconcile.relocate import embedded_ids
 from btfreconciled.reconcile.target import parse_btf
 
 pytestmark = pytest.mark.chroot
-MODS = ("btfr_embed", "btfr_ptr", "btfr_types", "btfr_kfunc")
+MODS = toolchain.FIXTURE_MODULES
 SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 
 

@@ -7,8 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import toolchain
 
-MODS = ("btfr_embed", "btfr_ptr", "btfr_types", "btfr_kfunc")
+MODS = toolchain.FIXTURE_MODULES
 BTF_MAGIC = b"\x9f\xeb"
 
 
@@ -77,6 +78,7 @@ def test_btf_base_content_with_bpftool(tc, series, mod, tmp_path):
         "btfr_ptr": {"task_struct", "sk_buff", "file"},
         "btfr_types": {"spinlock", "hrtimer_restart"},
         "btfr_kfunc": {"task_struct"},
+        "btfr_loader": {"list_head"},
     }[mod]
     assert expect <= names, res.stdout
     if mod == "btfr_types":

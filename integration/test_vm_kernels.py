@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import toolchain
 
-MODS = ("btfr_embed", "btfr_ptr", "btfr_types", "btfr_kfunc")
+MODS = toolchain.FIXTURE_MODULES
 pytestmark = pytest.mark.vm
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 VM_DIR = REPO / "vm"
 SERIES = ("6.12", "6.1")
-FIXTURE_MODULES = ("btfr_embed", "btfr_ptr", "btfr_types", "btfr_kfunc")
+FIXTURE_MODULES = ("btfr_embed", "btfr_ptr", "btfr_types", "btfr_kfunc", "btfr_loader")
 
 # Inputs whose hash vm/setup records in stamps/setup.done (keep in sync with vm/setup).
 _SETUP_INPUTS = ("integration/modules", "integration/oracle", "vm/setup", "vm/lib")
