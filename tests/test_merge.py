@@ -142,3 +142,30 @@ def test_shift_keeps_base_references(vml):
     assert out[4] == lh == words[4]  # the embedded list_head stays a vmlinux id
     assert out[7] == words[7] + 10  # owner -> the module's own PTR
     assert isinstance(out, array) and Path(VMLINUX).exists()
+
+
+def test_cli_reconcile_merged_writes_vmlinux_plus_module(tmp_path, capsys):
+    from test_reconcile import _module_file, module, reparse, vmlinux
+
+    from btfreconciled.cli.main import main as ctl
+
+    base = reparse(vmlinux())
+    ko = _module_file(tmp_path, (base, module(base)))
+    vm = tmp_path / "vmlinux.btf"
+    vm.write_bytes(base.to_bytes())
+    split, merged = tmp_path / "split.btf", tmp_path / "merged.btf"
+    assert ctl(["reconcile", str(ko), "-o", str(split), "--vmlinux", str(vm)]) == 0
+    assert ctl(["reconcile", str(ko), "-o", str(merged), "--merged", "--vmlinux", str(vm)]) == 0
+    assert "merged BTF (vmlinux + module)" in capsys.readouterr().out
+    assert merged.read_bytes() == merged_bytes(base, [("my_mod", split.read_bytes())])
+    assert bpftool_raw(merged) == bpftool_raw(vm) + bpftool_raw(split, vm)
+    # an incompatible target: nothing written, exit 1
+    grown = vmlinux()
+    from dataclasses import replace
+    grown.replace(5, replace(grown.type(5), size=40))
+    vm2 = tmp_path / "vmlinux2.btf"
+    vm2.write_bytes(grown.to_bytes())
+    out2 = tmp_path / "never.btf"
+    assert ctl(["reconcile", str(ko), "-o", str(out2), "--merged", "--vmlinux", str(vm2)]) == 1
+    assert not out2.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
