@@ -190,8 +190,10 @@ class Daemon:
                              files=leftovers)
         if self.cfg.gc:
             self.gc()
-        self.merged = MergedWriter(self.cache, self.index.btf, self.log)
-        self.merged.prepare()
+        if self.cfg.merged_btf != "off":
+            self.merged = MergedWriter(self.cache, self.index.btf, self.log,
+                                       per_module=self.cfg.merged_btf == "modules")
+            self.merged.prepare()
         self.refresh_module_index()
         self.log.info("kernel", kernel_id=self.kernel_id, release=self.release,
                       vmlinux=str(vmlinux), index_seconds=round(self.index_seconds, 3),
@@ -475,8 +477,9 @@ class Daemon:
             return None, f"{v.verdict}: {v.summary}"
         if not v.published or not v.btf_path:
             return None, f"not published: {v.publish_error or 'see status'}"
-        if self.merged is None:
-            return None, "this daemon writes no merged BTF"
+        if self.merged is None or not self.merged.per_module:
+            return None, (f"this daemon writes no per-module merged BTF (merged_btf = "
+                          f"{self.cfg.merged_btf!r}); all.btf holds every ok module")
         p = self.merged.lookup(name, v.record.get("btf_sha256"))
         if p is None:
             err = self.merged.status()["last_error"]
@@ -487,7 +490,7 @@ class Daemon:
     def all_merged_path(self) -> tuple[str | None, list[str], str]:
         """(merged/all.btf, the modules in it, "") or (None, [], why not)."""
         if self.merged is None:
-            return None, [], "this daemon writes no merged BTF"
+            return None, [], "this daemon writes no merged BTF (merged_btf = \"off\")"
         info = self.merged.all_info()
         if info is None:
             if self.merged.pending():

@@ -44,8 +44,9 @@ RETRY = 5.0  # after a failed write (ENOSPC, EIO), try again this much later
 class MergedWriter:
     """Keeps ``<kernel-dir>/merged/`` equal to the set of ok modules (name -> split sha256)."""
 
-    def __init__(self, cache: Cache, vmlinux: Btf, log: Any) -> None:
+    def __init__(self, cache: Cache, vmlinux: Btf, log: Any, *, per_module: bool = True) -> None:
         self.cache = cache
+        self.per_module = per_module
         self.vmlinux = vmlinux
         self.log = log
         self.dir = cache.merged_dir
@@ -192,7 +193,8 @@ class MergedWriter:
         """Make merged/ match `wanted`; True when everything was written."""
         ok = True
         changed = False
-        for name in sorted(set(self.files) - set(wanted)):
+        keep = set(wanted) if self.per_module else set()
+        for name in sorted(set(self.files) - keep):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.cache.merged_path(name))
             with self.cond:
@@ -204,7 +206,7 @@ class MergedWriter:
             if data is None:
                 continue  # replaced meanwhile: the worker's next set_wanted() says so
             splits[name] = data
-            if (self.files.get(name) or {}).get("btf_sha256") == sha:
+            if not self.per_module or (self.files.get(name) or {}).get("btf_sha256") == sha:
                 continue
             try:
                 layout = self._write(self.cache.merged_path(name), [(name, data)])
