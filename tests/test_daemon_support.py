@@ -114,6 +114,9 @@ class FakeEngine:
         sha = hashlib.sha256(content).hexdigest()
         if word == b"RAISE":
             raise RuntimeError("fake engine bug")
+        if word.startswith(b"SLOW"):  # "SLOW3.5": a pathological input taking 3.5 s
+            time.sleep(float(word[4:]))
+            word = b"OK"
         if word == b"OK":
             # "OK name BUILDID=abcd ...": the file's build id (what the kernel shows in
             # /sys/module/<m>/notes/.note.gnu.build-id for the loaded module)

@@ -193,3 +193,26 @@ def test_memo_is_bounded(fs: FakeSystem, monkeypatch: pytest.MonkeyPatch) -> Non
         assert d.counts()["ok"] == len(names)
     finally:
         d.stop()
+
+
+def test_one_slow_module_does_not_hold_the_worker(fs: FakeSystem) -> None:
+    fs.add_file("stuck", "SLOW3")
+    for n in ("a_first", "z_last"):
+        fs.add_file(n)
+    for n in ("a_first", "stuck", "z_last"):
+        fs.load(n)
+    d = make_daemon(fs, module_timeout=0.5)
+    try:
+        d.rescan("t")
+        assert d.wait_idle(10)
+        assert d.show("z_last")["verdict"] == "ok"  # queued behind it, done anyway
+        rec = d.show("stuck")
+        assert rec["verdict"] == "error" and "did not finish within 0.5 s" in rec["summary"]
+        assert not d.cache.btf_path("stuck").exists()
+        assert d.stats.timeouts == 1
+        import time
+        time.sleep(3.5)  # the abandoned thread finishes: its result is dropped
+        assert d.show("stuck")["verdict"] == "error"
+        assert not d.cache.btf_path("stuck").exists()
+    finally:
+        d.stop()

@@ -13,6 +13,7 @@ Every key is optional::
     events = "auto"                                 # auto (netlink, else poll) | netlink | poll
     poll_interval = 2.0                             # seconds, polling fallback
     gc = true                                       # remove other kernels' cache entries
+    module_timeout = 60                             # seconds one module may take
     merged_btf = "modules"                          # loader-ready BTF: modules (merged/<m>.btf
                                                     # and all.btf) | all (all.btf only) | off
     watch_files = true                              # watchdog on module dirs and this file
@@ -61,6 +62,7 @@ class Config:
     gc: bool = True
     watch_files: bool = True
     merged_btf: str = "modules"
+    module_timeout: float = 60.0
     vmlinux: Path = Path("/sys/kernel/btf/vmlinux")
     sysfs: Path = Path("/sys")
     modules_root: Path | None = None
@@ -162,6 +164,11 @@ def apply(cfg: Config, data: dict[str, Any], where: str) -> Config:
             if not 0.05 <= v <= 3600:
                 raise ConfigError(f"{where}: poll_interval: {value!r} is out of range (0.05-3600)")
             cfg.poll_interval = v
+        elif key == "module_timeout":
+            v = float(_want(where, key, value, (int, float)))
+            if not 0.1 <= v <= 3600:
+                raise ConfigError(f"{where}: module_timeout: {value!r} is out of range (0.1-3600)")
+            cfg.module_timeout = v
         elif key == "merged_btf":
             cfg.merged_btf = _choice(where, key, value, MERGED_CHOICES)
         elif key in ("gc", "watch_files"):

@@ -143,6 +143,7 @@ class Stats:
     reused: int = 0
     publish_errors: int = 0
     worker_errors: int = 0
+    timeouts: int = 0
     last_events: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
     # event received -> record renamed into place (seconds), for the last 1000 loads
     latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))
@@ -192,6 +193,10 @@ class Daemon:
         self.last_rescan: dict[str, Any] | None = None
         self._last_done = 0.0
         self._lock_fd: int | None = None
+        # The worker generation: a worker stuck past module_timeout is abandoned (Python
+        # cannot stop a thread) and its late results are dropped; a new one takes over.
+        self._gen = 0
+        self._current: tuple[str, float, int] | None = None  # (module, since, generation)
 
     # ------------------------------------------------------------------ start-up
 
@@ -241,10 +246,56 @@ class Daemon:
             self.log.info("module tree unavailable", problem=p)
 
     def start_worker(self) -> None:
-        self._worker = threading.Thread(target=self._work, name="btfr-worker", daemon=True)
-        self._worker.start()
+        with self.cond:
+            self._spawn_worker()
+        threading.Thread(target=self._watch_worker, name="btfr-watch", daemon=True).start()
         if self.merged is not None:
             self.merged.start()
+
+    def _spawn_worker(self) -> None:
+        # lock held
+        self._worker = threading.Thread(target=self._work, args=(self._gen,),
+                                        name=f"btfr-worker-{self._gen}", daemon=True)
+        self._worker.start()
+
+    def _watch_worker(self) -> None:
+        """One input never holds the worker: a module still being reconciled after
+        module_timeout gets verdict error, the rest of its batch is queued again, and a new
+        worker carries on (the old thread finishes in the background, its results dropped)."""
+        limit = self.cfg.module_timeout
+        while True:
+            # not self.cond.wait(): a notify() meant for the worker must never wake us instead
+            time.sleep(min(1.0, limit / 4))
+            with self.cond:
+                cur = self._current
+                if (self._stop or cur is None or cur[2] != self._gen
+                        or time.monotonic() - cur[1] < limit):
+                    continue
+                name = cur[0]
+                self._gen += 1
+                self._current = None
+                now = self.clock()
+                for other in reversed([n for n in self.busy if n != name]):
+                    self.pending[other] = (now, False)
+                    self.pending.move_to_end(other, last=False)
+                self.busy = []
+                self.stats.timeouts += 1
+                self._spawn_worker()
+            self.log.error("module reconciliation timed out; given up", module=name,
+                           seconds=limit)
+            self._publish_timeout(name, limit)
+
+    def _publish_timeout(self, name: str, limit: float) -> None:
+        assert self.cache is not None
+        with self.lock:
+            path = self.modindex.lookup(name)
+        rec = self._daemon_record(
+            name, "error", f"{name}: reconciliation did not finish within {limit:g} s "
+            "(module_timeout); given up: the module file is pathological or far too large",
+            path=str(path) if path else None)
+        err = self.cache.publish_many([(name, rec, None)]).get(name)
+        self._note_published(name, rec, None, err)
+        self._update_merged()
 
     def stop(self, timeout: float = 10.0) -> None:
         with self.cond:
@@ -333,10 +384,12 @@ class Daemon:
 
     # ------------------------------------------------------------------ worker
 
-    def _work(self) -> None:
+    def _work(self, gen: int) -> None:
         quiet_until: float | None = None
         while True:
             with self.cond:
+                if gen != self._gen:
+                    return  # abandoned after a timeout
                 while not self.pending and not self._stop:
                     if self.idle.is_set():
                         self.cond.wait()
@@ -363,7 +416,7 @@ class Daemon:
                                 "reason": r["reason"], "modules": r["modules"],
                                 "seconds": round(max(0.0, self._last_done - r["started"]), 3)}
                         self.idle.set()
-                if self._stop:
+                if self._stop or gen != self._gen:
                     return
                 quiet_until = None
                 batch: list[_Job] = []
@@ -374,7 +427,7 @@ class Daemon:
                     self.force.discard(name)
                 self.busy = [j.name for j in batch]
             try:
-                self.process_batch(batch)
+                self.process_batch(batch, gen)
             except Exception as e:  # one bad module never stops the daemon
                 self.stats.worker_errors += 1
                 self.log.error("internal error while processing modules",
@@ -383,9 +436,10 @@ class Daemon:
                                traceback=traceback.format_exc(limit=8))
             finally:
                 with self.lock:
-                    self.busy = []
-                    self.stats.processed += len(batch)
-                    self._last_done = self.clock()
+                    if gen == self._gen:
+                        self.busy = []
+                        self.stats.processed += len(batch)
+                        self._last_done = self.clock()
 
     def _on_idle(self) -> None:
         self.flush_manifest()
@@ -409,10 +463,13 @@ class Daemon:
         """Make the cache match one module's state (see :meth:`process_batch`)."""
         self.process_batch([_Job(name, loaded, when, by_event, force)])
 
-    def process_batch(self, jobs: list[_Job]) -> None:
+    def process_batch(self, jobs: list[_Job], gen: int | None = None) -> None:
         """Evaluate each module (reconcile, or reuse an earlier result), then publish the
-        group with one durability barrier; loads get their latency recorded."""
+        group with one durability barrier; loads get their latency recorded. A worker of an
+        older generation (abandoned after a timeout) publishes nothing."""
         assert self.cache is not None
+        if gen is None:
+            gen = self._gen
         writes: list[tuple[str, dict[str, Any] | None, bytes | None]] = []
         done: list[tuple[_Job, dict[str, Any] | None, bytes | None, bool]] = []
         retry: list[str] = []
@@ -421,6 +478,10 @@ class Daemon:
                 writes.append((job.name, None, None))
                 done.append((job, None, None, True))
                 continue
+            with self.lock:
+                if gen != self._gen:
+                    return
+                self._current = (job.name, time.monotonic(), gen)
             try:
                 record, btf, on_disk = self._decide(job, retry)
                 if not on_disk and self._same_as_published(job.name, record):
@@ -438,6 +499,10 @@ class Daemon:
                 self.log.error("internal error while processing a module", module=job.name,
                                error=f"{type(e).__name__}: {e}",
                                traceback=traceback.format_exc(limit=8))
+        with self.lock:
+            if gen != self._gen:
+                return
+            self._current = None
         errors: dict[str, OSError] = {}
         if writes:
             try:
@@ -847,7 +912,8 @@ class Daemon:
             "queue": {"pending": pending, "busy": busy},
             "stats": {"events": s.events, "rescans": s.rescans, "overflows": s.overflows,
                       "processed": s.processed, "reconciled": s.reconciled, "reused": s.reused,
-                      "publish_errors": s.publish_errors, "worker_errors": s.worker_errors},
+                      "publish_errors": s.publish_errors, "worker_errors": s.worker_errors,
+                      "timeouts": s.timeouts},
             "latency": self.latency_summary(),
             "index_seconds": round(self.index_seconds, 3),
             "merged": self.merged.status() if self.merged is not None else None,
