@@ -105,7 +105,8 @@ class FakeEngine:
         return FakeIndex(path, hashlib.sha256(data).hexdigest(),
                          Btf.parse(data, source=path, validate=False))
 
-    def reconcile(self, path: str, index: Any, *, strict: str, module_name: str) -> FakeResult:
+    def reconcile(self, path: str, index: Any, *, strict: str, module_name: str,
+                  max_bytes: int | None = None) -> FakeResult:
         self.calls.append(module_name)
         if self.delay:
             time.sleep(self.delay)

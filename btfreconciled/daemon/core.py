@@ -673,6 +673,7 @@ class Daemon:
         t0 = time.perf_counter()
         try:
             result = self.engine.reconcile(str(path), self.index, strict=self.cfg.strict,
+                                           max_bytes=self.cfg.max_module_bytes,
                                            module_name=name)
         except Exception as e:  # the engine promises not to raise; be safe anyway
             self.log.error("reconciliation raised", module=name, path=str(path),

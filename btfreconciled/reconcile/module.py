@@ -132,7 +132,8 @@ def module_btf(path: str | Path, base: Btf | VmlinuxIndex | None, *, base_path: 
 
 def reconcile_module_file(path: str, target: VmlinuxIndex, *, strict: str = "embedded",
                           module_name: str | None = None,
-                          embedded_rule: str = EMBEDDED_KERNEL) -> ModuleResult:
+                          embedded_rule: str = EMBEDDED_KERNEL,
+                          max_bytes: int | None = None) -> ModuleResult:
     """Reconcile the module file at `path` onto `target`. Never raises for bad module input:
     unreadable or corrupt files give verdict ERROR with a one-line summary."""
     if strict not in STRICT_CHOICES:
@@ -154,7 +155,7 @@ def reconcile_module_file(path: str, target: VmlinuxIndex, *, strict: str = "emb
         return result(Verdict.ERROR, summary, [p])
 
     try:
-        sections = read_btf_sections(path)
+        sections = read_btf_sections(path, max_size=max_bytes)
         sha = sections.sha256 or ""
         ident = (sections.build_id, sections.srcversion)
     except ElfError as exc:
