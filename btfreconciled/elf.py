@@ -209,6 +209,14 @@ def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True,
     )
 
 
+MODULE_SIGNATURE_MAGIC = b"~Module signature appended~\n"
+
+
+def module_is_signed(path: str | os.PathLike[str]) -> bool:
+    """The module (decompressed) ends with an appended signature (scripts/sign-file)."""
+    return _load(Path(path)).data.endswith(MODULE_SIGNATURE_MAGIC)
+
+
 def sha256_file(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> str:
     """sha256 of a regular file's bytes as stored (never blocks on a FIFO or device)."""
     p = Path(path)

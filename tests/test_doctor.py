@@ -74,3 +74,49 @@ def test_doctor_cli(tmp_path: Path, capsys) -> None:
     assert ctl(["doctor", str(tmp_path / "missing.ko"), "--vmlinux", str(target)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.ko" in err
+
+
+def test_rescue_cli(tmp_path: Path, capsys) -> None:
+    base = reparse(vmlinux())
+    ko = _classic(tmp_path, base)
+    cands = tmp_path / "boot"
+    cands.mkdir()
+    (cands / "vmlinux-old.btf").write_bytes(base.to_bytes())
+    target = tmp_path / "new.btf"
+    target.write_bytes(grown().to_bytes())
+    # before: classic split BTF, check says what to do on stderr (one line, exit 2)
+    assert ctl(["check", str(ko), "--vmlinux", str(target)]) == 2
+    c = capsys.readouterr()
+    assert c.out == "" and c.err.count("\n") == 1 and "btfreconcilectl rescue" in c.err
+    out = tmp_path / "rescued.ko"
+    assert ctl(["rescue", str(ko), "--search", str(cands), "-o", str(out)]) == 0
+    assert "distilled against its build" in capsys.readouterr().out
+    assert ctl(["check", str(out), "--vmlinux", str(target)]) == 0  # now reconciles
+    assert ctl(["check", str(out), "--vmlinux", str(cands / "vmlinux-old.btf")]) == 0
+    # the wrong --base is refused with the reason; nothing written
+    never = tmp_path / "never.ko"
+    assert ctl(["rescue", str(ko), "--base", str(target), "-o", str(never)]) == 1
+    assert "is not this module's build" in capsys.readouterr().out and not never.exists()
+    # --in-place keeps the original next to it; a second rescue has nothing to do
+    orig = ko.read_bytes()
+    assert ctl(["rescue", str(ko), "--search", str(cands), "--in-place"]) == 0
+    assert Path(f"{ko}.btfr-orig").read_bytes() == orig
+    capsys.readouterr()
+    assert ctl(["rescue", str(ko), "--search", str(cands), "--in-place"]) == 1
+    assert "already carries .BTF.base" in capsys.readouterr().out
+
+
+def test_rescue_refuses_a_signed_module(tmp_path: Path, capsys) -> None:
+    base = reparse(vmlinux())
+    ko = _classic(tmp_path, base)
+    with open(ko, "ab") as f:
+        f.write(b"\0" * 12 + b"~Module signature appended~\n")
+    cands = tmp_path / "boot"
+    cands.mkdir()
+    (cands / "vmlinux.btf").write_bytes(base.to_bytes())
+    assert ctl(["rescue", str(ko), "--search", str(cands), "--in-place"]) == 2
+    err = capsys.readouterr().err
+    assert "signed module" in err and "--signed-ok" in err and err.count("\n") == 1
+    assert ctl(["rescue", str(ko), "--search", str(cands), "--in-place", "--signed-ok"]) == 0
+    assert "signature was removed" in capsys.readouterr().out
+    assert not ko.read_bytes().endswith(b"~Module signature appended~\n")

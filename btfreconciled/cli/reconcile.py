@@ -10,7 +10,7 @@ from ..cache import atomic_output, write_all
 from ..reconcile import Verdict, VmlinuxIndex, reconcile_module_file
 from ..reconcile.diagnostics import problem_text
 from ..reconcile.merge import MergeError, write_merged
-from .check import _exit_code, add_target_arguments, load_target
+from .check import NO_BASE_HINT, _exit_code, add_target_arguments, load_target
 from .errors import CliError
 
 
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     res = reconcile_module_file(str(module), target, strict=args.strict,
                                 embedded_rule=args.rule)
     if res.verdict is Verdict.NO_BASE:
-        raise CliError(f"{res.summary} (make one with: btfreconcilectl distill)")
+        raise CliError(f"{res.summary} ({NO_BASE_HINT.format(res.path)})")
     size = None
     if res.verdict is Verdict.OK and res.btf is not None:
         size = write_output(out, res.btf, target, res.module, args.merged)
