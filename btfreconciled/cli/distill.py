@@ -51,7 +51,9 @@ def module_split_on(module: Path, base: Btf, target: VmlinuxIndex) -> Btf:
     first reconciled onto it (so distilling twice gives the same sections)."""
     sections = read_btf_sections(module)
     if not sections.is_elf:
-        raise CliError(f"{module}: raw BTF, not a module ELF file")
+        what = "a kernel image" if (sections.compression or "").startswith("bzImage") \
+            else "raw BTF"
+        raise CliError(f"{module}: {what}, not a module ELF file")
     if sections.btf is None:
         raise CliError(f"{module}: no .BTF section (build the module with BTF)")
     if sections.base is None and sections.base_expects is None:
