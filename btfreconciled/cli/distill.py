@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("module", metavar="MODULE", help="module file (.ko[.xz|.zst|.gz])")
     p.add_argument("--base", metavar="VMLINUX", required=True,
-                   help="BTF of the kernel the module was built for (vmlinux ELF or raw BTF)")
+                   help="BTF of the kernel the module was built for (vmlinux ELF, raw BTF "
+                        "or /boot/vmlinuz-*)")
     p.add_argument("--fields", nargs="?", const=FIELDS_EMBEDDED,
                    choices=(FIELDS_EMBEDDED, FIELDS_ALL), metavar="=all",
                    help="also write .BTF.base_expects (members of embedded base structs;"
