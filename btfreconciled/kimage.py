@@ -111,14 +111,14 @@ def read_kernel_image_btf(path: str | os.PathLike[str], f: BinaryIO | None = Non
         size = os.fstat(f.fileno()).st_size
         start, length = _payload_range(p, f, size)
         f.seek(start)
-        compression = _compression_of(f.read(6))
+        magic = f.read(6)
+        compression = _compression_of(magic)
+        if compression is None:
+            raise ElfError(p, "bzImage payload has an unknown compression (starts with "
+                              f"{magic.hex()}; expected gzip, xz, zstd, lz4, bzip2 or lzma)")
+        image = _Image(p, f, start, length, compression, max_decompressed)
     except OSError as e:
         raise ElfError(p, f"cannot read: {e.strerror or e}") from None
-    if compression is None:
-        f.seek(start)
-        raise ElfError(p, "bzImage payload has an unknown compression (starts with "
-                          f"{f.read(6).hex()}; expected gzip, xz, zstd, lz4, bzip2 or lzma)")
-    image = _Image(p, f, start, length, compression, max_decompressed)
     first = _ElfScan(p, max_btf, scan=True)
     total = image.decode(first.feed)
     elf = first.finish(total)
