@@ -125,11 +125,13 @@ def read_kernel_image_btf(path: str | os.PathLike[str], f: BinaryIO | None = Non
     btf = first.candidate(elf.btf_header()) if elf.named else None
     # The stream scan did not keep .BTF (or the section names): decode again, keeping exactly
     # what the section table names. Names unknown until the second decode may need a third.
+    # Every pass reads the same open file (package managers replace /boot/vmlinuz-* by
+    # rename, which leaves this inode alone) and checks the stream's integrity again.
     for _ in range(2):
         if btf is not None:
             break
         again = _ElfScan(p, max_btf, scan=False, ranges=elf.ranges_needed())
-        image.decode(again.feed)
+        total = image.decode(again.feed)
         elf = again.finish(total)
         if elf.named:
             btf = first.candidate(elf.btf_header()) or again.kept(elf.btf_header())
@@ -174,7 +176,7 @@ class _Image:
         self.declared = struct.unpack("<I", f.read(4))[0]
         self.stream_len = length if compression == "gzip" else length - 4
 
-    def decode(self, sink: Callable[[memoryview | bytes], None]) -> int:
+    def decode(self, sink: Callable[[bytes], None]) -> int:
         """Feed the decompressed stream to `sink`; returns its length."""
         self.f.seek(self.start)
         self.left = self.stream_len
@@ -325,6 +327,8 @@ def _lz4_legacy(image: _Image) -> Iterator[bytes]:
         if size > _LZ4_MAX_BLOCK:
             raise ValueError(f"lz4 block of {size} bytes exceeds the 8 MiB legacy block")
         block = image.read(size)
+        if len(block) < size:
+            raise _TruncatedError
         yield lz4.block.decompress(block, uncompressed_size=_LZ4_LEGACY_BLOCK)
 
 

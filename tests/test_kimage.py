@@ -276,7 +276,7 @@ def test_truncated_stream(tmp_path: Path, payloads: dict[str, bytes], fmt: str) 
     payload = payloads[fmt]
     cut = payload[: len(payload) // 2] + payload[-4:]
     expect_error(write(tmp_path, make_bzimage(cut)),
-                 f"truncated payload|corrupt {fmt} payload")
+                 rf"truncated payload: the {fmt} stream ends early \(payload_length {len(cut)}\)")
 
 
 def test_size_trailer_disagrees(tmp_path: Path, payloads: dict[str, bytes]) -> None:
@@ -298,8 +298,7 @@ def test_corrupt_stream(tmp_path: Path, payloads: dict[str, bytes], fmt: str) ->
     payload = bytearray(payloads[fmt])
     middle = len(payload) // 2
     payload[middle:middle + 64] = bytes(b ^ 0x5A for b in payload[middle:middle + 64])
-    expect_error(write(tmp_path, make_bzimage(bytes(payload))),
-                 f"corrupt {fmt} payload|truncated payload|not an ELF|truncated vmlinux")
+    expect_error(write(tmp_path, make_bzimage(bytes(payload))), f"corrupt {fmt} payload: ")
 
 
 def test_corrupt_lz4_block_size(tmp_path: Path, payloads: dict[str, bytes]) -> None:
