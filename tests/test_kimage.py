@@ -293,8 +293,8 @@ def test_bytes_after_the_stream(tmp_path: Path, payloads: dict[str, bytes]) -> N
 
 @pytest.mark.parametrize("fmt", [f for f in FORMATS if f != "lz4"])
 def test_corrupt_stream(tmp_path: Path, payloads: dict[str, bytes], fmt: str) -> None:
-    """gzip, xz, zstd and bzip2 carry checksums; lzma's range coder derails on flipped bits
-    (and the size word then disagrees). Legacy lz4 has no checksum: see the next test."""
+    """gzip, xz, zstd and bzip2 carry checksums; lzma (no checksum) detects flipped bits as
+    corrupt range-coder input here. Legacy lz4 has no checksum at all: see the next test."""
     payload = bytearray(payloads[fmt])
     middle = len(payload) // 2
     payload[middle:middle + 64] = bytes(b ^ 0x5A for b in payload[middle:middle + 64])
