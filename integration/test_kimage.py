@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 CTL = [sys.executable, "-c", "import sys; from btfreconciled.cli.main import main; "
        "sys.exit(main())"]
 ENV = dict(os.environ, PYTHONPATH=str(REPO))
+RUNS = 3
 DECOMPRESS = {b"\xfd7zXZ\x00": ["xz", "-dcq"], b"\x28\xb5\x2f\xfd": ["zstd", "-dcq"]}
 
 
@@ -41,6 +42,13 @@ def timed_child(argv: list[str], tmp_path: Path) -> tuple[float, float]:
     wall = time.monotonic() - t0
     assert r.returncode == 0, f"{argv}: exit {r.returncode}"
     return wall, int(out.read_text().split()[-1]) / 1024
+
+
+def best_of(runs: int, argv: list[str], tmp_path: Path) -> tuple[float, float]:
+    """Fastest of `runs` (other work shares the machine's CPUs; the best is the least
+    disturbed) and the largest peak RSS seen."""
+    results = [timed_child(argv, tmp_path) for _ in range(runs)]
+    return min(r[0] for r in results), max(r[1] for r in results)
 
 
 def ctl(*args: str) -> subprocess.CompletedProcess:
@@ -58,9 +66,8 @@ def test_btf_from_vmlinuz_equals_vmlinux_btf(tc, series: str, tmp_path: Path) ->
             "import sys; from pathlib import Path\n"
             "from btfreconciled.elf import read_btf_sections\n"
             "s = read_btf_sections(sys.argv[1], digest=False)\n"
-            "Path(sys.argv[2]).write_bytes(s.btf)\n"
-            "print(s.compression, file=sys.stderr)", str(vmlinuz), str(ours_out)]
-    ours_s, ours_mb = timed_child(ours, tmp_path)
+            "Path(sys.argv[2]).write_bytes(s.btf)\n", str(vmlinuz), str(ours_out)]
+    ours_s, ours_mb = best_of(RUNS, ours, tmp_path)
     assert ours_out.read_bytes() == expected, f"{series}: BTF from vmlinuz differs"
 
     # The C tools, same job: the payload located from the same boot header fields (so they
@@ -78,11 +85,12 @@ def test_btf_from_vmlinuz_equals_vmlinux_btf(tc, series: str, tmp_path: Path) ->
     script = (f"tail -c +{start + 1} {vmlinuz} | head -c {length - 4} | {' '.join(cmd)} "
               f"> {scratch} && objcopy --dump-section=.BTF={c_out} {scratch} "
               f"{tmp_path / 'scratch.o'} && rm -f {scratch} {tmp_path / 'scratch.o'}")
-    c_s, c_mb = timed_child(["sh", "-c", script], tmp_path)
+    c_s, c_mb = best_of(RUNS, ["sh", "-c", script], tmp_path)
     assert c_out.read_bytes() == expected
 
-    print(f"\n{series}: {vmlinuz.name} ({cmd[0]}) -> .BTF {len(expected)} bytes, identical to "
-          f"vmlinux.btf\n  btfreconciled: {ours_s:.2f} s, peak RSS {ours_mb:.0f} MB\n"
+    print(f"\n{series}: {vmlinuz.name} ({cmd[0]}, best of {RUNS}) -> .BTF {len(expected)} "
+          f"bytes, identical to vmlinux.btf\n"
+          f"  btfreconciled: {ours_s:.2f} s, peak RSS {ours_mb:.0f} MB\n"
           f"  {cmd[0]} + objcopy: {c_s:.2f} s, peak RSS {c_mb:.0f} MB (and a temporary "
           f"{scratch.name})\n  ratio ours/C: time {ours_s / c_s:.2f}x, "
           f"peak RSS {ours_mb / c_mb:.2f}x")
