@@ -23,6 +23,12 @@ table decides: the range at .BTF's sh_offset with exactly sh_size bytes is the a
 scan only saves a second decode: if .BTF's bytes (or the section names) were not kept, the
 payload is decoded a second time capturing exactly the ranges the table names. So the result
 never depends on the heuristic, only the time does.
+
+Measured (best of 3, shared 2-CPU machine; time, peak RSS as VmHWM): Debian 6.1 (xz) one pass
+1.57 s 56 MB, always two passes 3.59 s 55 MB, whole ELF in memory 1.48 s 113 MB; Debian 6.12
+(zstd) 0.44 s 89 MB, 0.74 s 90 MB, 0.43 s 130 MB. One pass costs no time over holding the
+kernel and half the memory; what remains is the decoder's window (xz 32 MiB, zstd -22 up to
+128 MiB), the .BTF itself and Python.
 """
 
 from __future__ import annotations
