@@ -12,6 +12,7 @@ vmlinux.
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
@@ -128,3 +129,23 @@ def test_commands_take_vmlinuz_like_vmlinux(tc, series: str, tmp_path: Path) -> 
         outs[name] = out.read_bytes()
     assert outs["z"] == outs["b"]
     assert ctl("dump", module, "-B", vmlinuz).stdout == ctl("dump", module, "-B", btf).stdout
+
+
+def test_doctor_names_a_kernel_image_as_the_build(tc, tmp_path: Path) -> None:
+    """doctor's search dirs: a /boot holding only the 6.1 image, named as Debian names it,
+    is enough to name the build of 6.1 modules checked against 6.12."""
+    k61, k612 = tc.kernel_dir("6.1"), tc.kernel_dir("6.12")
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    image = boot / f"vmlinuz-{tc.kernel_release('6.1')}"
+    image.symlink_to(k61 / "vmlinuz")
+    mods = tmp_path / "mods"  # doctor takes one module or a directory
+    mods.mkdir()
+    for p in sorted((k61 / "lib" / "modules").rglob("*.ko*"))[:3]:
+        (mods / p.name).symlink_to(p)
+    r = ctl("doctor", str(mods), "--vmlinux", str(k612 / "vmlinux.btf"), "--search", str(boot),
+            "--json")
+    assert r.returncode == 1, r.stderr
+    found = json.loads(r.stdout)["modules"]
+    assert [(m["kind"], m["result"], m["build"]) for m in found] == \
+        [("classic", "does-not-fit", str(image))] * 3
