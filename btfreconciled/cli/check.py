@@ -28,7 +28,8 @@ STRICT_HELP = (
     " layout changes of base structs/unions the module embeds by value errors and others"
     " warnings; 'all' makes every field mismatch an error; 'off' reports them as warnings only")
 VMLINUX_HELP = (
-    "target kernel BTF: /sys/kernel/btf/vmlinux (default), a raw BTF file or a vmlinux ELF;"
+    "target kernel BTF: /sys/kernel/btf/vmlinux (default), a raw BTF file, a vmlinux ELF or a"
+    " kernel image (/boot/vmlinuz-*);"
     " checking against another kernel's vmlinux answers 'would this module work there?'")
 RULE_HELP = (
     "which btf_relocate.c to follow for 'embedded' structs: 'kernel' (default: every split type"
