@@ -22,14 +22,16 @@ from test_elf import FAKE_BTF, module  # noqa: F401 - the gcc-made module fixtur
 from btfreconciled.elf import ElfError, read_btf_sections, sha256_file, write_btf_sections
 
 REPO = Path(__file__).resolve().parent.parent
-# btfreconcilectl in a child that records its own peak RSS (ru_maxrss) in a file
+# btfreconcilectl in a child that records its own peak RSS in a file: VmHWM of its own
+# address space (ru_maxrss would include the parent's RSS, copied in at fork before exec)
 CTL = [sys.executable, "-c",
-       "import os, resource, sys\n"
+       "import os, sys\n"
        "from btfreconciled.cli.main import main\n"
        "try:\n    rc = main()\n"
        "finally:\n"
+       "    hwm = next(ln for ln in open('/proc/self/status') if ln.startswith('VmHWM'))\n"
        "    with open(os.environ['PEAK_FILE'], 'w') as f:\n"
-       "        f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+       "        f.write(hwm.split()[1])\n"
        "sys.exit(rc)"]
 
 
