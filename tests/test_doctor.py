@@ -120,3 +120,35 @@ def test_rescue_refuses_a_signed_module(tmp_path: Path, capsys) -> None:
     assert ctl(["rescue", str(ko), "--search", str(cands), "--in-place", "--signed-ok"]) == 0
     assert "signature was removed" in capsys.readouterr().out
     assert not ko.read_bytes().endswith(b"~Module signature appended~\n")
+
+
+def test_daemon_rescues_a_classic_module_the_kernel_rejected(tmp_path: Path) -> None:
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_daemon import make_daemon
+    from test_daemon_support import FakeSystem, expected_btf
+
+    fs = FakeSystem(tmp_path / "w")
+    fs.add_file("dkms_mod", "CLASSIC", payload="BUILD=/boot/vmlinuz-6.12.117")
+    fs.add_file("lost", "CLASSIC")
+    fs.add_file("registered", "CLASSIC", payload="BUILD=/boot/vmlinuz-x")
+    for n in ("dkms_mod", "lost", "registered"):
+        fs.load(n)
+    fs.kernel_btf("registered", b"the kernel took it")
+    d = make_daemon(fs)
+    try:
+        d.rescan("t")
+        assert d.wait_idle()
+        rec = d.show("dkms_mod")
+        assert rec["verdict"] == "rescued" and rec["rescue_base"] == "/boot/vmlinuz-6.12.117"
+        assert d.cache.btf_path("dkms_mod").read_bytes() == expected_btf(
+            (fs.mods / "dkms_mod.ko").read_bytes())
+        assert d.published_btf("dkms_mod")
+        lost = d.show("lost")
+        assert lost["verdict"] == "no-base" and "none of the kernel files" in lost["summary"]
+        assert d.show("registered")["verdict"] == "no-base"  # the kernel's BTF is fine
+        assert d.counts()["rescued"] == 1
+        assert d.merged.wait_idle()
+        assert d.merged_path("dkms_mod")[0]  # loaders get it like any other
+    finally:
+        d.stop()
