@@ -152,3 +152,43 @@ def test_daemon_rescues_a_classic_module_the_kernel_rejected(tmp_path: Path) -> 
         assert d.merged_path("dkms_mod")[0]  # loaders get it like any other
     finally:
         d.stop()
+
+
+def test_kernel_check_and_its_postinst_hook(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    base = reparse(vmlinux())
+    ver = "6.12.999-test"
+    dkms = tmp_path / "lib" / "modules" / ver / "updates" / "dkms"
+    dkms.mkdir(parents=True)
+    src = tmp_path / "src"
+    src.mkdir()
+    _classic(src, base, "old_build").rename(dkms / "old_build.ko")  # another kernel's build
+    image = tmp_path / "boot" / f"vmlinuz-{ver}"
+    image.parent.mkdir()
+    image.write_bytes(grown().to_bytes())
+    cache = tmp_path / "cache"
+    # the hook runs the btfreconcilectl it finds on PATH: a wrapper pointing at our tree
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    wrapper = bindir / "btfreconcilectl"
+    repo = Path(__file__).resolve().parent.parent
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import sys; from btfreconciled."
+                       f"cli.main import main; sys.exit(main())' \"$@\" --modules-root "
+                       f"{tmp_path / 'lib' / 'modules'} --cache-dir {cache}\n")
+    wrapper.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", PYTHONPATH=str(repo))
+    r = subprocess.run(["sh", str(repo / "scripts" / "kernel" / "zz-btfreconciled"), ver,
+                        str(image)], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0  # never fails a package installation
+    assert f"warning: old_build ({dkms / 'old_build.ko'}) will have no usable BTF on {ver}" \
+        in r.stderr, r.stderr
+    rep = json.loads((cache / "pre-reboot" / f"{ver}.json").read_text())
+    assert rep["modules"] == 1 and rep["will_not_fit"][0]["module"] == "old_build"
+    # nothing built for it yet: says so, exit 0
+    r = subprocess.run(["sh", str(repo / "scripts" / "kernel" / "zz-btfreconciled"),
+                        "1.2.3-none", str(image)], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert r.returncode == 0 and "no out-of-tree modules for 1.2.3-none" in r.stderr

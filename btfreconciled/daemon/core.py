@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
+import json
 import os
 import threading
 import time
@@ -967,9 +968,25 @@ class Daemon:
             "latency": self.latency_summary(),
             "index_seconds": round(self.index_seconds, 3),
             "merged": self.merged.status() if self.merged is not None else None,
+            "pre_reboot": self.pre_reboot_reports(),
             "last_rescan": self.last_rescan,
             "last_events": last,
         }
+
+    def pre_reboot_reports(self) -> list[dict[str, Any]]:
+        """What `kernel-check` (the kernel postinst hook) found for kernels not yet booted."""
+        out = []
+        d = self.cfg.cache_dir / "pre-reboot"
+        with contextlib.suppress(OSError):
+            for f in sorted(d.glob("*.json")):
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                    rep = json.loads(f.read_text())
+                    if rep["version"] == self.release:
+                        continue  # booted into it: the live verdicts say the rest
+                    out.append({"version": rep["version"], "modules": rep["modules"],
+                                "will_not_fit": [m["module"] for m in rep["will_not_fit"]],
+                                "checked": rep["checked"]})
+        return out
 
     def latency_summary(self) -> dict[str, Any]:
         """Event received -> published, over the last (up to) 1000 module loads."""
