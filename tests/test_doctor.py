@@ -76,6 +76,35 @@ def test_doctor_cli(tmp_path: Path, capsys) -> None:
     assert err.count("\n") == 1 and "missing.ko" in err
 
 
+def test_doctor_lists_loaded_modules_whose_file_it_cannot_find(tmp_path: Path, capsys,
+                                                               monkeypatch) -> None:
+    """No MODULE: a loaded module without registered BTF whose file is in neither
+    modules.dep nor --module-dir is still listed (with the kernel's log line) and the exit
+    status says something does not fit; it used to vanish into 'every loaded module's BTF is
+    registered'."""
+    from btfreconciled.cli import doctor as doctor_cli
+
+    base = reparse(vmlinux())
+    target = tmp_path / "vmlinux.btf"
+    target.write_bytes(base.to_bytes())
+    log = "failed to validate module [lost_mod] BTF: -22"
+    seen: list[list[Path]] = []
+
+    def fake(extra_dirs):
+        seen.append(extra_dirs)
+        return [], {"lost_mod": log}, ["lost_mod"]
+
+    monkeypatch.setattr(doctor_cli, "_loaded_without_btf", fake)
+    assert ctl(["doctor", "--vmlinux", str(target), "--module-dir", str(tmp_path),
+                "--search", str(tmp_path / "none")]) == 1
+    out = capsys.readouterr().out
+    assert seen == [[tmp_path]]
+    assert "DOES NOT FIT: lost_mod: loaded, but the kernel registered no BTF" in out
+    assert f"not in modules.dep, {tmp_path}" in out
+    assert f"kernel log: {log}" in out
+    assert "every loaded module" not in out
+
+
 def test_rescue_cli(tmp_path: Path, capsys) -> None:
     base = reparse(vmlinux())
     ko = _classic(tmp_path, base)

@@ -52,28 +52,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--search", metavar="DIR", action="append",
                    help="where to look for the module's build (repeatable; default: "
                         f"{', '.join(DEFAULT_SEARCH)})")
+    p.add_argument("--module-dir", metavar="DIR", action="append", default=[],
+                   help="without MODULE: also look for loaded modules' files here, after "
+                        "modules.dep (repeatable; like the daemon's extra_module_dirs)")
     p.add_argument("--strict", choices=("off", "embedded", "all"), default="embedded",
                    help="field checks for .BTF.base modules (as `check`)")
     p.add_argument("--json", action="store_true", help="one JSON document")
     p.set_defaults(handler=run)
 
 
-def _modules(args: argparse.Namespace) -> tuple[list[Path], dict[str, str]]:
-    """The module files to diagnose, and the kernel's log line for each (no-MODULE mode)."""
+def _modules(args: argparse.Namespace) -> tuple[list[Path], dict[str, str], list[str]]:
+    """The module files to diagnose, the kernel's log line for each, and the loaded modules
+    without registered BTF whose file was not found (no-MODULE mode)."""
     if args.module is not None:
         path = Path(args.module)
         if path.is_dir():
             mods = find_modules(path)
             if not mods:
                 raise CliError(f"{path}: no kernel modules ({', '.join(MODULE_SUFFIXES)})")
-            return mods, {}
+            return mods, {}, []
         if not os.path.lexists(path):
             raise CliError(f"{path}: no such file")
-        return [path], {}
-    return _loaded_without_btf()
+        return [path], {}, []
+    return _loaded_without_btf([Path(d) for d in args.module_dir])
 
 
-def _loaded_without_btf() -> tuple[list[Path], dict[str, str]]:
+def _loaded_without_btf(extra_dirs: list[Path]
+                        ) -> tuple[list[Path], dict[str, str], list[str]]:
     from ..daemon.modfind import build_index
 
     sysmod = Path("/sys/module")
@@ -82,17 +87,17 @@ def _loaded_without_btf() -> tuple[list[Path], dict[str, str]]:
     except OSError as e:
         raise CliError(f"{sysmod}: {e.strerror or e}") from None
     missing = [n for n in names if not (Path("/sys/kernel/btf") / n).exists()]
-    idx = build_index(Path("/lib/modules") / os.uname().release, [])
+    idx = build_index(Path("/lib/modules") / os.uname().release, extra_dirs)
     logs = _kernel_log_lines(missing)
     files: list[Path] = []
+    unfound: list[str] = []
     for n in missing:
         f = idx.lookup(n)
         if f is not None:
             files.append(f)
         else:
-            print(f"btfreconcilectl: {n}: loaded without registered BTF, and its file is not "
-                  "in modules.dep", file=sys.stderr)
-    return files, logs
+            unfound.append(n)
+    return files, logs, unfound
 
 
 def _kernel_log_lines(names: list[str]) -> dict[str, str]:
@@ -128,9 +133,18 @@ def _kernel_log_lines(names: list[str]) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     target: VmlinuxIndex = load_target(args.vmlinux)
-    mods, logs = _modules(args)
+    mods, logs, unfound = _modules(args)
     cands = Candidates(candidate_files(args.search or list(DEFAULT_SEARCH)))
     results: list[Diagnosis] = []
+    where = "modules.dep" + "".join(f", {d}" for d in args.module_dir)
+    for n in unfound:  # loaded without BTF, and no file to diagnose: still say so
+        d = Diagnosis(n, "", "no-file", DOES_NOT_FIT,
+                      f"{n}: loaded, but the kernel registered no BTF for it; its file is not "
+                      f"in {where} (give the file as MODULE, or its directory with "
+                      "--module-dir DIR)")
+        if n in logs:
+            d.details.append(f"kernel log: {logs[n]}")
+        results.append(d)
     tty = sys.stderr.isatty() and len(mods) > 1
     for i, m in enumerate(mods, 1):
         d = diagnose(m, target, cands, strict=args.strict)
