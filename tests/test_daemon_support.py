@@ -164,7 +164,15 @@ def _fake_rescue(self: FakeEngine, path: str, index: Any, candidates: Any, *,
     return FakeRescue(f"{module_name}: rescued against {build}", expected_btf(content), build)
 
 
+def _fake_built_for(self: FakeEngine, path: str, index: Any) -> tuple[bool, str]:
+    """"CLASSIC name FOREIGN": built for another vmlinux (the kernel may take it anyway)."""
+    if b"FOREIGN" in Path(path).read_bytes().split():
+        return False, "built against a vmlinux with 123 types and 456 string bytes"
+    return True, ""
+
+
 FakeEngine.rescue = _fake_rescue  # type: ignore[attr-defined]
+FakeEngine.built_for = _fake_built_for  # type: ignore[attr-defined]
 
 
 class FakeSystem:

@@ -161,9 +161,13 @@ def test_daemon_rescues_a_classic_module_the_kernel_rejected(tmp_path: Path) -> 
     fs.add_file("dkms_mod", "CLASSIC", payload="BUILD=/boot/vmlinuz-6.12.117")
     fs.add_file("lost", "CLASSIC")
     fs.add_file("registered", "CLASSIC", payload="BUILD=/boot/vmlinuz-x")
-    for n in ("dkms_mod", "lost", "registered"):
+    # built for another vmlinux, yet the kernel's checks passed by chance (seen with a module
+    # built for 6.12.117 forced into 6.12.118): its /sys/kernel/btf file is wrong
+    fs.add_file("silent", "CLASSIC", payload="BUILD=/boot/vmlinuz-6.12.117 FOREIGN")
+    for n in ("dkms_mod", "lost", "registered", "silent"):
         fs.load(n)
     fs.kernel_btf("registered", b"the kernel took it")
+    fs.kernel_btf("silent", b"the kernel took it, against the wrong types")
     d = make_daemon(fs)
     try:
         d.rescan("t")
@@ -176,7 +180,15 @@ def test_daemon_rescues_a_classic_module_the_kernel_rejected(tmp_path: Path) -> 
         lost = d.show("lost")
         assert lost["verdict"] == "no-base" and "none of the kernel files" in lost["summary"]
         assert d.show("registered")["verdict"] == "no-base"  # the kernel's BTF is fine
-        assert d.counts()["rescued"] == 1
+        silent = d.show("silent")
+        assert silent["verdict"] == "rescued", silent
+        assert silent["rescue_base"] == "/boot/vmlinuz-6.12.117"
+        assert "/sys/kernel/btf/silent was registered by the kernel, but the module's BTF " \
+               "was made for another vmlinux" in silent["summary"]
+        assert [x["code"] for x in silent["diagnostics"]][-1] == "kernel-btf-wrong-base"
+        assert d.cache.btf_path("silent").read_bytes() == expected_btf(
+            (fs.mods / "silent.ko").read_bytes())
+        assert d.counts()["rescued"] == 2
         assert d.merged.wait_idle()
         assert d.merged_path("dkms_mod")[0]  # loaders get it like any other
     finally:
@@ -221,3 +233,17 @@ def test_kernel_check_and_its_postinst_hook(tmp_path: Path) -> None:
                         "1.2.3-none", str(image)], capture_output=True, text=True, env=env,
                        timeout=60)
     assert r.returncode == 0 and "no out-of-tree modules for 1.2.3-none" in r.stderr
+
+
+def test_engine_built_for_tells_the_modules_build(tmp_path: Path) -> None:
+    """The daemon asks this when the kernel registered a classic module's BTF."""
+    from types import SimpleNamespace
+
+    from btfreconciled.daemon.engine import ReconcileEngine
+
+    base = reparse(vmlinux())
+    ko = _classic(tmp_path, base)
+    eng = ReconcileEngine()
+    assert eng.built_for(str(ko), SimpleNamespace(btf=base))[0]
+    fits, why = eng.built_for(str(ko), SimpleNamespace(btf=grown()))
+    assert not fits and "built against a vmlinux with 14 types" in why

@@ -197,6 +197,7 @@ class Daemon:
         self._lock_fd: int | None = None
         self._rescued: dict[str, tuple[Any, str, bytes | None, str | None]] = {}
         self._cands: Any = None
+        self._built_for: dict[str, tuple[Any, str]] = {}
         # The worker generation: a worker stuck past module_timeout is abandoned (Python
         # cannot stop a thread) and its late results are dropped; a new one takes over.
         self._gen = 0
@@ -599,6 +600,9 @@ class Daemon:
             self._cc_tries.pop(job.name, None)
             if state != "btf":  # loaded without BTF the kernel accepted: rescue it
                 return (*self._rescue(job.name, record), False)
+            wrong = self._registered_for_another_build(job.name, record)
+            if wrong:  # the kernel took BTF made for another vmlinux: it binds wrong types
+                return (*self._rescue(job.name, record, wrong_kernel_btf=wrong), False)
         if record["verdict"] != "ok" or btf is None:
             return record, btf, on_disk
         cc, kbytes = self._cross_check_now(job.name, btf)
@@ -627,10 +631,28 @@ class Daemon:
             on_disk = False
         return record, btf, on_disk
 
-    def _rescue(self, name: str, record: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
-        """A loaded module with classic split BTF the kernel did not register: when its build
-        is among the kernel files in search_dirs, distill against it in memory and reconcile
-        onto the running kernel (verdict rescued); otherwise no-base with doctor's reason.
+    def _registered_for_another_build(self, name: str, record: dict[str, Any]) -> str:
+        """Why the BTF the kernel registered for a classic-split module is not for this
+        kernel ("" when it is, or when that cannot be told). Its validation can pass on
+        another build by chance (e.g. a module built for the previous point release, loaded
+        with insmod -f): /sys/kernel/btf/<m> then names the wrong vmlinux types."""
+        key = (record.get("module_sha256"), self.kernel_id)
+        hit = self._built_for.get(name)
+        if hit is None or hit[0] != key:
+            try:
+                fits, why = self.engine.built_for(record["path"], self.index)
+            except Exception:  # noqa: BLE001 - unreadable now: the reconciliation said why
+                fits, why = True, ""
+            hit = (key, "" if fits else why or "built for another vmlinux")
+            self._built_for[name] = hit
+        return hit[1]
+
+    def _rescue(self, name: str, record: dict[str, Any], *, wrong_kernel_btf: str = ""
+                ) -> tuple[dict[str, Any], bytes | None]:
+        """A loaded module with classic split BTF the kernel did not register (or registered
+        though it was built for another vmlinux): when its build is among the kernel files in
+        search_dirs, distill against it in memory and reconcile onto the running kernel
+        (verdict rescued); otherwise no-base with doctor's reason.
         Results are remembered per module file (sha256): the search costs decompressions."""
         key = (record.get("module_sha256"), self.kernel_id)
         hit = self._rescued.get(name)
@@ -645,6 +667,15 @@ class Daemon:
             self._rescued[name] = hit
         _, summary, btf, build = hit
         rec = dict(record)
+        if wrong_kernel_btf:
+            kfile = self.cfg.sysfs / "kernel" / "btf" / name
+            note = (f"{kfile} was registered by the kernel, but the module's BTF was made for "
+                    f"another vmlinux ({wrong_kernel_btf}): it binds the module's types to the "
+                    "wrong kernel types; do not use it")
+            summary = f"{summary}; {note}"
+            rec["diagnostics"] = [*rec.get("diagnostics", []),
+                                  {"code": "kernel-btf-wrong-base", "severity": "error",
+                                   "summary": note}]
         if btf is None:
             rec["summary"] = summary
             return rec, None

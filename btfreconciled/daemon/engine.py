@@ -24,6 +24,10 @@ class Engine(Protocol):
         """Classic split BTF distilled against its build among `candidates`, reconciled
         onto `index`: an object with summary, btf, build; raises with the reason."""
 
+    def built_for(self, path: str, index: Any) -> tuple[bool, str]:
+        """(whether the module's classic split BTF was built against `index`'s vmlinux,
+        why not). The kernel may register such BTF on another build all the same."""
+
 
 class ReconcileEngine:
     """The real engine: :mod:`btfreconciled.reconcile`."""
@@ -42,6 +46,17 @@ class ReconcileEngine:
         from ..reconcile.rescue import rescue_onto
 
         return rescue_onto(path, index, candidates, module=module_name)
+
+    def built_for(self, path: str, index: Any) -> tuple[bool, str]:
+        from ..elf import read_btf_sections
+        from ..reconcile.origin import check_base, infer_shape
+
+        btf = read_btf_sections(path, digest=False).btf
+        if btf is None:
+            return True, ""
+        fit = check_base(btf, infer_shape(btf, f"{path}:.BTF"), index.btf,
+                         source=f"{path}:.BTF", base_name="this kernel")
+        return fit.fits, fit.reason
 
     def reconcile(self, path: str, index: Any, *, strict: str, module_name: str,
                   max_bytes: int | None = None) -> Any:
