@@ -103,6 +103,13 @@ def test_doctor_lists_loaded_modules_whose_file_it_cannot_find(tmp_path: Path, c
     assert f"not in modules.dep, {tmp_path}" in out
     assert f"kernel log: {log}" in out
     assert "every loaded module" not in out
+    # 6.12 with MODULE_ALLOW_BTF_MISMATCH logs one line per boot that names no module
+    generic = "Kernel module BTF mismatch detected, BTF debug info may be unavailable"
+    monkeypatch.setattr(doctor_cli, "_loaded_without_btf",
+                        lambda extra: ([], {"": generic}, ["lost_mod"]))
+    assert ctl(["doctor", "--vmlinux", str(target), "--search", str(tmp_path / "none")]) == 1
+    out = capsys.readouterr().out
+    assert f"kernel log: {generic} (logged once per boot, naming no module)" in out
 
 
 def test_rescue_cli(tmp_path: Path, capsys) -> None:

@@ -100,8 +100,14 @@ def _loaded_without_btf(extra_dirs: list[Path]
     return files, logs, unfound
 
 
+# Linux >= 6.8 with CONFIG_MODULE_ALLOW_BTF_MISMATCH logs this once per boot, for the first
+# module whose BTF it drops, instead of "failed to validate module [m] BTF: -22".
+GENERIC_MISMATCH = "Kernel module BTF mismatch detected"
+
+
 def _kernel_log_lines(names: list[str]) -> dict[str, str]:
-    """The last BTF-related kernel log line naming each module (/dev/kmsg, when readable)."""
+    """The last BTF-related kernel log line naming each module (/dev/kmsg, when readable);
+    under "" the once-per-boot line that names no module, if it was logged."""
     want = set(names)
     out: dict[str, str] = {}
     try:
@@ -121,6 +127,9 @@ def _kernel_log_lines(names: list[str]) -> dict[str, str]:
                 break
             text = rec.split(";", 1)[-1].split("\n", 1)[0]
             if "BTF" not in text:
+                continue
+            if GENERIC_MISMATCH in text:  # 6.12+ with MODULE_ALLOW_BTF_MISMATCH: no name
+                out[""] = text
                 continue
             m = pat.search(text)
             name = next((g for g in (m.groups() if m else ()) if g), None)
@@ -142,20 +151,22 @@ def run(args: argparse.Namespace) -> int:
                       f"{n}: loaded, but the kernel registered no BTF for it; its file is not "
                       f"in {where} (give the file as MODULE, or its directory with "
                       "--module-dir DIR)")
-        if n in logs:
-            d.details.append(f"kernel log: {logs[n]}")
         results.append(d)
     tty = sys.stderr.isatty() and len(mods) > 1
     for i, m in enumerate(mods, 1):
         d = diagnose(m, target, cands, strict=args.strict)
-        if d.module in logs:
-            d.details.insert(0, f"kernel log: {logs[d.module]}")
         results.append(d)
         if tty:
             print(f"\r[{i}/{len(mods)}] {d.module[:50]:<50}", end="", file=sys.stderr,
                   flush=True)
     if tty:
         print(file=sys.stderr)
+    for d in results:
+        if d.module in logs:
+            d.details.insert(0, f"kernel log: {logs[d.module]}")
+        elif "" in logs:
+            d.details.insert(0, f"kernel log: {logs['']} (logged once per boot, naming no "
+                             "module)")
     if args.json:
         print(json.dumps({"target": target.path, "candidates": [str(c.path) for c in
                                                                 cands.items],
