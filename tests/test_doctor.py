@@ -254,3 +254,21 @@ def test_engine_built_for_tells_the_modules_build(tmp_path: Path) -> None:
     assert eng.built_for(str(ko), SimpleNamespace(btf=base))[0]
     fits, why = eng.built_for(str(ko), SimpleNamespace(btf=grown()))
     assert not fits and "built against a vmlinux with 14 types" in why
+
+
+def test_candidates_after_the_build_are_not_read(tmp_path: Path) -> None:
+    """doctor and rescue stop at the module's build: later kernel files (images to
+    decompress, headers' vmlinux) are never read."""
+    from btfreconciled.reconcile.doctor import Candidates, diagnose
+    from btfreconciled.reconcile.target import VmlinuxIndex
+
+    base = reparse(vmlinux())
+    ko = _classic(tmp_path, base)
+    (tmp_path / "vmlinux-a.btf").write_bytes(base.to_bytes())
+    (tmp_path / "vmlinux-b.btf").write_bytes(b"not read")
+    target = tmp_path / "new.btf"
+    target.write_bytes(grown().to_bytes())
+    cands = Candidates([tmp_path / "vmlinux-a.btf", tmp_path / "vmlinux-b.btf"])
+    d = diagnose(ko, VmlinuxIndex.load(str(target)), cands)
+    assert d.build == str(tmp_path / "vmlinux-a.btf")
+    assert cands.items[1].btf is None and cands.items[1].error is None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,10 @@ class Candidates:
     def __init__(self, paths: list[Path]) -> None:
         self.items = [Candidate(p) for p in paths]
 
-    def loaded(self) -> list[Candidate]:
+    def loaded(self) -> Iterator[Candidate]:
+        """The readable candidates, each read when the iteration reaches it: a caller that
+        stops at the module's build reads no kernel file after it (an image costs a
+        decompression, a headers' vmlinux a large read)."""
         for c in self.items:
             if c.btf is None and c.error is None:
                 try:
@@ -82,7 +86,8 @@ class Candidates:
                         raise BtfError("split BTF, not a vmlinux", source=str(c.path))
                 except (ElfError, BtfError, OSError) as e:
                     c.error = str(e)
-        return [c for c in self.items if c.btf is not None]
+            if c.btf is not None:
+                yield c
 
     def errors(self) -> list[str]:
         return [c.error for c in self.items if c.error]
