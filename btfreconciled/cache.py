@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 DEFAULT_CACHE_DIR = Path("/var/cache/btfreconciled")
 CURRENT_LINK = "current"
@@ -67,27 +67,24 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644,
-                 sync_dir: bool = True) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix.
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], *, mode: int = 0o644,
+                  sync_dir: bool = True) -> Iterator[BinaryIO]:
+    """A binary file to stream into that replaces ``path`` when the block ends without an
+    exception: readers see the old or the new file, never a mix.
 
     The temporary file is hidden (``.tmp-*``) in the same directory; on any failure it is
     removed and the exception propagates (the old file, if any, is untouched).  With
     ``sync_dir=False`` the caller fsyncs the directory itself (once for several renames).
     """
     target = Path(path)
-    directory = target.parent
+    directory = target.parent if str(target.parent) else Path(".")
     fd, tmp_name = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{target.name}.", dir=directory)
     try:
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
+        with open(fd, "wb", buffering=0) as f:
+            yield f
             os.fchmod(fd, mode)
             os.fsync(fd)
-        finally:
-            os.close(fd)
         os.replace(tmp_name, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -95,6 +92,21 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644
         raise
     if sync_dir:
         fsync_dir(directory)
+
+
+def write_all(f: BinaryIO, data: bytes | memoryview) -> None:
+    """Write everything to ``f``'s descriptor (a single write may be short)."""
+    fd = f.fileno()
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644,
+                 sync_dir: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically (see :func:`atomic_output`)."""
+    with atomic_output(path, mode=mode, sync_dir=sync_dir) as f:
+        write_all(f, data)
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, sync_dir: bool = True) -> None:

@@ -1,16 +1,15 @@
-"""`btfreconcilectl reconcile MODULE -o OUT.btf [--vmlinux FILE]`."""
+"""`btfreconcilectl reconcile MODULE -o OUT.btf [--merged] [--vmlinux FILE]`."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
-from ..reconcile import Verdict, reconcile_module_file
+from ..cache import atomic_output, write_all
+from ..reconcile import Verdict, VmlinuxIndex, reconcile_module_file
 from ..reconcile.diagnostics import problem_text
+from ..reconcile.merge import MergeError, write_merged
 from .check import _exit_code, add_target_arguments, load_target
 from .errors import CliError
 
@@ -18,42 +17,40 @@ from .errors import CliError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "reconcile",
-        help="write a module's BTF reconciled onto a kernel (raw split BTF)",
+        help="write a module's BTF reconciled onto a kernel (split, or merged for loaders)",
         description=(
             "Reconcile MODULE's split BTF (.BTF on its .BTF.base) onto a kernel's vmlinux BTF"
             " and write the result to OUT as raw split BTF whose base is that vmlinux, the"
             " same bytes libbpf's btf__relocate() and the kernel produce. Read it with"
             " `bpftool btf dump file OUT -B VMLINUX` or libbpf btf__parse_split(OUT, vmlinux)."
-            " Nothing is written unless the module is compatible."),
+            " With --merged, OUT is one standalone BTF instead: the vmlinux's types and"
+            " strings followed by the module's (same ids as the split file), the single file"
+            " BPF loaders take: libbpf's btf_custom_path, cilium/ebpf's KernelTypes,"
+            " bpftrace's BPFTRACE_BTF. Nothing is written unless the module is compatible."),
         epilog="exit status: 0 written, 1 incompatible (diagnostics printed), 2 error.",
     )
     p.add_argument("module", metavar="MODULE", help="module file (.ko[.xz|.zst|.gz])")
     p.add_argument("-o", "--output", metavar="OUT.btf", required=True,
-                   help="where to write the reconciled split BTF (replaced atomically)")
+                   help="where to write the reconciled BTF (replaced atomically)")
+    p.add_argument("--merged", action="store_true",
+                   help="write vmlinux + module as one standalone BTF (for loaders)")
     add_target_arguments(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=run)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+def write_output(out: Path, btf: bytes, target: VmlinuxIndex, name: str,
+                 merged: bool) -> int:
+    """Write the split (or merged) BTF to `out` atomically; returns its size."""
+    with atomic_output(out) as f:
+        if not merged:
+            write_all(f, btf)
+            return len(btf)
+        try:
+            layout = write_merged(lambda b: write_all(f, b), target.btf, [(name, btf)])
+        except MergeError as e:
+            raise CliError(str(e)) from None
+        return layout.size
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,15 +65,19 @@ def run(args: argparse.Namespace) -> int:
                                 embedded_rule=args.rule)
     if res.verdict is Verdict.NO_BASE:
         raise CliError(f"{res.summary} (make one with: btfreconcilectl distill)")
+    size = None
     if res.verdict is Verdict.OK and res.btf is not None:
-        atomic_write(out, res.btf)
+        size = write_output(out, res.btf, target, res.module, args.merged)
+    what = "merged BTF (vmlinux + module)" if args.merged else "split BTF"
     if args.json:
         d = res.to_json()
-        d["output"] = str(out) if res.verdict is Verdict.OK else None
+        d["output"] = str(out) if size is not None else None
+        d["output_kind"] = "merged" if args.merged else "split"
+        d["output_size"] = size
         print(json.dumps(d, indent=2))
     elif res.verdict is Verdict.OK:
         print(f"{res.summary}")
-        print(f"wrote {out} ({len(res.btf or b'')} bytes)")
+        print(f"wrote {out}: {what}, {size} bytes")
         for d in res.diagnostics:
             print(problem_text(d))
     elif res.verdict is Verdict.INCOMPATIBLE:

@@ -127,15 +127,8 @@ class _Split:
     lanes: _LaneIndex | None = None
 
     def lane_masks(self) -> tuple[bytes, bytes]:
-        """(id lanes, string lanes) of the whole type section: 0x80000000 in every word that
-        holds a type id / a string offset, 0 elsewhere (little-endian bytes)."""
         if self._masks is None:
-            w = self.words
-            infos = list(map(w.__getitem__, map((1).__add__, self.offs)))
-            for info in set(infos).difference(_LANE_ID):
-                _lane_masks(info)
-            self._masks = (b"".join(map(_LANE_ID.__getitem__, infos)),
-                           b"".join(map(_LANE_STR.__getitem__, infos)))
+            self._masks = slot_masks(self.words, self.offs)
         return self._masks
 
     def kind(self, tid: int) -> int:
@@ -676,6 +669,17 @@ def _lane_masks(info: int) -> None:
     _LANE_STR[info] = bytes(strs)
 
 
+def slot_masks(words: array, offs: list[int]) -> tuple[bytes, bytes]:
+    """(id lanes, string lanes) of a whole type section: 0x80000000 (little-endian bytes) in
+    every word that holds a type id / a string offset, 0 elsewhere. Per distinct record
+    shape, not per word: what makes lane-wise rewrites of a whole section cheap."""
+    infos = list(map(words.__getitem__, map((1).__add__, offs)))
+    for info in set(infos).difference(_LANE_ID):
+        _lane_masks(info)
+    return (b"".join(map(_LANE_ID.__getitem__, infos)),
+            b"".join(map(_LANE_STR.__getitem__, infos)))
+
+
 def _rewrite_lanes(w: array, masks: tuple[bytes, bytes], nr_dist: int, shift: int,
                    dmap: list[int], dsl: int, sshift: int, smap: dict[int, int]
                    ) -> int | None | bool:
@@ -782,4 +786,4 @@ def serialize_parts(words: array, strs: bytes, *, byte_order: str = _NATIVE, fla
 
 
 __all__ = ["EMBEDDED_KERNEL", "EMBEDDED_LIBBPF_1_5", "RelocateResult", "WireError",
-           "embedded_ids", "relocate", "serialize", "serialize_parts"]
+           "embedded_ids", "relocate", "serialize", "serialize_parts", "slot_masks"]
