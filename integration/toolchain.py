@@ -51,6 +51,12 @@ def fixtures_dir(series: str) -> Path:
     return (cache_root() / "fixtures" / series).resolve()
 
 
+def modread_binary() -> Path:
+    """examples/modread built by vm/setup (runs in the chroot and in the VMs: the cache
+    is mounted at the same path in the guest)."""
+    return cache_root() / "examples" / "modread" / "modread"
+
+
 def verdicts_dir(series: str) -> Path:
     """``verdicts/<release>``: what the kernel itself made of each fixture."""
     d = cache_root() / "verdicts" / kernel_release(series)
