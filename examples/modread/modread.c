@@ -192,7 +192,8 @@ int main(int argc, char **argv)
 	struct sigaction sa = { .sa_handler = on_signal };
 	char *end;
 
-	while ((opt = getopt_long(argc, argv, "vh", opts, NULL)) != -1) {
+	opterr = 0;	/* one line of ours instead of getopt's plus ours */
+	while ((opt = getopt_long(argc, argv, ":vh", opts, NULL)) != -1) {
 		switch (opt) {
 		case 'b': btf_file = optarg; sources++; break;
 		case 'm': ctl_module = optarg; sources++; break;
@@ -205,13 +206,16 @@ int main(int argc, char **argv)
 			break;
 		case 'v': verbose = 1; break;
 		case 'h': fputs(usage_text, stdout); return 0;
-		default: usage_error("unknown option");
+		case ':': usage_error("option '%s' needs an argument", argv[optind - 1]); break;
+		default: usage_error("unknown option '%s'", argv[optind - 1]);
 		}
 	}
 	if (optind < argc)
 		usage_error("unexpected argument '%s'", argv[optind]);
 	if (sources > 1)
 		usage_error("--btf, --module-btf-from-ctl and --kernel-btf exclude each other");
+	if ((btf_file && !btf_file[0]) || (ctl_module && !ctl_module[0]))
+		usage_error("empty --btf or --module-btf-from-ctl argument");
 
 	if (btf_file) {
 		snprintf(btf_path, sizeof(btf_path), "%s", btf_file);
