@@ -4,6 +4,9 @@ Layout under the cache root (default ``/var/cache/btfreconciled``)::
 
     <root>/<kernel-id>/modules/<name>.btf   reconciled split BTF (base = running vmlinux), OK only
     <root>/<kernel-id>/modules/<name>.json  verdict record, for every module
+    <root>/<kernel-id>/merged/<name>.btf    vmlinux + the module as one standalone BTF (ok only)
+    <root>/<kernel-id>/merged/all.btf       vmlinux + every ok module, in name order
+    <root>/<kernel-id>/merged/index.json    which split BTF (sha256) each merged file holds
     <root>/<kernel-id>/manifest.json        kernel identity and the module -> verdict table
     <root>/current -> <kernel-id>           relative symlink to the running kernel's directory
 
@@ -31,6 +34,9 @@ DEFAULT_CACHE_DIR = Path("/var/cache/btfreconciled")
 CURRENT_LINK = "current"
 MANIFEST = "manifest.json"
 MODULES_DIR = "modules"
+MERGED_DIR = "merged"  # loader-ready standalone BTF (daemon/merged.py)
+MERGED_INDEX = "index.json"
+MERGED_INDEX_FORMAT = 1
 _TMP_PREFIX = ".tmp-"
 _KERNEL_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 # Module names as the kernel spells them in /sys/module (MODULE_NAME_LEN 56, '-' -> '_').
@@ -256,6 +262,28 @@ class Cache:
 
     def record_path(self, name: str) -> Path:
         return self.modules_dir / f"{check_module_name(name)}.json"
+
+    @property
+    def merged_dir(self) -> Path:
+        return self.kernel_dir / MERGED_DIR
+
+    def merged_path(self, name: str) -> Path:
+        return self.merged_dir / f"{check_module_name(name)}.btf"
+
+    def all_merged_path(self) -> Path:
+        return self.merged_dir / "all.btf"
+
+    def read_merged_index(self) -> dict[str, Any] | None:
+        """merged/index.json when it is ours and readable, else None."""
+        try:
+            fd = os.open(self.merged_dir / MERGED_INDEX, os.O_RDONLY | os.O_NOFOLLOW)
+            with open(fd, "rb") as f:
+                idx = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(idx, dict) or idx.get("format") != MERGED_INDEX_FORMAT:
+            return None
+        return idx
 
     # ------------------------------------------------------------------ publishing
 

@@ -13,11 +13,15 @@ import enum
 import hashlib
 import json
 import os
+import struct
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from btfreconciled.btf.btf import Btf
+from btfreconciled.btf.types import Int, Member, Ptr, Struct
 
 REPO = Path(__file__).resolve().parent.parent
 # btfreconcilectl as the console script runs it (`python -m btfreconciled.cli.main` would
@@ -57,12 +61,33 @@ class FakeResult:
                 "module_sha256": self.module_sha256, "timings": self.timings}
 
 
+def _fake_vmlinux() -> bytes:
+    """A tiny but real vmlinux BTF: the daemon indexes it and merges modules onto it."""
+    b = Btf()
+    b.add(Int(b.add_str("int"), 0, 4, 1, 0, 32))  # [1]
+    b.add(Struct(b.add_str("list_head"), 0, 16, (
+        Member(b.add_str("next"), 3, 0), Member(b.add_str("prev"), 3, 64))))  # [2]
+    b.add(Ptr(0, 0, 2))  # [3]
+    return b.to_bytes()
+
+
+FAKE_VMLINUX = _fake_vmlinux()
+_FAKE_VML_TYPES = 4  # void + 3
+_FAKE_VML_STR_LEN = struct.unpack_from("<I", FAKE_VMLINUX, 20)[0]
+
+
 def expected_btf(content: bytes, size: int = 0) -> bytes:
-    """The fake engine's output for a module file: 'BTF!' + sha-derived bytes."""
+    """The fake engine's output for a module file: real split BTF on FAKE_VMLINUX (one
+    struct embedding list_head, named after the file's sha256) whose string section carries
+    `size` (default 4096) sha-derived bytes, so a torn or stale file is told apart."""
     seed = hashlib.sha256(content).digest()
     n = size or 4096
-    reps = n // len(seed) + 1
-    return b"BTF!" + (seed * reps)[:n]
+    name = b"m" + seed.hex().encode() + b"\0"
+    strs = name + b"node\0" + (seed * (n // len(seed) + 1))[:n] + b"\0"
+    types = struct.pack("<IIIIII", _FAKE_VML_STR_LEN, (4 << 24) | 1, 16,
+                        _FAKE_VML_STR_LEN + len(name), 2, 0)
+    hdr = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strs))
+    return hdr + types + strs
 
 
 class FakeEngine:
@@ -75,7 +100,8 @@ class FakeEngine:
 
     def load_index(self, path: str) -> FakeIndex:
         data = Path(path).read_bytes()
-        return FakeIndex(path, hashlib.sha256(data).hexdigest())
+        return FakeIndex(path, hashlib.sha256(data).hexdigest(),
+                         Btf.parse(data, source=path, validate=False))
 
     def reconcile(self, path: str, index: Any, *, strict: str, module_name: str) -> FakeResult:
         self.calls.append(module_name)
@@ -122,7 +148,7 @@ class FakeSystem:
         (self.sysfs / "module").mkdir(parents=True)
         (self.sysfs / "kernel" / "btf").mkdir(parents=True)
         self.vmlinux = self.sysfs / "kernel" / "btf" / "vmlinux"
-        self.vmlinux.write_bytes(b"fake vmlinux btf " * 64)
+        self.vmlinux.write_bytes(FAKE_VMLINUX)
         self.mods.mkdir()
         self.cache.mkdir()
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
+from .errors import CliError
 from .status import add_socket_option, ask, print_json
 
 EXIT_OK, EXIT_NOT_RECONCILED = 0, 1
@@ -28,12 +30,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="the full JSON record")
     p.set_defaults(handler=run_show)
 
-    p = sub.add_parser("path", help="where BPF loaders find a module's reconciled BTF",
-                       description="Print the path of MODULE's reconciled split BTF (base: "
-                       "/sys/kernel/btf/vmlinux). Exit status 1 when the module has none "
-                       "(not compatible, no .BTF.base, built in), 2 on errors.")
+    p = sub.add_parser(
+        "path", help="where BPF loaders find a module's reconciled BTF",
+        description="Print the path of MODULE's reconciled split BTF (base: "
+        "/sys/kernel/btf/vmlinux), or with --merged the one standalone BTF loaders take "
+        "(vmlinux + MODULE: libbpf btf_custom_path, cilium/ebpf KernelTypes, bpftrace "
+        "BPFTRACE_BTF); --merged without MODULE: vmlinux + every module whose verdict is ok "
+        "(merged/all.btf). Asks the daemon; with --cache-dir, reads that cache directly "
+        "(no daemon needed). Exit status 1 when there is no such file (not compatible, no "
+        ".BTF.base, built in, not written yet), with the reason on stderr; 2 on errors.")
     add_socket_option(p)
-    p.add_argument("module", metavar="MODULE")
+    p.add_argument("module", metavar="MODULE", nargs="?",
+                   help="module name (as in /sys/module); optional with --merged")
+    p.add_argument("--merged", action="store_true",
+                   help="the merged (standalone) BTF instead of the split BTF")
+    p.add_argument("--wait", metavar="SEC", type=float, default=0.0,
+                   help="wait up to SEC seconds while the module is still being processed "
+                        "or its merged file written (default: answer at once)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="answer from this cache directory instead of asking the daemon")
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
     p.set_defaults(handler=run_path)
 
@@ -111,14 +126,70 @@ def run_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _path_from_daemon(args: argparse.Namespace) -> dict[str, Any]:
+    req: dict[str, Any] = {"cmd": "path", "merged": args.merged}
+    if args.module is not None:
+        req["module"] = args.module
+    resp = ask(args, req)
+    key = "merged" if args.merged else "btf"
+    resp["path"] = resp.get(key)
+    if not resp["path"] and not resp.get("reason"):
+        resp["reason"] = f"no reconciled BTF ({resp['verdict']}: {resp['summary']})"
+    resp["retry"] = resp.get("verdict") == "ok" and not resp["path"]
+    return resp
+
+
+def _path_from_cache(args: argparse.Namespace) -> dict[str, Any]:
+    from .. import client
+
+    resp: dict[str, Any] = {"module": args.module, "path": None, "reason": None,
+                            "retry": False}
+    try:
+        pub = client.open_cache(args.cache_dir)
+        if args.module is None:
+            path, modules = pub.all_merged()
+            resp["modules"] = modules
+        elif args.merged:
+            path = pub.merged_path(args.module)
+        else:
+            path = pub.split_path(args.module)
+        resp["path"] = str(path)
+    except client.CacheUnavailable as e:
+        raise CliError(str(e)) from None
+    except client.NoBtf as e:
+        resp.update(reason=str(e).removeprefix(f"{e.module}: ") if e.module else str(e),
+                    verdict=e.verdict, retry=isinstance(e, (client.NotYetWritten,
+                                                            client.NotLoaded)))
+    return resp
+
+
 def run_path(args: argparse.Namespace) -> int:
-    resp = ask(args, {"cmd": "path", "module": args.module})
+    if args.module is None and not args.merged:
+        raise CliError("path: give a MODULE (or --merged for the BTF of all modules)")
+    lookup = _path_from_cache if args.cache_dir else _path_from_daemon
+    deadline = time.monotonic() + max(0.0, args.wait)
+    while True:
+        try:
+            resp = lookup(args)
+        except CliError as e:
+            # "being processed" is an answer worth waiting for, like "being written"
+            if "is being processed" not in str(e) or time.monotonic() >= deadline:
+                raise
+        else:
+            if resp["path"] or not resp["retry"] or time.monotonic() >= deadline:
+                break
+        time.sleep(0.05)
     if args.json:
-        print_json(resp)
-        return EXIT_OK if resp.get("btf") else EXIT_NOT_RECONCILED
-    if resp.get("btf"):
-        print(resp["btf"])
+        print_json({k: v for k, v in resp.items() if k != "retry"})
+        return EXIT_OK if resp["path"] else EXIT_NOT_RECONCILED
+    if resp["path"]:
+        print(resp["path"])
         return EXIT_OK
-    print(f"btfreconcilectl: {resp['module']}: no reconciled BTF ({resp['verdict']}: "
-          f"{resp['summary']})", file=sys.stderr)
+    what = f"{resp['module']}: " if resp.get("module") else ""
+    kind = "merged BTF" if args.merged else "reconciled BTF"
+    reason = resp["reason"]
+    if reason.startswith("no reconciled BTF"):
+        print(f"btfreconcilectl: {what}{reason}", file=sys.stderr)
+    else:
+        print(f"btfreconcilectl: {what}no {kind}: {reason}", file=sys.stderr)
     return EXIT_NOT_RECONCILED

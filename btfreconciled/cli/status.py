@@ -91,6 +91,12 @@ def run(args: argparse.Namespace) -> int:
     if lat.get("n"):
         out.append(f"latency: event -> published p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms "
                    f"(last {lat['n']} loads)")
+    mg = st.get("merged")
+    if mg:
+        busy = ", being written" if mg.get("pending") else ""
+        err = f", {mg['errors']} errors (last: {mg['last_error']})" if mg.get("errors") else ""
+        out.append(f"merged:  {mg['files']} files, {mg['bytes'] / 1e6:.1f} MB on disk "
+                   f"(all.btf: {mg['all_modules']} modules){busy}{err}  {mg['dir']}")
     rs = st.get("last_rescan")
     if rs:
         out.append(f"rescan:  {rs['modules']} modules in {rs['seconds']} s ({rs['reason']})")

@@ -13,6 +13,8 @@ Every key is optional::
     events = "auto"                                 # auto (netlink, else poll) | netlink | poll
     poll_interval = 2.0                             # seconds, polling fallback
     gc = true                                       # remove other kernels' cache entries
+    merged_btf = "modules"                          # loader-ready BTF: modules (merged/<m>.btf
+                                                    # and all.btf) | all (all.btf only) | off
     watch_files = true                              # watchdog on module dirs and this file
 
 Advanced (tests, chroots): ``vmlinux`` (raw BTF of the running kernel), ``sysfs`` (``/sys``),
@@ -36,6 +38,8 @@ STRICT_POLICIES = ("off", "embedded", "all")
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 EVENT_SOURCES = ("auto", "netlink", "poll")
+# merged/<m>.btf costs a vmlinux (~5 MB) of disk per ok module; all.btf one in total.
+MERGED_CHOICES = ("modules", "all", "off")
 
 
 class ConfigError(Exception):
@@ -56,6 +60,7 @@ class Config:
     poll_interval: float = 2.0
     gc: bool = True
     watch_files: bool = True
+    merged_btf: str = "modules"
     vmlinux: Path = Path("/sys/kernel/btf/vmlinux")
     sysfs: Path = Path("/sys")
     modules_root: Path | None = None
@@ -157,6 +162,8 @@ def apply(cfg: Config, data: dict[str, Any], where: str) -> Config:
             if not 0.05 <= v <= 3600:
                 raise ConfigError(f"{where}: poll_interval: {value!r} is out of range (0.05-3600)")
             cfg.poll_interval = v
+        elif key == "merged_btf":
+            cfg.merged_btf = _choice(where, key, value, MERGED_CHOICES)
         elif key in ("gc", "watch_files"):
             setattr(cfg, key, _want(where, key, value, bool))
         elif key == "release":

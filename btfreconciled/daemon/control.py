@@ -1,6 +1,7 @@
 """The control protocol: one JSON object per line each way over a unix stream socket.
 
-Request:  ``{"cmd": "status" | "list" | "show" | "path" | "rescan", "module": NAME?}``
+Request:  ``{"cmd": "status" | "list" | "show" | "path" | "rescan", "module": NAME?}``;
+          ``path`` also takes ``"merged": true`` (without a module: ``merged/all.btf``)
 Response: ``{"ok": true, ...}`` or ``{"ok": false, "error": "one line", "code": "..."}``
 """
 
@@ -44,7 +45,14 @@ def handle_request(daemon: Any, req: Any) -> dict[str, Any]:
         return {"ok": True, "modules": daemon.list_modules()}
     if cmd == "rescan":
         return {"ok": True, "queued": daemon.rescan("request")}
+    merged = req.get("merged", False)
+    if not isinstance(merged, bool):
+        raise ControlError("merged must be true or false")
     raw = req.get("module")
+    if cmd == "path" and merged and raw is None:
+        path, modules, why = daemon.all_merged_path()
+        return {"ok": True, "module": None, "merged": path, "modules": modules,
+                "reason": why or None}
     if not isinstance(raw, str) or not raw:
         raise ControlError(f"{cmd}: missing module name")
     try:
@@ -59,8 +67,12 @@ def handle_request(daemon: Any, req: Any) -> dict[str, Any]:
     if cmd == "show":
         return {"ok": True, "record": rec}
     # path
-    return {"ok": True, "module": name, "verdict": rec["verdict"], "summary": rec["summary"],
+    resp = {"ok": True, "module": name, "verdict": rec["verdict"], "summary": rec["summary"],
             "btf": rec.get("btf") if rec.get("published") else None}
+    if merged:
+        path, why = daemon.merged_path(name)
+        resp.update(merged=path, reason=why or None)
+    return resp
 
 
 def answer_line(daemon: Any, line: bytes) -> bytes:

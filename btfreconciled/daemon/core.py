@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import Cache, CacheError, check_module_name, describe_os_error
+from ..elf import sha256_file
 from . import logs
 from .config import Config
 from .engine import Engine
 from .events import scan_sysfs
+from .merged import MergedWriter
 from .modfind import ModuleIndex, build_index
 from .notify import Notifier
 
@@ -60,14 +62,6 @@ def release_tuple(release: str) -> tuple[int, int]:
 MANIFEST_QUIET = 0.1  # seconds without work before the manifest is rewritten
 BATCH = 16  # modules evaluated, then published with one durability barrier
 CROSS_CHECK_DELAY, CROSS_CHECK_TRIES = 0.05, 60  # wait up to 3 s for /sys/kernel/btf/<mod>
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def release_memory() -> None:
@@ -163,6 +157,7 @@ class Daemon:
         self.index: Any = None
         self.kernel_id = ""
         self.cache: Cache | None = None
+        self.merged: MergedWriter | None = None
         self.modindex = ModuleIndex()
         self.idle = threading.Event()
         self.idle.set()
@@ -176,7 +171,7 @@ class Daemon:
     def load_kernel(self) -> None:
         """Hash the running vmlinux BTF, build the index once, prepare the cache."""
         vmlinux = self.cfg.vmlinux
-        self.kernel_id = _sha256_file(vmlinux)
+        self.kernel_id = sha256_file(vmlinux)
         t0 = time.perf_counter()
         self.index = self.engine.load_index(str(vmlinux))
         self.index_seconds = time.perf_counter() - t0
@@ -188,6 +183,10 @@ class Daemon:
                              files=leftovers)
         if self.cfg.gc:
             self.gc()
+        if self.cfg.merged_btf != "off":
+            self.merged = MergedWriter(self.cache, self.index.btf, self.log,
+                                       per_module=self.cfg.merged_btf == "modules")
+            self.merged.prepare()
         self.refresh_module_index()
         self.log.info("kernel", kernel_id=self.kernel_id, release=self.release,
                       vmlinux=str(vmlinux), index_seconds=round(self.index_seconds, 3),
@@ -213,6 +212,8 @@ class Daemon:
     def start_worker(self) -> None:
         self._worker = threading.Thread(target=self._work, name="btfr-worker", daemon=True)
         self._worker.start()
+        if self.merged is not None:
+            self.merged.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         with self.cond:
@@ -220,6 +221,8 @@ class Daemon:
             self.cond.notify_all()
         if self._worker is not None:
             self._worker.join(timeout)
+        if self.merged is not None:
+            self.merged.stop(timeout)
         self.flush_manifest()
 
     # ------------------------------------------------------------------ events (loop thread)
@@ -441,10 +444,52 @@ class Daemon:
             self._note_published(job.name, rec, data, err if written else None)
             if err is None and job.by_event:
                 self.stats.latencies.append(now - job.when)
+        self._update_merged()
         for name in retry:
             t = threading.Timer(CROSS_CHECK_DELAY, self._requeue, (name,))
             t.daemon = True
             t.start()
+
+    def _update_merged(self) -> None:
+        """Tell the merged-BTF writer which modules are ok and published now."""
+        if self.merged is None:
+            return
+        with self.lock:
+            wanted = {n: v.record["btf_sha256"] for n, v in self.modules.items()
+                      if v.verdict == "ok" and v.published and v.btf_path
+                      and v.record.get("btf_sha256")}
+        self.merged.set_wanted(wanted)
+
+    def merged_path(self, name: str) -> tuple[str | None, str]:
+        """(merged/<name>.btf, "") when it is current, else (None, why not)."""
+        with self.lock:
+            v = self.modules.get(name)
+        if v is None:
+            return None, "not loaded"
+        if v.verdict != "ok":
+            return None, f"{v.verdict}: {v.summary}"
+        if not v.published or not v.btf_path:
+            return None, f"not published: {v.publish_error or 'see status'}"
+        if self.merged is None or not self.merged.per_module:
+            return None, (f"this daemon writes no per-module merged BTF (merged_btf = "
+                          f"{self.cfg.merged_btf!r}); all.btf holds every ok module")
+        p = self.merged.lookup(name, v.record.get("btf_sha256"))
+        if p is None:
+            err = self.merged.status()["last_error"]
+            why = "being written; try again in a moment"
+            return None, why if not err else f"{why} (last error: {err})"
+        return str(p), ""
+
+    def all_merged_path(self) -> tuple[str | None, list[str], str]:
+        """(merged/all.btf, the modules in it, "") or (None, [], why not)."""
+        if self.merged is None:
+            return None, [], "this daemon writes no merged BTF (merged_btf = \"off\")"
+        info = self.merged.all_info()
+        if info is None:
+            if self.merged.pending():
+                return None, [], "being written; try again in a moment"
+            return None, [], "no module with verdict ok is loaded"
+        return str(info[0]), info[1], ""
 
     def _requeue(self, name: str) -> None:
         with self.cond:
@@ -761,6 +806,7 @@ class Daemon:
                       "publish_errors": s.publish_errors, "worker_errors": s.worker_errors},
             "latency": self.latency_summary(),
             "index_seconds": round(self.index_seconds, 3),
+            "merged": self.merged.status() if self.merged is not None else None,
             "last_rescan": self.last_rescan,
             "last_events": last,
         }

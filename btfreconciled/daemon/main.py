@@ -54,6 +54,7 @@ config file (TOML, every key optional; default {DEFAULT_CONFIG} if it exists):
   events = "auto"                 # auto | netlink | poll
   poll_interval = 2.0             # seconds, polling fallback only
   gc = true                       # remove other kernels' cache entries
+  merged_btf = "modules"          # merged/<m>.btf + all.btf | all (all.btf only) | off
   watch_files = true              # watch module dirs and this file for changes
 
 an unprivileged instance next to the system one:

@@ -12,11 +12,11 @@ from typing import Any
 
 from ..btf.btf import Btf
 from ..btf.errors import BtfError
-from ..elf import BtfSections, ElfError, read_btf_sections
+from ..elf import BtfSections, ElfError, read_btf_sections, sha256_file
 from .diagnostics import ERROR, Problem
 from .fields import STRICT_CHOICES, check_fields, derive_base
 from .relocate import EMBEDDED_KERNEL, relocate
-from .target import VmlinuxIndex, file_sha256, parse_btf
+from .target import VmlinuxIndex, parse_btf
 from .wire import WireError
 
 
@@ -123,8 +123,8 @@ def reconcile_module_file(path: str, target: VmlinuxIndex, *, strict: str = "emb
         sections = read_btf_sections(path)
         sha = sections.sha256
     except ElfError as exc:
-        with contextlib.suppress(OSError):
-            sha = file_sha256(path)
+        with contextlib.suppress(OSError, ElfError):
+            sha = sha256_file(path)
         return error(str(exc))
     except OSError as exc:
         return error(f"{path}: {exc.strerror or exc}")

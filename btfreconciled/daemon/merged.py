@@ -1,0 +1,305 @@
+"""Loader-ready BTF in the cache (SPEC §8): ``merged/<module>.btf`` and ``merged/all.btf``.
+
+libbpf (``btf_custom_path``), cilium/ebpf (``KernelTypes``) and bpftrace (``BPFTRACE_BTF``)
+take ONE standalone BTF file, not split BTF. For every module whose verdict is ok this thread
+writes vmlinux + that module (``merged/<m>.btf``), and vmlinux + every ok module in name
+order (``merged/all.btf``), then ``merged/index.json``: which split BTF (by sha256) each file
+was made from, and where each module sits in all.btf. Readers (the control socket, the
+client API) hand out a merged file only when its sha256 there equals the module record's.
+
+It runs beside the worker, never in it: a merged file is a few megabytes (a whole vmlinux), and
+writing it must not delay event -> publish. Changes are debounced (a burst of loads rewrites
+all.btf once); files are streamed from the vmlinux index the daemon already holds (no copy of
+vmlinux per file) and replaced atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..btf.btf import Btf
+from ..cache import (
+    MERGED_INDEX,
+    MERGED_INDEX_FORMAT,
+    Cache,
+    atomic_output,
+    atomic_write_json,
+    describe_os_error,
+    fsync_dir,
+    write_all,
+)
+from ..reconcile.merge import MergedLayout, MergeError, write_merged
+
+QUIET = 0.1  # seconds without changes before writing
+MAX_DELAY = 1.0  # ... but never more than this after the first change
+RETRY = 5.0  # after a failed write (ENOSPC, EIO), try again this much later
+
+
+class MergedWriter:
+    """Keeps ``<kernel-dir>/merged/`` equal to the set of ok modules (name -> split sha256)."""
+
+    def __init__(self, cache: Cache, vmlinux: Btf, log: Any, *, per_module: bool = True) -> None:
+        self.cache = cache
+        self.per_module = per_module
+        self.vmlinux = vmlinux
+        self.log = log
+        self.dir = cache.merged_dir
+        self.cond = threading.Condition()
+        self.wanted: dict[str, str] = {}
+        self.files: dict[str, dict[str, Any]] = {}  # module -> what its merged file holds
+        self.all: dict[str, Any] | None = None  # what all.btf holds
+        self.bytes_on_disk = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self.all_writes = 0
+        self._first_change: float | None = None
+        self._last_change = 0.0
+        self._retry_at: float | None = None
+        self._busy = False
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ life cycle
+
+    def prepare(self) -> None:
+        """Create merged/, drop temporary files of a crash, take over what index.json
+        vouches for (a restart reuses the files instead of rewriting them)."""
+        self.dir.mkdir(exist_ok=True)
+        for entry in os.scandir(self.dir):
+            if entry.name.startswith(".tmp-"):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+        idx = self.cache.read_merged_index() or {}
+        for name, info in (idx.get("modules") or {}).items():
+            if isinstance(info, dict) and _is_file(self.cache.merged_path(name)):
+                self.files[name] = info
+        all_info = idx.get("all")
+        if isinstance(all_info, dict) and _is_file(self.cache.all_merged_path()):
+            self.all = all_info
+        self._measure()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="btfr-merged", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self.cond:
+            self._stop = True
+            self.cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ input
+
+    def set_wanted(self, wanted: dict[str, str]) -> None:
+        """The ok modules now published (name -> sha256 of their split BTF)."""
+        with self.cond:
+            if wanted == self.wanted:
+                return
+            self.wanted = dict(wanted)
+            now = time.monotonic()
+            if self._first_change is None:
+                self._first_change = now
+            self._last_change = now
+            self.cond.notify_all()
+
+    # ------------------------------------------------------------------ queries
+
+    def lookup(self, name: str, sha256: str | None) -> Path | None:
+        """merged/<name>.btf when it holds the split BTF with this sha256."""
+        with self.cond:
+            info = self.files.get(name)
+        if sha256 and info and info.get("btf_sha256") == sha256:
+            return self.cache.merged_path(name)
+        return None
+
+    def all_info(self) -> tuple[Path, list[str]] | None:
+        with self.cond:
+            info = self.all
+        if not info:
+            return None
+        return self.cache.all_merged_path(), [m["name"] for m in info["modules"]]
+
+    def pending(self) -> bool:
+        with self.cond:
+            return self._busy or self._first_change is not None
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self._busy or self._first_change is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(min(left, 0.05))
+        return True
+
+    def status(self) -> dict[str, Any]:
+        with self.cond:
+            return {"dir": str(self.dir), "files": len(self.files) + (1 if self.all else 0),
+                    "bytes": self.bytes_on_disk,
+                    "all_modules": len(self.all["modules"]) if self.all else 0,
+                    "pending": self._busy or self._first_change is not None,
+                    "all_writes": self.all_writes,
+                    "errors": self.errors, "last_error": self.last_error}
+
+    # ------------------------------------------------------------------ the thread
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self._stop:
+                    now = time.monotonic()
+                    if self._first_change is None and self._retry_at is None:
+                        self.cond.wait()
+                        continue
+                    if self._first_change is None:
+                        due = self._retry_at or now
+                    else:
+                        due = min(self._last_change + QUIET, self._first_change + MAX_DELAY)
+                    if now >= due:
+                        break
+                    self.cond.wait(due - now)
+                if self._stop:
+                    return
+                wanted = dict(self.wanted)
+                self._first_change = None
+                self._retry_at = None
+                self._busy = True
+            try:
+                ok = self.sync(wanted)
+            except Exception as e:  # never let the thread die: log, retry later
+                ok = False
+                self._failed(f"internal error: {type(e).__name__}: {e}")
+            with self.cond:
+                self._busy = False
+                if not ok and self._first_change is None:
+                    self._retry_at = time.monotonic() + RETRY
+                self.cond.notify_all()
+
+    def _failed(self, msg: str) -> None:
+        with self.cond:
+            self.errors += 1
+            self.last_error = msg
+        self.log.error("cannot write merged BTF", error=msg)
+
+    def sync(self, wanted: dict[str, str]) -> bool:
+        """Make merged/ match `wanted`; True when everything was written."""
+        ok = True
+        changed = False
+        keep = set(wanted) if self.per_module else set()
+        for name in sorted(set(self.files) - keep):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.cache.merged_path(name))
+            with self.cond:
+                del self.files[name]
+            changed = True
+        splits: dict[str, bytes] = {}
+        for name, sha in sorted(wanted.items()):
+            data = self._read_split(name, sha)
+            if data is None:
+                continue  # replaced meanwhile: the worker's next set_wanted() says so
+            splits[name] = data
+            if not self.per_module or (self.files.get(name) or {}).get("btf_sha256") == sha:
+                continue
+            try:
+                layout = self._write(self.cache.merged_path(name), [(name, data)])
+            except (OSError, MergeError) as e:
+                ok = False
+                self._failed(f"{name}: {_why(e)}")
+                continue
+            with self.cond:
+                self.files[name] = {"btf_sha256": sha, "size": layout.size}
+            changed = True
+        want_all = [(n, splits[n]) for n in sorted(splits)]
+        have_all = [(m["name"], m["btf_sha256"]) for m in (self.all or {}).get("modules", [])]
+        if [(n, wanted[n]) for n, _ in want_all] != have_all or (not want_all and self.all):
+            ok = self._write_all(want_all, wanted) and ok
+            changed = True
+        if changed:
+            self._write_index()
+            self._measure()
+        return ok
+
+    def _write_all(self, parts: list[tuple[str, bytes]], wanted: dict[str, str]) -> bool:
+        path = self.cache.all_merged_path()
+        if not parts:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            with self.cond:
+                self.all = None
+            return True
+        t0 = time.perf_counter()
+        try:
+            layout = self._write(path, parts)
+        except (OSError, MergeError) as e:
+            # a stale all.btf would keep modules that are gone or changed: remove it
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            with self.cond:
+                self.all = None
+            self._failed(f"all.btf: {_why(e)}")
+            return False
+        info = layout.to_json()
+        for m in info["modules"]:
+            m["btf_sha256"] = wanted[m["name"]]
+        info["seconds"] = round(time.perf_counter() - t0, 4)
+        with self.cond:
+            self.all = info
+            self.all_writes += 1
+        self.log.info("merged BTF written", file=str(path), modules=len(parts),
+                      bytes=layout.size, seconds=info["seconds"])
+        return True
+
+    def _write(self, path: Path, parts: list[tuple[str, bytes]]) -> MergedLayout:
+        # the parts are checked before anything is written: a MergeError leaves no file
+        with atomic_output(path, sync_dir=False) as f:
+            return write_merged(lambda b: write_all(f, b), self.vmlinux, parts)
+
+    def _read_split(self, name: str, sha: str) -> bytes | None:
+        """The module's published split BTF, if it is still the one with this sha256."""
+        try:
+            fd = os.open(self.cache.btf_path(name), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        with open(fd, "rb") as f:
+            data = f.read()
+        return data if hashlib.sha256(data).hexdigest() == sha else None
+
+    def _write_index(self) -> None:
+        with self.cond:
+            idx = {"format": MERGED_INDEX_FORMAT, "kernel_id": self.cache.kernel_id,
+                   "vmlinux_types": self.vmlinux.type_count,
+                   "vmlinux_str_len": self.vmlinux.str_end,
+                   "modules": dict(sorted(self.files.items())), "all": self.all}
+        try:
+            fsync_dir(self.dir)  # the merged files' renames, before the index names them
+            atomic_write_json(self.dir / MERGED_INDEX, idx)
+        except OSError as e:
+            self._failed(f"{MERGED_INDEX}: {describe_os_error(e)}")
+
+    def _measure(self) -> None:
+        total = 0
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.dir):
+                with contextlib.suppress(OSError):
+                    total += entry.stat(follow_symlinks=False).st_size
+        with self.cond:
+            self.bytes_on_disk = total
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file() and not path.is_symlink()
+    except OSError:
+        return False
+
+
+def _why(e: Exception) -> str:
+    return describe_os_error(e) if isinstance(e, OSError) else str(e)
