@@ -112,19 +112,15 @@ check_merged() {  # NAME PATH-FILE
     head -n $NV /tmp/merged.raw.txt | cmp -s - /tmp/vmlinux.raw.txt; echo $? > $O/$1.merged.head.rc
     tail -n +$((NV + 1)) /tmp/merged.raw.txt > $O/$1.merged.tail.txt
 }
-# The daemon writes merged files beside its worker, a moment after the verdicts: ask
-# until it hands one out, as a loader started right after insmod would; 60 s for all of
-# them together, so a daemon that never does costs one minute, not one per module.
+# The daemon writes merged files beside its worker, a moment after the verdicts: --wait
+# for them, as a loader started right after insmod would; 60 s for all of them together,
+# so a daemon that never writes them costs one minute, not one per module.
 MERGED_DEADLINE=$(($(date +%s) + 60))
 merged_path() {  # NAME [MODULE]
     name=$1; shift
-    s0=$(date +%s)
-    while :; do
-        ctl path --merged "$@" > $O/$name.merged.path 2> $O/$name.merged.err; rc=$?
-        if [ $rc = 0 ] || [ $(date +%s) -gt $MERGED_DEADLINE ]; then break; fi
-        sleep 0.2
-    done
-    echo $rc > $O/$name.merged.rc
+    s0=$(date +%s); left=$((MERGED_DEADLINE - s0)); [ $left -gt 0 ] || left=0
+    ctl path --merged --wait $left "$@" > $O/$name.merged.path 2> $O/$name.merged.err
+    echo $? > $O/$name.merged.rc
     echo $(($(date +%s) - s0)) > $O/$name.merged.secs
 }
 for m in __MODS__; do
