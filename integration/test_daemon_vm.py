@@ -247,7 +247,7 @@ def run_guest(tc, series: str, out: Path) -> dict:
                                   .replace("__MODS__", " ".join(MODS))
                                   .replace("__MODREAD__", str(tc.modread_binary()))
                                   .replace("__BPFTRACE__", "yes" if series == "6.1" else "no"))
-    # 330-400 s measured with other sessions' VMs sharing the 2 cores (load ~6): every
+    # 330-490 s measured with other sessions' VMs sharing the 2 cores (load 6-7): every
     # btfreconcilectl call is a Python start under TCG (2-15 s each then)
     res = tc.run_in_vm(series, f"sh {GUEST_OUT}/guest.sh", timeout=900,
                        rwdirs=[f"{GUEST_OUT}={out}"])
