@@ -19,6 +19,11 @@ Every key is optional::
 
 Advanced (tests, chroots): ``vmlinux`` (raw BTF of the running kernel), ``sysfs`` (``/sys``),
 ``modules_root`` (``/lib/modules/<release>``), ``release`` (``uname -r``), ``netlink_rcvbuf``.
+
+Test-only: ``accept_user_uevents = true`` also takes module uevents sent by user-space
+processes (benches and tests send synthetic ones in a private network namespace).  The
+default, false, accepts only the kernel's (sender port id 0): anyone able to send to the
+uevent multicast group could otherwise make the daemon publish for modules never loaded.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class Config:
     modules_root: Path | None = None
     release: str | None = None
     netlink_rcvbuf: int = 4 * 1024 * 1024
+    accept_user_uevents: bool = False  # test-only, see the module docstring
     source: Path | None = None  # the file this came from, if any
 
     def kernel_release(self) -> str:
@@ -164,7 +170,7 @@ def apply(cfg: Config, data: dict[str, Any], where: str) -> Config:
             cfg.poll_interval = v
         elif key == "merged_btf":
             cfg.merged_btf = _choice(where, key, value, MERGED_CHOICES)
-        elif key in ("gc", "watch_files"):
+        elif key in ("gc", "watch_files", "accept_user_uevents"):
             setattr(cfg, key, _want(where, key, value, bool))
         elif key == "release":
             cfg.release = _want(where, key, value, str)

@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,15 @@ class ControlError(Exception):
         self.code = code
 
 
-def handle_request(daemon: Any, req: Any) -> dict[str, Any]:
-    """Answer one decoded request from the daemon's state (thread-safe on the daemon side)."""
+StatsHook = Callable[[], dict[str, int]]
+
+
+def handle_request(daemon: Any, req: Any, *,
+                   extra_stats: StatsHook | None = None) -> dict[str, Any]:
+    """Answer one decoded request from the daemon's state (thread-safe on the daemon side).
+
+    ``extra_stats`` adds the event loop's own counters (ignored uevents, refused
+    connections...) to ``status``'s ``stats``."""
     if not isinstance(req, dict):
         raise ControlError("request must be a JSON object")
     cmd = req.get("cmd")
@@ -40,7 +48,10 @@ def handle_request(daemon: Any, req: Any) -> dict[str, Any]:
     if cmd == "ping":
         return {"ok": True}
     if cmd == "status":
-        return {"ok": True, **daemon.status()}
+        st = {"ok": True, **daemon.status()}
+        if extra_stats is not None:
+            st["stats"] = {**st.get("stats", {}), **extra_stats()}
+        return st
     if cmd == "list":
         return {"ok": True, "modules": daemon.list_modules()}
     if cmd == "rescan":
@@ -75,10 +86,10 @@ def handle_request(daemon: Any, req: Any) -> dict[str, Any]:
     return resp
 
 
-def answer_line(daemon: Any, line: bytes) -> bytes:
+def answer_line(daemon: Any, line: bytes, *, extra_stats: StatsHook | None = None) -> bytes:
     try:
         req = json.loads(line)
-        resp = handle_request(daemon, req)
+        resp = handle_request(daemon, req, extra_stats=extra_stats)
     except ValueError as e:
         resp = {"ok": False, "error": f"invalid JSON request: {e}", "code": "bad-request"}
     except ControlError as e:

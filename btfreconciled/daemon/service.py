@@ -21,7 +21,7 @@ from .notify import Notifier
 
 # Settings that only take effect on restart (reload keeps the running value and says so).
 _RESTART_ONLY = ("cache_dir", "socket", "socket_mode", "socket_group", "vmlinux", "sysfs",
-                 "events", "release", "netlink_rcvbuf", "modules_root")
+                 "events", "release", "netlink_rcvbuf", "modules_root", "accept_user_uevents")
 
 
 class StartupError(Exception):
@@ -119,7 +119,9 @@ class Service:
             d.event_source, d.event_source_detail = "poll", "configured (events = \"poll\")"
             return
         listener = UeventListener(self._on_uevent, self._on_overflow,
-                                  rcvbuf=self.cfg.netlink_rcvbuf)
+                                  rcvbuf=self.cfg.netlink_rcvbuf,
+                                  accept_user=self.cfg.accept_user_uevents,
+                                  on_ignored=self._on_user_uevent)
         try:
             listener.open()
         except OSError as e:
@@ -139,6 +141,10 @@ class Service:
 
     def _on_uevent(self, action: str, name: str, when: float) -> None:
         self.daemon.on_event(action, name, when)
+
+    def _on_user_uevent(self, sender: int) -> None:
+        # debug only: whoever can send these could otherwise flood the log too
+        self.log.debug("ignored a uevent from user space", sender_port=sender)
 
     def _on_overflow(self) -> None:
         self.daemon.stats.overflows += 1
@@ -281,6 +287,11 @@ class Service:
                                f"{self.cfg.socket_mode:04o}: {e.strerror or e}") from None
         self._socket_ino = os.stat(path).st_ino
 
+    def _loop_stats(self) -> dict[str, int]:
+        """Counters kept by the event loop itself, merged into `status`'s stats."""
+        lis = self.listener
+        return {"user_uevents_ignored": lis.ignored if lis is not None else 0}
+
     @staticmethod
     def _remove_socket_file(path: Path) -> None:
         with contextlib.suppress(OSError):
@@ -306,7 +317,7 @@ class Service:
                     break
                 if not line.strip():
                     continue
-                writer.write(answer_line(self.daemon, line))
+                writer.write(answer_line(self.daemon, line, extra_stats=self._loop_stats))
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
