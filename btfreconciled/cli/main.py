@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from ..btf.errors import BtfError
 from ..elf import ElfError
+from ..output import OutputError
 from .errors import EXIT_ERROR, EXIT_OK, CliError
 
 # Subcommand modules, in the order `--help` lists them.
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))
-    except (BtfError, ElfError, CliError) as exc:
+    except (BtfError, ElfError, CliError, OutputError) as exc:
         print(f"btfreconcilectl: error: {exc}", file=sys.stderr)
     except BrokenPipeError:
         # `btfreconcilectl dump ... | head`: not an error of ours.
