@@ -22,7 +22,6 @@ file's split BTF is the one that record names (by sha256). Symlinks are never fo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -37,6 +36,7 @@ from .cache import (
     CacheError,
     check_module_name,
 )
+from .elf import ElfError, sha256_file
 
 SYSFS = Path("/sys")
 
@@ -70,13 +70,12 @@ class NotYetWritten(NoBtf):
     """The module reconciled, but its merged file is not written yet (try again shortly)."""
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with open(fd, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+def _digest(path: Path) -> str | None:
+    """sha256 of a regular file that is not a symlink, else None."""
+    try:
+        return sha256_file(path, follow_symlinks=False)
+    except ElfError:
+        return None
 
 
 def _regular(path: Path) -> bool:
@@ -110,10 +109,9 @@ class Published:
         if verify_kernel:
             vml = Path(vmlinux) if vmlinux else self.sysfs / "kernel" / "btf" / "vmlinux"
             try:
-                running = _sha256_file(vml)
-            except OSError as e:
-                raise CacheUnavailable(f"{vml}: {e.strerror or e}: cannot tell which kernel "
-                                       "is running") from None
+                running = sha256_file(vml)
+            except ElfError as e:
+                raise CacheUnavailable(f"{e}: cannot tell which kernel is running") from None
             if running != kernel_id:
                 raise CacheUnavailable(
                     f"{self.root}: the cache is for kernel {kernel_id[:16]}, the running "
@@ -163,7 +161,7 @@ class Published:
         """The module's reconciled split BTF (base: the running vmlinux)."""
         name, rec = self._ok_record(module)
         path = self.kernel_dir / "modules" / f"{name}.btf"
-        if not _regular(path) or _sha256_file(path) != rec["btf_sha256"]:
+        if _digest(path) != rec["btf_sha256"]:
             raise NotYetWritten(f"{name}: {path} is missing or not the BTF its record names",
                                 name, "ok")
         return path

@@ -34,6 +34,7 @@ written atomically: temp file in the destination directory, fsync, verify, renam
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import stat
@@ -41,7 +42,7 @@ import struct
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 # pyelftools, zstandard, lzma, gzip, copy, hashlib and tempfile are imported where they are
 # used: together they cost ~30 ms at start-up, and a command reading a raw BTF file such as
@@ -56,8 +57,12 @@ BTF_BASE_SECTION = ".BTF.base"
 BTF_BASE_EXPECTS_SECTION = ".BTF.base_expects"
 _BTF_SECTIONS = (BTF_SECTION, BTF_BASE_SECTION, BTF_BASE_EXPECTS_SECTION)
 
-# A real vmlinux with debug info is a few hundred MiB; anything past 2 GiB is a bomb.
-MAX_DECOMPRESSED_SIZE = 2 << 30
+# Inputs are untrusted (SPEC §10): sizes from a file never size an allocation unchecked.
+# The largest Debian module (amdgpu, 6.12) is 4 MiB compressed and 30 MiB decompressed; a raw
+# vmlinux BTF is ~5 MiB. An uncompressed ELF (a vmlinux with debug info: up to ~1 GiB) is
+# never read whole: only its section headers and .BTF* sections, each within MAX_FILE_SIZE.
+MAX_FILE_SIZE = 256 << 20  # bytes read from one file (compressed module, raw BTF, a section)
+MAX_DECOMPRESSED_SIZE = 128 << 20  # a compressed module's payload
 _DECOMPRESS_CHUNK = 16 << 20
 _ZSTD_FEED = 8 << 10
 
@@ -70,6 +75,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _SHN_LORESERVE = 0xFF00
 _SHF_ALLOC = 0x2
 _SHF_INFO_LINK = 0x40
+_SHF_COMPRESSED = 0x800
 _NEW_SECTION_ALIGN = 4
 # Most file-offset padding one section may get (a page): see _ElfRewriter._append.
 _MAX_FILE_ALIGN = 4096
@@ -124,13 +130,37 @@ class _Image(NamedTuple):
 # --------------------------------------------------------------------------- reading
 
 
-def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True) -> BtfSections:
+def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True,
+                      max_size: int | None = None) -> BtfSections:
     """Read `.BTF`, `.BTF.base` and `.BTF.base_expects` from an ELF or raw BTF file;
-    `digest=False` skips hashing the file (`sha256` is then None)."""
-    image = _load(Path(path))
+    `digest=False` skips hashing the file (`sha256` is then None). Only regular files are
+    read (a FIFO or device is refused without blocking); `max_size` (default MAX_FILE_SIZE)
+    bounds what is read from the file and what a compressed payload may decompress to."""
+    p = Path(path)
+    cap = max_size or MAX_FILE_SIZE
+    fd, size = _open_regular(p)
+    with open(fd, "rb") as f:
+        try:
+            head = f.read(len(_XZ_MAGIC))
+        except OSError as e:
+            raise ElfError(p, f"cannot read: {e.strerror or e}") from None
+        if _detect_compression(head) is None and head.startswith(_ELF_MAGIC):
+            # pyelftools seeks to what it needs: headers and the .BTF* sections
+            f.seek(0)
+            found = _read_named_sections(p, _open_elf(p, f, size), size, set(_BTF_SECTIONS),
+                                         cap)
+            sha = _sha256_stream(p, f) if digest else None
+            return BtfSections(p, None, found.get(BTF_SECTION), found.get(BTF_BASE_SECTION),
+                               found.get(BTF_BASE_EXPECTS_SECTION), True, sha)
+        if size > cap:  # st_size of sysfs files is 0 or 4096: only real files get here
+            raise ElfError(p, f"{size} bytes, larger than {cap}; refusing")
+        f.seek(0)
+        raw = _read_capped(p, f, cap)
+    image = _image(p, raw, min(cap, MAX_DECOMPRESSED_SIZE) if max_size is None else cap)
     if image.is_elf:
-        found = _read_named_sections(image.path, _open_elf(image.path, image.data),
-                                     len(image.data), set(_BTF_SECTIONS))
+        found = _read_named_sections(image.path, _open_elf(image.path, io.BytesIO(image.data),
+                                                           len(image.data)),
+                                     len(image.data), set(_BTF_SECTIONS), cap)
     else:
         found = {BTF_SECTION: image.data}
     return BtfSections(
@@ -144,40 +174,99 @@ def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True) -> B
     )
 
 
+def sha256_file(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> str:
+    """sha256 of a regular file's bytes as stored (never blocks on a FIFO or device)."""
+    p = Path(path)
+    fd, _ = _open_regular(p, follow_symlinks=follow_symlinks)
+    with open(fd, "rb") as f:
+        return _sha256_stream(p, f)
+
+
 def _sha256(data: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()
 
 
+def _sha256_stream(path: Path, f: io.BufferedReader) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    try:
+        f.seek(0)
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    except OSError as e:
+        raise ElfError(path, f"cannot read: {e.strerror or e}") from None
+    return h.hexdigest()
+
+
 def _load(path: Path) -> _Image:
-    raw = _read_file(path)
+    fd, _ = _open_regular(path)
+    with open(fd, "rb") as f:
+        raw = _read_capped(path, f, MAX_FILE_SIZE)
+    return _image(path, raw, MAX_DECOMPRESSED_SIZE)
+
+
+def _image(path: Path, raw: bytes, cap: int) -> _Image:
     if not raw:
         raise ElfError(path, "empty file")
     compression = _detect_compression(raw)
-    data = raw if compression is None else _decompress(path, compression, raw)
+    data = raw if compression is None else _decompress(path, compression, raw, cap)
     if not (data.startswith(_ELF_MAGIC) or data[:2] in _BTF_MAGICS):
         what = "decompressed data" if compression else "file"
         raise ElfError(path, f"{what} is neither ELF nor BTF (magic {data[:4].hex()})")
     return _Image(path=path, raw=raw, compression=compression, data=data)
 
 
-def _read_file(path: Path) -> bytes:
-    # stat first so a FIFO or device never blocks or streams forever.
+_KIND_OF_MODE = ((stat.S_ISDIR, "is a directory"), (stat.S_ISFIFO, "is a FIFO"),
+                 (stat.S_ISCHR, "is a character device"), (stat.S_ISBLK, "is a block device"),
+                 (stat.S_ISSOCK, "is a socket"))
+
+
+def _open_regular(path: Path, *, follow_symlinks: bool = True) -> tuple[int, int]:
+    """(fd, size) of a regular file. O_NONBLOCK: opening a FIFO must not wait for a writer;
+    the type is then checked on the open descriptor (no stat-then-open race)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
     try:
-        st = os.stat(path)
-        if stat.S_ISDIR(st.st_mode):
-            raise ElfError(path, "is a directory")
-        if not stat.S_ISREG(st.st_mode):
-            raise ElfError(path, "not a regular file")
-        # Unbuffered read() to EOF: sysfs BTF files must be read until read() returns 0,
-        # never sized by st_size or mmapped.
-        with open(path, "rb", buffering=0) as f:
-            return f.readall()
-    except ElfError:
-        raise
+        fd = os.open(path, flags)
     except OSError as e:
         raise ElfError(path, f"cannot read: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            why = next((w for test, w in _KIND_OF_MODE if test(st.st_mode)),
+                       "not a regular file")
+            raise ElfError(path, f"{why}, not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+
+
+def _read_capped(path: Path, f: io.BufferedReader, cap: int) -> bytes:
+    """Read to EOF (sysfs BTF files must be read until read() returns 0, never sized by
+    st_size), refusing more than `cap` bytes and a file that would block (/proc/kmsg)."""
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        while True:
+            chunk = f.read1(1 << 20)
+            if chunk is None:
+                raise ElfError(path, "reading would block: not a plain file")
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > cap:
+                raise ElfError(path, f"larger than {cap} bytes; refusing")
+            chunks.append(chunk)
+    except BlockingIOError:
+        raise ElfError(path, "reading would block: not a plain file") from None
+    except OSError as e:
+        raise ElfError(path, f"cannot read: {e.strerror or e}") from None
+    return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
 
 def _detect_compression(raw: bytes) -> str | None:
@@ -190,16 +279,16 @@ def _detect_compression(raw: bytes) -> str | None:
     return None
 
 
-def _decompress(path: Path, compression: str, raw: bytes) -> bytes:
+def _decompress(path: Path, compression: str, raw: bytes, cap: int) -> bytes:
     try:
         chunks = {"xz": _xz_chunks, "zst": _zstd_chunks, "gz": _gzip_chunks}[compression](raw)
-        out = bytearray()
+        out = io.BytesIO()  # getvalue() hands its buffer over: no second copy
         for chunk in chunks:
-            out += chunk
-            if len(out) > MAX_DECOMPRESSED_SIZE:
+            if out.tell() + len(chunk) > cap:
                 raise ElfError(path, f"{compression} stream decompresses to more than "
-                                     f"{MAX_DECOMPRESSED_SIZE} bytes; refusing")
-        return bytes(out)
+                                     f"{cap} bytes; refusing")
+            out.write(chunk)
+        return out.getvalue()
     except (_lzma().LZMAError, zlib.error, _zstd().ZstdError, EOFError) as e:
         raise ElfError(path, f"corrupt {compression} stream: {e}") from None
 
@@ -261,17 +350,25 @@ def _zstd_chunks(raw: bytes) -> Iterator[bytes]:
         pos -= len(dec.unused_data)
 
 
-def _open_elf(path: Path, data: bytes) -> ELFFile:
+def _open_elf(path: Path, stream: BinaryIO, size: int) -> ELFFile:
     from elftools.elf.elffile import ELFFile
 
     try:
-        elf = ELFFile(io.BytesIO(data))
-        _check_section_table(path, elf, len(data))
+        elf = ELFFile(stream)
+        _check_section_table(path, elf, size)
         return elf
     except ElfError:
         raise
     except _parse_errors() as e:
         raise ElfError(path, f"truncated or corrupt ELF: {e}") from None
+    except OSError as e:  # reading the file itself: a bogus offset seeks out of range
+        raise _read_error(path, e) from None
+
+
+def _read_error(path: Path, e: OSError) -> ElfError:
+    if e.errno == errno.EINVAL:
+        return ElfError(path, "truncated or corrupt ELF: an offset is out of range")
+    return ElfError(path, f"cannot read: {e.strerror or e}")
 
 
 def _check_section_table(path: Path, elf: ELFFile, size: int) -> None:
@@ -288,7 +385,7 @@ def _check_section_table(path: Path, elf: ELFFile, size: int) -> None:
 
 
 def _read_named_sections(path: Path, elf: ELFFile, size: int,
-                         wanted: set[str]) -> dict[str, bytes]:
+                         wanted: set[str], cap: int = MAX_FILE_SIZE) -> dict[str, bytes]:
     try:
         found: dict[str, bytes] = {}
         for index, section in enumerate(elf.iter_sections()):
@@ -299,12 +396,22 @@ def _read_named_sections(path: Path, elf: ELFFile, size: int,
                 raise ElfError(path, f"duplicate section {section.name}")
             if section["sh_type"] == "SHT_NOBITS":
                 raise ElfError(path, f"section {section.name} is SHT_NOBITS (no data in file)")
+            if section["sh_flags"] & _SHF_COMPRESSED:
+                # the kernel and libbpf take BTF sections' bytes as they are; pyelftools
+                # would inflate them to whatever size they claim
+                raise ElfError(path, f"section {section.name} is SHF_COMPRESSED: BTF sections "
+                                     "are read uncompressed by the kernel and libbpf")
+            if section["sh_size"] > cap:
+                raise ElfError(path, f"section {section.name} is {section['sh_size']} bytes, "
+                                     f"more than {cap}; refusing")
             found[section.name] = section.data()
         return found
     except ElfError:
         raise
     except _parse_errors() as e:
         raise ElfError(path, f"truncated or corrupt ELF: {e}") from None
+    except OSError as e:  # reading the file itself: a bogus offset seeks out of range
+        raise _read_error(path, e) from None
 
 
 def _check_section_bounds(path: Path, index: int, section: Section, size: int) -> None:
@@ -369,7 +476,7 @@ class _ElfRewriter:
     def __init__(self, path: Path, data: bytes) -> None:
         self.path = path
         self.data = data
-        self.elf = _open_elf(path, data)
+        self.elf = _open_elf(path, io.BytesIO(data), len(data))
         try:
             self._parse()
         except ElfError:
@@ -611,7 +718,7 @@ def _verify_written(tmp: Path, dst: Path, compression: str | None,
     """Re-read what was written and check it holds exactly the requested sections."""
     try:
         image = _load(tmp)
-        elf = _open_elf(tmp, image.data)
+        elf = _open_elf(tmp, io.BytesIO(image.data), len(image.data))
         found = _read_named_sections(tmp, elf, len(image.data), set(sections))
     except ElfError as e:  # name the destination, not our temporary file
         raise ElfError(dst, f"verification failed: {e.reason}") from None

@@ -440,11 +440,15 @@ def test_error_bad_magic(tmp_path: Path) -> None:
 
 
 def test_error_permission_denied(module: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if os.geteuid() == 0:  # root ignores mode bits: simulate what open() would raise
-        def denied(*_args: object, **_kwargs: object) -> None:
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(module))
+    if os.geteuid() == 0:  # root ignores mode bits: simulate what open(2) would raise
+        real_open = os.open
 
-        monkeypatch.setattr(elfmod, "open", denied, raising=False)
+        def denied(path: object, *args: object, **kwargs: object) -> int:
+            if str(path) == str(module):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(module))
+            return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(elfmod.os, "open", denied)
     else:
         module.chmod(0)
     _expect_error(module, "Permission denied")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..elf import read_btf_sections
+from ..elf import BtfSections, read_btf_sections
 from .btf import Btf
 from .errors import BtfError
 
@@ -22,11 +22,12 @@ def is_kernel_verified(path: str | os.PathLike[str]) -> bool:
 
 def load_btf(
     path: str | os.PathLike[str], *, base: Btf | None = None, validate: bool | None = None,
-    defer_scan: bool = False,
+    defer_scan: bool = False, sections: BtfSections | None = None,
 ) -> Btf:
     """The `.BTF` of an ELF file (or the whole raw BTF file), split on `base` when given.
     `defer_scan` is Btf.parse's (it only applies to BTF that is not validated)."""
-    sections = read_btf_sections(path, digest=False)
+    if sections is None:
+        sections = read_btf_sections(path, digest=False)
     if sections.btf is None:
         raise BtfError("no .BTF section", source=str(path))
     source = f"{path}:.BTF" if sections.is_elf else str(path)

@@ -6,8 +6,10 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from ..btf.btf import Btf
 from ..btf.dump import write_raw
 from ..btf.load import load_base, load_btf
+from ..elf import BtfSections, read_btf_sections
 from .errors import CliError
 
 if TYPE_CHECKING:
@@ -19,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "dump",
         help="print BTF as `bpftool btf dump file FILE format raw` does",
         description="Print every type of FILE (raw BTF, vmlinux, or a module .ko[.xz|.zst|.gz])"
-        " exactly as `bpftool btf dump file FILE [-B BASE] format raw` prints it.",
+        " exactly as `bpftool btf dump file FILE [-B BASE] format raw` prints it. A module"
+        " with .BTF.base prints as split BTF on that distilled base, or with -B relocated"
+        " onto BASE, as bpftool (libbpf) does.",
     )
     p.add_argument("file", metavar="FILE")
     p.add_argument("-B", "--base", metavar="BASE",
@@ -28,10 +32,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    base = load_base(args.base) if args.base else None
+def load_for_dump(path: str, base_path: str | None, *, defer_scan: bool = False,
+                  sections: BtfSections | None = None) -> Btf:
+    """FILE as bpftool reads it: a module with a distilled base (.BTF.base) is split BTF on
+    that base, or relocated onto -B BASE (libbpf's btf__parse_split)."""
+    base = load_base(base_path) if base_path else None
+    if sections is None:
+        sections = read_btf_sections(path, digest=False)
+    if sections.is_elf and sections.btf is not None and (
+            sections.base is not None or sections.base_expects is not None):
+        from ..reconcile.module import module_btf
+
+        btf = module_btf(path, base, base_path=base_path or "", sections=sections)
+        assert btf is not None
+        return btf
     # (a dump of a kernel-verified vmlinux starts formatting before the record scan)
-    btf = load_btf(args.file, base=base, defer_scan=not args.json)
+    return load_btf(path, base=base, defer_scan=defer_scan, sections=sections)
+
+
+def run(args: argparse.Namespace) -> int:
+    btf = load_for_dump(args.file, args.base, defer_scan=not args.json)
     try:
         if args.json:
             import json

@@ -9,10 +9,10 @@ import os
 import time
 from collections import Counter
 
-from ..btf.btf import Btf
 from ..btf.kinds import Kind
 from ..btf.load import SYSFS_BTF, is_kernel_verified
 from ..elf import read_btf_sections
+from .dump import load_for_dump
 
 DEFAULT = str(SYSFS_BTF / "vmlinux")
 
@@ -38,17 +38,8 @@ def run(args: argparse.Namespace) -> int:
         from .errors import CliError
 
         raise CliError(f"{args.file}: no .BTF section")
-    base = None
-    if args.base:
-        bsec = read_btf_sections(args.base)
-        if bsec.btf is None:
-            from .errors import CliError
-
-            raise CliError(f"{args.base}: no .BTF section")
-        base = Btf.parse(bsec.btf, source=args.base, validate=not is_kernel_verified(args.base))
-    source = f"{args.file}:.BTF" if sections.is_elf else args.file
     validate = not is_kernel_verified(args.file)
-    btf = Btf.parse(sections.btf, base=base, source=source, validate=validate)
+    btf = load_for_dump(args.file, args.base, sections=sections)
     btf.build_index()
     elapsed = time.perf_counter() - t0
     kinds = Counter(Kind(btf.kind_of(tid)).name for tid in range(btf.start_id, btf.type_count))
@@ -58,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         "file_sha256": sections.sha256,
         "kernel_release": os.uname().release if args.file == DEFAULT else None,
         "byte_order": "little" if btf.byte_order == "<" else "big",
-        "split": base is not None,
+        "split": btf.base is not None,
         "first_type_id": btf.start_id,
         "types": len(btf),
         "string_bytes": len(btf.strings),
@@ -80,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"kernel:        {report['kernel_release']}")
     print(f"kernel id:     {report['btf_sha256']}  (sha256 of the BTF)")
     print(f"byte order:    {report['byte_order']}-endian"
-          f"{', split BTF from id ' + str(btf.start_id) if base else ''}")
+          f"{', split BTF from id ' + str(btf.start_id) if btf.base else ''}")
     print(f"types:         {report['types']}   strings: {report['string_bytes']} bytes")
     for name, count in report["kinds"].items():
         print(f"  {name:<11} {count:>8}")

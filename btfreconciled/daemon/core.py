@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import Cache, CacheError, check_module_name, describe_os_error
+from ..elf import sha256_file
 from . import logs
 from .config import Config
 from .engine import Engine
@@ -61,14 +62,6 @@ def release_tuple(release: str) -> tuple[int, int]:
 MANIFEST_QUIET = 0.1  # seconds without work before the manifest is rewritten
 BATCH = 16  # modules evaluated, then published with one durability barrier
 CROSS_CHECK_DELAY, CROSS_CHECK_TRIES = 0.05, 60  # wait up to 3 s for /sys/kernel/btf/<mod>
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def release_memory() -> None:
@@ -178,7 +171,7 @@ class Daemon:
     def load_kernel(self) -> None:
         """Hash the running vmlinux BTF, build the index once, prepare the cache."""
         vmlinux = self.cfg.vmlinux
-        self.kernel_id = _sha256_file(vmlinux)
+        self.kernel_id = sha256_file(vmlinux)
         t0 = time.perf_counter()
         self.index = self.engine.load_index(str(vmlinux))
         self.index_seconds = time.perf_counter() - t0

@@ -12,11 +12,11 @@ from typing import Any
 
 from ..btf.btf import Btf
 from ..btf.errors import BtfError
-from ..elf import BtfSections, ElfError, read_btf_sections
+from ..elf import BtfSections, ElfError, read_btf_sections, sha256_file
 from .diagnostics import ERROR, Problem
 from .fields import STRICT_CHOICES, check_fields, derive_base
 from .relocate import EMBEDDED_KERNEL, relocate
-from .target import VmlinuxIndex, file_sha256, parse_btf
+from .target import VmlinuxIndex, parse_btf
 from .wire import WireError
 
 
@@ -97,6 +97,35 @@ def load_module(path: str | Path, sections: BtfSections | None = None) -> Loaded
     return LoadedModule(sections, split, dist, expects, derived)
 
 
+def module_btf(path: str | Path, base: Btf | VmlinuxIndex | None, *, base_path: str = "",
+               sections: BtfSections | None = None) -> Btf | None:
+    """A module's BTF as bpftool 7.5 / libbpf read it (btf__parse_split): with a distilled
+    base (`.BTF.base`, or ours derived from `.BTF.base_expects`), the split BTF on that
+    base when `base` is None, else relocated onto `base`. None for a file without a
+    distilled base (its `.BTF` is then plain split BTF on `base`). Raises BtfError when the
+    module does not relocate onto `base` (naming the first problem)."""
+    if sections is None:
+        sections = read_btf_sections(path, digest=False)
+    loaded = load_module(path, sections)
+    if loaded is None:
+        return None
+    if base is None:
+        return loaded.split
+    if isinstance(base, VmlinuxIndex):
+        target = base
+    else:
+        target = VmlinuxIndex(base, path=base_path or base.source)
+    rel = relocate(loaded.split, target, module=module_name_of(path), diagnose=True)
+    if not rel.ok or rel.data is None:
+        first = rel.problems[0].summary if rel.problems else "relocation failed"
+        n = len(rel.problems) - 1
+        more = f" (and {n} more problem{'s' if n > 1 else ''})" if n > 0 else ""
+        raise BtfError(f"does not relocate onto {target.path}: {first}{more}",
+                       source=f"{path}:.BTF")
+    return Btf.parse(rel.data, base=target.btf,
+                     source=f"{path}:.BTF relocated onto {target.path}", validate=False)
+
+
 def reconcile_module_file(path: str, target: VmlinuxIndex, *, strict: str = "embedded",
                           module_name: str | None = None,
                           embedded_rule: str = EMBEDDED_KERNEL) -> ModuleResult:
@@ -123,8 +152,8 @@ def reconcile_module_file(path: str, target: VmlinuxIndex, *, strict: str = "emb
         sections = read_btf_sections(path)
         sha = sections.sha256
     except ElfError as exc:
-        with contextlib.suppress(OSError):
-            sha = file_sha256(path)
+        with contextlib.suppress(OSError, ElfError):
+            sha = sha256_file(path)
         return error(str(exc))
     except OSError as exc:
         return error(f"{path}: {exc.strerror or exc}")

@@ -1,0 +1,115 @@
+"""`btfreconcilectl dump` of modules that carry .BTF.base equals bpftool 7.5 (issue 11).
+
+bpftool (libbpf's btf__parse_split) reads such a module as split BTF on its embedded distilled
+base, and with `-B BASE` relocates it onto BASE. We must print the same, line for line:
+
+- every fixture (.BTF.base builds for 6.12 and 6.1), without -B and with -B on its own vmlinux;
+- every module of the whole Debian 6.12 tree, distilled against its vmlinux (our distill, the
+  result written as a small ELF holding .BTF and .BTF.base), without and with -B.
+
+bpftool runs in the trixie chroot, two shell loops in parallel (one chroot each, not one per
+module); our side runs in two worker processes with the vmlinux index built once each.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import toolchain
+
+from btfreconciled.btf.btf import Btf
+from btfreconciled.btf.dump import dump_raw
+from btfreconciled.cli.dump import load_for_dump
+from btfreconciled.elf import read_btf_sections, write_btf_sections
+from btfreconciled.reconcile import VmlinuxIndex, distill
+from btfreconciled.reconcile.module import module_btf
+
+pytestmark = pytest.mark.chroot
+
+MODS = toolchain.FIXTURE_MODULES
+SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
+
+
+@pytest.mark.parametrize("series", ["6.12", "6.1"])
+def test_fixtures_dump_like_bpftool_75(tc, series: str) -> None:
+    vml = str(tc.kernel_dir(series) / "vmlinux.btf")
+    for mod in MODS:
+        ko = str(tc.fixtures_dir(series) / f"{mod}.ko")
+        assert read_btf_sections(ko).base is not None, f"{ko}: fixture without .BTF.base"
+        for base in (None, vml):
+            cmd = ["bpftool", "btf", "dump", "file", ko, *(["-B", base] if base else []),
+                   "format", "raw"]
+            ref = tc.run_in_chroot(cmd)
+            assert ref.returncode == 0, ref.stderr
+            assert dump_raw(load_for_dump(ko, base)) == ref.stdout, f"{mod} -B {base}"
+
+
+_state: dict = {}
+
+
+def _init(vmlinux: str, seed_elf: str, out_dir: str) -> None:
+    target = VmlinuxIndex.load(vmlinux)
+    _state.update(target=target, seed=seed_elf, out=out_dir)
+
+
+def _distill_and_dump(args: tuple[int, str]) -> tuple[str, str | None]:
+    """Distill one module into out/<i>.ko; write our two dumps next to it."""
+    i, path = args
+    target: VmlinuxIndex = _state["target"]
+    sections = read_btf_sections(path, digest=False)
+    if sections.btf is None:
+        return path, None
+    split = Btf.parse(sections.btf, base=target.btf, source=path, validate=False)
+    res = distill(split, source=path)
+    ko = Path(_state["out"]) / f"{i:05d}.ko"
+    write_btf_sections(_state["seed"], ko, {".BTF": res.split.to_bytes(),
+                                            ".BTF.base": res.base.to_bytes()})
+    alone = module_btf(ko, None)
+    onto = module_btf(ko, target)
+    assert alone is not None and onto is not None
+    ko.with_suffix(".ours").write_text(dump_raw(alone))
+    ko.with_suffix(".oursB").write_text(dump_raw(onto))
+    return path, str(ko)
+
+
+def test_whole_distilled_612_tree_dumps_like_bpftool_75(tc, tmp_path: Path) -> None:
+    kdir = tc.kernel_dir("6.12")
+    vml = str(kdir / "vmlinux.btf")
+    mods = sorted(str(p) for p in (kdir / "lib" / "modules").rglob("*") if
+                  p.name.endswith(SUFFIXES))
+    seed_src = tmp_path / "seed.c"
+    seed_src.write_text("int btfr_seed;\n")
+    seed = tmp_path / "seed.o"
+    subprocess.run(["gcc", "-c", "-o", str(seed), str(seed_src)], check=True)
+    out = tmp_path / "distilled"
+    out.mkdir()
+    with multiprocessing.get_context("fork").Pool(
+            2, initializer=_init, initargs=(vml, str(seed), str(out))) as pool:
+        done = pool.map(_distill_and_dump, list(enumerate(mods)), chunksize=32)
+    kos = sorted(ko for _, ko in done if ko)
+    assert len(kos) > 4000, len(kos)
+    # bpftool 7.5 over every distilled module, two chroot loops in parallel
+    script = ('for f in "$@"; do bpftool btf dump file "$f" format raw > "${f%.ko}.ref"; '
+              f'bpftool btf dump file "$f" -B {vml} format raw > "${{f%.ko}}.refB"; done')
+    halves = [kos[0::2], kos[1::2]]
+    procs = [subprocess.Popen([str(toolchain.VM_DIR / "chroot"), "--", "sh", "-c", script,
+                               "sh", *h], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True) for h in halves]
+    for p in procs:
+        _, err = p.communicate(timeout=1800)
+        assert p.returncode == 0, err[-2000:]
+    bad = []
+    for ko in kos:
+        base = ko[:-3]
+        for ours, ref in ((".ours", ".ref"), (".oursB", ".refB")):
+            if Path(base + ours).read_bytes() != Path(base + ref).read_bytes():
+                bad.append(f"{ko} ({ours})")
+    src = dict((ko, m) for m, ko in done if ko)
+    print(f"6.12 tree: {len(kos)} distilled modules x 2 dumps, {len(bad)} differ")
+    assert not bad, f"{len(bad)} dumps differ from bpftool 7.5; first: {bad[0]} from " \
+                    f"{src[bad[0].split(' ')[0]]}"
+    assert os.path.exists(vml)
