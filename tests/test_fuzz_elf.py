@@ -476,3 +476,24 @@ def test_fuzz_cli_with_mutated_modules(seeds, scratch: Path) -> None:
     assert results.get("check:0", 0) > N_CASES // 20 and results.get("check:2", 0) > N_CASES // 5
     assert results.get("distill:0", 0) > N_CASES // 20
     assert elapsed < SUITE_SECONDS, f"fuzzing took {elapsed:.0f} s"
+
+
+def test_a_name_that_is_not_utf8_prints_instead_of_raising(seeds, scratch: Path) -> None:
+    """Found by the fuzzer (seed 2, cases 1587/2005/3750): a member name in
+    .BTF.base_expects with a byte that is not UTF-8 made `check` and `reconcile` die with
+    UnicodeEncodeError while printing the diagnostic."""
+    mods, vm_bytes = seeds
+    vm = scratch / "vmlinux.btf"
+    vm.write_bytes(vm_bytes)
+    full = mods[0]
+    off, _size = full.offsets[".BTF.base_expects"]
+    d = bytearray(full.data)
+    d[d.index(b"\0prev\0", off) + 1] = 0xFF  # list_head.prev -> "\xffrev"
+    ko = scratch / "utf.ko"
+    ko.write_bytes(d)
+    for argv in (["check", str(ko), "--vmlinux", str(vm), "--strict", "all"],
+                 ["reconcile", str(ko), "--vmlinux", str(vm), "--strict", "all", "-o",
+                  str(scratch / "utf.btf")]):
+        rc, out, err = run_cli(argv)
+        assert rc == 1, (rc, err)
+        assert "struct list_head.\\udcffrev: gone" in out
