@@ -199,6 +199,20 @@ def m_btf_words(rng: random.Random, s: Seed, d: bytearray) -> str:
     return f"{sec}.words"
 
 
+def m_btf_strings(rng: random.Random, s: Seed, d: bytearray) -> str:
+    """Bytes that are not UTF-8, newlines, NULs and format characters inside names."""
+    sec = rng.choice(_btf_sections(s))
+    base, length = s.offsets[sec]
+    hdr_len, str_off, str_len = (int.from_bytes(s.data[base + o:base + o + 4], "little")
+                                 for o in (4, 16, 20))
+    start = base + hdr_len + str_off
+    for _ in range(rng.randint(1, 3)):
+        i = start + 1 + rng.randrange(max(str_len - 1, 1))
+        if i < len(d):
+            d[i] = rng.choice([0xFF, 0x80, 0xC3, 0x0A, 0x0D, 0x00, 0x25, 0x7B, 0x1B])
+    return f"{sec}.strings"
+
+
 def m_flip(rng: random.Random, s: Seed, d: bytearray) -> str:
     where = rng.choice(["any", "btf"])
     if where == "btf":
@@ -257,7 +271,8 @@ def m_alias(rng: random.Random, s: Seed, d: bytearray) -> str:
 
 
 MUTATORS: list[Callable[[random.Random, Seed, bytearray], str]] = [
-    m_ehdr, m_shdr, m_shdr, m_btf_header, m_btf_header, m_btf_words, m_btf_words, m_flip,
+    m_ehdr, m_shdr, m_shdr, m_btf_header, m_btf_header, m_btf_words, m_btf_words,
+    m_btf_strings, m_btf_strings, m_flip,
     m_truncate, m_compressed_btf, m_addralign, m_alias]
 
 
