@@ -10,6 +10,12 @@ Layout under the cache root (default ``/var/cache/btfreconciled``)::
     <root>/<kernel-id>/manifest.json        kernel identity and the module -> verdict table
     <root>/current -> <kernel-id>           relative symlink to the running kernel's directory
 
+The cache belongs to one daemon (SPEC §10): ``<root>/.lock`` is flock'ed for its lifetime (a
+second daemon is refused, naming the holder's pid); nothing below the root is ever followed
+through a symlink (a planted link is reported and replaced, never written through); the root's
+mode is left as found unless the daemon created it; garbage collection removes only kernel
+directories that carry the daemon's marker file.
+
 ``kernel-id`` is the sha256 of the running kernel's raw vmlinux BTF.  Every file is written
 atomically (hidden temporary file in the same directory, fsync, rename, fsync of the
 directory), so a reader or a crash never sees a torn file.  A module that does not reconcile
@@ -25,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +45,8 @@ MERGED_DIR = "merged"  # loader-ready standalone BTF (daemon/merged.py)
 MERGED_INDEX = "index.json"
 MERGED_INDEX_FORMAT = 1
 _TMP_PREFIX = ".tmp-"
+LOCK_FILE = ".lock"
+KERNEL_MARKER = ".btfreconciled-kernel"  # in every kernel directory the daemon made
 _KERNEL_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 # Module names as the kernel spells them in /sys/module (MODULE_NAME_LEN 56, '-' -> '_').
 _MODULE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")
@@ -45,6 +54,60 @@ _MODULE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")
 
 class CacheError(Exception):
     """A cache operation failed; the message is one line."""
+
+
+def lock_root(root: str | os.PathLike[str]) -> int:
+    """Take the cache's lock (created if missing) for this process; returns the descriptor
+    to keep open. Raises CacheError naming the pid of a daemon that holds it."""
+    import fcntl
+
+    path = Path(root) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except PermissionError:
+        raise  # the caller says how to get a cache of one's own
+    except OSError as e:
+        raise CacheError(f"{path}: cannot open the cache lock: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise CacheError(f"{root}: the cache is in use by another btfreconciled (pid {holder}); "
+                         "each cache directory belongs to one daemon") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _ensure_dir(path: Path, planted: list[str]) -> bool:
+    """Make `path` a real directory of ours: a symlink or other non-directory planted there
+    is removed (and reported in `planted`), never followed. True when it was created."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        os.mkdir(path, 0o755)
+        return True
+    if stat.S_ISDIR(st.st_mode):
+        return False
+    what = "symlink" if stat.S_ISLNK(st.st_mode) else "non-directory"
+    planted.append(f"{path} was a {what}; replaced by a directory")
+    os.unlink(path)
+    os.mkdir(path, 0o755)
+    return True
+
+
+def _open_nofollow(path: Path, limit: int) -> bytes | None:
+    """A regular file's bytes (at most `limit`), never through a symlink; None otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = f.read(limit + 1)
+    return data if len(data) <= limit else None
 
 
 def kernel_id_of(vmlinux_btf: bytes) -> str:
@@ -209,21 +272,26 @@ class Cache:
     def prepare(self) -> list[str]:
         """Create the directories, point ``current`` here, remove leftover temporary files.
 
-        Returns the names of the temporary files removed (left by a crash).
+        Returns what was cleaned up: temporary files left by a crash, and anything planted in
+        place of our directories (a symlink is removed and reported, never written through).
         """
-        self.modules_dir.mkdir(parents=True, exist_ok=True)
-        for d in (self.root, self.kernel_dir, self.modules_dir):
-            with contextlib.suppress(OSError):
-                os.chmod(d, 0o755)
-        removed = []
-        for d in (self.root, self.kernel_dir, self.modules_dir):
+        notes: list[str] = []
+        if not os.path.isdir(self.root):
+            self.root.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.root, 0o755)  # ours: readable by loaders; a found root keeps its mode
+        for d in (self.kernel_dir, self.modules_dir, self.merged_dir):
+            _ensure_dir(d, notes)
+        marker = self.kernel_dir / KERNEL_MARKER
+        if not os.path.lexists(marker):
+            atomic_write(marker, f"{self.kernel_id}\n".encode())
+        for d in (self.root, self.kernel_dir, self.modules_dir, self.merged_dir):
             for entry in os.scandir(d):
-                if entry.name.startswith(_TMP_PREFIX):
+                if entry.name.startswith(_TMP_PREFIX) and not entry.is_dir(follow_symlinks=False):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
-                        removed.append(entry.name)
+                        notes.append(entry.name)
         self._point_current()
-        return removed
+        return notes
 
     def _point_current(self) -> None:
         link = self.root / CURRENT_LINK
@@ -238,19 +306,26 @@ class Cache:
         fsync_dir(self.root)
 
     def gc(self) -> list[str]:
-        """Remove other kernels' directories (names that look like kernel ids)."""
+        """Remove other kernels' directories: only those the daemon made (they carry its
+        marker file); anything else under the root is left alone."""
         removed = []
         for entry in os.scandir(self.root):
-            if (entry.name != self.kernel_id and _KERNEL_ID_RE.match(entry.name)
-                    and entry.is_dir(follow_symlinks=False)):
-                # Rename first so a half-deleted tree is never mistaken for a kernel's entry.
-                doomed = self.root / f"{_TMP_PREFIX}gc.{entry.name}"
-                try:
-                    os.replace(entry.path, doomed)
-                except OSError:
-                    continue
-                shutil.rmtree(doomed, ignore_errors=True)
-                removed.append(entry.name)
+            if (entry.name == self.kernel_id or not _KERNEL_ID_RE.match(entry.name)
+                    or not entry.is_dir(follow_symlinks=False)
+                    or not os.path.isfile(os.path.join(entry.path, KERNEL_MARKER))):
+                continue
+            # Rename first so a half-deleted tree is never mistaken for a kernel's entry.
+            doomed = self.root / f"{_TMP_PREFIX}gc.{entry.name}"
+            try:
+                os.replace(entry.path, doomed)
+            except OSError:
+                continue
+            shutil.rmtree(doomed, ignore_errors=True)
+            removed.append(entry.name)
+        # a gc rename interrupted by a crash: ours by name, finish it
+        for entry in os.scandir(self.root):
+            if entry.name.startswith(f"{_TMP_PREFIX}gc.") and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
         if removed:
             fsync_dir(self.root)
         return removed
@@ -360,11 +435,24 @@ class Cache:
     # ------------------------------------------------------------------ reading
 
     def read_record(self, name: str) -> dict[str, Any] | None:
+        data = _open_nofollow(self.record_path(name), 16 << 20)
         try:
-            with open(self.record_path(name), "rb") as f:
-                return json.load(f)
-        except (FileNotFoundError, ValueError):
+            rec = json.loads(data) if data is not None else None
+        except ValueError:
             return None
+        return rec if isinstance(rec, dict) else None
+
+    def read_published_btf(self, name: str) -> bytes | None:
+        """A module's published .btf: a regular file only, never through a symlink."""
+        return _open_nofollow(self.btf_path(name), 256 << 20)
+
+    def published_btf_intact(self, name: str, size: int | None) -> bool:
+        """The .btf is still a regular file of the recorded size (cheap; for re-checks)."""
+        try:
+            st = os.lstat(self.btf_path(name))
+        except OSError:
+            return False
+        return stat.S_ISREG(st.st_mode) and st.st_size == size
 
     def read_manifest(self) -> dict[str, Any] | None:
         try:

@@ -56,6 +56,11 @@ BTF_SECTION = ".BTF"
 BTF_BASE_SECTION = ".BTF.base"
 BTF_BASE_EXPECTS_SECTION = ".BTF.base_expects"
 _BTF_SECTIONS = (BTF_SECTION, BTF_BASE_SECTION, BTF_BASE_EXPECTS_SECTION)
+# What identifies a module build: the kernel shows the same bytes as
+# /sys/module/<m>/notes/.note.gnu.build-id, and .modinfo's srcversion as .../srcversion.
+BUILD_ID_SECTION = ".note.gnu.build-id"
+MODINFO_SECTION = ".modinfo"
+_READ_SECTIONS = (*_BTF_SECTIONS, BUILD_ID_SECTION, MODINFO_SECTION)
 
 # Inputs are untrusted (SPEC §10): sizes from a file never size an allocation unchecked.
 # The largest Debian module (amdgpu, 6.12) is 4 MiB compressed and 30 MiB decompressed; a raw
@@ -112,6 +117,35 @@ class BtfSections(NamedTuple):
     base_expects: bytes | None  # .BTF.base_expects
     is_elf: bool  # False for a raw BTF file such as /sys/kernel/btf/vmlinux
     sha256: str | None  # of the file as stored on disk (compressed bytes); None if not asked
+    build_id_note: bytes | None = None  # the .note.gnu.build-id section as it is
+    modinfo: bytes | None = None  # .modinfo: NUL-separated key=value strings
+
+    @property
+    def build_id(self) -> str | None:
+        return note_build_id(self.build_id_note)
+
+    @property
+    def srcversion(self) -> str | None:
+        return modinfo_value(self.modinfo, "srcversion")
+
+
+def note_build_id(note: bytes | None) -> str | None:
+    """The GNU build id (hex) in a .note.gnu.build-id section's bytes, if well-formed."""
+    if not note or len(note) < 12:
+        return None
+    namesz, descsz, ntype = struct.unpack_from("<III", note, 0)
+    desc = 12 + ((namesz + 3) & ~3)
+    if ntype != 3 or namesz > 16 or desc + descsz > len(note) or not descsz:
+        return None
+    return note[desc:desc + descsz].hex()
+
+
+def modinfo_value(modinfo: bytes | None, key: str) -> str | None:
+    for item in (modinfo or b"").split(b"\0"):
+        k, sep, v = item.partition(b"=")
+        if sep and k == key.encode():
+            return v.decode("ascii", "replace")
+    return None
 
 
 class _Image(NamedTuple):
@@ -147,11 +181,12 @@ def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True,
         if _detect_compression(head) is None and head.startswith(_ELF_MAGIC):
             # pyelftools seeks to what it needs: headers and the .BTF* sections
             f.seek(0)
-            found = _read_named_sections(p, _open_elf(p, f, size), size, set(_BTF_SECTIONS),
+            found = _read_named_sections(p, _open_elf(p, f, size), size, set(_READ_SECTIONS),
                                          cap)
             sha = _sha256_stream(p, f) if digest else None
             return BtfSections(p, None, found.get(BTF_SECTION), found.get(BTF_BASE_SECTION),
-                               found.get(BTF_BASE_EXPECTS_SECTION), True, sha)
+                               found.get(BTF_BASE_EXPECTS_SECTION), True, sha,
+                               found.get(BUILD_ID_SECTION), found.get(MODINFO_SECTION))
         if size > cap:  # st_size of sysfs files is 0 or 4096: only real files get here
             raise ElfError(p, f"{size} bytes, larger than {cap}; refusing")
         f.seek(0)
@@ -160,7 +195,7 @@ def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True,
     if image.is_elf:
         found = _read_named_sections(image.path, _open_elf(image.path, io.BytesIO(image.data),
                                                            len(image.data)),
-                                     len(image.data), set(_BTF_SECTIONS), cap)
+                                     len(image.data), set(_READ_SECTIONS), cap)
     else:
         found = {BTF_SECTION: image.data}
     return BtfSections(
@@ -171,6 +206,8 @@ def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True,
         base_expects=found.get(BTF_BASE_EXPECTS_SECTION),
         is_elf=image.is_elf,
         sha256=_sha256(image.raw) if digest else None,
+        build_id_note=found.get(BUILD_ID_SECTION),
+        modinfo=found.get(MODINFO_SECTION),
     )
 
 

@@ -382,7 +382,7 @@ def test_kill_9_during_publish_burst_leaves_no_torn_file(tmp_path: Path) -> None
     assert stop(p)[0] == 0
     assert kid_dir is not None
     check_cache_consistent(fs, kid_dir, size)
-    assert not [f for f in kid_dir.rglob(".*")], "temporary files left after restart"
+    assert not [f for f in kid_dir.rglob(".tmp-*")], "temporary files left after restart"
     assert len(list((kid_dir / "modules").glob("*.json"))) == len(names)
     assert st["counts"]["ok"] == 200 and st["counts"]["incompatible"] == 100
     assert kills == 4
@@ -653,7 +653,8 @@ def test_second_daemon_on_same_socket_refuses(fs: FakeSystem) -> None:
     cfg = fs.config(log_format="json")
     p = start(fs, cfg)
     try:
-        r = subprocess.run(daemon_argv(cfg), env=env_for_daemon(), capture_output=True,
+        other = fs.config(log_format="json", cache_dir=str(fs.root / "cache2"))
+        r = subprocess.run(daemon_argv(other), env=env_for_daemon(), capture_output=True,
                            text=True, timeout=30)
         assert r.returncode == 2
         assert "already listening" in r.stderr

@@ -54,11 +54,13 @@ class FakeResult:
     btf: bytes | None = None
     module_sha256: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    build_id: str | None = None
 
     def to_json(self) -> dict:
         return {"module": self.module, "path": self.path, "verdict": self.verdict.value,
                 "summary": self.summary, "diagnostics": self.diagnostics,
-                "module_sha256": self.module_sha256, "timings": self.timings}
+                "module_sha256": self.module_sha256, "timings": self.timings,
+                "build_id": self.build_id}
 
 
 def _fake_vmlinux() -> bytes:
@@ -103,7 +105,8 @@ class FakeEngine:
         return FakeIndex(path, hashlib.sha256(data).hexdigest(),
                          Btf.parse(data, source=path, validate=False))
 
-    def reconcile(self, path: str, index: Any, *, strict: str, module_name: str) -> FakeResult:
+    def reconcile(self, path: str, index: Any, *, strict: str, module_name: str,
+                  max_bytes: int | None = None) -> FakeResult:
         self.calls.append(module_name)
         if self.delay:
             time.sleep(self.delay)
@@ -112,10 +115,17 @@ class FakeEngine:
         sha = hashlib.sha256(content).hexdigest()
         if word == b"RAISE":
             raise RuntimeError("fake engine bug")
+        if word.startswith(b"SLOW"):  # "SLOW3.5": a pathological input taking 3.5 s
+            time.sleep(float(word[4:]))
+            word = b"OK"
         if word == b"OK":
+            # "OK name BUILDID=abcd ...": the file's build id (what the kernel shows in
+            # /sys/module/<m>/notes/.note.gnu.build-id for the loaded module)
+            bid = next((w[8:].decode() for w in content.split() if w.startswith(b"BUILDID=")),
+                       None)
             return FakeResult(module_name, path, FakeVerdict.OK, "reconciled (fake)",
                               btf=expected_btf(content, self.size), module_sha256=sha,
-                              timings={"fake": 0.0})
+                              timings={"fake": 0.0}, build_id=bid)
         if word == b"INCOMPATIBLE":
             return FakeResult(module_name, path, FakeVerdict.INCOMPATIBLE,
                               "STRUCT foo size=16: vmlinux has size=24",
@@ -162,14 +172,25 @@ class FakeSystem:
         d.mkdir(exist_ok=True)
         (d / "initstate").write_text("live\n")
 
+    def loaded_build_id(self, name: str, build_id: str) -> None:
+        """The loaded module's /sys/module/<m>/notes/.note.gnu.build-id (a GNU note)."""
+        notes = self.sysfs / "module" / name / "notes"
+        notes.mkdir(exist_ok=True)
+        desc = bytes.fromhex(build_id)
+        (notes / ".note.gnu.build-id").write_bytes(
+            struct.pack("<III", 4, len(desc), 3) + b"GNU\0" + desc)
+
+    def kernel_btf(self, name: str, data: bytes) -> None:
+        (self.sysfs / "kernel" / "btf" / name).write_bytes(data)
+
     def builtin(self, name: str) -> None:
         (self.sysfs / "module" / name).mkdir(exist_ok=True)
 
     def unload(self, name: str) -> None:
-        d = self.sysfs / "module" / name
-        for f in d.iterdir():
-            f.unlink()
-        d.rmdir()
+        import shutil
+
+        shutil.rmtree(self.sysfs / "module" / name)
+        (self.sysfs / "kernel" / "btf" / name).unlink(missing_ok=True)
 
     def config(self, **extra: Any) -> Path:
         values: dict[str, Any] = {

@@ -144,3 +144,48 @@ def test_check_json_on_a_fifo_names_it(tmp_path: Path) -> None:
     r, _, _ = ctl("check", str(fifo), "--vmlinux", "/sys/kernel/btf/vmlinux", "--json")
     out = json.loads(r.stdout)
     assert out["verdict"] == "error" and "FIFO" in out["summary"]
+
+
+def test_daemon_survives_a_fifo_and_a_bomb_within_bounds(tmp_path: Path, module: Path) -> None:  # noqa: F811
+    """The real engine in the daemon: a FIFO named like a module and a 3 GiB .ko.zst bomb get
+    verdict error quickly, the module queued behind them is processed, and the daemon's peak
+    RSS (VmHWM, the running kernel's vmlinux indexed) stays under 512 MB."""
+    from test_daemon_support import FakeSystem, env_for_daemon, wait_for
+
+    from btfreconciled.daemon.control import request
+
+    fs = FakeSystem(tmp_path / "w")
+    fs.vmlinux.write_bytes(Path("/sys/kernel/btf/vmlinux").read_bytes())
+    os.mkfifo(fs.mods / "xt_FIFO.ko")
+    _zstd_bomb(fs.mods / "xt_bomb.ko.zst", 3 << 30)
+    (fs.mods / "zz_plain.ko").write_bytes(module.read_bytes())
+    for n in ("xt_FIFO", "xt_bomb", "zz_plain"):
+        fs.load(n)
+    cfg = fs.config(log_format="json")
+    p = subprocess.Popen([sys.executable, "-m", "btfreconciled.daemon.main", "--foreground",
+                          "--config", str(cfg)], env=env_for_daemon(),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def verdicts() -> dict[str, str]:
+            try:
+                mods = request(fs.socket, {"cmd": "list"})["modules"]
+            except Exception:
+                return {}
+            return {m["module"]: m["verdict"] for m in mods}
+        t0 = time.monotonic()
+        assert wait_for(lambda: len(verdicts()) == 3, 60), verdicts()
+        took = time.monotonic() - t0
+        v = verdicts()
+        assert v == {"xt_FIFO": "error", "xt_bomb": "error", "zz_plain": "no-base"}, v
+        show = request(fs.socket, {"cmd": "show", "module": "xt_bomb"})["record"]
+        assert "decompresses to more than" in show["summary"]
+        show = request(fs.socket, {"cmd": "show", "module": "xt_FIFO"})["record"]
+        assert "is a FIFO" in show["summary"]
+        status = Path(f"/proc/{p.pid}/status").read_text()
+        hwm = int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM")).split()[1])
+        print(f"daemon: FIFO + bomb + plain in {took:.2f} s, peak RSS {hwm / 1024:.0f} MB")
+        assert hwm / 1024 < 512
+    finally:
+        p.terminate()
+        _, err = p.communicate(timeout=20)
+    assert p.returncode == 0, err[-2000:]

@@ -13,6 +13,8 @@ Every key is optional::
     events = "auto"                                 # auto (netlink, else poll) | netlink | poll
     poll_interval = 2.0                             # seconds, polling fallback
     gc = true                                       # remove other kernels' cache entries
+    module_timeout = 60                             # seconds one module may take
+    max_module_bytes = 134217728                    # read from / decompressed of one module
     merged_btf = "modules"                          # loader-ready BTF: modules (merged/<m>.btf
                                                     # and all.btf) | all (all.btf only) | off
     watch_files = true                              # watchdog on module dirs and this file
@@ -68,6 +70,8 @@ class Config:
     gc: bool = True
     watch_files: bool = True
     merged_btf: str = "modules"
+    module_timeout: float = 60.0
+    max_module_bytes: int = 128 << 20
     vmlinux: Path = Path("/sys/kernel/btf/vmlinux")
     sysfs: Path = Path("/sys")
     modules_root: Path | None = None
@@ -177,6 +181,17 @@ def apply(cfg: Config, data: dict[str, Any], where: str) -> Config:
                 raise ConfigError(f"{where}: control_timeout: {value!r} is out of range "
                                   "(0.1-3600)")
             cfg.control_timeout = v
+        elif key == "max_module_bytes":
+            v = _want(where, key, value, int)
+            if not 1 << 20 <= v <= 4 << 30:
+                raise ConfigError(f"{where}: max_module_bytes: {value!r} is out of range "
+                                  "(1 MiB - 4 GiB)")
+            cfg.max_module_bytes = v
+        elif key == "module_timeout":
+            v = float(_want(where, key, value, (int, float)))
+            if not 0.1 <= v <= 3600:
+                raise ConfigError(f"{where}: module_timeout: {value!r} is out of range (0.1-3600)")
+            cfg.module_timeout = v
         elif key == "merged_btf":
             cfg.merged_btf = _choice(where, key, value, MERGED_CHOICES)
         elif key in ("gc", "watch_files", "accept_user_uevents"):

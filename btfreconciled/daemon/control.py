@@ -91,7 +91,7 @@ def handle_request(daemon: Any, req: Any, *, extra_stats: StatsHook | None = Non
         return {"ok": True, "record": rec}
     # path
     resp = {"ok": True, "module": name, "verdict": rec["verdict"], "summary": rec["summary"],
-            "btf": rec.get("btf") if rec.get("published") else None}
+            "btf": daemon.published_btf(name)}
     if merged:
         path, why = daemon.merged_path(name)
         resp.update(merged=path, reason=why or None)

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cache import Cache, CacheError, check_module_name, describe_os_error
-from ..elf import sha256_file
+from ..cache import Cache, CacheError, check_module_name, describe_os_error, lock_root
+from ..elf import ElfError, sha256_file
 from . import logs
 from .config import Config
 from .engine import Engine
@@ -30,6 +30,14 @@ from .events import scan_sysfs
 from .merged import MergedWriter
 from .modfind import ModuleIndex, build_index
 from .notify import Notifier
+from .policy import (
+    STALE_FILE,
+    compare,
+    identity_note,
+    identity_problem,
+    kernel_btf,
+    kernel_truth,
+)
 
 
 def _version() -> str:
@@ -42,10 +50,25 @@ def _version() -> str:
 
 
 VERSION = _version()
+
+
+def _engine_id() -> str:
+    """VERSION plus a digest of this package's sources: results of another build of the
+    engine (an upgrade, a development checkout) are never reused."""
+    h = hashlib.sha256(VERSION.encode())
+    root = Path(__file__).resolve().parent.parent
+    for f in sorted(root.rglob("*.py")):
+        with contextlib.suppress(OSError):
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return f"{VERSION}+{h.hexdigest()[:12]}"
+
+
+ENGINE_ID = _engine_id()
 RECORD_FORMAT = 1
 # Verdicts of the engine plus the daemon's own.
 ENGINE_VERDICTS = ("ok", "incompatible", "no-base", "error")
 BUILTIN, NO_FILE = "builtin", "no-file"
+DAEMON_VERDICTS = (BUILTIN, NO_FILE, STALE_FILE)
 IN_KERNEL_RELOCATION = (6, 11)  # Linux reconciles .BTF.base modules itself from 6.11 on
 
 
@@ -59,6 +82,8 @@ def release_tuple(release: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+# Engine results held for re-publication without reconciling again (LRU by BTF bytes).
+MEMO_BYTES = 64 << 20
 MANIFEST_QUIET = 0.1  # seconds without work before the manifest is rewritten
 BATCH = 16  # modules evaluated, then published with one durability barrier
 CROSS_CHECK_DELAY, CROSS_CHECK_TRIES = 0.05, 60  # wait up to 3 s for /sys/kernel/btf/<mod>
@@ -118,6 +143,7 @@ class Stats:
     reused: int = 0
     publish_errors: int = 0
     worker_errors: int = 0
+    timeouts: int = 0
     last_events: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
     # event received -> record renamed into place (seconds), for the last 1000 loads
     latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))
@@ -150,7 +176,8 @@ class Daemon:
         self.event_source_detail = ""
         self.watching: list[str] = []
         self.manifest_dirty = False
-        self._memo: dict[str, _Memo] = {}
+        self._memo: collections.OrderedDict[str, _Memo] = collections.OrderedDict()
+        self._memo_bytes = 0
         self._cc_tries: dict[str, int] = {}
         self._stop = False
         self._worker: threading.Thread | None = None
@@ -165,12 +192,20 @@ class Daemon:
         self._rescan: dict[str, Any] | None = None  # the rescan being worked off
         self.last_rescan: dict[str, Any] | None = None
         self._last_done = 0.0
+        self._lock_fd: int | None = None
+        # The worker generation: a worker stuck past module_timeout is abandoned (Python
+        # cannot stop a thread) and its late results are dropped; a new one takes over.
+        self._gen = 0
+        self._current: tuple[str, float, int] | None = None  # (module, since, generation)
 
     # ------------------------------------------------------------------ start-up
 
     def load_kernel(self) -> None:
         """Hash the running vmlinux BTF, build the index once, prepare the cache."""
         vmlinux = self.cfg.vmlinux
+        if self._lock_fd is None:
+            os.makedirs(self.cfg.cache_dir, mode=0o755, exist_ok=True)
+            self._lock_fd = lock_root(self.cfg.cache_dir)
         self.kernel_id = sha256_file(vmlinux)
         t0 = time.perf_counter()
         self.index = self.engine.load_index(str(vmlinux))
@@ -179,7 +214,8 @@ class Daemon:
         self.cache = Cache(self.cfg.cache_dir, self.kernel_id)
         leftovers = self.cache.prepare()
         if leftovers:
-            self.log.warning("removed temporary files left by an interrupted write",
+            self.log.warning("cleaned up the cache: temporary files of an interrupted write, "
+                             "or something planted in place of a cache directory",
                              files=leftovers)
         if self.cfg.gc:
             self.gc()
@@ -210,10 +246,56 @@ class Daemon:
             self.log.info("module tree unavailable", problem=p)
 
     def start_worker(self) -> None:
-        self._worker = threading.Thread(target=self._work, name="btfr-worker", daemon=True)
-        self._worker.start()
+        with self.cond:
+            self._spawn_worker()
+        threading.Thread(target=self._watch_worker, name="btfr-watch", daemon=True).start()
         if self.merged is not None:
             self.merged.start()
+
+    def _spawn_worker(self) -> None:
+        # lock held
+        self._worker = threading.Thread(target=self._work, args=(self._gen,),
+                                        name=f"btfr-worker-{self._gen}", daemon=True)
+        self._worker.start()
+
+    def _watch_worker(self) -> None:
+        """One input never holds the worker: a module still being reconciled after
+        module_timeout gets verdict error, the rest of its batch is queued again, and a new
+        worker carries on (the old thread finishes in the background, its results dropped)."""
+        limit = self.cfg.module_timeout
+        while True:
+            # not self.cond.wait(): a notify() meant for the worker must never wake us instead
+            time.sleep(min(1.0, limit / 4))
+            with self.cond:
+                cur = self._current
+                if (self._stop or cur is None or cur[2] != self._gen
+                        or time.monotonic() - cur[1] < limit):
+                    continue
+                name = cur[0]
+                self._gen += 1
+                self._current = None
+                now = self.clock()
+                for other in reversed([n for n in self.busy if n != name]):
+                    self.pending[other] = (now, False)
+                    self.pending.move_to_end(other, last=False)
+                self.busy = []
+                self.stats.timeouts += 1
+                self._spawn_worker()
+            self.log.error("module reconciliation timed out; given up", module=name,
+                           seconds=limit)
+            self._publish_timeout(name, limit)
+
+    def _publish_timeout(self, name: str, limit: float) -> None:
+        assert self.cache is not None
+        with self.lock:
+            path = self.modindex.lookup(name)
+        rec = self._daemon_record(
+            name, "error", f"{name}: reconciliation did not finish within {limit:g} s "
+            "(module_timeout); given up: the module file is pathological or far too large",
+            path=str(path) if path else None)
+        err = self.cache.publish_many([(name, rec, None)]).get(name)
+        self._note_published(name, rec, None, err)
+        self._update_merged()
 
     def stop(self, timeout: float = 10.0) -> None:
         with self.cond:
@@ -224,6 +306,9 @@ class Daemon:
         if self.merged is not None:
             self.merged.stop(timeout)
         self.flush_manifest()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # ------------------------------------------------------------------ events (loop thread)
 
@@ -299,10 +384,12 @@ class Daemon:
 
     # ------------------------------------------------------------------ worker
 
-    def _work(self) -> None:
+    def _work(self, gen: int) -> None:
         quiet_until: float | None = None
         while True:
             with self.cond:
+                if gen != self._gen:
+                    return  # abandoned after a timeout
                 while not self.pending and not self._stop:
                     if self.idle.is_set():
                         self.cond.wait()
@@ -329,7 +416,7 @@ class Daemon:
                                 "reason": r["reason"], "modules": r["modules"],
                                 "seconds": round(max(0.0, self._last_done - r["started"]), 3)}
                         self.idle.set()
-                if self._stop:
+                if self._stop or gen != self._gen:
                     return
                 quiet_until = None
                 batch: list[_Job] = []
@@ -340,7 +427,7 @@ class Daemon:
                     self.force.discard(name)
                 self.busy = [j.name for j in batch]
             try:
-                self.process_batch(batch)
+                self.process_batch(batch, gen)
             except Exception as e:  # one bad module never stops the daemon
                 self.stats.worker_errors += 1
                 self.log.error("internal error while processing modules",
@@ -349,9 +436,10 @@ class Daemon:
                                traceback=traceback.format_exc(limit=8))
             finally:
                 with self.lock:
-                    self.busy = []
-                    self.stats.processed += len(batch)
-                    self._last_done = self.clock()
+                    if gen == self._gen:
+                        self.busy = []
+                        self.stats.processed += len(batch)
+                        self._last_done = self.clock()
 
     def _on_idle(self) -> None:
         self.flush_manifest()
@@ -375,10 +463,13 @@ class Daemon:
         """Make the cache match one module's state (see :meth:`process_batch`)."""
         self.process_batch([_Job(name, loaded, when, by_event, force)])
 
-    def process_batch(self, jobs: list[_Job]) -> None:
+    def process_batch(self, jobs: list[_Job], gen: int | None = None) -> None:
         """Evaluate each module (reconcile, or reuse an earlier result), then publish the
-        group with one durability barrier; loads get their latency recorded."""
+        group with one durability barrier; loads get their latency recorded. A worker of an
+        older generation (abandoned after a timeout) publishes nothing."""
         assert self.cache is not None
+        if gen is None:
+            gen = self._gen
         writes: list[tuple[str, dict[str, Any] | None, bytes | None]] = []
         done: list[tuple[_Job, dict[str, Any] | None, bytes | None, bool]] = []
         retry: list[str] = []
@@ -387,33 +478,12 @@ class Daemon:
                 writes.append((job.name, None, None))
                 done.append((job, None, None, True))
                 continue
+            with self.lock:
+                if gen != self._gen:
+                    return
+                self._current = (job.name, time.monotonic(), gen)
             try:
-                started = self.clock()
-                record, btf, on_disk = self._evaluate(job.name, force=job.force)
-                record["timings"] = dict(record.get("timings") or {})
-                record["timings"]["queued"] = round(started - job.when, 6)  # event -> worker
-                if record["verdict"] == "ok" and btf is not None:
-                    cc = self._cross_check_now(job.name, btf)
-                    if cc is None:
-                        # The uevent precedes the kernel's BTF notifier: publish now, look
-                        # again shortly (without holding up the other modules).
-                        tries = self._cc_tries.get(job.name, 0)
-                        if tries < CROSS_CHECK_TRIES:
-                            self._cc_tries[job.name] = tries + 1
-                            retry.append(job.name)
-                        else:
-                            cc = {"result": "absent", "kernel_file": str(
-                                self.cfg.sysfs / "kernel" / "btf" / job.name),
-                                "detail": "the module was still initialising after "
-                                          f"{CROSS_CHECK_TRIES * CROSS_CHECK_DELAY:g} s"}
-                    if cc is not None:
-                        self._cc_tries.pop(job.name, None)
-                    if cc is not None and cc != record.get("cross_check", {}):
-                        if cc:
-                            record["cross_check"] = cc
-                        else:
-                            record.pop("cross_check", None)
-                        on_disk = False
+                record, btf, on_disk = self._decide(job, retry)
                 if not on_disk and self._same_as_published(job.name, record):
                     # re-checked, nothing changed (rescan, SIGHUP, module tree touched)
                     with self.lock:
@@ -429,6 +499,10 @@ class Daemon:
                 self.log.error("internal error while processing a module", module=job.name,
                                error=f"{type(e).__name__}: {e}",
                                traceback=traceback.format_exc(limit=8))
+        with self.lock:
+            if gen != self._gen:
+                return
+            self._current = None
         errors: dict[str, OSError] = {}
         if writes:
             try:
@@ -456,8 +530,7 @@ class Daemon:
             return
         with self.lock:
             wanted = {n: v.record["btf_sha256"] for n, v in self.modules.items()
-                      if v.verdict == "ok" and v.published and v.btf_path
-                      and v.record.get("btf_sha256")}
+                      if v.published and v.btf_path and v.record.get("btf_sha256")}
         self.merged.set_wanted(wanted)
 
     def merged_path(self, name: str) -> tuple[str | None, str]:
@@ -466,7 +539,7 @@ class Daemon:
             v = self.modules.get(name)
         if v is None:
             return None, "not loaded"
-        if v.verdict != "ok":
+        if not v.record.get("btf"):
             return None, f"{v.verdict}: {v.summary}"
         if not v.published or not v.btf_path:
             return None, f"not published: {v.publish_error or 'see status'}"
@@ -491,6 +564,54 @@ class Daemon:
             return None, [], "no module with verdict ok is loaded"
         return str(info[0]), info[1], ""
 
+    def _decide(self, job: _Job, retry: list[str]
+                ) -> tuple[dict[str, Any], bytes | None, bool]:
+        """(record, btf, already_on_disk) for a loaded module: the engine's (or remembered)
+        result, then the policy: the file must be the loaded module, and where the kernel
+        registered the module's BTF, ours must equal it (policy.py)."""
+        started = self.clock()
+        record, btf, on_disk = self._evaluate(job.name, force=job.force)
+        record["timings"] = dict(record.get("timings") or {})
+        record["timings"]["queued"] = round(started - job.when, 6)  # event -> worker
+        if record.get("build_id") or record.get("srcversion"):
+            problem = identity_problem(self.cfg.sysfs, job.name, record)
+            if problem is not None:
+                stale = self._daemon_record(job.name, STALE_FILE, problem, path=record["path"])
+                stale.update(build_id=record.get("build_id"), srcversion=record.get("srcversion"),
+                             module_sha256=record.get("module_sha256"),
+                             diagnostics=[{"code": STALE_FILE, "severity": "error",
+                                           "summary": problem}])
+                stale["timings"] = record["timings"]
+                return stale, None, False
+            record["identity"] = identity_note(self.cfg.sysfs, job.name, record)
+        if record["verdict"] != "ok" or btf is None:
+            return record, btf, on_disk
+        cc, kbytes = self._cross_check_now(job.name, btf)
+        if cc is None:
+            # The uevent precedes the kernel's BTF notifier: publish now, look again shortly
+            # (without holding up the other modules).
+            tries = self._cc_tries.get(job.name, 0)
+            if tries < CROSS_CHECK_TRIES:
+                self._cc_tries[job.name] = tries + 1
+                retry.append(job.name)
+                return record, btf, on_disk
+            cc = {"result": "absent",
+                  "kernel_file": str(self.cfg.sysfs / "kernel" / "btf" / job.name),
+                  "detail": "the module was still initialising after "
+                            f"{CROSS_CHECK_TRIES * CROSS_CHECK_DELAY:g} s"}
+        self._cc_tries.pop(job.name, None)
+        if cc.get("result") == "mismatch" and kbytes is not None:
+            record = kernel_truth(job.name, record, cc)
+            btf = kbytes
+            record.update(btf_sha256=hashlib.sha256(btf).hexdigest(), btf_size=len(btf))
+        if cc != record.get("cross_check", {}):
+            if cc:
+                record["cross_check"] = cc
+            else:
+                record.pop("cross_check", None)
+            on_disk = False
+        return record, btf, on_disk
+
     def _requeue(self, name: str) -> None:
         with self.cond:
             if self.desired.get(name, False) and not self._stop:
@@ -500,6 +621,11 @@ class Daemon:
         with self.lock:
             view = self.modules.get(name)
         if view is None or not view.published or not self.desired.get(name, False):
+            return False
+        if record.get("btf") and self.cache is not None and not \
+                self.cache.published_btf_intact(name, record.get("btf_size")):
+            self.log.warning("published BTF was replaced or removed behind our back; "
+                             "publishing it again", module=name)
             return False
         volatile = ("timings", "published_at")
         a = {k: v for k, v in record.items() if k not in volatile}
@@ -529,11 +655,14 @@ class Daemon:
         except OSError as e:
             return self._daemon_record(name, "error", f"cannot stat module file: "
                                        f"{describe_os_error(e)}", path=str(path)), None, False
+        # what makes a result reusable: the same file, policy, kernel and engine (an upgrade
+        # of btfreconciled never republishes an older engine's results)
         key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, self.cfg.strict,
-               self.kernel_id, self.engine.name)
+               self.kernel_id, self.engine.name, ENGINE_ID)
         memo = self._memo.get(name)
         if memo is not None and memo.key == key and not force:
             self.stats.reused += 1
+            self._memo.move_to_end(name)
             return dict(memo.record), memo.btf, False
         if not force:
             reused = self._reuse_published(name, key)
@@ -544,6 +673,7 @@ class Daemon:
         t0 = time.perf_counter()
         try:
             result = self.engine.reconcile(str(path), self.index, strict=self.cfg.strict,
+                                           max_bytes=self.cfg.max_module_bytes,
                                            module_name=name)
         except Exception as e:  # the engine promises not to raise; be safe anyway
             self.log.error("reconciliation raised", module=name, path=str(path),
@@ -562,8 +692,17 @@ class Daemon:
 
     def _remember(self, name: str, key: tuple[Any, ...], record: dict[str, Any],
                   btf: bytes | None) -> None:
-        rec = {k: v for k, v in record.items() if k != "cross_check"}
+        """Keep a result for cheap re-publication; least recently used first out once the
+        BTF held passes MEMO_BYTES (a re-check then reads the published file back)."""
+        rec = {k: v for k, v in record.items() if k not in ("cross_check", "identity")}
+        old = self._memo.pop(name, None)
+        if old is not None:
+            self._memo_bytes -= len(old.btf or b"")
         self._memo[name] = _Memo(key, rec, btf)
+        self._memo_bytes += len(btf or b"")
+        while self._memo_bytes > MEMO_BYTES and len(self._memo) > 1:
+            _, gone = self._memo.popitem(last=False)
+            self._memo_bytes -= len(gone.btf or b"")
 
     def _reuse_published(self, name: str, key: tuple[Any, ...]
                          ) -> tuple[dict[str, Any], bytes | None] | None:
@@ -572,15 +711,19 @@ class Daemon:
         rec = self.cache.read_record(name)
         if not rec or rec.get("format") != RECORD_FORMAT or rec.get("key") != list(key):
             return None
-        if rec.get("verdict") == "ok":
-            try:
-                btf = self.cache.btf_path(name).read_bytes()
-            except OSError:
+        # the same stat is not the same bytes: the record must name this file's sha256
+        try:
+            if rec.get("module_sha256") != sha256_file(key[0]):
                 return None
-            if hashlib.sha256(btf).hexdigest() != rec.get("btf_sha256"):
+        except ElfError:
+            return None
+        rec = {k: v for k, v in rec.items() if k not in ("cross_check", "identity")}
+        if rec.get("verdict") == "ok":
+            btf = self.cache.read_published_btf(name)
+            if btf is None or hashlib.sha256(btf).hexdigest() != rec.get("btf_sha256"):
                 return None
             return rec, btf
-        if self.cache.btf_path(name).exists():
+        if os.path.lexists(self.cache.btf_path(name)):
             return None  # a stale .btf next to a failed verdict: publish again to remove it
         return rec, None
 
@@ -673,65 +816,32 @@ class Daemon:
     def _kernel_relocates(self) -> bool:
         return release_tuple(self.release) >= IN_KERNEL_RELOCATION
 
-    def _cross_check_now(self, name: str, btf: bytes) -> dict[str, Any] | None:
-        """On kernels that relocate .BTF.base themselves, compare with /sys/kernel/btf/<mod>.
-
-        {} when not applicable; None when the module is still initialising (the uevent comes
-        before the kernel's BTF notifier) and the check must wait.
-        """
+    def _cross_check_now(self, name: str, btf: bytes
+                         ) -> tuple[dict[str, Any] | None, bytes | None]:
+        """On kernels that relocate .BTF.base themselves, compare with /sys/kernel/btf/<mod>:
+        (result, the kernel's bytes). ({}, None) when not applicable; (None, None) while the
+        module is still initialising (the uevent precedes the kernel's BTF notifier)."""
         if not self._kernel_relocates():
-            return {}
+            return {}, None
         kfile = self.cfg.sysfs / "kernel" / "btf" / name
-        try:
-            kernel_btf = kfile.read_bytes()
-        except FileNotFoundError:
-            try:
-                state = (self.cfg.sysfs / "module" / name / "initstate").read_text().strip()
-            except OSError:
-                state = "gone"
-            if state == "coming":
-                return None
-            return {"result": "absent", "kernel_file": str(kfile),
-                    "detail": f"{kfile} does not exist: the kernel made no BTF for this module"}
-        except OSError as e:
-            return {"result": "error", "kernel_file": str(kfile), "detail": describe_os_error(e)}
-        res = self._compare(name, btf, kernel_btf)
+        state, data = kernel_btf(self.cfg.sysfs, name)
+        if state == "coming":
+            return None, None
+        if not isinstance(data, bytes):
+            return {"result": state, "kernel_file": str(kfile), "detail": data}, None
+        res = compare(name, btf, data, getattr(self.index, "btf", None))
         res["kernel_file"] = str(kfile)
         if res["result"] == "mismatch":
-            self.log.warning("our BTF differs from the kernel's", module=name,
-                             detail=res.get("detail"))
-        return res
-
-    def _compare(self, name: str, ours: bytes, theirs: bytes) -> dict[str, Any]:
-        if ours == theirs:
-            return {"result": "match", "detail": "byte-identical to the kernel's"}
-        try:
-            from ..btf.btf import Btf
-            from ..btf.dump import dump_raw_lines
-
-            base = getattr(self.index, "btf", None)
-            a = dump_raw_lines(Btf.parse(ours, base=base, source="ours", validate=False))
-            b = dump_raw_lines(Btf.parse(theirs, base=base, source=f"/sys/kernel/btf/{name}",
-                                         validate=False))
-        except Exception as e:
-            return {"result": "mismatch", "detail": f"bytes differ and the kernel's could not "
-                    f"be compared type by type: {type(e).__name__}: {e}"}
-        if a == b:
-            return {"result": "match", "detail": "same types (raw dumps equal), "
-                    "byte layout differs"}
-        first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
-                     min(len(a), len(b)))
-        return {"result": "mismatch",
-                "detail": f"raw dumps differ ({len(a)} vs {len(b)} lines) at line {first + 1}: "
-                          f"ours {a[first] if first < len(a) else '<end>'!r}, kernel "
-                          f"{b[first] if first < len(b) else '<end>'!r}"}
+            self.log.error("our BTF differs from the kernel's: publishing the kernel's",
+                           module=name, detail=res.get("detail"))
+        return res, data
 
     # ------------------------------------------------------------------ manifest / status
 
     def counts(self) -> dict[str, int]:
         with self.lock:
             views = list(self.modules.values())
-        out: dict[str, int] = {v: 0 for v in (*ENGINE_VERDICTS, BUILTIN, NO_FILE)}
+        out: dict[str, int] = {v: 0 for v in (*ENGINE_VERDICTS, *DAEMON_VERDICTS)}
         for v in views:
             out[v.verdict] = out.get(v.verdict, 0) + 1
         return out
@@ -803,7 +913,8 @@ class Daemon:
             "queue": {"pending": pending, "busy": busy},
             "stats": {"events": s.events, "rescans": s.rescans, "overflows": s.overflows,
                       "processed": s.processed, "reconciled": s.reconciled, "reused": s.reused,
-                      "publish_errors": s.publish_errors, "worker_errors": s.worker_errors},
+                      "publish_errors": s.publish_errors, "worker_errors": s.worker_errors,
+                      "timeouts": s.timeouts},
             "latency": self.latency_summary(),
             "index_seconds": round(self.index_seconds, 3),
             "merged": self.merged.status() if self.merged is not None else None,
@@ -840,6 +951,19 @@ class Daemon:
             rec["publish_error"] = v.publish_error
         rec["pending"] = pending
         return rec
+
+    def published_btf(self, name: str) -> str | None:
+        """The module's .btf path when it is published and still the file we wrote."""
+        with self.lock:
+            v = self.modules.get(name)
+        if v is None or not v.published or not v.btf_path or self.cache is None:
+            return None
+        if not self.cache.published_btf_intact(name, v.record.get("btf_size")):
+            with self.cond:
+                self.force.add(name)
+                self._enqueue(name, self.clock())
+            return None
+        return v.btf_path
 
     def is_pending(self, name: str) -> bool:
         with self.lock:

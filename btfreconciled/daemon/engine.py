@@ -14,7 +14,8 @@ class Engine(Protocol):
     def load_index(self, path: str) -> Any:
         """The running kernel's vmlinux index (built once); has ``.btf``."""
 
-    def reconcile(self, path: str, index: Any, *, strict: str, module_name: str) -> Any:
+    def reconcile(self, path: str, index: Any, *, strict: str, module_name: str,
+                  max_bytes: int | None = None) -> Any:
         """A ``ModuleResult``-shaped object: module, path, verdict (enum with ``.value``),
         summary, diagnostics, btf, module_sha256, timings, ``to_json()``."""
 
@@ -32,6 +33,7 @@ class ReconcileEngine:
     def load_index(self, path: str) -> Any:
         return self._mod.VmlinuxIndex.load(path)
 
-    def reconcile(self, path: str, index: Any, *, strict: str, module_name: str) -> Any:
+    def reconcile(self, path: str, index: Any, *, strict: str, module_name: str,
+                  max_bytes: int | None = None) -> Any:
         return self._mod.reconcile_module_file(path, index, strict=strict,
-                                               module_name=module_name)
+                                               module_name=module_name, max_bytes=max_bytes)

@@ -55,6 +55,8 @@ config file (TOML, every key optional; default {DEFAULT_CONFIG} if it exists):
   poll_interval = 2.0             # seconds, polling fallback only
   gc = true                       # remove other kernels' cache entries
   merged_btf = "modules"          # merged/<m>.btf + all.btf | all (all.btf only) | off
+  module_timeout = 60             # seconds one module may take before it is given up
+  max_module_bytes = 134217728    # a module file, and its decompressed payload, at most
   watch_files = true              # watch module dirs and this file for changes
 
 an unprivileged instance next to the system one:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..cache import CacheError
 from . import config as config_mod
 from . import logs
 from .config import Config, ConfigError
@@ -75,6 +76,8 @@ class Service:
         d = self.daemon
         try:
             d.load_kernel()
+        except CacheError as e:
+            raise StartupError(str(e)) from None
         except FileNotFoundError as e:
             raise StartupError(f"{e.filename}: not found (the running kernel's vmlinux BTF; "
                                "needs CONFIG_DEBUG_INFO_BTF)") from None

@@ -37,6 +37,8 @@ class ModuleResult:
     btf: bytes | None  # reconciled split BTF (base = target vmlinux) when verdict is OK
     module_sha256: str
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase + "total"
+    build_id: str | None = None  # GNU build id of the file (hex), to match the loaded module
+    srcversion: str | None = None  # .modinfo srcversion, likewise
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,6 +49,8 @@ class ModuleResult:
             "diagnostics": self.diagnostics,
             "btf_size": len(self.btf) if self.btf is not None else None,
             "module_sha256": self.module_sha256,
+            "build_id": self.build_id,
+            "srcversion": self.srcversion,
             "timings": {k: round(v, 6) for k, v in self.timings.items()},
         }
 
@@ -128,7 +132,8 @@ def module_btf(path: str | Path, base: Btf | VmlinuxIndex | None, *, base_path: 
 
 def reconcile_module_file(path: str, target: VmlinuxIndex, *, strict: str = "embedded",
                           module_name: str | None = None,
-                          embedded_rule: str = EMBEDDED_KERNEL) -> ModuleResult:
+                          embedded_rule: str = EMBEDDED_KERNEL,
+                          max_bytes: int | None = None) -> ModuleResult:
     """Reconcile the module file at `path` onto `target`. Never raises for bad module input:
     unreadable or corrupt files give verdict ERROR with a one-line summary."""
     if strict not in STRICT_CHOICES:
@@ -137,20 +142,22 @@ def reconcile_module_file(path: str, target: VmlinuxIndex, *, strict: str = "emb
     name = module_name or module_name_of(path)
     timings: dict[str, float] = {}
     sha = ""
+    ident: tuple[str | None, str | None] = (None, None)
 
     def result(verdict: Verdict, summary: str, problems: list[Problem] | None = None,
                btf: bytes | None = None) -> ModuleResult:
         timings["total"] = time.perf_counter() - t0
         return ModuleResult(name, str(path), verdict, summary,
-                            [p.to_dict() for p in problems or []], btf, sha, timings)
+                            [p.to_dict() for p in problems or []], btf, sha, timings, *ident)
 
     def error(summary: str) -> ModuleResult:
         p = Problem("error", ERROR, summary)
         return result(Verdict.ERROR, summary, [p])
 
     try:
-        sections = read_btf_sections(path)
-        sha = sections.sha256
+        sections = read_btf_sections(path, max_size=max_bytes)
+        sha = sections.sha256 or ""
+        ident = (sections.build_id, sections.srcversion)
     except ElfError as exc:
         with contextlib.suppress(OSError, ElfError):
             sha = sha256_file(path)
