@@ -250,7 +250,10 @@ def world() -> Iterator[FakeSystem]:
 def test_idle_and_slow_clients_time_out_and_the_64th_connection_is_the_last(world) -> None:
     p = _start(world, control_timeout=1.5)
     try:
-        time.sleep(0.3)  # _start's own ping connection is gone
+        # _start's own ping connection is gone: only the asking one is open
+        assert wait_for(lambda: request(world.socket, {"cmd": "status"})["stats"]
+                        ["control_connections"] == 1, 10)
+        time.sleep(0.3)  # and the asking one has closed too
         held = [_connect(world.socket) for _ in range(65)]
         answers = [_read_line(s) for s in held]  # the refused one at once, the rest idle
         codes = [a.get("code") for a in answers]
