@@ -1,7 +1,8 @@
 """Read and write the BTF sections of kernel ELF files (SPEC §2).
 
 Reading: `.ko`/vmlinux ELF files, plain or xz/zstd/gzip compressed (detected by magic
-bytes), and raw BTF files such as /sys/kernel/btf/vmlinux. Parsing is pyelftools'; we only
+bytes), raw BTF files such as /sys/kernel/btf/vmlinux, and x86 kernel images (bzImage,
+/boot/vmlinuz-*: their vmlinux's .BTF, see kimage.py). Parsing is pyelftools'; we only
 add the bounds checks pyelftools skips (it reads a BytesIO, which silently returns short
 data past EOF) and turn every parse failure into a one-line `ElfError`.
 
@@ -76,6 +77,7 @@ _BTF_MAGICS = (b"\x9f\xeb", b"\xeb\x9f")  # 0xeB9F little- and big-endian
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _GZIP_MAGIC = b"\x1f\x8b"
+_HEAD_LEN = 0x206  # enough for the compression magics and a bzImage's "HdrS" at 0x202
 
 _SHN_LORESERVE = 0xFF00
 _SHF_ALLOC = 0x2
@@ -111,7 +113,7 @@ class ElfError(Exception):
 # a tenth of a `btfreconcilectl dump` that needs neither.
 class BtfSections(NamedTuple):
     path: Path
-    compression: str | None  # None, "xz", "zst", "gz"
+    compression: str | None  # None, "xz", "zst", "gz"; "bzImage+zstd" etc. for a kernel image
     btf: bytes | None  # .BTF
     base: bytes | None  # .BTF.base (distilled base)
     base_expects: bytes | None  # .BTF.base_expects
@@ -175,9 +177,11 @@ def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True,
     fd, size = _open_regular(p)
     with open(fd, "rb") as f:
         try:
-            head = f.read(len(_XZ_MAGIC))
+            head = f.read(_HEAD_LEN)
         except OSError as e:
             raise ElfError(p, f"cannot read: {e.strerror or e}") from None
+        if head[:2] == b"MZ" and head[0x202:0x206] == b"HdrS":
+            return _read_kernel_image(p, f, size, cap, max_size, digest)
         if _detect_compression(head) is None and head.startswith(_ELF_MAGIC):
             # pyelftools seeks to what it needs: headers and the .BTF* sections
             f.seek(0)
@@ -209,6 +213,28 @@ def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True,
         build_id_note=found.get(BUILD_ID_SECTION),
         modinfo=found.get(MODINFO_SECTION),
     )
+
+
+def _read_kernel_image(p: Path, f: io.BufferedReader, size: int, cap: int,
+                       max_size: int | None, digest: bool) -> BtfSections:
+    """A bzImage (/boot/vmlinuz-*): only its vmlinux's .BTF, so callers treat it like a raw
+    BTF file (is_elf False: no .BTF.base, not a module); `compression` says what it was."""
+    from . import kimage
+
+    if size > cap:
+        raise ElfError(p, f"{size} bytes, larger than {cap}; refusing")
+    found = kimage.read_kernel_image_btf(
+        p, f, max_btf=cap, max_decompressed=max_size or kimage.MAX_DECOMPRESSED)
+    sha = _sha256_stream(p, f) if digest else None
+    return BtfSections(p, f"bzImage+{found.compression}", found.btf, None, None, False, sha)
+
+
+MODULE_SIGNATURE_MAGIC = b"~Module signature appended~\n"
+
+
+def module_is_signed(path: str | os.PathLike[str]) -> bool:
+    """The module (decompressed) ends with an appended signature (scripts/sign-file)."""
+    return _load(Path(path)).data.endswith(MODULE_SIGNATURE_MAGIC)
 
 
 def sha256_file(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> str:

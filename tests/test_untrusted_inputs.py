@@ -3,8 +3,7 @@
 Each case is a finding from trying the tools as a new user would: FIFOs and devices named
 like modules hung `check` and `dump`; a decompression bomb took the daemon to 3.9 GB; a
 SHF_COMPRESSED `.BTF` was inflated to whatever it claimed; a sparse 3 GiB file was read whole.
-Peak memory is measured in a child process (VmHWM: its own peak, not the parent's that
-ru_maxrss inherits), as a user would meet it.
+Peak memory is measured in a child process (ru_maxrss), as a user would meet it.
 """
 
 from __future__ import annotations
@@ -23,18 +22,16 @@ from test_elf import FAKE_BTF, module  # noqa: F401 - the gcc-made module fixtur
 from btfreconciled.elf import ElfError, read_btf_sections, sha256_file, write_btf_sections
 
 REPO = Path(__file__).resolve().parent.parent
-# btfreconcilectl in a child that records its own peak RSS (VmHWM, kB) in a file.  Not
-# ru_maxrss: Linux carries the parent's high-water mark into it across fork and exec, so
-# a child of a pytest process that once held 200 MB would report 200 MB whatever it did.
+# btfreconcilectl in a child that records its own peak RSS in a file: VmHWM of its own
+# address space (ru_maxrss would include the parent's RSS, copied in at fork before exec)
 CTL = [sys.executable, "-c",
        "import os, sys\n"
        "from btfreconciled.cli.main import main\n"
        "try:\n    rc = main()\n"
        "finally:\n"
-       "    hwm = next(l.split()[1] for l in open('/proc/self/status')"
-       " if l.startswith('VmHWM:'))\n"
+       "    hwm = next(ln for ln in open('/proc/self/status') if ln.startswith('VmHWM'))\n"
        "    with open(os.environ['PEAK_FILE'], 'w') as f:\n"
-       "        f.write(hwm)\n"
+       "        f.write(hwm.split()[1])\n"
        "sys.exit(rc)"]
 
 

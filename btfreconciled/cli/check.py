@@ -28,7 +28,8 @@ STRICT_HELP = (
     " layout changes of base structs/unions the module embeds by value errors and others"
     " warnings; 'all' makes every field mismatch an error; 'off' reports them as warnings only")
 VMLINUX_HELP = (
-    "target kernel BTF: /sys/kernel/btf/vmlinux (default), a raw BTF file or a vmlinux ELF;"
+    "target kernel BTF: /sys/kernel/btf/vmlinux (default), a raw BTF file, a vmlinux ELF or a"
+    " kernel image (/boot/vmlinuz-*);"
     " checking against another kernel's vmlinux answers 'would this module work there?'")
 RULE_HELP = (
     "which btf_relocate.c to follow for 'embedded' structs: 'kernel' (default: every split type"
@@ -99,6 +100,10 @@ def run(args: argparse.Namespace) -> int:
     return _exit_code(res)
 
 
+NO_BASE_HINT = ("classic split BTF fits only the vmlinux it was built for: "
+                "`btfreconcilectl doctor {0}` explains, `btfreconcilectl rescue {0}` fixes")
+
+
 def _exit_code(res: ModuleResult) -> int:
     if res.verdict is Verdict.OK:
         return EXIT_OK
@@ -107,16 +112,15 @@ def _exit_code(res: ModuleResult) -> int:
     if res.verdict is Verdict.ERROR:
         # one line on stderr, like every other CLI error
         print(f"btfreconcilectl: error: {res.summary}", file=sys.stderr)
+    elif res.verdict is Verdict.NO_BASE:
+        print(f"btfreconcilectl: error: {res.summary} ({NO_BASE_HINT.format(res.path)})",
+              file=sys.stderr)
     return EXIT_ERROR
 
 
 def _print_result(res: ModuleResult) -> None:
-    if res.verdict is Verdict.ERROR:
+    if res.verdict in (Verdict.ERROR, Verdict.NO_BASE):
         return  # _exit_code prints the one-line error
-    if res.verdict is Verdict.NO_BASE:
-        print(f"{res.module}: no-base: {res.summary}")
-        print("  (make one with: btfreconcilectl distill MODULE --base VMLINUX -o OUT.ko)")
-        return
     print(f"{res.verdict.value}: {res.summary}")
     for d in res.diagnostics:
         print(problem_text(d))

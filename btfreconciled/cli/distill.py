@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("module", metavar="MODULE", help="module file (.ko[.xz|.zst|.gz])")
     p.add_argument("--base", metavar="VMLINUX", required=True,
-                   help="BTF of the kernel the module was built for (vmlinux ELF or raw BTF)")
+                   help="BTF of the kernel the module was built for (vmlinux ELF, raw BTF "
+                        "or /boot/vmlinuz-*)")
     p.add_argument("--fields", nargs="?", const=FIELDS_EMBEDDED,
                    choices=(FIELDS_EMBEDDED, FIELDS_ALL), metavar="=all",
                    help="also write .BTF.base_expects (members of embedded base structs;"
@@ -52,7 +53,9 @@ def module_split_on(module: Path, base: Btf, target: VmlinuxIndex) -> Btf:
     first reconciled onto it (so distilling twice gives the same sections)."""
     sections = read_btf_sections(module)
     if not sections.is_elf:
-        raise CliError(f"{module}: raw BTF, not a module ELF file")
+        what = "a kernel image" if (sections.compression or "").startswith("bzImage") \
+            else "raw BTF"
+        raise CliError(f"{module}: {what}, not a module ELF file")
     if sections.btf is None:
         raise CliError(f"{module}: no .BTF section (build the module with BTF)")
     if sections.base is None and sections.base_expects is None:

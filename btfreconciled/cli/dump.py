@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("file", metavar="FILE")
     p.add_argument("-B", "--base", metavar="BASE",
-                   help="base BTF (vmlinux ELF or raw, e.g. /sys/kernel/btf/vmlinux) for split BTF")
+                   help="base BTF (vmlinux ELF, /boot/vmlinuz-* or raw, e.g. "
+                        "/sys/kernel/btf/vmlinux) for split BTF")
     p.add_argument("--json", action="store_true", help="one JSON object per type")
     p.set_defaults(handler=run)
 

@@ -22,11 +22,13 @@ from ..output import OutputError
 from .errors import EXIT_ERROR, EXIT_OK, CliError
 
 # Subcommand modules, in the order `--help` lists them.
-COMMANDS = ("dump", "inspect", "status", "daemonctl", "check", "reconcile", "distill")
+COMMANDS = ("dump", "inspect", "status", "daemonctl", "check", "doctor", "rescue",
+            "reconcile", "distill")
 # Which module registers each subcommand name (daemonctl holds list/show/path).
 MODULE_OF = {"dump": "dump", "inspect": "inspect", "status": "status", "list": "daemonctl",
              "show": "daemonctl", "path": "daemonctl", "check": "check",
-             "reconcile": "reconcile", "distill": "distill"}
+             "doctor": "doctor", "rescue": "rescue", "reconcile": "reconcile",
+             "distill": "distill"}
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:

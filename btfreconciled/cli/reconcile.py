@@ -12,7 +12,7 @@ from ..output import output_target
 from ..reconcile import Verdict, VmlinuxIndex, reconcile_module_file
 from ..reconcile.diagnostics import problem_text
 from ..reconcile.merge import MergeError, write_merged
-from .check import _exit_code, add_target_arguments, load_target
+from .check import NO_BASE_HINT, _exit_code, add_target_arguments, load_target
 from .errors import CliError
 
 
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     res = reconcile_module_file(str(module), target, strict=args.strict,
                                 embedded_rule=args.rule)
     if res.verdict is Verdict.NO_BASE:
-        raise CliError(f"{res.summary} (make one with: btfreconcilectl distill)")
+        raise CliError(f"{res.summary} ({NO_BASE_HINT.format(res.path)})")
     size = None
     if res.verdict is Verdict.OK and res.btf is not None:
         size = write_output(out, res.btf, target, res.module, args.merged)

@@ -1,0 +1,183 @@
+"""`btfreconcilectl doctor [MODULE|DIR] [--vmlinux FILE] [--search DIR]... [--json]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from ..reconcile.doctor import (
+    DEFAULT_SEARCH,
+    DOES_NOT_FIT,
+    ERROR,
+    FITS,
+    Candidates,
+    Diagnosis,
+    candidate_files,
+    diagnose,
+)
+from ..reconcile.target import SYSFS_VMLINUX, VmlinuxIndex
+from .check import MODULE_SUFFIXES, find_modules, load_target
+from .errors import EXIT_ERROR, EXIT_OK, CliError
+
+EXIT_DOES_NOT_FIT = 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "doctor",
+        help="explain why a module's BTF does not fit this kernel, and find its build",
+        description=(
+            "Explain whether MODULE's BTF fits a kernel (default: the running one) and why"
+            " not. A module with .BTF.base is reconciled (as `check`). A module with classic"
+            " split BTF (no .BTF.base) only fits the exact vmlinux it was built against: the"
+            " base type count and string length it was made for are read off its own type"
+            " ids and string offsets, compared with the kernel's, and the matching build is"
+            " looked for among kernel files (vmlinuz-*, vmlinux*, *.btf) in the search"
+            " directories, confirmed by the kernel's own checks. Also flags BTF that the"
+            " kernel would accept though it was made for another build (it would bind to the"
+            " wrong types silently). Without MODULE: every loaded module whose BTF the kernel"
+            " did not register (/sys/kernel/btf/<module> missing), with the kernel's log"
+            " line when readable. Fix what it finds with `btfreconcilectl rescue`."),
+        epilog="exit status: 0 fits, 1 does not fit (diagnosis printed), 2 error.",
+    )
+    p.add_argument("module", metavar="MODULE|DIR", nargs="?",
+                   help="module file (.ko[.xz|.zst|.gz]) or a directory of modules")
+    p.add_argument("--vmlinux", metavar="FILE", default=SYSFS_VMLINUX,
+                   help="the kernel to check against: vmlinux ELF, raw BTF or kernel image "
+                        f"(default {SYSFS_VMLINUX})")
+    p.add_argument("--search", metavar="DIR", action="append",
+                   help="where to look for the module's build (repeatable; default: "
+                        f"{', '.join(DEFAULT_SEARCH)})")
+    p.add_argument("--strict", choices=("off", "embedded", "all"), default="embedded",
+                   help="field checks for .BTF.base modules (as `check`)")
+    p.add_argument("--json", action="store_true", help="one JSON document")
+    p.set_defaults(handler=run)
+
+
+def _modules(args: argparse.Namespace) -> tuple[list[Path], dict[str, str]]:
+    """The module files to diagnose, and the kernel's log line for each (no-MODULE mode)."""
+    if args.module is not None:
+        path = Path(args.module)
+        if path.is_dir():
+            mods = find_modules(path)
+            if not mods:
+                raise CliError(f"{path}: no kernel modules ({', '.join(MODULE_SUFFIXES)})")
+            return mods, {}
+        if not os.path.lexists(path):
+            raise CliError(f"{path}: no such file")
+        return [path], {}
+    return _loaded_without_btf()
+
+
+def _loaded_without_btf() -> tuple[list[Path], dict[str, str]]:
+    from ..daemon.modfind import build_index
+
+    sysmod = Path("/sys/module")
+    try:
+        names = sorted(n for n in os.listdir(sysmod) if (sysmod / n / "initstate").exists())
+    except OSError as e:
+        raise CliError(f"{sysmod}: {e.strerror or e}") from None
+    missing = [n for n in names if not (Path("/sys/kernel/btf") / n).exists()]
+    idx = build_index(Path("/lib/modules") / os.uname().release, [])
+    logs = _kernel_log_lines(missing)
+    files: list[Path] = []
+    for n in missing:
+        f = idx.lookup(n)
+        if f is not None:
+            files.append(f)
+        else:
+            print(f"btfreconcilectl: {n}: loaded without registered BTF, and its file is not "
+                  "in modules.dep", file=sys.stderr)
+    return files, logs
+
+
+def _kernel_log_lines(names: list[str]) -> dict[str, str]:
+    """The last BTF-related kernel log line naming each module (/dev/kmsg, when readable)."""
+    want = set(names)
+    out: dict[str, str] = {}
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return out
+    pat = re.compile(r"\[(\w+)\] BTF|module (\w+) .*BTF|(\w+): .*BTF")
+    try:
+        while True:
+            try:
+                rec = os.read(fd, 8192).decode("utf-8", "replace")
+            except BlockingIOError:
+                break
+            except OSError:  # EPIPE: a record was overwritten while reading; go on
+                continue
+            if not rec:
+                break
+            text = rec.split(";", 1)[-1].split("\n", 1)[0]
+            if "BTF" not in text:
+                continue
+            m = pat.search(text)
+            name = next((g for g in (m.groups() if m else ()) if g), None)
+            if name in want:
+                out[name] = text
+    finally:
+        os.close(fd)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    target: VmlinuxIndex = load_target(args.vmlinux)
+    mods, logs = _modules(args)
+    cands = Candidates(candidate_files(args.search or list(DEFAULT_SEARCH)))
+    results: list[Diagnosis] = []
+    tty = sys.stderr.isatty() and len(mods) > 1
+    for i, m in enumerate(mods, 1):
+        d = diagnose(m, target, cands, strict=args.strict)
+        if d.module in logs:
+            d.details.insert(0, f"kernel log: {logs[d.module]}")
+        results.append(d)
+        if tty:
+            print(f"\r[{i}/{len(mods)}] {d.module[:50]:<50}", end="", file=sys.stderr,
+                  flush=True)
+    if tty:
+        print(file=sys.stderr)
+    if args.json:
+        print(json.dumps({"target": target.path, "candidates": [str(c.path) for c in
+                                                                cands.items],
+                          "candidate_errors": cands.errors(),
+                          "modules": [d.to_json() for d in results]}, indent=2))
+    else:
+        _print(results, args.module is None)
+    if any(d.result == ERROR for d in results):
+        return EXIT_ERROR
+    if any(d.result == DOES_NOT_FIT for d in results):
+        return EXIT_DOES_NOT_FIT
+    return EXIT_OK
+
+
+def _print(results: list[Diagnosis], loaded_mode: bool) -> None:
+    if not results:
+        print("every loaded module's BTF is registered by the kernel" if loaded_mode
+              else "no modules")
+        return
+    many = len(results) > 1
+    for d in results:
+        if many and d.result == FITS:
+            continue
+        mark = {FITS: "fits", DOES_NOT_FIT: "DOES NOT FIT", ERROR: "error"}[d.result]
+        print(f"{mark}: {d.summary}")
+        for line in d.details:
+            print(f"  {line}")
+        for diag in d.diagnostics:
+            if diag.get("severity") != "info":
+                print(f"  - {diag.get('summary')}")
+        if d.result == DOES_NOT_FIT and d.kind == "classic" and d.build:
+            print(f"  fix: btfreconcilectl rescue {d.path} --base {d.build} --in-place")
+    if many:
+        n_fit = sum(d.result == FITS for d in results)
+        silent = sum(d.silent for d in results)
+        found = sum(d.build is not None and d.result != FITS for d in results)
+        print(f"{len(results)} modules: {n_fit} fit, {len(results) - n_fit} do not "
+              f"({found} with their build found; {silent} would be accepted by the kernel "
+              "and bind to the wrong types)")

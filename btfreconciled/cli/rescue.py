@@ -1,0 +1,112 @@
+"""`btfreconcilectl rescue MODULE [--search DIR]... [--base FILE] (-o OUT | --in-place)`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ..btf.btf import Btf
+from ..elf import module_is_signed, read_btf_sections, write_btf_sections
+from ..reconcile.doctor import DEFAULT_SEARCH, Candidates, candidate_files
+from ..reconcile.fields import FIELDS_ALL, FIELDS_EMBEDDED
+from ..reconcile.rescue import RescueError, distill_sections, find_build
+from ..reconcile.target import VmlinuxIndex
+from .errors import EXIT_OK, CliError
+
+EXIT_CANNOT = 1
+BACKUP_SUFFIX = ".btfr-orig"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "rescue",
+        help="give a module with classic split BTF a .BTF.base for the build it was made for",
+        description=(
+            "MODULE's classic split BTF only fits the exact vmlinux it was built against."
+            " Find that build (as `doctor` does: among kernel files in the search directories,"
+            " or --base FILE), distill the module's BTF against it exactly like libbpf's"
+            " btf__distill_base(), and write the module with .BTF and .BTF.base (and"
+            " .BTF.base_expects with --fields). A kernel >= 6.11 then relocates it itself at"
+            " its next load, and btfreconciled reconciles it for any kernel. Compressed"
+            " modules stay compressed. --in-place keeps the original next to it"
+            f" (MODULE{BACKUP_SUFFIX}); a signed module is refused unless --signed-ok: the"
+            " signature covers the whole file, so rewriting it removes the signature (the"
+            " kernel then taints, or refuses it under module.sig_enforce)."),
+        epilog="exit status: 0 written, 1 cannot be rescued (reason printed), 2 error.",
+    )
+    p.add_argument("module", metavar="MODULE", help="module file (.ko[.xz|.zst|.gz])")
+    p.add_argument("--base", metavar="FILE",
+                   help="the module's build: vmlinux ELF, raw BTF or kernel image (default: "
+                        "search for it)")
+    p.add_argument("--search", metavar="DIR", action="append",
+                   help=f"where to look for the build (default: {', '.join(DEFAULT_SEARCH)})")
+    p.add_argument("--fields", nargs="?", const=FIELDS_EMBEDDED,
+                   choices=(FIELDS_EMBEDDED, FIELDS_ALL), metavar="=all",
+                   help="also write .BTF.base_expects (see distill)")
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("-o", "--output", metavar="OUT.ko", help="write the result here")
+    out.add_argument("--in-place", action="store_true",
+                     help=f"rewrite MODULE, keeping the original as MODULE{BACKUP_SUFFIX}")
+    p.add_argument("--signed-ok", action="store_true",
+                   help="rewrite a signed module anyway (its signature is removed)")
+    p.add_argument("--json", action="store_true", help="print what was done as JSON")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    module = Path(args.module)
+    if not os.path.lexists(module):
+        raise CliError(f"{module}: no such file")
+    dst = module if args.in_place else Path(args.output)
+    if dst.is_dir():
+        raise CliError(f"{dst}: is a directory")
+    sections = read_btf_sections(module, digest=False)
+    if not sections.is_elf:
+        raise CliError(f"{module}: raw BTF, not a module file")
+    signed = module_is_signed(module)
+    if signed and not args.signed_ok:
+        raise CliError(f"{module}: signed module: rewriting it removes the signature (the "
+                       "kernel then taints or, with module.sig_enforce, refuses it); pass "
+                       "--signed-ok to go ahead")
+    base = base_path = None
+    if args.base:
+        target = VmlinuxIndex.load(args.base)
+        base, base_path = target.btf, args.base
+    cands = Candidates(candidate_files(args.search or list(DEFAULT_SEARCH)))
+    try:
+        build = find_build(module, sections, cands, base, base_path or "")
+        assert sections.btf is not None
+        src = Btf.parse(sections.btf, base=build.btf, source=f"{module}:.BTF")
+        d = distill_sections(src, fields=args.fields, source=str(module))
+    except RescueError as e:
+        if args.json:
+            print(json.dumps({"module": str(module), "rescued": False, "reason": str(e)},
+                             indent=2))
+        else:
+            print(f"btfreconcilectl: cannot rescue: {e}")
+        return EXIT_CANNOT
+    backup = None
+    if args.in_place:
+        backup = Path(f"{module}{BACKUP_SUFFIX}")
+        if not os.path.lexists(backup):  # keep the oldest original, never overwrite it
+            shutil.copy2(module, backup)
+    write_btf_sections(module, dst, d.sections)
+    info = {"module": str(module), "rescued": True, "output": str(dst), "build": build.path,
+            "backup": str(backup) if backup else None, "signature_removed": signed,
+            "distilled_base_types": d.base_types, "split_types": d.split_types,
+            "original_split_types": d.original_split_types, "fields": d.expects}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    print(f"{dst}: .BTF.base with {d.base_types} base types, distilled against its build "
+          f"{build.path}; .BTF with {d.split_types} types (was {d.original_split_types})")
+    if backup:
+        print(f"original kept as {backup}")
+    if signed:
+        print("the module's signature was removed (it covered the old file)")
+    print("a kernel >= 6.11 relocates it itself at its next load; btfreconciled reconciles it "
+          "for any kernel")
+    return EXIT_OK

@@ -1,0 +1,122 @@
+"""doctor: read the base a classic split BTF was built for off the module itself, and find
+that build among candidate files (issue 10). Whole-tree checks on real Debian modules are in
+integration/test_doctor.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from test_reconcile import _elf, module, reparse, vmlinux
+
+from btfreconciled.btf.btf import Btf
+from btfreconciled.btf.types import Int
+from btfreconciled.cli.main import main as ctl
+from btfreconciled.elf import write_btf_sections
+from btfreconciled.reconcile.origin import check_base, infer_shape
+
+
+def _classic(tmp_path: Path, base: Btf, name: str = "my_mod") -> Path:
+    ko = tmp_path / f"{name}.ko"
+    write_btf_sections(_elf(tmp_path), ko, {".BTF": module(base).to_bytes()})
+    return ko
+
+
+def grown() -> Btf:
+    b = vmlinux()
+    b.add(Int(b.add_str("extra_int_type"), 0, 4, 1, 0, 32))  # one more type, more strings
+    return reparse(b)
+
+
+def test_infer_shape_reads_the_base_off_the_module() -> None:
+    base = reparse(vmlinux())
+    split = module(base).to_bytes()
+    shape = infer_shape(split)
+    assert (shape.base_types, shape.base_str_len) == (base.type_count, base.str_end)
+    assert shape.matches(base.type_count, base.str_end)
+    g = grown()
+    assert not shape.matches(g.type_count, g.str_end)
+    assert check_base(split, shape, base).fits
+    fit = check_base(split, shape, g)
+    assert not fit.fits and "built against a vmlinux with 14 types" in fit.reason
+
+
+def test_doctor_cli(tmp_path: Path, capsys) -> None:
+    base = reparse(vmlinux())
+    ko = _classic(tmp_path, base)
+    cands = tmp_path / "boot"
+    cands.mkdir()
+    (cands / "vmlinux-old.btf").write_bytes(base.to_bytes())
+    target = tmp_path / "new.btf"
+    target.write_bytes(grown().to_bytes())
+    # fits its own build
+    assert ctl(["doctor", str(ko), "--vmlinux", str(cands / "vmlinux-old.btf"),
+                "--search", str(tmp_path / "none")]) == 0
+    capsys.readouterr()
+    # not the target: says what it was built for and names its build
+    assert ctl(["doctor", str(ko), "--vmlinux", str(target), "--search", str(cands)]) == 1
+    out = capsys.readouterr().out
+    assert "DOES NOT FIT: my_mod: built against a vmlinux with 14 types" in out
+    assert f"its build: {cands / 'vmlinux-old.btf'}" in out
+    assert f"rescue {ko} --base {cands / 'vmlinux-old.btf'}" in out
+    assert ctl(["doctor", str(ko), "--vmlinux", str(target), "--search", str(cands),
+                "--json"]) == 1
+    d = json.loads(capsys.readouterr().out)["modules"][0]
+    assert d["result"] == "does-not-fit" and d["build"] == str(cands / "vmlinux-old.btf")
+    assert d["shape"]["base_types"] == 14 and d["shape"]["exact"]
+    # no BTF at all: said so, and why
+    nobtf = tmp_path / "nobtf.ko"
+    nobtf.write_bytes(_elf(tmp_path).read_bytes())
+    assert ctl(["doctor", str(nobtf), "--vmlinux", str(target)]) == 1
+    out = capsys.readouterr().out
+    assert "no BTF at all" in out and "unavailability of vmlinux" in out
+    # errors: one line, exit 2
+    assert ctl(["doctor", str(tmp_path / "missing.ko"), "--vmlinux", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing.ko" in err
+
+
+def test_rescue_cli(tmp_path: Path, capsys) -> None:
+    base = reparse(vmlinux())
+    ko = _classic(tmp_path, base)
+    cands = tmp_path / "boot"
+    cands.mkdir()
+    (cands / "vmlinux-old.btf").write_bytes(base.to_bytes())
+    target = tmp_path / "new.btf"
+    target.write_bytes(grown().to_bytes())
+    # before: classic split BTF, check says what to do on stderr (one line, exit 2)
+    assert ctl(["check", str(ko), "--vmlinux", str(target)]) == 2
+    c = capsys.readouterr()
+    assert c.out == "" and c.err.count("\n") == 1 and "btfreconcilectl rescue" in c.err
+    out = tmp_path / "rescued.ko"
+    assert ctl(["rescue", str(ko), "--search", str(cands), "-o", str(out)]) == 0
+    assert "distilled against its build" in capsys.readouterr().out
+    assert ctl(["check", str(out), "--vmlinux", str(target)]) == 0  # now reconciles
+    assert ctl(["check", str(out), "--vmlinux", str(cands / "vmlinux-old.btf")]) == 0
+    # the wrong --base is refused with the reason; nothing written
+    never = tmp_path / "never.ko"
+    assert ctl(["rescue", str(ko), "--base", str(target), "-o", str(never)]) == 1
+    assert "is not this module's build" in capsys.readouterr().out and not never.exists()
+    # --in-place keeps the original next to it; a second rescue has nothing to do
+    orig = ko.read_bytes()
+    assert ctl(["rescue", str(ko), "--search", str(cands), "--in-place"]) == 0
+    assert Path(f"{ko}.btfr-orig").read_bytes() == orig
+    capsys.readouterr()
+    assert ctl(["rescue", str(ko), "--search", str(cands), "--in-place"]) == 1
+    assert "already carries .BTF.base" in capsys.readouterr().out
+
+
+def test_rescue_refuses_a_signed_module(tmp_path: Path, capsys) -> None:
+    base = reparse(vmlinux())
+    ko = _classic(tmp_path, base)
+    with open(ko, "ab") as f:
+        f.write(b"\0" * 12 + b"~Module signature appended~\n")
+    cands = tmp_path / "boot"
+    cands.mkdir()
+    (cands / "vmlinux.btf").write_bytes(base.to_bytes())
+    assert ctl(["rescue", str(ko), "--search", str(cands), "--in-place"]) == 2
+    err = capsys.readouterr().err
+    assert "signed module" in err and "--signed-ok" in err and err.count("\n") == 1
+    assert ctl(["rescue", str(ko), "--search", str(cands), "--in-place", "--signed-ok"]) == 0
+    assert "signature was removed" in capsys.readouterr().out
+    assert not ko.read_bytes().endswith(b"~Module signature appended~\n")
