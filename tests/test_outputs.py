@@ -45,7 +45,11 @@ def _distill(w: dict[str, Path], out: Path | str) -> list[str]:
     return ["distill", str(w["plain"]), "--base", str(w["vm"]), "-o", str(out)]
 
 
-COMMANDS = {"reconcile": _reconcile, "distill": _distill}
+def _rescue(w: dict[str, Path], out: Path | str) -> list[str]:
+    return ["rescue", str(w["plain"]), "--base", str(w["vm"]), "-o", str(out)]
+
+
+COMMANDS = {"reconcile": _reconcile, "distill": _distill, "rescue": _rescue}
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
