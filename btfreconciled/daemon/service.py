@@ -297,26 +297,45 @@ class Service:
         except OSError as e:
             raise StartupError(f"{path.parent}: {e.strerror or e}") from None
         gid = self.cfg.socket_gid()
+        # The socket is made under a private name and linked into place only once it
+        # listens with its final group and mode: a client that sees `path` can connect
+        # (no ECONNREFUSED while start-up is between bind and listen), and link(2), unlike
+        # bind over a stale name, fails if another daemon took `path` meanwhile.
+        staging = path.with_name(f".s{os.getpid()}")
+        self._remove_socket_file(staging)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         old = os.umask(0o177)  # no window in which the socket is more open than configured
         try:
-            sock.bind(str(path))
+            sock.bind(str(staging))
             sock.listen(_BACKLOG)
             sock.setblocking(False)
         except OSError as e:
             sock.close()
+            self._remove_socket_file(staging)
             raise StartupError(f"{path}: cannot listen: {e.strerror or e}") from None
         finally:
             os.umask(old)
         try:
-            if gid is not None:
-                os.chown(path, -1, gid)
-            os.chmod(path, self.cfg.socket_mode)
-        except OSError as e:
+            try:
+                if gid is not None:
+                    os.chown(staging, -1, gid)
+                os.chmod(staging, self.cfg.socket_mode)
+            except OSError as e:
+                raise StartupError(f"{path}: cannot set group {self.cfg.socket_group!r} / "
+                                   f"mode {self.cfg.socket_mode:04o}: {e.strerror or e}"
+                                   ) from None
+            try:
+                os.link(staging, path)
+            except FileExistsError:
+                raise StartupError(f"another btfreconciled is already listening on {path}"
+                                   ) from None
+            except OSError as e:
+                raise StartupError(f"{path}: cannot listen: {e.strerror or e}") from None
+        except StartupError:
             sock.close()
-            self._remove_socket_file(path)
-            raise StartupError(f"{path}: cannot set group {self.cfg.socket_group!r} / mode "
-                               f"{self.cfg.socket_mode:04o}: {e.strerror or e}") from None
+            raise
+        finally:
+            self._remove_socket_file(staging)
         self._socket_ino = os.stat(path).st_ino
         self._listen_sock = sock
         assert self.loop is not None
