@@ -150,7 +150,7 @@ class Published:
     def _ok_record(self, module: str) -> tuple[str, dict[str, Any]]:
         rec = self.record(module)
         name = str(rec.get("module") or module)
-        if rec["verdict"] != "ok" or not rec.get("btf_sha256"):
+        if not rec.get("btf") or not rec.get("btf_sha256"):  # ok, rescued, kernel's bytes
             raise NotReconciled(f"{name}: no reconciled BTF ({rec['verdict']}: "
                                 f"{rec.get('summary', '')})", name, rec["verdict"])
         return name, rec

@@ -139,11 +139,32 @@ class FakeEngine:
                                                   "size": 24, "why_not": "size 24 != 16"}],
                                   "embedded": True, "paths": ["struct obj.f -> struct foo"]}],
                               module_sha256=sha)
-        if word == b"NOBASE":
+        if word in (b"NOBASE", b"CLASSIC"):
             return FakeResult(module_name, path, FakeVerdict.NO_BASE,
                               "no .BTF.base section: not split-distilled", module_sha256=sha)
         return FakeResult(module_name, path, FakeVerdict.ERROR, f"not a module: {word!r}",
                           module_sha256=sha)
+
+
+@dataclass
+class FakeRescue:
+    summary: str
+    btf: bytes
+    build: str
+
+
+def _fake_rescue(self: FakeEngine, path: str, index: Any, candidates: Any, *,
+                 module_name: str) -> FakeRescue:
+    """"CLASSIC name BUILD=/boot/x": rescued against /boot/x; without BUILD=, not found."""
+    content = Path(path).read_bytes()
+    build = next((w[6:].decode() for w in content.split() if w.startswith(b"BUILD=")), None)
+    if build is None:
+        raise RuntimeError("built against a vmlinux with 123 types and 456 string bytes; "
+                           "none of the kernel files searched is that build")
+    return FakeRescue(f"{module_name}: rescued against {build}", expected_btf(content), build)
+
+
+FakeEngine.rescue = _fake_rescue  # type: ignore[attr-defined]
 
 
 class FakeSystem:

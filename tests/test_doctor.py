@@ -41,7 +41,8 @@ def test_infer_shape_reads_the_base_off_the_module() -> None:
     assert not fit.fits and "built against a vmlinux with 14 types" in fit.reason
 
 
-def test_doctor_cli(tmp_path: Path, capsys) -> None:
+def _world(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A classic-split module, its build in a candidate dir, and another kernel's BTF."""
     base = reparse(vmlinux())
     ko = _classic(tmp_path, base)
     cands = tmp_path / "boot"
@@ -49,6 +50,11 @@ def test_doctor_cli(tmp_path: Path, capsys) -> None:
     (cands / "vmlinux-old.btf").write_bytes(base.to_bytes())
     target = tmp_path / "new.btf"
     target.write_bytes(grown().to_bytes())
+    return ko, cands, target
+
+
+def test_doctor_cli(tmp_path: Path, capsys) -> None:
+    ko, cands, target = _world(tmp_path)
     # fits its own build
     assert ctl(["doctor", str(ko), "--vmlinux", str(cands / "vmlinux-old.btf"),
                 "--search", str(tmp_path / "none")]) == 0
@@ -77,13 +83,7 @@ def test_doctor_cli(tmp_path: Path, capsys) -> None:
 
 
 def test_rescue_cli(tmp_path: Path, capsys) -> None:
-    base = reparse(vmlinux())
-    ko = _classic(tmp_path, base)
-    cands = tmp_path / "boot"
-    cands.mkdir()
-    (cands / "vmlinux-old.btf").write_bytes(base.to_bytes())
-    target = tmp_path / "new.btf"
-    target.write_bytes(grown().to_bytes())
+    ko, cands, target = _world(tmp_path)
     # before: classic split BTF, check says what to do on stderr (one line, exit 2)
     assert ctl(["check", str(ko), "--vmlinux", str(target)]) == 2
     c = capsys.readouterr()
@@ -120,3 +120,75 @@ def test_rescue_refuses_a_signed_module(tmp_path: Path, capsys) -> None:
     assert ctl(["rescue", str(ko), "--search", str(cands), "--in-place", "--signed-ok"]) == 0
     assert "signature was removed" in capsys.readouterr().out
     assert not ko.read_bytes().endswith(b"~Module signature appended~\n")
+
+
+def test_daemon_rescues_a_classic_module_the_kernel_rejected(tmp_path: Path) -> None:
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_daemon import make_daemon
+    from test_daemon_support import FakeSystem, expected_btf
+
+    fs = FakeSystem(tmp_path / "w")
+    fs.add_file("dkms_mod", "CLASSIC", payload="BUILD=/boot/vmlinuz-6.12.117")
+    fs.add_file("lost", "CLASSIC")
+    fs.add_file("registered", "CLASSIC", payload="BUILD=/boot/vmlinuz-x")
+    for n in ("dkms_mod", "lost", "registered"):
+        fs.load(n)
+    fs.kernel_btf("registered", b"the kernel took it")
+    d = make_daemon(fs)
+    try:
+        d.rescan("t")
+        assert d.wait_idle()
+        rec = d.show("dkms_mod")
+        assert rec["verdict"] == "rescued" and rec["rescue_base"] == "/boot/vmlinuz-6.12.117"
+        assert d.cache.btf_path("dkms_mod").read_bytes() == expected_btf(
+            (fs.mods / "dkms_mod.ko").read_bytes())
+        assert d.published_btf("dkms_mod")
+        lost = d.show("lost")
+        assert lost["verdict"] == "no-base" and "none of the kernel files" in lost["summary"]
+        assert d.show("registered")["verdict"] == "no-base"  # the kernel's BTF is fine
+        assert d.counts()["rescued"] == 1
+        assert d.merged.wait_idle()
+        assert d.merged_path("dkms_mod")[0]  # loaders get it like any other
+    finally:
+        d.stop()
+
+
+def test_kernel_check_and_its_postinst_hook(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    base = reparse(vmlinux())
+    ver = "6.12.999-test"
+    dkms = tmp_path / "lib" / "modules" / ver / "updates" / "dkms"
+    dkms.mkdir(parents=True)
+    src = tmp_path / "src"
+    src.mkdir()
+    _classic(src, base, "old_build").rename(dkms / "old_build.ko")  # another kernel's build
+    image = tmp_path / "boot" / f"vmlinuz-{ver}"
+    image.parent.mkdir()
+    image.write_bytes(grown().to_bytes())
+    cache = tmp_path / "cache"
+    # the hook runs the btfreconcilectl it finds on PATH: a wrapper pointing at our tree
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    wrapper = bindir / "btfreconcilectl"
+    repo = Path(__file__).resolve().parent.parent
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import sys; from btfreconciled."
+                       f"cli.main import main; sys.exit(main())' \"$@\" --modules-root "
+                       f"{tmp_path / 'lib' / 'modules'} --cache-dir {cache}\n")
+    wrapper.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", PYTHONPATH=str(repo))
+    r = subprocess.run(["sh", str(repo / "scripts" / "kernel" / "zz-btfreconciled"), ver,
+                        str(image)], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0  # never fails a package installation
+    assert f"warning: old_build ({dkms / 'old_build.ko'}) will have no usable BTF on {ver}" \
+        in r.stderr, r.stderr
+    rep = json.loads((cache / "pre-reboot" / f"{ver}.json").read_text())
+    assert rep["modules"] == 1 and rep["will_not_fit"][0]["module"] == "old_build"
+    # nothing built for it yet: says so, exit 0
+    r = subprocess.run(["sh", str(repo / "scripts" / "kernel" / "zz-btfreconciled"),
+                        "1.2.3-none", str(image)], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert r.returncode == 0 and "no out-of-tree modules for 1.2.3-none" in r.stderr

@@ -119,6 +119,9 @@ def run_show(args: argparse.Namespace) -> int:
         out.append(f"btf:      not published: {rec.get('publish_error', 'see status')}")
     else:
         out.append("btf:      none (only compatible modules get one)")
+    if rec.get("rescue_base"):
+        out.append(f"build:    {rec['rescue_base']} (classic split BTF distilled against it "
+                   "in memory: `btfreconcilectl rescue` fixes the file)")
     cc = rec.get("cross_check")
     if cc:
         out.append(f"kernel:   {cc['result']}: {cc.get('detail', '')}")

@@ -119,6 +119,12 @@ def run(args: argparse.Namespace) -> int:
         err = f", {mg['errors']} errors (last: {mg.get('last_error')})" if mg.get("errors") else ""
         out.append(f"merged:  {mg['files']} files, {mg['bytes'] / 1e6:.1f} MB on disk "
                    f"(all.btf: {mg['all_modules']} modules){busy}{err}  {mg['dir']}")
+    for rep in st.get("pre_reboot") or []:
+        bad = rep["will_not_fit"]
+        what = (f"{len(bad)} will have no usable BTF: {', '.join(bad[:6])}"
+                f"{' ...' if len(bad) > 6 else ''} (btfreconcilectl kernel-check "
+                f"{rep['version']})" if bad else "all fit")
+        out.append(f"next kernel {rep['version']}: {rep['modules']} out-of-tree modules, {what}")
     rs = st.get("last_rescan")
     if rs:
         out.append(f"rescan:  {rs['modules']} modules in {rs['seconds']} s ({rs['reason']})")

@@ -15,6 +15,7 @@ Every key is optional::
     gc = true                                       # remove other kernels' cache entries
     module_timeout = 60                             # seconds one module may take
     max_module_bytes = 134217728                    # read from / decompressed of one module
+    search_dirs = ["/boot", ...]                    # where classic-split modules' builds are
     merged_btf = "modules"                          # loader-ready BTF: modules (merged/<m>.btf
                                                     # and all.btf) | all (all.btf only) | off
     watch_files = true                              # watchdog on module dirs and this file
@@ -72,6 +73,9 @@ class Config:
     merged_btf: str = "modules"
     module_timeout: float = 60.0
     max_module_bytes: int = 128 << 20
+    # where a classic-split module's build may be found (doctor's defaults)
+    search_dirs: list[Path] = field(default_factory=lambda: [Path(d) for d in (
+        "/boot", "/usr/lib/debug/boot", "/usr/lib/modules/*/build", "/usr/src/linux-headers-*")])
     vmlinux: Path = Path("/sys/kernel/btf/vmlinux")
     sysfs: Path = Path("/sys")
     modules_root: Path | None = None
@@ -181,6 +185,11 @@ def apply(cfg: Config, data: dict[str, Any], where: str) -> Config:
                 raise ConfigError(f"{where}: control_timeout: {value!r} is out of range "
                                   "(0.1-3600)")
             cfg.control_timeout = v
+        elif key == "search_dirs":
+            dirs = _want(where, key, value, list)
+            if not all(isinstance(d, str) for d in dirs):
+                raise ConfigError(f"{where}: search_dirs: expected a list of directories")
+            cfg.search_dirs = [Path(d) for d in dirs]
         elif key == "max_module_bytes":
             v = _want(where, key, value, int)
             if not 1 << 20 <= v <= 4 << 30:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
+import json
 import os
 import threading
 import time
@@ -68,7 +69,8 @@ RECORD_FORMAT = 1
 # Verdicts of the engine plus the daemon's own.
 ENGINE_VERDICTS = ("ok", "incompatible", "no-base", "error")
 BUILTIN, NO_FILE = "builtin", "no-file"
-DAEMON_VERDICTS = (BUILTIN, NO_FILE, STALE_FILE)
+RESCUED = "rescued"  # classic split BTF, distilled against its build found on disk
+DAEMON_VERDICTS = (RESCUED, BUILTIN, NO_FILE, STALE_FILE)
 IN_KERNEL_RELOCATION = (6, 11)  # Linux reconciles .BTF.base modules itself from 6.11 on
 
 
@@ -193,6 +195,8 @@ class Daemon:
         self.last_rescan: dict[str, Any] | None = None
         self._last_done = 0.0
         self._lock_fd: int | None = None
+        self._rescued: dict[str, tuple[Any, str, bytes | None, str | None]] = {}
+        self._cands: Any = None
         # The worker generation: a worker stuck past module_timeout is abandoned (Python
         # cannot stop a thread) and its late results are dropped; a new one takes over.
         self._gen = 0
@@ -584,6 +588,17 @@ class Daemon:
                 stale["timings"] = record["timings"]
                 return stale, None, False
             record["identity"] = identity_note(self.cfg.sysfs, job.name, record)
+        if record["verdict"] == "no-base" and record.get("path"):
+            state, _ = kernel_btf(self.cfg.sysfs, job.name)
+            if state == "coming":  # the kernel may still register it: look again shortly
+                tries = self._cc_tries.get(job.name, 0)
+                if tries < CROSS_CHECK_TRIES:
+                    self._cc_tries[job.name] = tries + 1
+                    retry.append(job.name)
+                    return record, btf, on_disk
+            self._cc_tries.pop(job.name, None)
+            if state != "btf":  # loaded without BTF the kernel accepted: rescue it
+                return (*self._rescue(job.name, record), False)
         if record["verdict"] != "ok" or btf is None:
             return record, btf, on_disk
         cc, kbytes = self._cross_check_now(job.name, btf)
@@ -611,6 +626,41 @@ class Daemon:
                 record.pop("cross_check", None)
             on_disk = False
         return record, btf, on_disk
+
+    def _rescue(self, name: str, record: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
+        """A loaded module with classic split BTF the kernel did not register: when its build
+        is among the kernel files in search_dirs, distill against it in memory and reconcile
+        onto the running kernel (verdict rescued); otherwise no-base with doctor's reason.
+        Results are remembered per module file (sha256): the search costs decompressions."""
+        key = (record.get("module_sha256"), self.kernel_id)
+        hit = self._rescued.get(name)
+        if hit is None or hit[0] != key:
+            try:
+                res = self.engine.rescue(record["path"], self.index, self._candidates(),
+                                         module_name=name)
+                hit = (key, res.summary, res.btf, res.build)
+            except Exception as e:  # noqa: BLE001 - RescueError, or a file that went bad
+                hit = (key, f"{name}: no .BTF.base, and the kernel did not register its "
+                       f"BTF: {e}", None, None)
+            self._rescued[name] = hit
+        _, summary, btf, build = hit
+        rec = dict(record)
+        if btf is None:
+            rec["summary"] = summary
+            return rec, None
+        assert self.cache is not None
+        rec.update(verdict=RESCUED, summary=summary, rescue_base=build,
+                   btf=str(self.cache.btf_path(name)),
+                   btf_sha256=hashlib.sha256(btf).hexdigest(), btf_size=len(btf))
+        return rec, btf
+
+    def _candidates(self) -> Any:
+        """Kernel files that may be a module's build (doctor's search), read on demand."""
+        if self._cands is None:
+            from ..reconcile.doctor import Candidates, candidate_files
+
+            self._cands = Candidates(candidate_files([str(d) for d in self.cfg.search_dirs]))
+        return self._cands
 
     def _requeue(self, name: str) -> None:
         with self.cond:
@@ -918,9 +968,25 @@ class Daemon:
             "latency": self.latency_summary(),
             "index_seconds": round(self.index_seconds, 3),
             "merged": self.merged.status() if self.merged is not None else None,
+            "pre_reboot": self.pre_reboot_reports(),
             "last_rescan": self.last_rescan,
             "last_events": last,
         }
+
+    def pre_reboot_reports(self) -> list[dict[str, Any]]:
+        """What `kernel-check` (the kernel postinst hook) found for kernels not yet booted."""
+        out = []
+        d = self.cfg.cache_dir / "pre-reboot"
+        with contextlib.suppress(OSError):
+            for f in sorted(d.glob("*.json")):
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                    rep = json.loads(f.read_text())
+                    if rep["version"] == self.release:
+                        continue  # booted into it: the live verdicts say the rest
+                    out.append({"version": rep["version"], "modules": rep["modules"],
+                                "will_not_fit": [m["module"] for m in rep["will_not_fit"]],
+                                "checked": rep["checked"]})
+        return out
 
     def latency_summary(self) -> dict[str, Any]:
         """Event received -> published, over the last (up to) 1000 module loads."""

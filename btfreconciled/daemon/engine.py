@@ -20,6 +20,11 @@ class Engine(Protocol):
         summary, diagnostics, btf, module_sha256, timings, ``to_json()``."""
 
 
+    def rescue(self, path: str, index: Any, candidates: Any, *, module_name: str) -> Any:
+        """Classic split BTF distilled against its build among `candidates`, reconciled
+        onto `index`: an object with summary, btf, build; raises with the reason."""
+
+
 class ReconcileEngine:
     """The real engine: :mod:`btfreconciled.reconcile`."""
 
@@ -32,6 +37,11 @@ class ReconcileEngine:
 
     def load_index(self, path: str) -> Any:
         return self._mod.VmlinuxIndex.load(path)
+
+    def rescue(self, path: str, index: Any, candidates: Any, *, module_name: str) -> Any:
+        from ..reconcile.rescue import rescue_onto
+
+        return rescue_onto(path, index, candidates, module=module_name)
 
     def reconcile(self, path: str, index: Any, *, strict: str, module_name: str,
                   max_bytes: int | None = None) -> Any:

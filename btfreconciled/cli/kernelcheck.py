@@ -1,0 +1,84 @@
+"""`btfreconcilectl kernel-check VERSION [--image FILE]`: before rebooting into a new kernel,
+which of the out-of-tree modules built for it will not have usable BTF there (issue 10)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..cache import DEFAULT_CACHE_DIR, atomic_write_json
+from ..reconcile.doctor import DOES_NOT_FIT, ERROR, Candidates, candidate_files, diagnose
+from ..reconcile.target import VmlinuxIndex
+from .check import find_modules
+from .errors import EXIT_OK, CliError
+
+PRE_REBOOT_DIR = "pre-reboot"  # <cache>/pre-reboot/<version>.json, shown by `status`
+OUT_OF_TREE = ("updates", "extra")  # where DKMS and out-of-tree installs put modules
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "kernel-check",
+        help="before a reboot: which out-of-tree modules built for a new kernel will lack BTF",
+        description=(
+            "Check the out-of-tree modules installed for kernel VERSION (/lib/modules/VERSION/"
+            "updates and extra, where DKMS puts them) against that kernel's own BTF (its image,"
+            " default /boot/vmlinuz-VERSION) and print one warning per module whose BTF will"
+            " not fit: the kernel would drop its BTF or, with CONFIG_MODULE_ALLOW_BTF_MISMATCH"
+            " off, refuse the module. The report also goes to the cache, where `status` shows"
+            " it. Installed as /etc/kernel/postinst.d/zz-btfreconciled by"
+            " scripts/install-service: it never fails a package installation."),
+        epilog="exit status: 0 all fit (or nothing to check), 1 some will not fit, 2 error.",
+    )
+    p.add_argument("version", metavar="VERSION", help="kernel release, as in /lib/modules")
+    p.add_argument("--image", metavar="FILE", help="the kernel's image or vmlinux (default "
+                   "/boot/vmlinuz-VERSION)")
+    p.add_argument("--modules-root", metavar="DIR", default="/lib/modules",
+                   help="where module trees live (default /lib/modules)")
+    p.add_argument("--cache-dir", metavar="DIR", default=str(DEFAULT_CACHE_DIR),
+                   help=f"where the report goes (default {DEFAULT_CACHE_DIR}; '' for none)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if "/" in args.version or args.version in ("", ".", ".."):
+        raise CliError(f"invalid kernel version {args.version!r}")
+    image = Path(args.image or f"/boot/vmlinuz-{args.version}")
+    if not image.exists():
+        raise CliError(f"{image}: no such file (give the kernel's image with --image)")
+    tree = Path(args.modules_root) / args.version
+    mods = [m for d in OUT_OF_TREE if (tree / d).is_dir() for m in find_modules(tree / d)]
+    target = VmlinuxIndex.load(str(image))
+    # the module's build, when it is not this kernel: the other kernels on this machine
+    cands = Candidates(candidate_files(["/boot", str(image.parent)]))
+    results = [diagnose(m, target, cands) for m in mods]
+    bad = [d for d in results if d.result in (DOES_NOT_FIT, ERROR)]
+    report = {"version": args.version, "image": str(image), "checked": time.time(),
+              "modules": len(results), "will_not_fit": [d.to_json() for d in bad]}
+    if args.cache_dir:
+        out = Path(args.cache_dir) / PRE_REBOOT_DIR
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out / f"{args.version}.json", report)
+        except OSError as e:
+            print(f"btfreconcilectl: warning: cannot save the report in {out}: "
+                  f"{e.strerror or e}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for d in bad:
+            fix = (f"; fix: btfreconcilectl rescue {d.path} --base {d.build} --in-place"
+                   if d.build and d.kind == "classic" else "")
+            print(f"btfreconciled: warning: {d.module} ({d.path}) will have no usable BTF on "
+                  f"{args.version}: {d.summary}{fix}")
+        if not mods:
+            print(f"btfreconciled: no out-of-tree modules for {args.version} "
+                  f"({', '.join(str(tree / d) for d in OUT_OF_TREE)})")
+        elif not bad:
+            print(f"btfreconciled: {len(mods)} out-of-tree module(s) for {args.version}: "
+                  "all fit")
+    return 1 if bad else EXIT_OK
