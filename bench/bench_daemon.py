@@ -83,7 +83,9 @@ class World:
             f'cache_dir = "{self.cache}"\nsocket = "{self.socket}"\nsysfs = "{self.sysfs}"\n'
             f'vmlinux = "{self.sysfs}/kernel/btf/vmlinux"\nmodules_root = "{self.root}/none"\n'
             f'extra_module_dirs = ["{self.mods}"]\nrelease = "{self.release}"\n'
-            'log_format = "json"\nlog_level = "warning"\n')
+            'log_format = "json"\nlog_level = "warning"\n'
+            # the bench sends its uevents from user space (a private netns): test-only key
+            'accept_user_uevents = true\n')
         return p
 
     def load(self, name: str) -> None:
