@@ -24,7 +24,6 @@ import json
 import multiprocessing
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from bench_daemon import CACHE_ROOT, World, ask, rss, start_daemon, summary_ms, wait  # noqa: E402
+from bench_daemon import (  # noqa: E402
+    CACHE_ROOT,
+    UeventSender,
+    World,
+    ask,
+    rss,
+    start_daemon,
+    summary_ms,
+    wait,
+)
 
 TARGET_P99_MS = 50.0
 
@@ -100,15 +108,7 @@ def bench(w: MergedWorld, modules: list[Path], n_events: int) -> dict[str, Any]:
     try:
         kid = ask(w.socket, "status")["kernel"]["id"]
         mdir = w.cache / kid / "modules"
-        tx = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 15)
-        tx.bind((0, 0))
-        seq = 0
-
-        def send(action: str, name: str) -> None:
-            nonlocal seq
-            seq += 1
-            tx.sendto((f"{action}@/module/{name}\0ACTION={action}\0DEVPATH=/module/{name}\0"
-                       f"SUBSYSTEM=module\0SEQNUM={seq}\0").encode(), (0, 1))
+        send = UeventSender().send
 
         # load all: all.btf then holds vmlinux + every module
         t0 = time.perf_counter()

@@ -84,6 +84,8 @@ _SHF_ALLOC = 0x2
 _SHF_INFO_LINK = 0x40
 _SHF_COMPRESSED = 0x800
 _NEW_SECTION_ALIGN = 4
+# Most file-offset padding one section may get (a page): see _ElfRewriter._append.
+_MAX_FILE_ALIGN = 4096
 
 
 
@@ -492,18 +494,32 @@ def write_btf_sections(src: str | os.PathLike[str], dst: str | os.PathLike[str],
                        sections: Mapping[str, bytes | None]) -> None:
     """Copy ELF `src` to `dst` with sections added/replaced (bytes) or removed (None).
 
-    `dst` may be `src`; it is replaced atomically and keeps src's compression format.
+    `dst` may be `src`; it is replaced atomically and keeps src's compression format and
+    permission bits.  `dst` follows :func:`btfreconciled.output.output_target`: a device or
+    FIFO is never replaced, a symlink is written through to its regular file.
     """
     src_path, dst_path = Path(src), Path(dst)
     for name in sections:
         if not name or "\0" in name:
             raise ElfError(src_path, f"invalid section name {name!r}")
+    target = _output_target(dst_path)
     compression, payload = _rewritten_payload(src_path, sections)
 
     def verify(tmp: Path) -> None:
         _verify_written(tmp, dst_path, compression, sections)
 
-    _atomic_write(dst_path, payload, verify, _owner_and_mode(src_path, dst_path))
+    # checked again: building the payload took a while
+    target = _output_target(dst_path)
+    _atomic_write(dst_path, target, payload, verify, _owner_and_mode(src_path, target))
+
+
+def _output_target(dst: Path) -> Path:
+    from .output import OutputError, output_target
+
+    try:
+        return output_target(dst)
+    except OutputError as e:
+        raise ElfError(dst, e.reason) from None
 
 
 def _rewritten_payload(src: Path, sections: Mapping[str, bytes | None],
@@ -697,7 +713,12 @@ class _ElfRewriter:
 
     @staticmethod
     def _append(out: bytearray, header: Container, contents: bytes, align: int) -> None:
-        _pad(out, align)
+        # sh_addralign comes from the file (2**30, 2**63...): it may pad the file offset,
+        # never size the output.  Moved sections are never mapped from the file (an
+        # executable's allocated sections are pinned; a module's are copied by the loader
+        # into memory it aligns by sh_addralign itself), so a capped file alignment loses
+        # nothing; the header keeps its sh_addralign.
+        _pad(out, min(align, _MAX_FILE_ALIGN))
         header["sh_offset"] = len(out)
         header["sh_size"] = len(contents)
         out += contents
@@ -772,22 +793,35 @@ def _verify_written(tmp: Path, dst: Path, compression: str | None,
             raise ElfError(dst, f"verification failed: section {name} not as requested")
 
 
-def _owner_and_mode(src: Path, dst: Path) -> tuple[int, int, int] | None:
-    """uid, gid and permission bits for the new file: the replaced file's, else src's."""
-    for candidate in (dst, src):
-        try:
-            st = os.stat(candidate)
-        except OSError:
-            continue
-        return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
-    return None
+def _owner_and_mode(src: Path, target: Path) -> tuple[int, int, int] | None:
+    """uid, gid and permission bits for the new file.
+
+    The bits are always the module's own (src): the new file is that module, rewritten;
+    whatever sat at the destination before (say a 0666 scratch file) says nothing about
+    who may read or write a kernel module.  The owner is the replaced regular file's (root
+    rewriting someone's file leaves it theirs), else src's."""
+    try:
+        st = os.stat(src)
+    except OSError:
+        return None
+    uid, gid = st.st_uid, st.st_gid
+    mode = stat.S_IMODE(st.st_mode)
+    if os.path.realpath(target) != os.path.realpath(src):
+        mode &= 0o777  # a copy gets no set-id or sticky bits
+    try:
+        old = os.stat(target)
+    except OSError:
+        pass
+    else:
+        if stat.S_ISREG(old.st_mode):
+            uid, gid = old.st_uid, old.st_gid
+    return uid, gid, mode
 
 
-def _atomic_write(dst: Path, payload: bytes | bytearray, verify: Callable[[Path], None],
-                  like: tuple[int, int, int] | None) -> None:
-    # Writing through a symlink (module trees link into DKMS dirs) must update the target,
-    # not replace the link with a regular file.
-    target = dst.resolve() if dst.is_symlink() else dst
+def _atomic_write(dst: Path, target: Path, payload: bytes | bytearray,
+                  verify: Callable[[Path], None], like: tuple[int, int, int] | None) -> None:
+    """Replace `target` (dst with symlinks resolved, see output_target) with `payload`;
+    errors name `dst`, the path the user gave."""
     directory = target.parent
     import tempfile
 

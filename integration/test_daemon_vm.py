@@ -10,15 +10,24 @@ PrivateNetwork=yes runs it: kernel uevents still arrive), every fixture is insmo
 * 6.1 cannot (it rejects the module's BTF): the daemon still publishes BTF that bpftool
   loads and that equals libbpf's relocation of the `.ko`.
 
+The merged files (`btfreconcilectl path --merged [MODULE]`: vmlinux + module as one
+standalone BTF, for loaders) must dump, with no base, as the running vmlinux followed by
+libbpf's relocation of the `.ko`.  Real loaders then read `btfr_loader_state.counter` through
+a CO-RE relocation on the module's struct: examples/modread (libbpf 1.5, `btf_custom_path`)
+with our file and with the kernel's own BTF, and on 6.1 bpftrace 0.23 (`BPFTRACE_BTF`).  On
+6.1 the kernel has no BTF for the module, so the kernel-BTF runs are the negative control.
+
 Then `btfr_embed` is replaced by a build distilled against a mutated vmlinux (struct
 work_struct grown by 8 bytes) and reloaded: the daemon must report it incompatible, with the
-diagnostic, and publish no `.btf`.
+diagnostic, and publish no `.btf`.  Likewise `btfr_loader` with struct list_head grown: no
+merged file, and modread says why in one line.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -90,6 +99,76 @@ ctl status > $O/status1.txt 2>&1
 ctl status --json > $O/status1.json 2>&1
 ctl list > $O/list.txt 2>&1
 ctl list --json > $O/list.json 2>&1
+# --- merged BTF (vmlinux + module, standalone) for loaders
+# bpftool reads it with no base; it must dump as the running vmlinux followed by libbpf's
+# own relocation of the .ko onto it (same ids, same strings).  Compared here, since the
+# vmlinux dump is ~240k lines: the host gets the head's verdict and the module part.
+bpftool btf dump file /sys/kernel/btf/vmlinux format raw > /tmp/vmlinux.raw.txt
+NV=$(wc -l < /tmp/vmlinux.raw.txt); echo $NV > $O/vmlinux.raw.lines
+check_merged() {  # NAME PATH-FILE
+    p=$(cat "$2")
+    [ -n "$p" ] && [ -f "$p" ] || return 0
+    bpftool btf dump file "$p" format raw > /tmp/merged.raw.txt 2> $O/$1.merged.dump.err
+    echo $? > $O/$1.merged.dump.rc
+    head -n $NV /tmp/merged.raw.txt | cmp -s - /tmp/vmlinux.raw.txt; echo $? > $O/$1.merged.head.rc
+    tail -n +$((NV + 1)) /tmp/merged.raw.txt > $O/$1.merged.tail.txt
+}
+# The daemon writes merged files beside its worker, a moment after the verdicts: --wait
+# for them, as a loader started right after insmod would; 60 s for all of them together,
+# so a daemon that never writes them costs one minute, not one per module.
+MERGED_DEADLINE=$(($(date +%s) + 60))
+merged_path() {  # NAME [MODULE]
+    name=$1; shift
+    s0=$(date +%s); left=$((MERGED_DEADLINE - s0)); [ $left -gt 0 ] || left=0
+    ctl path --merged --wait $left "$@" > $O/$name.merged.path 2> $O/$name.merged.err
+    echo $? > $O/$name.merged.rc
+    echo $(($(date +%s) - s0)) > $O/$name.merged.secs
+}
+for m in __MODS__; do
+    merged_path $m $m
+    check_merged $m $O/$m.merged.path
+done
+merged_path all
+check_merged all $O/all.merged.path
+# --- real loaders: examples/modread (libbpf 1.5) and bpftrace 0.23, CO-RE on btfr_loader
+# A loader finds btfreconcilectl on PATH; the project is not installed in the VM's root.
+mkdir -p /tmp/btfr-bin
+cat > /tmp/btfr-bin/btfreconcilectl <<'CTL'
+#!/bin/sh
+exec python3 -c 'import sys; from btfreconciled.cli.main import main; sys.exit(main())' "$@"
+CTL
+chmod +x /tmp/btfr-bin/btfreconcilectl
+export PATH=/tmp/btfr-bin:$PATH
+POKE=/sys/module/btfr_loader/parameters/poke
+# run_loader NAME VALUE CMD...: CMD in the background; VALUE is written to the poke
+# parameter (counter = VALUE, then btfr_loader_poke() runs) every 0.2 s until CMD exits.
+# Poking until then, not once after a banner: bpftrace prints "Attaching" before it has
+# attached, and a poke nobody sees is harmless.
+run_loader() {
+    name=$1; val=$2; shift 2
+    s0=$(date +%s)
+    "$@" > $O/$name.out 2> $O/$name.err &
+    lp=$!
+    i=0
+    while kill -0 $lp 2>/dev/null; do
+        echo $val > $POKE
+        i=$((i + 1)); [ $i -gt 900 ] && { log "$name still running after 180 s"; kill $lp; }
+        sleep 0.2
+    done
+    wait $lp; echo $? > $O/$name.rc
+    echo $(($(date +%s) - s0)) > $O/$name.secs
+}
+MODREAD=__MODREAD__
+run_loader modread.default 31337 $MODREAD --timeout 60
+run_loader modread.kernel 31338 $MODREAD --kernel-btf --timeout 60
+run_loader modread.all 31339 $MODREAD --btf "$(cat $O/all.merged.path)" --timeout 60
+if [ __BPFTRACE__ = yes ]; then
+    BT='kprobe:btfr_loader_poke {
+        printf("counter=%u\n", ((struct btfr_loader_state *)arg0)->counter); exit(); }'
+    run_loader bpftrace.merged 31340 \
+        env BPFTRACE_BTF="$(cat $O/btfr_loader.merged.path)" timeout 120 bpftrace -e "$BT"
+    run_loader bpftrace.kernel 31341 timeout 120 bpftrace -e "$BT"
+fi
 # the incompatible build replaces btfr_embed on disk, then is loaded instead
 rmmod btfr_embed; echo $? > $O/rmmod.rc
 i=0
@@ -104,6 +183,24 @@ ctl show btfr_embed > $O/bad.show.txt 2>&1
 ctl path btfr_embed > $O/bad.path.txt 2> $O/bad.path.err; echo $? > $O/bad.path.rc
 ls -la /tmp/btfr-cache/current/modules/ > $O/bad.cache-ls.txt 2>&1
 [ -e /sys/kernel/btf/btfr_embed ] && echo yes > $O/bad.kernel-btf || echo no > $O/bad.kernel-btf
+# the incompatible btfr_loader (struct list_head grown): no merged BTF, modread says why
+rmmod btfr_loader; echo $? > $O/badloader.rmmod.rc
+i=0
+until ! ctl show btfr_loader > /dev/null 2>&1; do
+    i=$((i + 1)); [ $i -gt 600 ] && break; sleep 0.05
+done
+cp $O/mods/btfr_loader.mutated $O/mods/btfr_loader.ko
+insmod $O/mods/btfr_loader.ko > $O/badloader.insmod 2>&1; echo $? > $O/badloader.insmod.rc
+wait_verdict btfr_loader $O/badloader.show.json; echo $? > $O/badloader.wait.rc
+ctl path --merged btfr_loader > $O/badloader.merged.path 2> $O/badloader.merged.err
+echo $? > $O/badloader.merged.rc
+# the compatible build's merged file goes when the writer catches up (debounced, < 1 s)
+i=0
+while [ -e /tmp/btfr-cache/current/merged/btfr_loader.btf ] && [ $i -lt 100 ]; do
+    i=$((i + 1)); sleep 0.1
+done
+ls -la /tmp/btfr-cache/current/merged/ > $O/badloader.merged-ls.txt 2>&1
+run_loader badloader.modread 4343 $MODREAD --timeout 30
 dmesg | tail -n 30 > $O/dmesg.tail
 # clean stop: SIGTERM, socket removed
 kill -TERM $DPID; wait $DPID; echo $? > $O/daemon.rc
@@ -115,15 +212,16 @@ echo done > $O/complete
 """
 
 
-def mutated_fixture(tc, series: str, out: Path) -> None:
-    """btfr_embed distilled against the running kernel's vmlinux with struct work_struct
-    grown by 8 bytes (what a module built for another kernel would carry)."""
+def mutated_fixture(tc, series: str, out: Path, module: str = "btfr_embed",
+                    struct: str = "work_struct") -> None:
+    """`module` distilled against the running kernel's vmlinux with `struct` grown by 8
+    bytes (what a module built for another kernel would carry)."""
     vml = Btf.parse((tc.kernel_dir(series) / "vmlinux.btf").read_bytes(), validate=False)
-    tid = vml.find("work_struct", Kind.STRUCT)[0]
+    tid = vml.find(struct, Kind.STRUCT)[0]
     t = vml.type(tid)
     vml.replace(tid, dataclasses.replace(t, size=t.size + 8))
     mutated = Btf.parse(vml.to_bytes(), validate=False)
-    plain = tc.fixtures_dir(series) / "plain" / "btfr_embed.ko"
+    plain = tc.fixtures_dir(series) / "plain" / f"{module}.ko"
     src = Btf.parse(read_btf_sections(plain).btf, base=mutated, validate=False)
     res = distill(src, source=str(plain))
     write_btf_sections(plain, out, {BTF_SECTION: res.split.to_bytes(),
@@ -137,13 +235,21 @@ def run_guest(tc, series: str, out: Path) -> dict:
     for m in MODS:
         shutil.copyfile(tc.fixtures_dir(series) / f"{m}.ko", mods / f"{m}.ko")
     mutated_fixture(tc, series, mods / "btfr_embed.mutated")
+    # btfr_loader_state embeds a list_head: a grown one makes the module incompatible
+    mutated_fixture(tc, series, mods / "btfr_loader.mutated", "btfr_loader", "list_head")
     (out / "btfreconciled.toml").write_text(
         f'extra_module_dirs = ["{GUEST_OUT}/mods"]\n'
         'cache_dir = "/tmp/btfr-cache"\n'
         'log_format = "json"\n')
+    # bpftrace (~20 s per run under TCG) only where the kernel has no module BTF of its
+    # own: that is where a second loader reading the merged file proves something
     (out / "guest.sh").write_text(GUEST_SCRIPT.replace("__OUT__", GUEST_OUT)
-                                  .replace("__MODS__", " ".join(MODS)))
-    res = tc.run_in_vm(series, f"sh {GUEST_OUT}/guest.sh", timeout=600,
+                                  .replace("__MODS__", " ".join(MODS))
+                                  .replace("__MODREAD__", str(tc.modread_binary()))
+                                  .replace("__BPFTRACE__", "yes" if series == "6.1" else "no"))
+    # 330-490 s measured with other sessions' VMs sharing the 2 cores (load 6-7): every
+    # btfreconcilectl call is a Python start under TCG (2-15 s each then)
+    res = tc.run_in_vm(series, f"sh {GUEST_OUT}/guest.sh", timeout=900,
                        rwdirs=[f"{GUEST_OUT}={out}"])
     if res.returncode != 0 or not (out / "complete").exists():
         log = (out / "daemon.log").read_text() if (out / "daemon.log").exists() else ""
@@ -251,6 +357,91 @@ def check_mutated(g: dict) -> None:
     assert manifest["modules"]["btfr_embed"]["verdict"] == "incompatible"
 
 
+# offsetof(struct btfr_loader_state, counter): list_head 16 + u64 pad[5] 40 + u32 flags 4
+LOADER_COUNTER_OFFSET = 60
+
+
+def loader_run(out: Path, name: str) -> tuple[int, str, str]:
+    """Status, stdout and stderr of a loader the guest ran with run_loader."""
+    return int(read(out, f"{name}.rc")), read(out, f"{name}.out"), read(out, f"{name}.err")
+
+
+def check_modread_read(out: Path, name: str, value: int) -> None:
+    rc, stdout, stderr = loader_run(out, name)
+    assert rc == 0, stderr
+    # the CO-RE relocation found the module's real layout, and the program read the value
+    # the guest had just written into btfr_loader_state.counter
+    assert stdout == f"attached\ncounter={value}\noffset={LOADER_COUNTER_OFFSET}\n", stderr
+
+
+def renumbered(dump: str, first: int, shift: int) -> str:
+    """bpftool's raw dump of split types with every id >= `first` (the module's own
+    types; lower ids are vmlinux's) moved up by `shift`: where a module's types land when
+    earlier modules' types precede them in one file."""
+    def move(m: re.Match) -> str:
+        n = int(m.group(2))
+        return f"{m.group(1)}{n + shift if n >= first else n}"
+    return re.sub(r"(\[|\btype_id=|_type_id=)(\d+)", move, dump)
+
+
+def check_merged(g: dict, m: str) -> None:
+    """The daemon's merged file for `m`: bpftool (no base) dumps it as the running
+    vmlinux's types followed by exactly what libbpf makes of the .ko on that vmlinux."""
+    out = g["out"]
+    assert read(out, f"{m}.merged.rc").strip() == "0", read(out, f"{m}.merged.err")
+    kid = json.loads(read(out, f"{m}.show.json"))["kernel_id"]
+    path = read(out, f"{m}.merged.path").strip()
+    assert path in (f"/tmp/btfr-cache/{kid}/merged/{m}.btf",
+                    f"/tmp/btfr-cache/current/merged/{m}.btf"), path
+    assert read(out, f"{m}.merged.dump.rc").strip() == "0", read(out, f"{m}.merged.dump.err")
+    assert read(out, f"{m}.merged.head.rc").strip() == "0", "vmlinux part differs"
+    tail = read(out, f"{m}.merged.tail.txt")
+    module_part = read(out, f"{m}.libbpf.txt")
+    assert tail.startswith("[") and tail == module_part
+
+
+def check_merged_all(g: dict) -> None:
+    """merged/all.btf: vmlinux, then every ok module in name order, each module's types
+    (and its references to them) moved past the previous modules'; references into
+    vmlinux unchanged."""
+    out = g["out"]
+    assert read(out, "all.merged.rc").strip() == "0", read(out, "all.merged.err")
+    assert read(out, "all.merged.path").strip().endswith("/merged/all.btf")
+    assert read(out, "all.merged.dump.rc").strip() == "0", read(out, "all.merged.dump.err")
+    assert read(out, "all.merged.head.rc").strip() == "0", "vmlinux part differs"
+    expected, shift = [], 0
+    for m in sorted(MODS):
+        part = read(out, f"{m}.libbpf.txt")
+        first = int(part[1:part.index("]")])  # the module's first id: vmlinux's count + 1
+        expected.append(renumbered(part, first, shift))
+        shift += sum(1 for ln in part.splitlines() if ln.startswith("["))
+    assert read(out, "all.merged.tail.txt") == "".join(expected)
+
+
+def check_incompatible_loader(g: dict) -> None:
+    """btfr_loader distilled against a grown list_head: no merged BTF anywhere, and
+    `btfreconcilectl path --merged` and modread both say why in one line."""
+    out = g["out"]
+    assert read(out, "badloader.rmmod.rc").strip() == "0"
+    assert read(out, "badloader.insmod.rc").strip() == "0", read(out, "badloader.insmod")
+    assert read(out, "badloader.wait.rc").strip() == "0"
+    rec = json.loads(read(out, "badloader.show.json"))
+    assert rec["verdict"] == "incompatible", rec
+    assert "list_head" in rec["summary"], rec["summary"]
+    assert read(out, "badloader.merged.rc").strip() == "1"
+    assert read(out, "badloader.merged.path") == ""
+    err = read(out, "badloader.merged.err").splitlines()
+    assert len(err) == 1 and "btfr_loader" in err[0] and "incompatible" in err[0], err
+    assert "btfr_loader.btf" not in read(out, "badloader.merged-ls.txt")
+    assert not (out / "cache" / rec["kernel_id"] / "merged" / "btfr_loader.btf").exists()
+    rc, stdout, stderr = loader_run(out, "badloader.modread")
+    assert rc == 1 and stdout == ""
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("modread: no merged BTF for btfr_loader: btfreconcilectl")
+    assert "incompatible" in lines[0]
+
+
 # ------------------------------------------------------------------ 6.12
 
 
@@ -275,6 +466,26 @@ def test_612_mutated_fixture_is_incompatible_without_btf(guest_612) -> None:
     assert read(guest_612["out"], "bad.kernel-btf").strip() == "no"
 
 
+@pytest.mark.parametrize("mod", MODS)
+def test_612_merged_btf_is_vmlinux_then_module(guest_612, mod) -> None:
+    check_merged(guest_612, mod)
+
+
+def test_612_merged_all_btf(guest_612) -> None:
+    check_merged_all(guest_612)
+
+
+def test_612_modread_same_value_with_kernel_and_merged_btf(guest_612) -> None:
+    out = guest_612["out"]
+    check_modread_read(out, "modread.kernel", 31338)  # libbpf's own module BTF (sysfs)
+    check_modread_read(out, "modread.default", 31337)  # btfreconcilectl path --merged
+    check_modread_read(out, "modread.all", 31339)  # merged/all.btf
+
+
+def test_612_incompatible_loader_has_no_merged_btf(guest_612) -> None:
+    check_incompatible_loader(guest_612)
+
+
 # ------------------------------------------------------------------ 6.1
 
 
@@ -293,3 +504,46 @@ def test_61_daemon_supplies_btf_the_kernel_cannot(guest_61, mod) -> None:
 
 def test_61_mutated_fixture_is_incompatible_without_btf(guest_61) -> None:
     check_mutated(guest_61)
+
+
+@pytest.mark.parametrize("mod", MODS)
+def test_61_merged_btf_is_vmlinux_then_module(guest_61, mod) -> None:
+    check_merged(guest_61, mod)
+
+
+def test_61_merged_all_btf(guest_61) -> None:
+    check_merged_all(guest_61)
+
+
+def test_61_modread_reads_module_struct_through_merged_btf(guest_61) -> None:
+    out = guest_61["out"]
+    assert not (out / "btfr_loader.kernel.btf").exists()  # the kernel has no BTF for it
+    check_modread_read(out, "modread.default", 31337)
+    check_modread_read(out, "modread.all", 31339)
+
+
+def test_61_modread_with_kernel_btf_fails_at_core_relocation(guest_61) -> None:
+    """The negative control: the same program without our file cannot be loaded."""
+    rc, stdout, stderr = loader_run(guest_61["out"], "modread.kernel")
+    assert rc == 1 and stdout == ""  # never attached
+    # libbpf found no btfr_loader_state anywhere, poisoned the load and said so
+    assert "<invalid CO-RE relocation>" in stderr
+    assert ("failed to resolve CO-RE relocation <byte_off> [24] struct btfr_loader_state."
+            "counter") in stderr
+    assert stderr.splitlines()[-1] == ("modread: cannot load the BPF program (CO-RE against "
+                                       "the kernel's BTF): Invalid argument")
+
+
+def test_61_bpftrace_reads_module_struct_through_merged_btf(guest_61) -> None:
+    out = guest_61["out"]
+    rc, stdout, stderr = loader_run(out, "bpftrace.merged")
+    assert rc == 0, stderr
+    assert "counter=31340" in stdout.splitlines(), stdout
+    # without BPFTRACE_BTF bpftrace has only the kernel's BTF, which lacks the struct
+    rc, stdout, stderr = loader_run(out, "bpftrace.kernel")
+    assert rc != 0 and "counter=" not in stdout
+    assert "ERROR: Unknown struct/union: 'struct btfr_loader_state'" in stderr, stderr
+
+
+def test_61_incompatible_loader_has_no_merged_btf(guest_61) -> None:
+    check_incompatible_loader(guest_61)

@@ -21,7 +21,8 @@ SERIES = ("6.12", "6.1")
 FIXTURE_MODULES = ("btfr_embed", "btfr_ptr", "btfr_types", "btfr_kfunc", "btfr_loader")
 
 # Inputs whose hash vm/setup records in stamps/setup.done (keep in sync with vm/setup).
-_SETUP_INPUTS = ("integration/modules", "integration/oracle", "vm/setup", "vm/lib")
+_SETUP_INPUTS = ("integration/modules", "integration/oracle", "examples", "vm/setup",
+                 "vm/lib")
 
 
 def cache_root() -> Path:
@@ -48,6 +49,12 @@ def fixtures_dir(series: str) -> Path:
     """``fixtures/<release>``: the fixture ``.ko`` files (``.BTF`` + ``.BTF.base``);
     ``plain/`` below holds the same modules with classic split BTF only."""
     return (cache_root() / "fixtures" / series).resolve()
+
+
+def modread_binary() -> Path:
+    """examples/modread built by vm/setup (runs in the chroot and in the VMs: the cache
+    is mounted at the same path in the guest)."""
+    return cache_root() / "examples" / "modread" / "modread"
 
 
 def verdicts_dir(series: str) -> Path:

@@ -413,7 +413,8 @@ fs = FakeSystem(root)
 names = [f"nl{i:02d}" for i in range(30)]
 for n in names:
     fs.add_file(n)
-cfg = fs.config(log_format="json", netlink_rcvbuf=4096 if freeze else 4 * 1024 * 1024)
+cfg = fs.config(log_format="json", netlink_rcvbuf=4096 if freeze else 4 * 1024 * 1024,
+                accept_user_uevents=True)
 p = subprocess.Popen(daemon_argv(cfg), env=env_for_daemon(), stderr=subprocess.DEVNULL)
 assert wait_for(lambda: fs.socket.exists(), 20)
 tx = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 15)
@@ -741,7 +742,7 @@ def test_daemon_runs_unprivileged_as_the_unit_runs_it() -> None:
         fs.socket.parent.mkdir()
         for d in (fs.cache, fs.socket.parent):
             os.chown(d, 65534, 65534)
-        cfg = fs.config(log_format="json")
+        cfg = fs.config(log_format="json", accept_user_uevents=True)
         here = str(Path(__file__).resolve().parent)
         p = subprocess.Popen(["unshare", "-n", sys.executable, "-c", UNPRIVILEGED, here,
                               "--foreground", "--config", str(cfg)], env=env_for_daemon(),

@@ -41,7 +41,8 @@ def test_infer_shape_reads_the_base_off_the_module() -> None:
     assert not fit.fits and "built against a vmlinux with 14 types" in fit.reason
 
 
-def test_doctor_cli(tmp_path: Path, capsys) -> None:
+def _world(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A classic-split module, its build in a candidate dir, and another kernel's BTF."""
     base = reparse(vmlinux())
     ko = _classic(tmp_path, base)
     cands = tmp_path / "boot"
@@ -49,6 +50,11 @@ def test_doctor_cli(tmp_path: Path, capsys) -> None:
     (cands / "vmlinux-old.btf").write_bytes(base.to_bytes())
     target = tmp_path / "new.btf"
     target.write_bytes(grown().to_bytes())
+    return ko, cands, target
+
+
+def test_doctor_cli(tmp_path: Path, capsys) -> None:
+    ko, cands, target = _world(tmp_path)
     # fits its own build
     assert ctl(["doctor", str(ko), "--vmlinux", str(cands / "vmlinux-old.btf"),
                 "--search", str(tmp_path / "none")]) == 0
@@ -113,13 +119,7 @@ def test_doctor_lists_loaded_modules_whose_file_it_cannot_find(tmp_path: Path, c
 
 
 def test_rescue_cli(tmp_path: Path, capsys) -> None:
-    base = reparse(vmlinux())
-    ko = _classic(tmp_path, base)
-    cands = tmp_path / "boot"
-    cands.mkdir()
-    (cands / "vmlinux-old.btf").write_bytes(base.to_bytes())
-    target = tmp_path / "new.btf"
-    target.write_bytes(grown().to_bytes())
+    ko, cands, target = _world(tmp_path)
     # before: classic split BTF, check says what to do on stderr (one line, exit 2)
     assert ctl(["check", str(ko), "--vmlinux", str(target)]) == 2
     c = capsys.readouterr()

@@ -535,7 +535,7 @@ def test_write_errors(module: Path, tmp_path: Path) -> None:
             write_btf_sections(src, out, request)
         assert_one_line(err.value, src)
         assert not out.exists()
-    with pytest.raises(ElfError, match="cannot create temporary") as err:
+    with pytest.raises(ElfError, match="no such directory") as err:
         write_btf_sections(module, tmp_path / "no-dir" / "x.ko", {".BTF.base": b"x"})
     assert_one_line(err.value, tmp_path / "no-dir" / "x.ko")
 

@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from .answers import LIST, PATH_ALL, PATH_MODULE, SHOW
 from .errors import CliError
 from .status import add_socket_option, ask, print_json
 
@@ -54,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    mods = ask(args, {"cmd": "list"})["modules"]
+    mods = ask(args, {"cmd": "list"}, LIST)["modules"]
     if args.json:
         print_json(mods)
         return EXIT_OK
@@ -81,23 +82,28 @@ def _diag_lines(d: Any) -> list[str]:
     if text is None:
         return [f"  - {json.dumps(d, sort_keys=True)}"]
     sev = d.get("severity") or d.get("level")
-    out = [f"  - {sev + ': ' if sev else ''}{text}"]
+    out = [f"  - {f'{sev}: ' if sev else ''}{text}"]
     exp = d.get("expected")
     if isinstance(exp, dict):
         out.append(f"      expected: {exp.get('kind', '')} {exp.get('name', '')} "
                    f"size={exp.get('size')}")
-    for c in d.get("candidates") or []:
+    for c in _array(d.get("candidates")):
         if isinstance(c, dict):
             why = f" ({c['why_not']})" if c.get("why_not") else ""
             out.append(f"      vmlinux has: [{c.get('id')}] {c.get('kind', '')} "
                        f"{c.get('name', '')} size={c.get('size')}{why}")
-    for path in d.get("paths") or []:
+    for path in _array(d.get("paths")):
         out.append(f"      embedded through: {path}")
     return out
 
 
+def _array(v: Any) -> list[Any]:
+    # diagnostics are the engine's free-form JSON: print what has a known shape, skip the rest
+    return v if isinstance(v, list) else []
+
+
 def run_show(args: argparse.Namespace) -> int:
-    rec = ask(args, {"cmd": "show", "module": args.module})["record"]
+    rec = ask(args, {"cmd": "show", "module": args.module}, SHOW)["record"]
     if args.json:
         print_json(rec)
         return EXIT_OK
@@ -133,11 +139,12 @@ def _path_from_daemon(args: argparse.Namespace) -> dict[str, Any]:
     req: dict[str, Any] = {"cmd": "path", "merged": args.merged}
     if args.module is not None:
         req["module"] = args.module
-    resp = ask(args, req)
+    resp = ask(args, req, PATH_MODULE if args.module is not None else PATH_ALL)
     key = "merged" if args.merged else "btf"
     resp["path"] = resp.get(key)
     if not resp["path"] and not resp.get("reason"):
-        resp["reason"] = f"no reconciled BTF ({resp['verdict']}: {resp['summary']})"
+        resp["reason"] = (f"no reconciled BTF ({resp.get('verdict', 'no verdict')}: "
+                          f"{resp.get('summary', '')})")
     resp["retry"] = resp.get("verdict") == "ok" and not resp["path"]
     return resp
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..btf.btf import Btf
 from ..elf import BTF_BASE_EXPECTS_SECTION, BTF_BASE_SECTION, BTF_SECTION, read_btf_sections
+from ..output import output_target
 from ..reconcile import VmlinuxIndex, distill, load_module, relocate
 from ..reconcile.distill import DistillError
 from ..reconcile.fields import FIELDS_ALL, FIELDS_EMBEDDED, build_expects
@@ -75,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
     module = Path(args.module)
     if not module.is_file():
         raise CliError(f"{module}: no such file")
-    if args.output and Path(args.output).is_dir():
-        raise CliError(f"{args.output}: is a directory")
+    dst = module if args.in_place else Path(args.output)
+    output_target(dst)  # a device, FIFO, directory or symlink loop fails before the work
     target = VmlinuxIndex.load(args.base)
     src = module_split_on(module, target.btf, target)
     try:
@@ -96,7 +97,6 @@ def run(args: argparse.Namespace) -> int:
         sections[BTF_BASE_EXPECTS_SECTION] = build_expects(src, res, emb_vmlinux, args.fields)
         expects_info = {"mode": args.fields, "embedded_structs": len(emb_vmlinux),
                         "bytes": len(sections[BTF_BASE_EXPECTS_SECTION] or b"")}
-    dst = module if args.in_place else Path(args.output)
     write_btf_sections(module, dst, sections)
     info = {
         "module": str(module), "output": str(dst),

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import errno
 import importlib
+import io
 import os
 import sys
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from typing import NoReturn
 
 from ..btf.errors import BtfError
 from ..elf import ElfError
+from ..output import OutputError
 from .errors import EXIT_ERROR, EXIT_OK, CliError
 
 # Subcommand modules, in the order `--help` lists them.
@@ -50,10 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = sys.argv[1:]
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    _tolerant_streams()
     try:
         return int(args.handler(args))
-    except (BtfError, ElfError, CliError) as exc:
-        print(f"btfreconcilectl: error: {exc}", file=sys.stderr)
+    except (BtfError, ElfError, CliError, OutputError) as exc:
+        print(f"btfreconcilectl: error: {_one_line(str(exc))}", file=sys.stderr)
     except BrokenPipeError:
         # `btfreconcilectl dump ... | head`: not an error of ours.
         sys.stderr.close()
@@ -65,6 +68,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("btfreconcilectl: interrupted", file=sys.stderr)
     return EXIT_ERROR
+
+
+def _tolerant_streams() -> None:
+    """Names in a module's BTF are bytes from the file, decoded with surrogateescape: one
+    that is not UTF-8 must print (as a visible \\udcXX escape), not raise
+    UnicodeEncodeError from the middle of a report."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+
+
+def _one_line(text: str) -> str:
+    """An error is one line even when it quotes a name from the file holding a newline."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def console_main() -> NoReturn:

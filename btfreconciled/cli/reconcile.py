@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 from pathlib import Path
 
 from ..cache import atomic_output, write_all
+from ..output import output_target
 from ..reconcile import Verdict, VmlinuxIndex, reconcile_module_file
 from ..reconcile.diagnostics import problem_text
 from ..reconcile.merge import MergeError, write_merged
@@ -41,16 +43,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def write_output(out: Path, btf: bytes, target: VmlinuxIndex, name: str,
                  merged: bool) -> int:
-    """Write the split (or merged) BTF to `out` atomically; returns its size."""
-    with atomic_output(out) as f:
-        if not merged:
-            write_all(f, btf)
-            return len(btf)
-        try:
-            layout = write_merged(lambda b: write_all(f, b), target.btf, [(name, btf)])
-        except MergeError as e:
-            raise CliError(str(e)) from None
-        return layout.size
+    """Write the split (or merged) BTF to `out` atomically, mode 0644 (BTF is public: the
+    kernel's own is world-readable); returns its size."""
+    # Checked again right before writing: the reconciliation took a while.
+    dest = output_target(out)
+    try:
+        with atomic_output(dest, mode=0o644) as f:
+            if not merged:
+                write_all(f, btf)
+                return len(btf)
+            try:
+                layout = write_merged(lambda b: write_all(f, b), target.btf, [(name, btf)])
+            except MergeError as e:
+                raise CliError(str(e)) from None
+            return layout.size
+    except OSError as e:  # name the user's path, not the temporary file next to it
+        reason = e.strerror or errno.errorcode.get(e.errno or 0, str(e))
+        raise CliError(f"{out}: cannot write: {reason}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if not module.is_file():
         raise CliError(f"{module}: no such file")
     out = Path(args.output)
-    if out.is_dir():
-        raise CliError(f"{out}: is a directory")
+    output_target(out)  # a device, FIFO, directory or symlink loop fails before the work
     target = load_target(args.vmlinux)
     res = reconcile_module_file(str(module), target, strict=args.strict,
                                 embedded_rule=args.rule)

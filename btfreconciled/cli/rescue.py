@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..btf.btf import Btf
 from ..elf import module_is_signed, read_btf_sections, write_btf_sections
+from ..output import output_target
 from ..reconcile.doctor import DEFAULT_SEARCH, Candidates, candidate_files
 from ..reconcile.fields import FIELDS_ALL, FIELDS_EMBEDDED
 from ..reconcile.rescue import RescueError, distill_sections, find_build
@@ -61,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.lexists(module):
         raise CliError(f"{module}: no such file")
     dst = module if args.in_place else Path(args.output)
-    if dst.is_dir():
-        raise CliError(f"{dst}: is a directory")
+    output_target(dst)  # a device, FIFO, directory or symlink loop fails before the search
     sections = read_btf_sections(module, digest=False)
     if not sections.is_elf:
         raise CliError(f"{module}: raw BTF, not a module file")

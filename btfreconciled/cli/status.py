@@ -11,6 +11,7 @@ from typing import Any
 
 from ..daemon.config import DEFAULT_SOCKET
 from ..daemon.control import ClientError, request
+from .answers import STATUS, check
 from .errors import CliError
 
 SOCKET_ENV = "BTFRECONCILED_SOCKET"
@@ -27,16 +28,27 @@ def socket_path(args: argparse.Namespace) -> str:
             or str(DEFAULT_SOCKET))
 
 
-def ask(args: argparse.Namespace, req: dict[str, Any]) -> dict[str, Any]:
-    """Send a request; a daemon that is down, unreachable or says no becomes a CliError."""
+def ask(args: argparse.Namespace, req: dict[str, Any], shape: Any = None) -> dict[str, Any]:
+    """Send a request; a daemon that is down, unreachable or says no becomes a CliError, and
+    so does an answer without the `shape` (see answers.py) the caller prints."""
     try:
         resp = request(socket_path(args), req)
     except ClientError as e:
         raise CliError(str(e)) from None
-    if not resp.get("ok"):
-        raise CliError(str(resp.get("error") or "the daemon refused the request"))
+    if resp.get("ok") is not True:
+        error = resp.get("error")
+        raise CliError(_one_line(error) if isinstance(error, str) and error.strip()
+                       else "the daemon refused the request")
     resp.pop("ok", None)
+    if shape is not None:
+        check(resp, shape, "answer")
     return resp
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    """The daemon's error text as one bounded line (it is not ours to trust)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit] + "..."
 
 
 def print_json(obj: Any) -> None:
@@ -58,7 +70,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _ago(seconds: float) -> str:
-    s = int(seconds)
+    try:
+        s = int(seconds)
+    except (OverflowError, ValueError):  # json.loads takes Infinity and NaN
+        return "?"
     if s < 60:
         return f"{s}s"
     if s < 3600:
@@ -68,8 +83,15 @@ def _ago(seconds: float) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
+def _clock(when: float) -> str:
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(when))
+    except (OverflowError, ValueError, OSError):  # a time no clock shows
+        return "??:??:??"
+
+
 def run(args: argparse.Namespace) -> int:
-    st = ask(args, {"cmd": "status"})
+    st = ask(args, {"cmd": "status"}, STATUS)
     if args.json:
         print_json(st)
         return 0
@@ -77,10 +99,10 @@ def run(args: argparse.Namespace) -> int:
     out = [f"btfreconciled {d['version']}: running (pid {d['pid']}, up {_ago(d['uptime'])})"]
     events = d["events"]
     if events == "poll":
-        events += f" -- {d['events_detail']}"
+        events += f" -- {d.get('events_detail')}"
     out.append(f"events:  {events}")
     out.append(f"kernel:  {k['release']}  id {k['id'][:16]}  ({k['vmlinux']})")
-    out.append(f"cache:   {st['cache']['kernel_dir']}")
+    out.append(f"cache:   {st['cache'].get('kernel_dir')}")
     order = ("ok", "incompatible", "no-base", "error", "builtin", "no-file")
     counts = ", ".join(f"{c.get(v, 0)} {v}" for v in order)
     extra = ", ".join(f"{n} {v}" for v, n in c.items() if v not in order)
@@ -88,13 +110,13 @@ def run(args: argparse.Namespace) -> int:
     busy = f" (working on {q['busy']})" if q.get("busy") else ""
     out.append(f"queue:   {q['pending']} pending{busy}")
     lat = st.get("latency") or {}
-    if lat.get("n"):
+    if lat.get("n") and lat.get("p50_ms") is not None and lat.get("p99_ms") is not None:
         out.append(f"latency: event -> published p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms "
                    f"(last {lat['n']} loads)")
     mg = st.get("merged")
     if mg:
         busy = ", being written" if mg.get("pending") else ""
-        err = f", {mg['errors']} errors (last: {mg['last_error']})" if mg.get("errors") else ""
+        err = f", {mg['errors']} errors (last: {mg.get('last_error')})" if mg.get("errors") else ""
         out.append(f"merged:  {mg['files']} files, {mg['bytes'] / 1e6:.1f} MB on disk "
                    f"(all.btf: {mg['all_modules']} modules){busy}{err}  {mg['dir']}")
     for rep in st.get("pre_reboot") or []:
@@ -106,17 +128,17 @@ def run(args: argparse.Namespace) -> int:
     rs = st.get("last_rescan")
     if rs:
         out.append(f"rescan:  {rs['modules']} modules in {rs['seconds']} s ({rs['reason']})")
-    s = st.get("stats", {})
+    s = st.get("stats") or {}
     if s.get("publish_errors") or s.get("worker_errors"):
         out.append(f"errors:  {s.get('publish_errors', 0)} publish, "
                    f"{s.get('worker_errors', 0)} internal (see the daemon's log)")
-    for p in st.get("module_files", {}).get("problems", []):
+    for p in (st.get("module_files") or {}).get("problems") or []:
         out.append(f"note:    {p}")
     last = st.get("last_events") or []
     if last:
         out.append("last events:")
         for ev in last[-10:]:
-            when = time.strftime("%H:%M:%S", time.localtime(ev["time"]))
+            when = _clock(ev["time"])
             what = f"{ev['action']} {ev['module']}" if ev.get("module") else ev["action"]
             out.append(f"  {when}  {what} ({ev.get('source')})")
     sys.stdout.write("\n".join(out) + "\n")

@@ -19,9 +19,16 @@ Every key is optional::
     merged_btf = "modules"                          # loader-ready BTF: modules (merged/<m>.btf
                                                     # and all.btf) | all (all.btf only) | off
     watch_files = true                              # watchdog on module dirs and this file
+    control_timeout = 10.0                          # seconds a control client has to send
+                                                    # a request line / read its answer
 
 Advanced (tests, chroots): ``vmlinux`` (raw BTF of the running kernel), ``sysfs`` (``/sys``),
 ``modules_root`` (``/lib/modules/<release>``), ``release`` (``uname -r``), ``netlink_rcvbuf``.
+
+Test-only: ``accept_user_uevents = true`` also takes module uevents sent by user-space
+processes (benches and tests send synthetic ones in a private network namespace).  The
+default, false, accepts only the kernel's (sender port id 0): anyone able to send to the
+uevent multicast group could otherwise make the daemon publish for modules never loaded.
 """
 
 from __future__ import annotations
@@ -74,6 +81,8 @@ class Config:
     modules_root: Path | None = None
     release: str | None = None
     netlink_rcvbuf: int = 4 * 1024 * 1024
+    control_timeout: float = 10.0
+    accept_user_uevents: bool = False  # test-only, see the module docstring
     source: Path | None = None  # the file this came from, if any
 
     def kernel_release(self) -> str:
@@ -170,6 +179,12 @@ def apply(cfg: Config, data: dict[str, Any], where: str) -> Config:
             if not 0.05 <= v <= 3600:
                 raise ConfigError(f"{where}: poll_interval: {value!r} is out of range (0.05-3600)")
             cfg.poll_interval = v
+        elif key == "control_timeout":
+            v = float(_want(where, key, value, (int, float)))
+            if not 0.1 <= v <= 3600:
+                raise ConfigError(f"{where}: control_timeout: {value!r} is out of range "
+                                  "(0.1-3600)")
+            cfg.control_timeout = v
         elif key == "search_dirs":
             dirs = _want(where, key, value, list)
             if not all(isinstance(d, str) for d in dirs):
@@ -188,7 +203,7 @@ def apply(cfg: Config, data: dict[str, Any], where: str) -> Config:
             cfg.module_timeout = v
         elif key == "merged_btf":
             cfg.merged_btf = _choice(where, key, value, MERGED_CHOICES)
-        elif key in ("gc", "watch_files"):
+        elif key in ("gc", "watch_files", "accept_user_uevents"):
             setattr(cfg, key, _want(where, key, value, bool))
         elif key == "release":
             cfg.release = _want(where, key, value, str)

@@ -13,6 +13,8 @@ import json
 import os
 import socket
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,11 @@ from ..cache import CacheError, check_module_name
 
 MAX_REQUEST = 64 * 1024
 COMMANDS = ("status", "list", "show", "path", "rescan", "ping")
+STATE_CHANGING = ("rescan",)
+
+
+def _may_change_state(uid: int | None) -> bool:
+    return uid is None or uid in (0, os.geteuid())
 
 
 class ControlError(Exception):
@@ -30,8 +37,16 @@ class ControlError(Exception):
         self.code = code
 
 
-def handle_request(daemon: Any, req: Any) -> dict[str, Any]:
-    """Answer one decoded request from the daemon's state (thread-safe on the daemon side)."""
+StatsHook = Callable[[], dict[str, int]]
+
+
+def handle_request(daemon: Any, req: Any, *, extra_stats: StatsHook | None = None,
+                   peer_uid: int | None = None) -> dict[str, Any]:
+    """Answer one decoded request from the daemon's state (thread-safe on the daemon side).
+
+    ``extra_stats`` adds the event loop's own counters (ignored uevents, refused
+    connections...) to ``status``'s ``stats``.  ``peer_uid`` is the client's uid from
+    SO_PEERCRED (None: an in-process caller, trusted)."""
     if not isinstance(req, dict):
         raise ControlError("request must be a JSON object")
     cmd = req.get("cmd")
@@ -40,9 +55,17 @@ def handle_request(daemon: Any, req: Any) -> dict[str, Any]:
     if cmd == "ping":
         return {"ok": True}
     if cmd == "status":
-        return {"ok": True, **daemon.status()}
+        st = {"ok": True, **daemon.status()}
+        if extra_stats is not None:
+            st["stats"] = {**st.get("stats", {}), **extra_stats()}
+        return st
     if cmd == "list":
         return {"ok": True, "modules": daemon.list_modules()}
+    if cmd in STATE_CHANGING and not _may_change_state(peer_uid):
+        # socket_mode/socket_group open the socket to a group for reading the state; what
+        # costs the daemon work stays with root (and the daemon's own user).
+        raise ControlError(f"{cmd}: permission denied (only root may ask for it)",
+                           "permission-denied")
     if cmd == "rescan":
         return {"ok": True, "queued": daemon.rescan("request")}
     merged = req.get("merged", False)
@@ -75,10 +98,11 @@ def handle_request(daemon: Any, req: Any) -> dict[str, Any]:
     return resp
 
 
-def answer_line(daemon: Any, line: bytes) -> bytes:
+def answer_line(daemon: Any, line: bytes, *, extra_stats: StatsHook | None = None,
+                peer_uid: int | None = None) -> bytes:
     try:
         req = json.loads(line)
-        resp = handle_request(daemon, req)
+        resp = handle_request(daemon, req, extra_stats=extra_stats, peer_uid=peer_uid)
     except ValueError as e:
         resp = {"ok": False, "error": f"invalid JSON request: {e}", "code": "bad-request"}
     except ControlError as e:
@@ -128,12 +152,27 @@ class ClientError(Exception):
 
 
 DEFAULT_TIMEOUT = 30.0
+# The longest answer we read (a `list` of thousands of modules is a few MB): a peer that
+# streams forever must not grow our memory without bound.
+MAX_ANSWER = 64 * 1024 * 1024
 
 
 def request(path: str | os.PathLike[str], req: dict[str, Any],
-            timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
-    """Send one request and return the decoded response (``ok`` may be false)."""
+            timeout: float = DEFAULT_TIMEOUT, *,
+            max_answer: int = MAX_ANSWER) -> dict[str, Any]:
+    """Send one request and return the decoded response (``ok`` may be false).
+
+    ``timeout`` bounds the whole exchange, not each read: a peer dripping one byte a second
+    is given up on like a silent one."""
     p = str(path)
+    deadline = time.monotonic() + timeout
+
+    def remaining() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ClientError(f"btfreconciled did not answer within {timeout:g} s on {p}")
+        return left
+
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     s.settimeout(timeout)
     try:
@@ -148,27 +187,36 @@ def request(path: str | os.PathLike[str], req: dict[str, Any],
             raise ClientError(f"permission denied connecting to {p}: the control socket is "
                               "root-only by default (run as root, or set socket_mode/"
                               "socket_group in the daemon's config)") from None
+        except TimeoutError:
+            remaining()
+            raise ClientError(f"cannot connect to {p}: timed out") from None
         except OSError as e:
             raise ClientError(f"cannot connect to {p}: {e.strerror or e}") from None
-        s.sendall((json.dumps(req) + "\n").encode())
-        buf = b""
-        while b"\n" not in buf:
-            try:
-                chunk = s.recv(1 << 16)
-            except TimeoutError:
-                raise ClientError(f"btfreconciled did not answer within {timeout:.0f} s on "
-                                  f"{p}") from None
-            except OSError as e:
-                raise ClientError(f"lost connection to btfreconciled on {p}: "
-                                  f"{e.strerror or e}") from None
-            if not chunk:
-                raise ClientError(f"btfreconciled closed the connection on {p} without "
-                                  "answering")
-            buf += chunk
-        line = buf.split(b"\n", 1)[0]
+        buf = bytearray()
         try:
-            resp = json.loads(line)
-        except ValueError:
+            s.settimeout(remaining())
+            s.sendall((json.dumps(req) + "\n").encode())
+            end = -1
+            while end < 0:
+                if len(buf) > max_answer:
+                    raise ClientError(f"answer from {p} is longer than {max_answer} bytes")
+                s.settimeout(remaining())
+                chunk = s.recv(1 << 16)
+                if not chunk:
+                    raise ClientError(f"btfreconciled closed the connection on {p} without "
+                                      "answering")
+                if (pos := chunk.find(b"\n")) >= 0:  # only the new bytes: linear time
+                    end = len(buf) + pos
+                buf += chunk
+        except TimeoutError:
+            raise ClientError(f"btfreconciled did not answer within {timeout:g} s on "
+                              f"{p}") from None
+        except OSError as e:
+            raise ClientError(f"lost connection to btfreconciled on {p}: "
+                              f"{e.strerror or e}") from None
+        try:
+            resp = json.loads(bytes(buf[:end]))
+        except (ValueError, RecursionError):
             raise ClientError(f"unreadable answer from {p}") from None
         if not isinstance(resp, dict):
             raise ClientError(f"unreadable answer from {p}")

@@ -76,10 +76,19 @@ class UeventListener:
     """NETLINK_KOBJECT_UEVENT reader integrated into an asyncio loop."""
 
     def __init__(self, on_event: ModuleEvent, on_overflow: Overflow, *,
-                 rcvbuf: int = 4 * 1024 * 1024) -> None:
+                 rcvbuf: int = 4 * 1024 * 1024, accept_user: bool = False,
+                 on_ignored: Callable[[int], None] | None = None) -> None:
         self.on_event = on_event
         self.on_overflow = on_overflow
         self.rcvbuf = rcvbuf
+        # Multicast group 1 is not kernel-only: any process with CAP_NET_ADMIN in the
+        # socket's network namespace (and udevd, which re-broadcasts there on some setups)
+        # can send to it.  A forged `add@/module/x` costs a reconciliation and would make
+        # us publish for a module that is not loaded, so only nl_pid 0 (the kernel) counts
+        # unless a test bench explicitly asks for user-space senders.
+        self.accept_user = accept_user
+        self.on_ignored = on_ignored
+        self.ignored = 0
         self.sock: socket.socket | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.marshal = _marshal()
@@ -113,7 +122,7 @@ class UeventListener:
         assert self.sock is not None
         for _ in range(1024):  # bounded, so one flood cannot starve the control socket
             try:
-                data = self.sock.recv(65536)
+                data, (sender, _groups) = self.sock.recvfrom(65536)
             except BlockingIOError:
                 return
             except OSError as e:
@@ -124,6 +133,11 @@ class UeventListener:
                 if e.errno == errno.EINTR:
                     continue
                 raise
+            if sender != 0 and not self.accept_user:
+                self.ignored += 1
+                if self.on_ignored is not None:
+                    self.on_ignored(sender)
+                continue
             now = _now()
             self.received += 1
             for action, name in parse_uevent(data, self.marshal):

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import json
 import os
 import signal
+import socket
+import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,9 +25,18 @@ from .engine import Engine
 from .events import FileWatcher, UeventListener
 from .notify import Notifier
 
+# Control socket limits (SPEC §10: the socket is untrusted input).
+MAX_CONNECTIONS = 64  # open at once; the next one gets _BUSY and is closed
+_BACKLOG = 128
+_ACCEPT_BACKOFF_MIN, _ACCEPT_BACKOFF_MAX = 0.05, 1.0  # retrying accept() after EMFILE...
+_ACCEPT_LOG_INTERVAL = 60.0  # ...and reporting it at most once per this many seconds
+_BUSY = (b'{"ok": false, "error": "btfreconciled is busy: too many control connections '
+         b'(%d open); try again", "code": "busy"}\n' % MAX_CONNECTIONS)
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
 # Settings that only take effect on restart (reload keeps the running value and says so).
 _RESTART_ONLY = ("cache_dir", "socket", "socket_mode", "socket_group", "vmlinux", "sysfs",
-                 "events", "release", "netlink_rcvbuf", "modules_root")
+                 "events", "release", "netlink_rcvbuf", "modules_root", "accept_user_uevents")
 
 
 class StartupError(Exception):
@@ -41,7 +55,12 @@ class Service:
         self.daemon = Daemon(cfg, engine, notifier=self.notifier)
         self.listener: UeventListener | None = None
         self.watcher: FileWatcher | None = None
-        self.server: asyncio.AbstractServer | None = None
+        self._listen_sock: socket.socket | None = None
+        self._accept_task: asyncio.Task[None] | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self.control_stats = {"refused": 0, "timeouts": 0, "accept_errors": 0}
+        self._accept_logged = -_ACCEPT_LOG_INTERVAL
+        self._accept_suppressed = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping: asyncio.Event | None = None
         self._rescan_scheduled = False
@@ -98,10 +117,16 @@ class Service:
             self.stopping.set()
 
     async def _shutdown(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 2)
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._accept_task
+        if self._listen_sock is not None:
+            self._listen_sock.close()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.wait(list(self._connections), timeout=2)
         self._remove_socket()
         if self.listener is not None:
             self.listener.close()
@@ -122,7 +147,9 @@ class Service:
             d.event_source, d.event_source_detail = "poll", "configured (events = \"poll\")"
             return
         listener = UeventListener(self._on_uevent, self._on_overflow,
-                                  rcvbuf=self.cfg.netlink_rcvbuf)
+                                  rcvbuf=self.cfg.netlink_rcvbuf,
+                                  accept_user=self.cfg.accept_user_uevents,
+                                  on_ignored=self._on_user_uevent)
         try:
             listener.open()
         except OSError as e:
@@ -142,6 +169,10 @@ class Service:
 
     def _on_uevent(self, action: str, name: str, when: float) -> None:
         self.daemon.on_event(action, name, when)
+
+    def _on_user_uevent(self, sender: int) -> None:
+        # debug only: whoever can send these could otherwise flood the log too
+        self.log.debug("ignored a uevent from user space", sender_port=sender)
 
     def _on_overflow(self) -> None:
         self.daemon.stats.overflows += 1
@@ -266,23 +297,92 @@ class Service:
         except OSError as e:
             raise StartupError(f"{path.parent}: {e.strerror or e}") from None
         gid = self.cfg.socket_gid()
+        # The socket is made under a private name and linked into place only once it
+        # listens with its final group and mode: a client that sees `path` can connect
+        # (no ECONNREFUSED while start-up is between bind and listen), and link(2), unlike
+        # bind over a stale name, fails if another daemon took `path` meanwhile.
+        staging = path.with_name(f".s{os.getpid()}")
+        self._remove_socket_file(staging)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         old = os.umask(0o177)  # no window in which the socket is more open than configured
         try:
-            self.server = await asyncio.start_unix_server(self._client, path=str(path),
-                                                          limit=MAX_REQUEST)
+            sock.bind(str(staging))
+            sock.listen(_BACKLOG)
+            sock.setblocking(False)
         except OSError as e:
+            sock.close()
+            self._remove_socket_file(staging)
             raise StartupError(f"{path}: cannot listen: {e.strerror or e}") from None
         finally:
             os.umask(old)
         try:
-            if gid is not None:
-                os.chown(path, -1, gid)
-            os.chmod(path, self.cfg.socket_mode)
-        except OSError as e:
-            self._remove_socket_file(path)
-            raise StartupError(f"{path}: cannot set group {self.cfg.socket_group!r} / mode "
-                               f"{self.cfg.socket_mode:04o}: {e.strerror or e}") from None
+            try:
+                if gid is not None:
+                    os.chown(staging, -1, gid)
+                os.chmod(staging, self.cfg.socket_mode)
+            except OSError as e:
+                raise StartupError(f"{path}: cannot set group {self.cfg.socket_group!r} / "
+                                   f"mode {self.cfg.socket_mode:04o}: {e.strerror or e}"
+                                   ) from None
+            try:
+                os.link(staging, path)
+            except FileExistsError:
+                raise StartupError(f"another btfreconciled is already listening on {path}"
+                                   ) from None
+            except OSError as e:
+                raise StartupError(f"{path}: cannot listen: {e.strerror or e}") from None
+        except StartupError:
+            sock.close()
+            raise
+        finally:
+            self._remove_socket_file(staging)
         self._socket_ino = os.stat(path).st_ino
+        self._listen_sock = sock
+        assert self.loop is not None
+        self._accept_task = self.loop.create_task(self._accept_loop(sock))
+
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        """Our own accept loop rather than asyncio's server: asyncio logs every failed
+        accept (EMFILE while fds are exhausted: a traceback per retry) and has neither a
+        connection limit nor per-connection deadlines."""
+        assert self.loop is not None
+        loop = self.loop
+        backoff = _ACCEPT_BACKOFF_MIN
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as e:
+                if e.errno in (errno.ECONNABORTED, errno.EINTR, errno.EAGAIN):
+                    continue
+                # EMFILE/ENFILE/ENOBUFS/ENOMEM: the connection waits in the backlog; try
+                # again later, slower and slower, and say so once per interval.
+                self.control_stats["accept_errors"] += 1
+                self._log_accept_error(e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _ACCEPT_BACKOFF_MAX)
+                continue
+            backoff = _ACCEPT_BACKOFF_MIN
+            if len(self._connections) >= MAX_CONNECTIONS:
+                self.control_stats["refused"] += 1
+                with contextlib.suppress(OSError):
+                    conn.setblocking(False)
+                    conn.send(_BUSY)  # small: fits in an empty socket buffer at once
+                conn.close()
+                continue
+            task = loop.create_task(self._client(conn))
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
+
+    def _log_accept_error(self, e: OSError) -> None:
+        now = time.monotonic()
+        self._accept_suppressed += 1
+        if now - self._accept_logged < _ACCEPT_LOG_INTERVAL:
+            return
+        self.log.error("cannot accept control connections; retrying",
+                       error=e.strerror or str(e), failures=self._accept_suppressed,
+                       next_report_s=_ACCEPT_LOG_INTERVAL)
+        self._accept_logged = now
+        self._accept_suppressed = 0
 
     @staticmethod
     def _remove_socket_file(path: Path) -> None:
@@ -296,26 +396,63 @@ class Service:
         except OSError:
             pass
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _loop_stats(self) -> dict[str, int]:
+        """Counters kept by the event loop itself, merged into `status`'s stats."""
+        lis = self.listener
+        return {"user_uevents_ignored": lis.ignored if lis is not None else 0,
+                "control_connections": len(self._connections),
+                **{f"control_{k}": v for k, v in self.control_stats.items()}}
+
+    async def _client(self, conn: socket.socket) -> None:
+        peer_uid = _peer_uid(conn)
+        # config key control_timeout (default 10 s): to send a whole request line, which is
+        # also the idle limit between requests, and to take the answer
+        timeout = self.cfg.control_timeout
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=conn, limit=MAX_REQUEST)
+        except OSError:
+            conn.close()
+            return
         try:
             while True:
                 try:
-                    line = await reader.readline()
+                    # The whole line within the deadline: a silent or dripping client
+                    # cannot hold one of the MAX_CONNECTIONS slots for longer.
+                    line = await asyncio.wait_for(reader.readline(), timeout)
                 except (ValueError, asyncio.LimitOverrunError):
                     writer.write(b'{"ok": false, "error": "request too long", '
                                  b'"code": "bad-request"}\n')
+                    break
+                except TimeoutError:
+                    self.control_stats["timeouts"] += 1
+                    writer.write(json.dumps({
+                        "ok": False, "error": f"no complete request within {timeout:g} s",
+                        "code": "timeout"}).encode() + b"\n")
                     break
                 if not line:
                     break
                 if not line.strip():
                     continue
-                writer.write(answer_line(self.daemon, line))
-                await writer.drain()
+                writer.write(answer_line(self.daemon, line, extra_stats=self._loop_stats,
+                                         peer_uid=peer_uid))
+                # a client that does not read its answer is cut off too
+                await asyncio.wait_for(writer.drain(), timeout)
+        except TimeoutError:
+            self.control_stats["timeouts"] += 1
         except (ConnectionError, OSError):
             pass
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
+
+
+def _peer_uid(conn: socket.socket) -> int | None:
+    """The connecting process's uid (SO_PEERCRED, set by the kernel at connect time)."""
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    except OSError:
+        return None
+    return _UCRED.unpack(creds)[1]
 
 
 def reload_from(path: Path | None, overrides: dict[str, Any], *, required: bool) -> Config:
