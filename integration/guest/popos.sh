@@ -126,7 +126,8 @@ cp "$MODS/$M.ko.btfr-orig" "$O/b.orig.ko"
 stamp rescued-file-reloaded
 
 # ---- 5: a second kernel's files installed, the postinst hook run
-mkdir -p /tmp/ovl/u /tmp/ovl/w
+# the upper layer on a tmpfs of its own (virtme-ng's /tmp is not one overlayfs accepts)
+mkdir -p /tmp/ovl && mount -t tmpfs tmpfs /tmp/ovl && mkdir -p /tmp/ovl/u /tmp/ovl/w
 if mount -t overlay overlay -o "lowerdir=/usr/lib/modules/$OTHER,upperdir=/tmp/ovl/u,workdir=/tmp/ovl/w" \
         "/usr/lib/modules/$OTHER" 2> "$O/hook.mount.err"; then
     echo overlay > "$O/hook.mount"
