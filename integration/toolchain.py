@@ -21,7 +21,8 @@ SERIES = ("6.12", "6.1")
 FIXTURE_MODULES = ("btfr_embed", "btfr_ptr", "btfr_types", "btfr_kfunc", "btfr_loader")
 
 # Inputs whose hash vm/setup records in stamps/setup.done (keep in sync with vm/setup).
-_SETUP_INPUTS = ("integration/modules", "integration/oracle", "vm/setup", "vm/lib")
+_SETUP_INPUTS = ("integration/modules", "integration/oracle", "vm/setup", "vm/lib",
+                 "pyproject.toml")
 
 
 def cache_root() -> Path:
