@@ -1,4 +1,10 @@
-"""structlog set-up: JSON under systemd or when not on a terminal, key=value on a terminal."""
+"""structlog set-up: JSON under systemd or when not on a terminal, key=value on a terminal.
+
+Libraries log through the standard library instead (pyroute2, watchdog, asyncio): their
+records go through the same processors and renderer, so under systemd every line the service
+writes is one JSON object (a plain-text "Task exception was never retrieved" from asyncio
+would otherwise land in the journal between the JSON lines).
+"""
 
 from __future__ import annotations
 
@@ -47,7 +53,37 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+    _route_stdlib(processors, level, stream)
     return as_json
+
+
+class _StdlibHandler(logging.StreamHandler):
+    """Marks the handler this module installed, so a reconfigure replaces it."""
+
+
+def _route_stdlib(processors: list[Any], level: str, stream: TextIO) -> None:
+    """Render standard-library log records with structlog's processors (JSON or key=value),
+    with the library's logger name under "logger"."""
+    *pre_chain, renderer = processors
+    if isinstance(renderer, structlog.processors.JSONRenderer):
+        pre_chain.pop()  # format_exc_info runs in the formatter chain below instead
+        chain = [structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                 structlog.processors.format_exc_info, renderer]
+    else:
+        chain = [structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer]
+    formatter = structlog.stdlib.ProcessorFormatter(
+        processors=chain,
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *pre_chain,
+                           structlog.stdlib.ExtraAdder()],
+    )
+    handler = _StdlibHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, _StdlibHandler):
+            root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(_LEVELS.get(level, logging.INFO))
 
 
 def get(name: str = "btfreconciled") -> Any:
