@@ -187,7 +187,7 @@ def test_fixture_published_from_its_uevent(sd, mod) -> None:
         vml = Btf.parse((sd["tc"].kernel_dir("6.1") / "vmlinux.btf").read_bytes())
         split = Btf.parse(ours, base=vml)
         assert len(split) > 0 and split.start_id == len(vml) + 1
-        assert any(t.name and t.name.startswith(mod) for _tid, t in split), mod
+        assert any(split.type_name(tid).startswith(mod) for tid, _t in split), mod
 
 
 # ------------------------------------------------------------------ the dynamic user
