@@ -107,6 +107,17 @@ def test_setup_and_run_takes_the_service_path(sd) -> None:
     assert p["FragmentPath"] == "/etc/systemd/system/btfreconciled.service"
 
 
+def test_systemd_has_no_complaint_about_the_unit(sd) -> None:
+    """PID 1's warnings about the unit (unknown or deprecated settings, a missing executable,
+    an unsupported sandboxing option): none, except for what the test provokes (kill -9)."""
+    provoked = ("Main process exited, code=killed, status=9/KILL", "Failed with result 'signal'")
+    complaints = [e["MESSAGE"] for e in journal(sd, "pid1.json")
+                  if "btfreconciled" in e["MESSAGE"] and int(e.get("PRIORITY", 6)) <= 4
+                  and not any(p in e["MESSAGE"] for p in provoked)]
+    assert complaints == []
+    assert "warning" not in read(sd, "setup-and-run.out").lower()  # systemd-analyze verify
+
+
 def test_active_only_after_ready(sd) -> None:
     samples = []
     for line in read(sd, "start-poll").splitlines():

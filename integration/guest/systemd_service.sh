@@ -46,7 +46,10 @@ printf '# written by the systemd VM test\nextra_module_dirs = ["%s"]\nlog_level 
 # the venv in /opt/btfreconciled; then, systemd being PID 1, install-service).  No network in
 # the guest: pip reads the wheels vm/setup downloaded (the standard offline install).
 mkdir -p /root/btfreconciled
-tar -C "$REPO" --exclude=./.git -cf - . | tar -C /root/btfreconciled -xf -
+# what a fresh clone has: no .git, no caches, no build/ left over from a host-side install
+tar -C "$REPO" --exclude=./.git --exclude=./build --exclude='*.egg-info' \
+    --exclude=__pycache__ --exclude=./.pytest_cache --exclude=./.ruff_cache -cf - . \
+    | tar -C /root/btfreconciled -xf -
 cd /root/btfreconciled || exit 3
 export PIP_NO_INDEX=1 PIP_FIND_LINKS="$BTFRECONCILED_CACHE_ROOT/wheels"
 mark install-start
@@ -158,5 +161,7 @@ systemctl show $U -p Result -p ExecMainCode -p ExecMainStatus -p ActiveState > "
 [ -e /run/btfreconciled/control.sock ] && echo present > "$O/socket-after-stop" \
     || echo gone > "$O/socket-after-stop"
 dump_journal journal.json
+# what systemd itself said during the whole boot (unit file warnings land here)
+journalctl -b _PID=1 -o json --no-pager > "$O/pid1.json" 2>&1
 mark end
 echo done > "$O/complete"
