@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
+import threading
+import time
 
 from btfreconciled.daemon import logs
 
@@ -47,3 +50,42 @@ def test_console_format_is_key_value() -> None:
     line = buf.getvalue().strip()
     assert "inotify watch limit reached" in line and "[watchdog]" in line
     assert not line.startswith("{")
+
+
+class _CharByChar(io.StringIO):
+    """A stream that lets other threads in between any two characters of a write()."""
+
+    def write(self, s: str) -> int:
+        for ch in s:
+            super().write(ch)
+            time.sleep(0)
+        return len(s)
+
+
+def test_lines_from_threads_never_share_a_line() -> None:
+    """The daemon's own lines (structlog) and the libraries' (stdlib logging, e.g. watchdog's
+    observer thread) are written from different threads into the same stream."""
+    buf = _CharByChar()
+    logs.configure("json", "debug", buf)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        def ours() -> None:
+            for i in range(150):
+                logs.get().info("reloaded", i=i)
+
+        def library() -> None:
+            for i in range(150):
+                logging.getLogger("watchdog.observers").debug("in-event %d", i)
+
+        threads = [threading.Thread(target=ours), threading.Thread(target=library)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 300
+    events = [json.loads(line)["event"] for line in lines]
+    assert events.count("reloaded") == 150

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from typing import Any, TextIO
 
 import structlog
@@ -47,21 +48,43 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
                        structlog.processors.JSONRenderer(sort_keys=False)]
     else:
         processors += [structlog.dev.ConsoleRenderer(colors=False)]
+    # One lock for both writers: the daemon's lines and the libraries' come from different
+    # threads (event loop, worker, watchdog's observer).  structlog's PrintLogger and
+    # logging.StreamHandler each lock only themselves, and print() writes the line and its
+    # newline separately: the VM test caught two JSON objects on one journal line.
+    lock = threading.RLock()
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=lambda *_args: _LineLogger(stream, lock),
         cache_logger_on_first_use=False,
     )
-    _route_stdlib(processors, level, stream)
+    _route_stdlib(processors, level, stream, lock)
     return as_json
+
+
+class _LineLogger:
+    """structlog's final logger: each line in one write, under the lock shared with the
+    standard-library handler."""
+
+    def __init__(self, stream: TextIO, lock: threading.RLock) -> None:
+        self.stream = stream
+        self.lock = lock
+
+    def msg(self, message: str) -> None:
+        with self.lock:
+            self.stream.write(message + "\n")
+            self.stream.flush()
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = failure = msg
 
 
 class _StdlibHandler(logging.StreamHandler):
     """Marks the handler this module installed, so a reconfigure replaces it."""
 
 
-def _route_stdlib(processors: list[Any], level: str, stream: TextIO) -> None:
+def _route_stdlib(processors: list[Any], level: str, stream: TextIO,
+                  lock: threading.RLock) -> None:
     """Render standard-library log records with structlog's processors (JSON or key=value),
     with the library's logger name under "logger"."""
     *pre_chain, renderer = processors
@@ -77,6 +100,7 @@ def _route_stdlib(processors: list[Any], level: str, stream: TextIO) -> None:
                            structlog.stdlib.ExtraAdder()],
     )
     handler = _StdlibHandler(stream)
+    handler.lock = lock  # emit() writes record + newline in one write() under this lock
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for h in list(root.handlers):
