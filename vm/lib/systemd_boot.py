@@ -11,6 +11,7 @@ control share) and powers the guest off.
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import hashlib
 import lzma
@@ -26,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn, TextIO
 
 GUEST_DIR = Path(__file__).resolve().parent / "systemd-guest"
 # What the initramfs needs to mount a 9p root under an overlay.  Built-in ones (6.12 has
@@ -188,7 +190,7 @@ def _tail(path: Path, n: int = 40) -> str:
 class _Follower(threading.Thread):
     """Copies what the guest appends to stdout/stderr files in the control share to ours."""
 
-    def __init__(self, pairs: list[tuple[Path, object]]) -> None:
+    def __init__(self, pairs: list[tuple[Path, TextIO]]) -> None:
         super().__init__(daemon=True)
         self.pairs = pairs
         self.offsets = [0] * len(pairs)
@@ -204,7 +206,7 @@ class _Follower(threading.Thread):
                 continue
             if data:
                 self.offsets[i] += len(data)
-                buf = stream.buffer  # type: ignore[attr-defined]
+                buf = stream.buffer
                 buf.write(data)
                 buf.flush()
 
@@ -214,9 +216,13 @@ class _Follower(threading.Thread):
         self.pump()
 
 
-def run(args, kdir: Path, release: str, *, repo: Path, cache: Path, rootfs: Path,
-        die: Callable[[str, int], None], kill_group: Callable[[subprocess.Popen], None],
-        timed_out: int, runner_failed: int) -> int:
+Die = Callable[[str, int], NoReturn]
+KillGroup = Callable[[subprocess.Popen], None]
+
+
+def run(args: argparse.Namespace, kdir: Path, release: str, *, repo: Path, cache: Path,
+        rootfs: Path, die: Die, kill_group: KillGroup, timed_out: int,
+        runner_failed: int) -> int:
     if not (rootfs / "sbin" / "init").exists() or not (rootfs / "usr/bin/dbus-daemon").exists():
         die(f"systemd (systemd-sysv, dbus) is not installed in {rootfs} (run vm/setup)",
             runner_failed)
@@ -237,8 +243,9 @@ def run(args, kdir: Path, release: str, *, repo: Path, cache: Path, rootfs: Path
         shutil.rmtree(ctl, ignore_errors=True)
 
 
-def _boot(args, kdir: Path, release: str, repo: Path, cache: Path, rootfs: Path, qemu: str,
-          initrd: Path, ctl: Path, die, kill_group, timed_out: int, runner_failed: int) -> int:
+def _boot(args: argparse.Namespace, kdir: Path, release: str, repo: Path, cache: Path,
+          rootfs: Path, qemu: str, initrd: Path, ctl: Path, die: Die, kill_group: KillGroup,
+          timed_out: int, runner_failed: int) -> int:
     # Shares: the root (read-only, under the guest's tmpfs overlay), the control directory,
     # the checkout and the cache root read-only at their host paths, then --rodir/--rwdir.
     shares: list[tuple[str, str, str, str]] = []  # tag, host path, guest path, ro|rw
@@ -305,7 +312,7 @@ def _boot(args, kdir: Path, release: str, repo: Path, cache: Path, rootfs: Path,
           file=sys.stderr, flush=True)
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
 
-    def on_signal(signum, _frame):  # QEMU runs in its own session: take it down with us
+    def on_signal(signum: int, _frame: object) -> None:  # QEMU is in its own session
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
