@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 
@@ -59,3 +60,48 @@ def test_hanging_guest_is_killed_at_timeout(tc, tmp_path):
     # no QEMU left behind
     left = subprocess.run(["pgrep", "-f", str(marker)], capture_output=True, text=True)
     assert left.stdout.strip() == ""
+
+
+# ------------------------------------------------------------------ --init systemd
+
+
+def test_systemd_init_runs_the_command_after_boot(tc, cache_root):
+    """systemd is PID 1, the command runs once the boot is finished, its output and status
+    come back, and what it writes lands in the guest's overlay, not in the shared root."""
+    probe = f"btfr-overlay-probe-{time.monotonic_ns()}"
+    res = tc.run_in_vm(
+        "6.12",
+        f"echo pid1=$(cat /proc/1/comm); systemctl is-system-running; uname -r; "
+        f"touch /etc/{probe} /usr/{probe} && echo wrote-root; echo to-stderr >&2; exit 42",
+        timeout=300, extra_args=["--init", "systemd"])
+    assert res.returncode == 42, res.stderr
+    out = res.stdout.splitlines()
+    assert out[:3] == ["pid1=systemd", "running", tc.kernel_release("6.12")], res.stdout
+    assert "wrote-root" in out
+    assert "to-stderr" in res.stderr
+    assert not (tc.rootfs() / "etc" / probe).exists()
+    assert not (tc.rootfs() / "usr" / probe).exists()
+    m = re.search(r"multi-user\.target reached (\d+\.\d+) s after kernel start; system running",
+                  res.stderr)
+    assert m, res.stderr
+    assert "guest command exited with status 42" in res.stderr
+
+
+def test_systemd_init_hanging_guest_is_killed_at_timeout(tc, tmp_path):
+    marker = tmp_path / "hang-marker-systemd"
+    marker.mkdir()
+    t0 = time.monotonic()
+    res = run(tc, "--init", "systemd", "--timeout", "45", "--rwdir", f"/run/hang={marker}",
+              "--", "sleep 1000", timeout=200)
+    elapsed = time.monotonic() - t0
+    assert res.returncode == 124, res.stderr
+    assert "did not finish within 45 s" in res.stderr
+    assert 40 < elapsed < 75
+    left = subprocess.run(["pgrep", "-f", str(marker)], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
+
+
+def test_systemd_init_missing_kernel_is_a_clear_error(tc):
+    res = run(tc, "--init", "systemd", "--kernel", "5.99", "--", "true", timeout=30)
+    assert res.returncode == 125
+    assert "kernel '5.99' not found" in res.stderr

@@ -22,7 +22,7 @@ FIXTURE_MODULES = ("btfr_embed", "btfr_ptr", "btfr_types", "btfr_kfunc", "btfr_l
 
 # Inputs whose hash vm/setup records in stamps/setup.done (keep in sync with vm/setup).
 _SETUP_INPUTS = ("integration/modules", "integration/oracle", "examples", "vm/setup",
-                 "vm/lib")
+                 "vm/lib", "pyproject.toml")
 
 
 def cache_root() -> Path:

@@ -60,7 +60,8 @@ def test_unit_says_what_the_daemon_needs() -> None:
             k, v = line.split("=", 1)
             settings.setdefault(k, []).append(v)
     assert settings["Type"] == ["notify"]
-    assert settings["WatchdogSec"] and settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert settings["WatchdogSec"]
+    assert settings["ExecReload"] == ["/bin/sh -c 'kill -HUP $$MAINPID'"]
     assert settings["RestrictAddressFamilies"] == ["AF_UNIX AF_NETLINK"]
     assert settings["ProtectSystem"] == ["strict"] and settings["CapabilityBoundingSet"] == [""]
     assert "@system-service" in settings["SystemCallFilter"]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import logs
 from .config import (
@@ -143,5 +145,19 @@ def main(argv: Sequence[str] | None = None, *, engine: Engine | None = None) -> 
         return 0
 
 
+def console_main() -> NoReturn:
+    """The `btfreconciled` executable: main(), then exit without tearing the interpreter down.
+    Freeing the vmlinux index object by object is most of a `systemctl stop` (measured in the
+    TCG VM: ~50 ms from SIGTERM to "stopped", then ~200 ms of teardown, close to a second on
+    a busy machine) and does nothing useful: by the time main() returns, the worker thread is
+    joined, the cache files are fsync'ed, the manifest flushed and the socket removed; the log
+    streams are all that is left to flush."""
+    status = main()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()
