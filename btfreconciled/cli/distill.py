@@ -7,12 +7,11 @@ import json
 from pathlib import Path
 
 from ..btf.btf import Btf
-from ..elf import BTF_BASE_EXPECTS_SECTION, BTF_BASE_SECTION, BTF_SECTION, read_btf_sections
+from ..elf import BTF_BASE_SECTION, read_btf_sections
 from ..output import output_target
-from ..reconcile import VmlinuxIndex, distill, load_module, relocate
-from ..reconcile.distill import DistillError
-from ..reconcile.fields import FIELDS_ALL, FIELDS_EMBEDDED, build_expects
-from ..reconcile.relocate import embedded_ids
+from ..reconcile import VmlinuxIndex, load_module, relocate
+from ..reconcile.fields import FIELDS_ALL, FIELDS_EMBEDDED
+from ..reconcile.rescue import RescueError, distill_sections
 from ..reconcile.target import parse_btf
 from .errors import EXIT_OK, CliError
 
@@ -81,28 +80,16 @@ def run(args: argparse.Namespace) -> int:
     target = VmlinuxIndex.load(args.base)
     src = module_split_on(module, target.btf, target)
     try:
-        res = distill(src, source=str(module))
-    except DistillError as exc:
+        d = distill_sections(src, fields=args.fields, source=str(module))
+    except RescueError as exc:
         raise CliError(str(exc)) from None
-    sections: dict[str, bytes | None] = {
-        BTF_SECTION: res.split.to_bytes(),
-        BTF_BASE_SECTION: res.base.to_bytes(),
-        BTF_BASE_EXPECTS_SECTION: None,
-    }
-    expects_info = None
-    if args.fields:
-        emb_dist, _ = embedded_ids(res.split)
-        back = {new: old for old, new in res.id_map.items()}
-        emb_vmlinux = {back[d] for d in emb_dist if d in back}
-        sections[BTF_BASE_EXPECTS_SECTION] = build_expects(src, res, emb_vmlinux, args.fields)
-        expects_info = {"mode": args.fields, "embedded_structs": len(emb_vmlinux),
-                        "bytes": len(sections[BTF_BASE_EXPECTS_SECTION] or b"")}
-    write_btf_sections(module, dst, sections)
+    write_btf_sections(module, dst, d.sections)
+    expects_info = d.expects
     info = {
         "module": str(module), "output": str(dst),
-        "distilled_base_types": len(res.base), "split_types": len(res.split),
-        "original_split_types": len(src),
-        "base_bytes": len(sections[BTF_BASE_SECTION] or b""),
+        "distilled_base_types": d.base_types, "split_types": d.split_types,
+        "original_split_types": d.original_split_types,
+        "base_bytes": len(d.sections[BTF_BASE_SECTION] or b""),
         "fields": expects_info,
     }
     if args.json:
@@ -110,6 +97,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         extra = (f", .BTF.base_expects with {expects_info['embedded_structs']} embedded"
                  f" structs/unions ({args.fields})" if expects_info else "")
-        print(f"{dst}: .BTF.base with {len(res.base)} base types, .BTF with"
-              f" {len(res.split)} types (was {len(src)}){extra}")
+        print(f"{dst}: .BTF.base with {d.base_types} base types, .BTF with"
+              f" {d.split_types} types (was {d.original_split_types}){extra}")
     return EXIT_OK
