@@ -216,3 +216,28 @@ def test_one_slow_module_does_not_hold_the_worker(fs: FakeSystem) -> None:
         assert not d.cache.btf_path("stuck").exists()
     finally:
         d.stop()
+
+
+def test_restart_reuses_published_files_without_rewriting(fs: FakeSystem) -> None:
+    """A restart (kill -9 under systemd) reuses what is on disk: same files, same inodes."""
+    for n in ("a", "b"):
+        fs.add_file(n)
+        fs.load(n)
+    fs.kernel_btf("a", expected_btf((fs.mods / "a.ko").read_bytes()))  # cross-check: match
+    d = make_daemon(fs)
+    d.rescan("t")
+    assert d.wait_idle()
+    inodes = {n: os.stat(d.cache.btf_path(n)).st_ino for n in ("a", "b")}
+    records = {n: os.stat(d.cache.record_path(n)).st_mtime_ns for n in ("a", "b")}
+    d.stop()
+    eng = FakeEngine()
+    d2 = make_daemon(fs, eng)
+    try:
+        d2.rescan("t")
+        assert d2.wait_idle()
+        assert eng.calls == []
+        assert {n: os.stat(d2.cache.btf_path(n)).st_ino for n in ("a", "b")} == inodes
+        assert {n: os.stat(d2.cache.record_path(n)).st_mtime_ns for n in ("a", "b")} == records
+        assert d2.show("a")["cross_check"]["result"] == "match"
+    finally:
+        d2.stop()

@@ -798,7 +798,6 @@ class Daemon:
                 return None
         except ElfError:
             return None
-        rec = {k: v for k, v in rec.items() if k not in ("cross_check", "identity")}
         if rec.get("verdict") == "ok":
             btf = self.cache.read_published_btf(name)
             if btf is None or hashlib.sha256(btf).hexdigest() != rec.get("btf_sha256"):
