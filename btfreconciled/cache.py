@@ -97,6 +97,14 @@ def _ensure_dir(path: Path, planted: list[str]) -> bool:
     return True
 
 
+def is_regular_file(path: str | os.PathLike[str]) -> bool:
+    """A regular file itself, not a symlink to one (what the cache hands out)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _open_nofollow(path: Path, limit: int) -> bytes | None:
     """A regular file's bytes (at most `limit`), never through a symlink; None otherwise."""
     try:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from .cache import (
     Cache,
     CacheError,
     check_module_name,
+    is_regular_file,
 )
 from .elf import ElfError, sha256_file
 
@@ -76,13 +76,6 @@ def _digest(path: Path) -> str | None:
         return sha256_file(path, follow_symlinks=False)
     except ElfError:
         return None
-
-
-def _regular(path: Path) -> bool:
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 class Published:
@@ -172,7 +165,7 @@ class Published:
         info = ((self._cache.read_merged_index() or {}).get("modules") or {}).get(name)
         path = self._cache.merged_path(name)
         if (not isinstance(info, dict) or info.get("btf_sha256") != rec["btf_sha256"]
-                or not _regular(path)):
+                or not is_regular_file(path)):
             raise NotYetWritten(f"{name}: its merged BTF is being written; try again in a "
                                 "moment", name, "ok")
         return path
@@ -181,7 +174,7 @@ class Published:
         """vmlinux + every module whose verdict is ok, and those modules in file order."""
         info = (self._cache.read_merged_index() or {}).get("all")
         path = self._cache.all_merged_path()
-        if not isinstance(info, dict) or not _regular(path):
+        if not isinstance(info, dict) or not is_regular_file(path):
             raise NotReconciled("no merged BTF of all modules: no module with verdict ok "
                                 "(or it is being written)")
         return path, [str(m.get("name")) for m in info.get("modules") or []]

@@ -32,6 +32,7 @@ from ..cache import (
     atomic_write_json,
     describe_os_error,
     fsync_dir,
+    is_regular_file,
     write_all,
 )
 from ..reconcile.merge import MergedLayout, MergeError, write_merged
@@ -77,10 +78,10 @@ class MergedWriter:
                     os.unlink(entry.path)
         idx = self.cache.read_merged_index() or {}
         for name, info in (idx.get("modules") or {}).items():
-            if isinstance(info, dict) and _is_file(self.cache.merged_path(name)):
+            if isinstance(info, dict) and is_regular_file(self.cache.merged_path(name)):
                 self.files[name] = info
         all_info = idx.get("all")
-        if isinstance(all_info, dict) and _is_file(self.cache.all_merged_path()):
+        if isinstance(all_info, dict) and is_regular_file(self.cache.all_merged_path()):
             self.all = all_info
         self._measure()
 
@@ -292,13 +293,6 @@ class MergedWriter:
                     total += entry.stat(follow_symlinks=False).st_size
         with self.cond:
             self.bytes_on_disk = total
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file() and not path.is_symlink()
-    except OSError:
-        return False
 
 
 def _why(e: Exception) -> str:
