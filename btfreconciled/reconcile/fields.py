@@ -258,7 +258,21 @@ class FieldInfo:
     bit_offset: int
     bitfield_size: int
     shape: tuple
-    type_text: str
+
+    @property
+    def type_text(self) -> str:
+        # only a mismatch is ever described: not worth formatting for every member
+        return _shape_text(self.shape)
+
+
+_KIND_NAMES: dict[int, str] = {}
+
+
+def _kind_name(k: int) -> str:
+    name = _KIND_NAMES.get(k)
+    if name is None:
+        name = _KIND_NAMES[k] = kind_name(k)
+    return name
 
 
 def _shape(v: _View, tid: int, depth: int = 0) -> tuple:
@@ -275,12 +289,12 @@ def _shape(v: _View, tid: int, depth: int = 0) -> tuple:
     if k in (K_ENUM, K_ENUM64):
         return ("enum", name, w[o + 2])
     if k in (K_INT, K_FLOAT, K_STRUCT, K_UNION):
-        return (kind_name(k), name, w[o + 2])
+        return (_kind_name(k), name, w[o + 2])
     if k == K_FWD:
         return ("fwd", name)
     if k == K_FUNC_PROTO:
         return ("func_proto",)
-    return (kind_name(k), name)
+    return (_kind_name(k), name)
 
 
 def _shape_text(shape: tuple) -> str:
@@ -317,10 +331,26 @@ def flatten(v: _View, tid: int) -> dict[str, FieldInfo]:
                 continue
             key = name or f"(anon@{base + off})"
             shape = _shape(v, mt)
-            out.setdefault(key, FieldInfo(key, base + off, bsz, shape, _shape_text(shape)))
+            out.setdefault(key, FieldInfo(key, base + off, bsz, shape))
 
     walk(tid, 0, 0)
     return out
+
+
+# vmlinux structs/unions flattened once per target: every module that records, say,
+# struct work_struct compares against the same vmlinux layout
+_target_layouts: weakref.WeakKeyDictionary[Btf, dict[int, dict[str, FieldInfo]]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _target_layout(tv: _View, vid: int) -> dict[str, FieldInfo]:
+    memo = _target_layouts.get(tv.btf)
+    if memo is None:
+        memo = _target_layouts[tv.btf] = {}
+    got = memo.get(vid)
+    if got is None:
+        got = memo[vid] = flatten(tv, vid)
+    return got
 
 
 def _compatible(a: tuple, b: tuple) -> bool:
@@ -340,24 +370,27 @@ def check_fields(expects: Btf, target: VmlinuxIndex, id_map: dict[int, int],
     ev = _View(expects)
     tv = _View(target.btf)
     problems: list[Problem] = []
-    for tid, t in expects:
-        k = int(t.kind)
-        if k not in (K_STRUCT, K_UNION) or not t.name_off or not t.members:  # type: ignore[attr-defined]
+    ew, eoffs = _words(expects)
+    for tid, o in enumerate(eoffs, expects.start_id):
+        # named structs/unions with members, read from the words (no Type objects)
+        info = ew[o + 1]
+        k = (info >> 24) & 0x1F
+        if k not in (K_STRUCT, K_UNION) or not ew[o] or not info & 0xFFFF:
             continue
-        name_b = expects.str_bytes(t.name_off)
+        size = ew[o + 2]
+        name_b = expects.str_bytes(ew[o])
         name = name_b.decode("utf-8", "replace")
         d = dist_names.get((k, name_b))
         vid = id_map.get(d) if d is not None else None
         if vid is None:
-            same = [c for c in target.candidates(name_b)
-                    if c.kind == k and c.size == t.size]  # type: ignore[attr-defined]
+            same = [c for c in target.candidates(name_b) if c.kind == k and c.size == size]
             if len(same) != 1:
                 continue  # relocation reports what is missing or ambiguous
             vid = same[0].id
         is_emb = d is not None and d in embedded
         severity = ERROR if strict == "all" or (strict == "embedded" and is_emb) else WARNING
         exp = flatten(ev, tid)
-        have = flatten(tv, vid)
+        have = _target_layout(tv, vid)
         mismatches: list[dict[str, Any]] = []
         label = type_label(k, name)
         for mname, e in exp.items():
@@ -393,6 +426,6 @@ def check_fields(expects: Btf, target: VmlinuxIndex, id_map: dict[int, int],
             "field", severity,
             f"{module}: {label} ({emb}) does not have the layout the module was built"
             f" against: {first}{more}",
-            expected_dict(d if d is not None else tid, k, name, t.size),  # type: ignore[attr-defined]
+            expected_dict(d if d is not None else tid, k, name, size),
             [], is_emb, [], {"vmlinux_id": vid, "members": mismatches}))
     return problems
