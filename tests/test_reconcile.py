@@ -48,6 +48,7 @@ from btfreconciled.reconcile import (
 from btfreconciled.reconcile.compare import compare_split
 from btfreconciled.reconcile.fields import FIELDS_ALL, FIELDS_EMBEDDED, build_expects
 from btfreconciled.reconcile.relocate import (
+    _embedded,
     _embedded_reverse,
     _embedded_scan,
     _rewrite,
@@ -607,9 +608,11 @@ def test_reverse_embedded_search_equals_libbpf_forward_walk(embed, built):
         fwd = _embedded_scan(sp, split.base.type_count, split.type_count, True)
         rev = _embedded_reverse(sp, comps, split.type_count, True)
         assert fwd == rev
+        assert _embedded(sp, comps, split.type_count, True) == fwd
         end = split.start_id + 1
         assert _embedded_scan(sp, split.base.type_count, end, False)[0] == \
-            _embedded_reverse(sp, comps, end, False)[0]
+            _embedded_reverse(sp, comps, end, False)[0] == \
+            _embedded(sp, comps, end, False)[0]
 
 
 def test_lane_templates_match_the_field_iterator():

@@ -206,6 +206,52 @@ def _embedded_scan(sp: _Split, nr_dist: int, end: int, want_paths: bool
     return marked, paths
 
 
+def _embedded_forward(sp: _Split, targets: set[int], end: int) -> set[int]:
+    """Which of the distilled structs/unions `targets` a split STRUCT/UNION member (of split
+    ids below `end`) embeds: the distinct member types of all those records, gathered with
+    one slice per record, each followed through CONST/VOLATILE/RESTRICT/TYPEDEF/TYPE_TAG/
+    ARRAY links. One pass, whatever the number of targets (the reverse search scans the
+    whole section once per target: 90 ms for amdgpu's 27k types, this takes ~5)."""
+    w = sp.words
+    offs = sp.offs
+    start = sp.start
+    n = max(0, min(end - start, len(offs)))
+    member_types: set[int] = set()
+    add = member_types.update
+    for o in offs[:n]:
+        info = w[o + 1]
+        k = (info >> 24) & 0x1F
+        if k in (K_STRUCT, K_UNION) and info & 0xFFFF:
+            add(w[o + 4:o + 4 + 3 * (info & 0xFFFF):3])
+    nr_types = start + len(offs)
+    marked: set[int] = set()
+    for x in member_types:
+        for _ in range(len(offs) + 1):  # a loop of modifiers ends nowhere
+            if x < start or x >= nr_types:
+                break
+            o = offs[x - start]
+            k = (w[o + 1] >> 24) & 0x1F
+            if k in CHAIN_KINDS:
+                x = w[o + 2]
+            elif k == K_ARRAY:
+                x = w[o + 3]
+            else:
+                break
+        if x in targets:
+            marked.add(x)
+    return marked
+
+
+def _embedded(sp: _Split, targets: set[int], end: int, want_paths: bool
+              ) -> tuple[set[int], dict[int, list[str]]]:
+    """_embedded_reverse's answer: the marking in one forward pass, then the member paths
+    (wanted for messages) searched backwards for the marked types only."""
+    marked = _embedded_forward(sp, targets, end)
+    if not want_paths or not marked:
+        return marked, {}
+    return _embedded_reverse(sp, marked, end, True)
+
+
 def _embedded_reverse(sp: _Split, targets: set[int], end: int, want_paths: bool
                       ) -> tuple[set[int], dict[int, list[str]]]:
     """The same marking as _embedded_scan, found backwards: for each distilled struct/union
@@ -251,9 +297,11 @@ def _embedded_reverse(sp: _Split, targets: set[int], end: int, want_paths: bool
                                 done = True
                                 break
                             lst = paths.setdefault(d, [])
-                            if len(lst) < _MAX_PATHS:
-                                mname = sp.btf.name_of(w[lane - 1]) or "(anon)"
-                                lst.append(f"{sp.label(tid)}.{mname} -> {sp.label(d)}")
+                            mname = sp.btf.name_of(w[lane - 1]) or "(anon)"
+                            lst.append(f"{sp.label(tid)}.{mname} -> {sp.label(d)}")
+                            if len(lst) >= _MAX_PATHS:  # later hits would add nothing
+                                done = True
+                                break
                     elif ((k in CHAIN_KINDS and rel == 2) or (k == K_ARRAY and rel == 3)) \
                             and tid not in seen:
                         seen.add(tid)
@@ -270,7 +318,7 @@ def embedded_ids(split: Btf) -> tuple[set[int], dict[int, list[str]]]:
         raise ValueError("embedded_ids() needs split BTF")
     sp = prepare(split)
     comps = {d.id for d in sp.dist if d.kind in (K_STRUCT, K_UNION)}
-    return _embedded_reverse(sp, comps, split.type_count, True)
+    return _embedded(sp, comps, split.type_count, True)
 
 
 def _candidate_info(c: Candidate, target: VmlinuxIndex, why: str) -> CandidateInfo:
@@ -385,11 +433,11 @@ def relocate(split: Btf, target: VmlinuxIndex, *, embedded_rule: str = EMBEDDED_
     embedded_all: set[int] = set()
     paths: dict[int, list[str]] = {}
     if want_embedded:
-        embedded_all, paths = _embedded_reverse(sp, comps, nr_types, diagnose)
+        embedded_all, paths = _embedded(sp, comps, nr_types, diagnose)
     if want_embedded and scan_end >= nr_types:
         embedded = embedded_all & needed
     elif need:
-        embedded, _ = _embedded_reverse(sp, needed, scan_end, False)
+        embedded, _ = _embedded(sp, needed, scan_end, False)
     else:
         embedded = set()
 
@@ -408,7 +456,7 @@ def relocate(split: Btf, target: VmlinuxIndex, *, embedded_rule: str = EMBEDDED_
     def diag_embedded() -> None:
         nonlocal embedded_all, paths, diagnosed
         if not diagnosed:
-            embedded_all, paths = _embedded_reverse(sp, comps, nr_types, True)
+            embedded_all, paths = _embedded(sp, comps, nr_types, True)
             diagnosed = True
 
     for d in dist:
