@@ -92,6 +92,7 @@ class RelocateResult:
     id_map: dict[int, int]  # distilled id -> target id (what was matched)
     dist_types: list[DistType]
     embedded: set[int]  # distilled ids embedded by value (full scan)
+    # member paths to embedded types, found only when a problem is reported (diagnose)
     embed_paths: dict[int, list[str]] = field(default_factory=dict)
 
 
@@ -432,8 +433,8 @@ def relocate(split: Btf, target: VmlinuxIndex, *, embedded_rule: str = EMBEDDED_
     need = bool(needed)
     embedded_all: set[int] = set()
     paths: dict[int, list[str]] = {}
-    if want_embedded:
-        embedded_all, paths = _embedded(sp, comps, nr_types, diagnose)
+    if want_embedded:  # (the member paths only when a problem is reported: below)
+        embedded_all, _ = _embedded(sp, comps, nr_types, False)
     if want_embedded and scan_end >= nr_types:
         embedded = embedded_all & needed
     elif need:
@@ -451,7 +452,7 @@ def relocate(split: Btf, target: VmlinuxIndex, *, embedded_rule: str = EMBEDDED_
                                     f"{module}: vmlinux type [{c.id}] has an empty name and"
                                     " maps to the distilled void type"))
             break
-    diagnosed = want_embedded or not diagnose
+    diagnosed = not diagnose
 
     def diag_embedded() -> None:
         nonlocal embedded_all, paths, diagnosed
