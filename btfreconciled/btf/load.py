@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from ..elf import BtfSections, read_btf_sections
+from . import markers
 from .btf import Btf
 from .errors import BtfError
 
@@ -33,8 +34,15 @@ def load_btf(
     source = f"{path}:.BTF" if sections.is_elf else str(path)
     if validate is None:
         validate = not is_kernel_verified(path)
-    return Btf.parse(sections.btf, base=base, source=source, validate=validate,
-                     defer_scan=defer_scan)
+    marker = None
+    if validate and base is None:  # a vmlinux file: maybe its bytes passed validation before
+        marker = markers.needs_validation(sections.btf)
+        validate = marker is not None
+    btf = Btf.parse(sections.btf, base=base, source=source, validate=validate,
+                    defer_scan=defer_scan)
+    if marker is not None:
+        markers.record_validated(marker, source)
+    return btf
 
 
 def load_base(path: str | os.PathLike[str]) -> Btf:

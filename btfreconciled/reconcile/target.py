@@ -12,6 +12,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..btf import markers
 from ..btf.btf import Btf
 from ..btf.errors import BtfError
 from ..elf import read_btf_sections
@@ -69,7 +70,11 @@ class VmlinuxIndex:
         verified = False
         with contextlib.suppress(OSError):
             verified = Path(path).resolve().parent == Path(SYSFS_VMLINUX).parent
-        btf = parse_btf(sections.btf, source=source, validate=validate and not verified)
+        # bytes that passed this validator before (root's marker) are not validated again
+        marker = markers.needs_validation(sections.btf) if validate and not verified else None
+        btf = parse_btf(sections.btf, source=source, validate=marker is not None)
+        if marker is not None:
+            markers.record_validated(marker, source)
         return cls(btf, sha256=sections.sha256, path=str(path))
 
     @classmethod
