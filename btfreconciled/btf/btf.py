@@ -430,6 +430,14 @@ class Btf:
             self._rest_index = index
         return self._rest_index
 
+    def layout_ids(self, name: bytes) -> list[int]:
+        """Ids of this BTF's own (not its base's) types of the layout kinds named `name`,
+        ascending: the name index alone, without the other kinds' index find() may build."""
+        if self._index is None:
+            self.build_index()
+        assert self._index is not None
+        return self._index.get(name, [])
+
     def find(self, name: str | bytes, kind: Kind | None = None) -> list[int]:
         """Ids of types named `name` (optionally of one kind), base BTF first."""
         b = name.encode() if isinstance(name, str) else name

@@ -48,15 +48,17 @@ class VmlinuxIndex:
     btf: Btf
     sha256: str = ""
     path: str = "<memory>"
-    by_name: dict[bytes, tuple[Candidate, ...]] = field(default_factory=dict, repr=False)
-    composite_count: dict[int, int] = field(default_factory=dict, repr=False)
+    # Candidates are made on first lookup of a name, from the Btf's name index (built once):
+    # a module asks for a few hundred names, and 126k Candidate objects made up front cost
+    # ~40 ms and ~18 MB that the daemon then holds for good.
+    _cands: dict[bytes, tuple[Candidate, ...]] = field(default_factory=dict, repr=False)
+    _composites: dict[int, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.btf.base is not None:
             raise BtfError("the target must be a base BTF (vmlinux), not split BTF",
                            source=self.btf.source)
-        if not self.by_name:
-            self._build()
+        self.btf.build_index()
 
     @classmethod
     def load(cls, path: str = SYSFS_VMLINUX, *, validate: bool = True) -> VmlinuxIndex:
@@ -92,39 +94,27 @@ class VmlinuxIndex:
 
     def candidates(self, name: bytes) -> tuple[Candidate, ...]:
         """Named INT/FLOAT/ENUM/ENUM64/FWD/STRUCT/UNION types called `name`, by id."""
-        return self.by_name.get(name, ())
+        got = self._cands.get(name)
+        if got is None:
+            words, offs = self.btf.wire_records()
+            start = self.btf.start_id
+            out = []
+            for tid in self.btf.layout_ids(name):
+                o = offs[tid - start]
+                info = words[o + 1]
+                kind = (info >> 24) & 0x1F
+                if kind in _MATCHABLE:
+                    enc = (words[o + 3] >> 24) & 0x0F if kind == K_INT else 0
+                    out.append(Candidate(tid, kind, words[o], words[o + 2], info >> 31, enc))
+            got = self._cands[name] = tuple(out)
+        return got
 
     def composites_named(self, name_off: int) -> int:
         """How many STRUCT/UNION types carry this name offset (btf_relocate's base_name_cnt)."""
-        return self.composite_count.get(name_off, 0)
-
-    def _build(self) -> None:
-        words, offs = self.btf.wire_records()
-        strs = self.btf.strings
-        find = strs.find
-        by_name: dict[bytes, list[Candidate]] = {}
-        counts: dict[int, int] = {}
-        names: dict[int, bytes] = {}
-        tid = self.btf.start_id
-        for o in offs:
-            no = words[o]
-            info = words[o + 1]
-            kind = (info >> 24) & 0x1F
-            if no and kind in _MATCHABLE:
-                name = names.get(no)
-                if name is None:
-                    end = find(b"\0", no)
-                    name = strs[no:end] if end >= 0 else strs[no:]
-                    names[no] = name
-                enc = (words[o + 3] >> 24) & 0x0F if kind == K_INT else 0
-                cand = Candidate(tid, kind, no, words[o + 2], info >> 31, enc)
-                lst = by_name.get(name)
-                if lst is None:
-                    by_name[name] = [cand]
-                else:
-                    lst.append(cand)
-                if kind in (K_STRUCT, K_UNION):
-                    counts[no] = counts.get(no, 0) + 1
-            tid += 1
-        self.by_name = {k: tuple(v) for k, v in by_name.items()}
-        self.composite_count = counts
+        n = self._composites.get(name_off)
+        if n is None:
+            # every type with this name offset has its name, so is among its candidates
+            n = sum(1 for c in self.candidates(self.btf.str_bytes(name_off))
+                    if c.name_off == name_off and c.kind in (K_STRUCT, K_UNION))
+            self._composites[name_off] = n
+        return n
