@@ -40,6 +40,7 @@ from bench_daemon import (  # noqa: E402
     UeventSender,
     World,
     ask,
+    bench_rescan,
     rss,
     start_daemon,
     summary_ms,
@@ -190,6 +191,10 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=200)
     ap.add_argument("--json", metavar="FILE")
     ap.add_argument("--check", action="store_true", help="exit 1 when the target is missed")
+    ap.add_argument("--modes", default="modules,all,off",
+                    help="merged_btf settings to run (default: modules,all,off)")
+    ap.add_argument("--no-rescan", action="store_true",
+                    help="skip the start-up rescan of the N modules (cold and warm cache)")
     ap.add_argument("--in-netns", nargs=2, metavar=("DIR", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     vmlinux = CACHE_ROOT / "kernels" / "6.12" / "vmlinux.btf"
@@ -210,16 +215,25 @@ def main() -> int:
             p.map(_distill_one, [(str(m), mods_dir, str(vmlinux)) for m in picked])
         prep = time.perf_counter() - t0
         # "off" is the control: the same daemon and events without any merged writing
-        for mode in ("modules", "all", "off"):
+        modes = args.modes.split(",")
+        for mode in modes:
             r = subprocess.run(["unshare", "-n", sys.executable, __file__, "--in-netns",
                                 mods_dir, mode, "--events", str(args.events)],
                                capture_output=True, text=True, timeout=3600)
             if r.returncode != 0:
                 raise SystemExit(f"bench run ({mode}) failed:\n{r.stderr[-4000:]}")
             runs[mode] = json.loads(r.stdout.strip().splitlines()[-1])
+        rescan = None
+        if not args.no_rescan:
+            release = (CACHE_ROOT / "kernels" / "6.12" / "release").read_text().strip()
+            with tempfile.TemporaryDirectory(prefix="btfr-bench-") as tmp:
+                files = sorted(Path(mods_dir).glob("*.ko"))
+                rescan = bench_rescan(MergedWorld(Path(tmp) / "r", vmlinux, release, modes[0]),
+                                      files, f"the {len(files)} largest, merged_btf = "
+                                      f"{modes[0]}")
     res = {"largest": [m.name for m in picked[:5]], "prepare_s": round(prep, 1), "runs": runs,
-           "loadavg": os.getloadavg()}
-    m = runs["modules"]
+           "rescan": rescan, "loadavg": os.getloadavg()}
+    m = runs[modes[0]]
     warm_met = m["warm"]["p99_ms"] <= TARGET_P99_MS
     lines = [
         f"{m['modules']} largest Debian 6.12 modules (distilled; largest: "
@@ -239,9 +253,24 @@ def main() -> int:
             f"{r['all_btf_writes_during_events']:>14} "
             f"{r['daemon_cpu_s']:>6}/{r['events_wall_s']:<6} "
             f"{r['rss']['VmRSS']:>6}/{r['rss']['VmHWM']:<6} {r['merged_dir_bytes'] / 1e6:>8.0f}")
+    off = runs.get("off", m)
     lines.append(f"target: warm event -> publish p99 <= {TARGET_P99_MS} ms with merged writing "
                  f"on: {'met' if warm_met else 'MISSED'} ({m['warm']['p99_ms']} ms; without "
-                 f"merged writing {runs['off']['warm']['p99_ms']} ms)")
+                 f"merged writing {off['warm']['p99_ms']} ms)")
+    all_p99 = m["all"]["p99_ms"]
+    lines.append(f"target: every event (warm and cold) -> publish p99 <= {TARGET_P99_MS} ms: "
+                 f"{'met' if all_p99 <= TARGET_P99_MS else 'MISSED'} ({all_p99} ms)")
+    if rescan:
+        for ph in ("cold", "warm"):
+            x = rescan[ph]
+            lines.append(f"rescan, {rescan['label']}, {ph} cache: {x['rescan_s']} s "
+                         f"({x['reconciled']} reconciled, {x['reused']} reused; {x['counts']});"
+                         f" vmlinux index {x['index_s']} s; RSS {x['rss']['VmRSS']} MB, peak "
+                         f"(VmHWM) {x['rss']['VmHWM']} MB")
+    peak = max([r["rss"]["VmHWM"] for r in runs.values()]
+               + ([rescan[ph]["rss"]["VmHWM"] for ph in ("cold", "warm")] if rescan else []))
+    lines.append(f"target: daemon peak RSS (VmHWM) <= 100 MB: "
+                 f"{'met' if peak <= 100 else 'MISSED'} ({peak} MB)")
     lines.append("cold reloads of these modules are bounded by reconciliation itself (amdgpu "
                  "and friends; see bench_reconcile.py), not by merged writing: compare the "
                  "'off' row")

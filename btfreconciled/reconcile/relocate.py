@@ -119,13 +119,21 @@ class _Split:
     """The module's split types as words, with kind/next lookups across split and base."""
 
     def __init__(self, split: Btf, dist: list[DistType]) -> None:
-        self.btf = split
+        # weak: _split_cache is keyed by this Btf, and a strong reference from the value
+        # would keep every module ever prepared (its words, lanes) alive for good
+        self._btf = weakref.ref(split)
         self.words, self.offs = split.wire_records()
         self.start = split.start_id
         self.dist = dist
 
     _masks: tuple[bytes, bytes] | None = None
     lanes: _LaneIndex | None = None
+
+    @property
+    def btf(self) -> Btf:
+        split = self._btf()
+        assert split is not None, "a _Split outlived its Btf"
+        return split
 
     def lane_masks(self) -> tuple[bytes, bytes]:
         if self._masks is None:
