@@ -69,7 +69,7 @@ _READ_SECTIONS = (*_BTF_SECTIONS, BUILD_ID_SECTION, MODINFO_SECTION)
 # never read whole: only its section headers and .BTF* sections, each within MAX_FILE_SIZE.
 MAX_FILE_SIZE = 256 << 20  # bytes read from one file (compressed module, raw BTF, a section)
 MAX_DECOMPRESSED_SIZE = 128 << 20  # a compressed module's payload
-_DECOMPRESS_CHUNK = 16 << 20
+_DECOMPRESS_CHUNK = 1 << 20  # small: the output grows in place, chunks are transient
 _ZSTD_FEED = 8 << 10
 
 _ELF_MAGIC = b"\x7fELF"
@@ -156,7 +156,7 @@ class _Image(NamedTuple):
     path: Path
     raw: bytes
     compression: str | None
-    data: bytes
+    data: bytes | bytearray  # a decompressed payload is a bytearray (see _decompress)
 
     @property
     def is_elf(self) -> bool:
@@ -209,7 +209,7 @@ def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True,
                 image.path, _open_elf(image.path, io.BytesIO(image.data), len(image.data)),
                 len(image.data), set(_READ_SECTIONS), cap)
     else:
-        found = {BTF_SECTION: image.data}
+        found = {BTF_SECTION: bytes(image.data)}
     return BtfSections(
         path=image.path,
         compression=image.compression,
@@ -276,7 +276,8 @@ def _load(path: Path) -> _Image:
     fd, _ = _open_regular(path)
     with open(fd, "rb") as f:
         raw = _read_capped(path, f, MAX_FILE_SIZE)
-    return _image(path, raw, MAX_DECOMPRESSED_SIZE)
+    image = _image(path, raw, MAX_DECOMPRESSED_SIZE)
+    return image._replace(data=bytes(image.data))  # the writer slices it as bytes
 
 
 def _image(path: Path, raw: bytes, cap: int) -> _Image:
@@ -350,16 +351,18 @@ def _detect_compression(raw: bytes) -> str | None:
     return None
 
 
-def _decompress(path: Path, compression: str, raw: bytes, cap: int) -> bytes:
+def _decompress(path: Path, compression: str, raw: bytes, cap: int) -> bytearray:
+    """The payload, as a bytearray grown in place (realloc: no second copy of a 30 MiB
+    module at any moment, unlike joining chunks or BytesIO.getvalue() after growth)."""
     try:
         chunks = {"xz": _xz_chunks, "zst": _zstd_chunks, "gz": _gzip_chunks}[compression](raw)
-        out = io.BytesIO()  # getvalue() hands its buffer over: no second copy
+        out = bytearray()
         for chunk in chunks:
-            if out.tell() + len(chunk) > cap:
+            if len(out) + len(chunk) > cap:
                 raise ElfError(path, f"{compression} stream decompresses to more than "
                                      f"{cap} bytes; refusing")
-            out.write(chunk)
-        return out.getvalue()
+            out += chunk
+        return out
     except (_lzma().LZMAError, zlib.error, _zstd().ZstdError, EOFError) as e:
         raise ElfError(path, f"corrupt {compression} stream: {e}") from None
 
@@ -523,9 +526,11 @@ def _file_reader(f: BinaryIO) -> Callable[[int, int], bytes]:
     return read
 
 
-def _bytes_reader(data: bytes) -> Callable[[int, int], bytes]:
+def _bytes_reader(data: bytes | bytearray) -> Callable[[int, int], bytes]:
+    view = memoryview(data)
+
     def read(off: int, n: int) -> bytes:
-        return data[off:off + n]
+        return bytes(view[off:off + n])
     return read
 
 
