@@ -23,6 +23,7 @@ from .config import (
     ConfigError,
 )
 from .engine import Engine
+from .memory import tune_malloc
 from .service import Service, StartupError, reload_from
 
 EXIT_ERROR = 2
@@ -124,6 +125,7 @@ def main(argv: Sequence[str] | None = None, *, engine: Engine | None = None) -> 
         print(json.dumps(cfg.to_json(), indent=2))
         return 0
     logs.configure(cfg.log_format, cfg.log_level)
+    tune_malloc()  # before anything big is allocated
     if engine is None:
         try:
             from .engine import ReconcileEngine
