@@ -558,19 +558,26 @@ class _LaneIndex:
         # a distilled base of more than 253 types does not fit the one-byte code: its
         # references are then patched lane by lane (wide mode)
         self.wide = wide = nr_dist > 253
+        # (each plane is as big as the section: amdgpu's are 3.5 MB; the `del`s keep no more
+        # of them alive than the next step needs)
         raw = sp.words.tobytes()
         w = int.from_bytes(raw, "little")
+        del raw
         a1 = int.from_bytes(mid_b, "little") >> 31
         b1 = int.from_bytes(mstr_b, "little") >> 31
         s1 = a1 | b1
         if (w >> 31) & s1:  # a slot value >= 2**31: not lane-safe
             return
         ge = ((w + a1 * (0x80000000 - nr_dist) + b1 * (0x80000000 - dsl)) >> 31) & s1
+        del s1
         gea = ge & a1
         geb = ge ^ gea
+        del ge
         small_id = a1 ^ gea  # id lanes below nr_dist (void included: code 0)
         small_str = b1 ^ geb
+        del a1, b1
         nz = ((w + small_str * 0x7FFFFFFF) >> 31) & small_str  # dist-base strings, not 0
+        del small_str
         self.id_lanes: list[tuple[int, int]] = []  # wide mode: (lane, distilled id)
         if wide:
             codes = bytearray((gea * 254 | geb * 255).to_bytes(n, "little"))
@@ -584,6 +591,7 @@ class _LaneIndex:
         else:
             codes = bytearray((gea * 254 | geb * 255 | (w & (small_id * 0xFF))
                                ).to_bytes(n, "little"))
+        del gea, geb, small_id
         first_str_code = 1 if wide else nr_dist
         self.str_codes: dict[int, int] = {}  # code -> distilled-base string offset
         self.str_lanes: list[tuple[int, int]] = []  # (lane, offset) without a code
@@ -604,6 +612,8 @@ class _LaneIndex:
                 else:
                     codes[i] = code
                 i = nzb.find(1, i + 4)
+            del nzb
+        del nz
         self.codes = bytes(codes)
         self.w = w
         self.nr_dist = nr_dist
