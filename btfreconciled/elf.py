@@ -38,6 +38,7 @@ import contextlib
 import errno
 import io
 import os
+import re
 import stat
 import struct
 import zlib
@@ -70,6 +71,8 @@ _READ_SECTIONS = (*_BTF_SECTIONS, BUILD_ID_SECTION, MODINFO_SECTION)
 MAX_FILE_SIZE = 256 << 20  # bytes read from one file (compressed module, raw BTF, a section)
 MAX_DECOMPRESSED_SIZE = 128 << 20  # a compressed module's payload
 _DECOMPRESS_CHUNK = 1 << 20  # small: the output grows in place, chunks are transient
+_XZ_FEED = 256 << 10
+_NONZERO = re.compile(rb"[^\0]")
 _ZSTD_FEED = 8 << 10
 
 _ELF_MAGIC = b"\x7fELF"
@@ -368,17 +371,26 @@ def _decompress(path: Path, compression: str, raw: bytes, cap: int) -> bytearray
 
 
 def _xz_chunks(raw: bytes) -> Iterator[bytes]:
-    # Concatenated xz streams are valid xz; decode them all, bounded chunk by chunk.
-    rest = raw
+    # Concatenated xz streams are valid xz; decode them all, bounded chunk by chunk. The
+    # input goes in _XZ_FEED pieces: given all of it with an output bound, the decompressor
+    # would keep its own copy of what it has not consumed yet (a second compressed module).
     lzma = _lzma()
-    while rest:
+    view = memoryview(raw)
+    pos = 0
+    while pos < len(raw):
         dec = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
-        yield dec.decompress(rest, _DECOMPRESS_CHUNK)
         while not dec.eof:
             if dec.needs_input:
-                raise EOFError("truncated stream")
-            yield dec.decompress(b"", _DECOMPRESS_CHUNK)
-        rest = dec.unused_data.lstrip(b"\0")  # xz allows stream padding
+                if pos >= len(raw):
+                    raise EOFError("truncated stream")
+                piece = view[pos:pos + _XZ_FEED]
+                pos += len(piece)
+            else:
+                piece = b""
+            yield dec.decompress(piece, _DECOMPRESS_CHUNK)
+        pos -= len(dec.unused_data)
+        more = _NONZERO.search(raw, pos)  # xz allows zero padding between streams
+        pos = more.start() if more else len(raw)
 
 
 def _gzip_chunks(raw: bytes) -> Iterator[bytes]:
