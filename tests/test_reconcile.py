@@ -17,6 +17,7 @@ import pytest
 from split_compare import compare_split
 
 from btfreconciled.btf.btf import Btf
+from btfreconciled.btf.kinds import Kind
 from btfreconciled.btf.types import (
     Array,
     Const,
@@ -56,15 +57,7 @@ from btfreconciled.reconcile.relocate import (
     dist_types_of,
     embedded_ids,
 )
-from btfreconciled.reconcile.wire import (
-    CHAIN_KINDS,
-    K_ARRAY,
-    K_STRUCT,
-    K_UNION,
-    id_slots,
-    record_offsets,
-    str_slots,
-)
+from btfreconciled.reconcile.wire import CHAIN_KINDS, id_slots, record_offsets, str_slots
 
 SIGNED = 1
 
@@ -621,7 +614,7 @@ def _embedded_scan(sp: _Split, nr_dist: int, end: int, want_paths: bool
         o = offs[tid - start]
         info = w[o + 1]
         kind = (info >> 24) & 0x1F
-        if kind != K_STRUCT and kind != K_UNION:
+        if kind != Kind.STRUCT and kind != Kind.UNION:
             continue
         for m in range(info & 0xFFFF):
             next_id = w[o + 4 + 3 * m]
@@ -636,12 +629,12 @@ def _embedded_scan(sp: _Split, nr_dist: int, end: int, want_paths: bool
                     if k in CHAIN_KINDS:
                         next_id = w[no + 2]
                         continue
-                    if k == K_ARRAY:
+                    if k == Kind.ARRAY:
                         next_id = w[no + 3]
                         continue
                     break
                 k = sp.dist[next_id - 1].kind
-                if (k in (K_STRUCT, K_UNION)) and next_id < nr_dist:
+                if (k in (Kind.STRUCT, Kind.UNION)) and next_id < nr_dist:
                     marked.add(next_id)
                     if want_paths:
                         lst = paths.setdefault(next_id, [])
