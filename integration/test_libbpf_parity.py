@@ -29,7 +29,8 @@ from libbpf_harness import build, parse_status
 from btfreconciled.btf.btf import Btf
 from btfreconciled.btf.kinds import Kind
 from btfreconciled.btf.types import Enum64, Int, Member, Struct
-from btfreconciled.elf import read_btf_sections, write_btf_sections
+from btfreconciled.elf import read_btf_sections
+from btfreconciled.elfwrite import write_btf_sections
 from btfreconciled.reconcile import (
     EMBEDDED_LIBBPF_1_5,
     Verdict,

@@ -37,7 +37,7 @@ from btfreconciled.btf.types import (
     Union,
 )
 from btfreconciled.cli.main import main as ctl
-from btfreconciled.elf import write_btf_sections
+from btfreconciled.elfwrite import write_btf_sections
 from btfreconciled.reconcile import (
     EMBEDDED_KERNEL,
     EMBEDDED_LIBBPF_1_5,
