@@ -54,7 +54,6 @@ _HEAD_LEN = 0x206  # enough for the compression magics and a bzImage's "HdrS" at
 _SHF_COMPRESSED = 0x800
 
 
-
 def parse_errors() -> tuple[type[BaseException], ...]:
     """pyelftools' ELFError and Python's own errors it lets escape on malformed input (bad
     offsets, enum values, string decoding): all of them mean "this is not a well-formed ELF".
@@ -299,7 +298,6 @@ def _read_capped(path: Path, f: io.BufferedReader, cap: int) -> bytes:
     except OSError as e:
         raise ElfError(path, f"cannot read: {e.strerror or e}") from None
     return b"".join(chunks) if len(chunks) != 1 else chunks[0]
-
 
 
 def open_elf(path: Path, stream: BinaryIO, size: int) -> ELFFile:

@@ -331,8 +331,6 @@ def _pad(out: bytearray, align: int) -> None:
     out += b"\0" * (-len(out) % align)
 
 
-
-
 def _verify_written(tmp: Path, dst: Path, compression: str | None,
                     sections: Mapping[str, bytes | None]) -> None:
     """Re-read what was written and check it holds exactly the requested sections."""

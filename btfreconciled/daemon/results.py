@@ -12,6 +12,7 @@ import hashlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,6 @@ class Memo:
     btf: bytes | None
 
 
-
 class Results:
     """The memo, reuse from disk and the engine call. The state below is made in
     ``Daemon.__init__``."""
@@ -75,7 +75,7 @@ class Results:
     kernel_id: str
     _memo: collections.OrderedDict[str, Memo]
     _memo_bytes: int
-    _stamp: Any  # the record fields of this kernel and policy (core.py)
+    _stamp: Callable[[], dict[str, Any]]  # the record fields of this kernel and policy
 
     def _same_as_published(self, name: str, record: dict[str, Any]) -> bool:
         with self.lock:

@@ -25,6 +25,8 @@ from .record import DAEMON_VERDICTS, ENGINE_VERDICTS, RECORD_FORMAT, VERSION, Mo
 
 @dataclass
 class Stats:
+    """Counters of the daemon's work, reported by `status` (every room adds to them)."""
+
     events: int = 0
     rescans: int = 0
     overflows: int = 0
@@ -37,7 +39,6 @@ class Stats:
     last_events: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
     # event received -> record renamed into place (seconds), for the last 1000 loads
     latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))
-
 
 
 class StatusApi:
