@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from .compression import CompressionError, decompress
-from .compression import detect as detect_compression
+from .compression import detect as _detect_compression
 
 # pyelftools and hashlib are imported where they are used (as compression.py and elfwrite.py
 # do with zstandard, lzma, gzip, copy and tempfile): together they cost ~30 ms at start-up,
@@ -54,7 +54,7 @@ _HEAD_LEN = 0x206  # enough for the compression magics and a bzImage's "HdrS" at
 _SHF_COMPRESSED = 0x800
 
 
-def parse_errors() -> tuple[type[BaseException], ...]:
+def _parse_errors() -> tuple[type[BaseException], ...]:
     """pyelftools' ELFError and Python's own errors it lets escape on malformed input (bad
     offsets, enum values, string decoding): all of them mean "this is not a well-formed ELF".
     A function so that pyelftools is imported only once an ELF is parsed (an `except`
@@ -147,10 +147,10 @@ def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True,
             raise ElfError(p, f"cannot read: {e.strerror or e}") from None
         if head[:2] == b"MZ" and head[0x202:0x206] == b"HdrS":
             return _read_kernel_image(p, f, size, cap, max_size, digest)
-        if detect_compression(head) is None and head.startswith(_ELF_MAGIC):
+        if _detect_compression(head) is None and head.startswith(_ELF_MAGIC):
             # pyelftools seeks to what it needs: headers and the .BTF* sections
             f.seek(0)
-            found = read_named_sections(p, open_elf(p, f, size), size, set(_READ_SECTIONS),
+            found = _read_named_sections(p, _open_elf(p, f, size), size, set(_READ_SECTIONS),
                                          cap)
             sha = _sha256_stream(p, f) if digest else None
             return BtfSections(p, None, found.get(BTF_SECTION), found.get(BTF_BASE_SECTION),
@@ -162,7 +162,7 @@ def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True,
         raw = _read_capped(p, f, cap)
     image = _image(p, raw, min(cap, MAX_DECOMPRESSED_SIZE) if max_size is None else cap)
     if image.is_elf:
-        found = read_named_sections(image.path, open_elf(image.path, io.BytesIO(image.data),
+        found = _read_named_sections(image.path, _open_elf(image.path, io.BytesIO(image.data),
                                                            len(image.data)),
                                      len(image.data), set(_READ_SECTIONS), cap)
     else:
@@ -199,7 +199,7 @@ MODULE_SIGNATURE_MAGIC = b"~Module signature appended~\n"
 
 def module_is_signed(path: str | os.PathLike[str]) -> bool:
     """The module (decompressed) ends with an appended signature (scripts/sign-file)."""
-    return load_image(Path(path)).data.endswith(MODULE_SIGNATURE_MAGIC)
+    return _load(Path(path)).data.endswith(MODULE_SIGNATURE_MAGIC)
 
 
 def sha256_file(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> str:
@@ -229,7 +229,7 @@ def _sha256_stream(path: Path, f: io.BufferedReader) -> str:
     return h.hexdigest()
 
 
-def load_image(path: Path) -> _Image:
+def _load(path: Path) -> _Image:
     fd, _ = _open_regular(path)
     with open(fd, "rb") as f:
         raw = _read_capped(path, f, MAX_FILE_SIZE)
@@ -239,7 +239,7 @@ def load_image(path: Path) -> _Image:
 def _image(path: Path, raw: bytes, cap: int) -> _Image:
     if not raw:
         raise ElfError(path, "empty file")
-    compression = detect_compression(raw)
+    compression = _detect_compression(raw)
     try:
         data = raw if compression is None else decompress(compression, raw, cap)
     except CompressionError as e:
@@ -300,7 +300,7 @@ def _read_capped(path: Path, f: io.BufferedReader, cap: int) -> bytes:
     return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
 
-def open_elf(path: Path, stream: BinaryIO, size: int) -> ELFFile:
+def _open_elf(path: Path, stream: BinaryIO, size: int) -> ELFFile:
     from elftools.elf.elffile import ELFFile
 
     try:
@@ -309,7 +309,7 @@ def open_elf(path: Path, stream: BinaryIO, size: int) -> ELFFile:
         return elf
     except ElfError:
         raise
-    except parse_errors() as e:
+    except _parse_errors() as e:
         raise ElfError(path, f"truncated or corrupt ELF: {e}") from None
     except OSError as e:  # reading the file itself: a bogus offset seeks out of range
         raise _read_error(path, e) from None
@@ -334,12 +334,12 @@ def _check_section_table(path: Path, elf: ELFFile, size: int) -> None:
                              f"past end of file (size {size})")
 
 
-def read_named_sections(path: Path, elf: ELFFile, size: int,
+def _read_named_sections(path: Path, elf: ELFFile, size: int,
                          wanted: set[str], cap: int = MAX_FILE_SIZE) -> dict[str, bytes]:
     try:
         found: dict[str, bytes] = {}
         for index, section in enumerate(elf.iter_sections()):
-            check_section_bounds(path, index, section, size)
+            _check_section_bounds(path, index, section, size)
             if section.name not in wanted:
                 continue
             if section.name in found:
@@ -358,13 +358,13 @@ def read_named_sections(path: Path, elf: ELFFile, size: int,
         return found
     except ElfError:
         raise
-    except parse_errors() as e:
+    except _parse_errors() as e:
         raise ElfError(path, f"truncated or corrupt ELF: {e}") from None
     except OSError as e:  # reading the file itself: a bogus offset seeks out of range
         raise _read_error(path, e) from None
 
 
-def check_section_bounds(path: Path, index: int, section: Section, size: int) -> None:
+def _check_section_bounds(path: Path, index: int, section: Section, size: int) -> None:
     if section["sh_type"] in ("SHT_NOBITS", "SHT_NULL"):
         return
     end = section["sh_offset"] + section["sh_size"]

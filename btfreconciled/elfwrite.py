@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING
 from .compression import compress
 from .elf import (
     ElfError,
-    check_section_bounds,
-    load_image,
-    open_elf,
-    parse_errors,
-    read_named_sections,
+    _check_section_bounds,
+    _load,
+    _open_elf,
+    _parse_errors,
+    _read_named_sections,
 )
 
 # pyelftools, copy and tempfile are imported where they are used (see elf.py).
@@ -95,7 +95,7 @@ def _rewritten_payload(src: Path, sections: Mapping[str, bytes | None],
                        ) -> tuple[str | None, bytes | bytearray]:
     """The new file as it goes on disk; the source image is freed on return, before the
     verification re-read (a vmlinux is hundreds of MiB)."""
-    image = load_image(src)
+    image = _load(src)
     if not image.is_elf:
         raise ElfError(src, "raw BTF file, not ELF: it cannot carry sections")
     elf_bytes = _ElfRewriter(src, image.data).rewrite(sections)
@@ -108,12 +108,12 @@ class _ElfRewriter:
     def __init__(self, path: Path, data: bytes) -> None:
         self.path = path
         self.data = data
-        self.elf = open_elf(path, io.BytesIO(data), len(data))
+        self.elf = _open_elf(path, io.BytesIO(data), len(data))
         try:
             self._parse()
         except ElfError:
             raise
-        except parse_errors() as e:
+        except _parse_errors() as e:
             raise ElfError(path, f"truncated or corrupt ELF: {e}") from None
 
     def _parse(self) -> None:
@@ -133,7 +133,7 @@ class _ElfRewriter:
         self.headers: list[Container] = []
         self.names: list[str] = []
         for index, section in enumerate(elf.iter_sections()):
-            check_section_bounds(self.path, index, section, len(self.data))
+            _check_section_bounds(self.path, index, section, len(self.data))
             self.headers.append(_copy(section.header))
             self.names.append(section.name)
         self.shstrndx = elf.get_shstrndx()
@@ -335,9 +335,9 @@ def _verify_written(tmp: Path, dst: Path, compression: str | None,
                     sections: Mapping[str, bytes | None]) -> None:
     """Re-read what was written and check it holds exactly the requested sections."""
     try:
-        image = load_image(tmp)
-        elf = open_elf(tmp, io.BytesIO(image.data), len(image.data))
-        found = read_named_sections(tmp, elf, len(image.data), set(sections))
+        image = _load(tmp)
+        elf = _open_elf(tmp, io.BytesIO(image.data), len(image.data))
+        found = _read_named_sections(tmp, elf, len(image.data), set(sections))
     except ElfError as e:  # name the destination, not our temporary file
         raise ElfError(dst, f"verification failed: {e.reason}") from None
     if image.compression != compression:
