@@ -23,6 +23,7 @@ import pytest
 import toolchain
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import malformed  # noqa: E402
 from oracle_tools import bpftool_raw  # noqa: E402
 
 from btfreconciled.btf import Btf  # noqa: E402
@@ -163,3 +164,20 @@ def test_cli_dump_of_a_compressed_module(tc) -> None:
     assert res.returncode == 0, res.stderr
     with tempfile.TemporaryDirectory() as d:
         assert res.stdout == _bpftool_on(mod, kdir / "vmlinux.btf", d)
+
+
+@pytest.mark.parametrize("series,bpftool", [("6.12", "7.5"), ("7.2", "7.8")])
+def test_kind_layout_section_dumps_like_chroot_bpftool(tc, series: str, bpftool: str,
+                                                       tmp_path: Path) -> None:
+    """A BTF with Linux 7.x's 32-byte header and a kind layout section (libbpf 1.8's table
+    between types and strings): bpftool 7.8 reads the section, 7.5 steps over it as a gap;
+    both print the types as without it, and so do we."""
+    plain = malformed.valid_blob()
+    path = tmp_path / "layout.btf"
+    path.write_bytes(malformed.with_layout(plain))
+    res = tc.run_in_chroot(["bpftool", "btf", "dump", "file", str(path), "format", "raw"],
+                           **tc.chroot_flags(series))
+    assert res.returncode == 0, res.stderr
+    ours = dump_raw(Btf.parse(path.read_bytes(), source=str(path)))
+    assert ours == res.stdout, f"bpftool {bpftool} differs"
+    assert ours == dump_raw(Btf.parse(plain))
