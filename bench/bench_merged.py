@@ -280,7 +280,7 @@ def main() -> int:
                  f"{len(picked)} and the events after it "
                  f"{max(r['rss']['VmHWM'] for r in runs.values())} MB)")
     lines.append("cold reloads of these modules are bounded by reconciliation itself (amdgpu "
-                 "and friends; see bench_reconcile.py), not by merged writing: compare the "
+                 "and friends; see bench_module.py), not by merged writing: compare the "
                  "'off' row")
     print("\n".join(lines))
     if args.json:
