@@ -187,6 +187,8 @@ if [ "$(cat $O/bad.insmod.rc)" = 0 ]; then
     wait_verdict btfr_embed $O/bad.show.json; echo $? > $O/bad.wait.rc
 else
     echo refused > $O/bad.wait.rc
+    # all a refused insmod leaves behind is the kernel log: doctor on the file explains it
+    ctl doctor $O/mods/btfr_embed.ko > $O/bad.doctor.txt 2>&1; echo $? > $O/bad.doctor.rc
 fi
 dmesg | grep -F btfr_embed | tail -n 5 > $O/bad.dmesg
 ctl show btfr_embed > $O/bad.show.txt 2>&1
@@ -513,6 +515,17 @@ def test_mutated_fixture_gets_no_btf(guest_relocating, tc) -> None:
     else:
         check_refused(guest_relocating, "bad", "btfr_embed")
         out = guest_relocating["out"]
+        # doctor on the file: the kernel's two lines (the cause names no module) and why
+        # insmod failed
+        assert read(out, "bad.doctor.rc").strip() == "1"
+        doctor = read(out, "bad.doctor.txt")
+        assert "DOES NOT FIT: btfr_embed:" in doctor and "work_struct" in doctor
+        assert ("kernel log: distilled base BTF type 'work_struct' [68] is not mapped to base "
+                "BTF id; failed to validate module [btfr_embed] BTF: -22") in doctor, doctor
+        config = f"/lib/modules/{guest_relocating['release']}/config"
+        assert ("the running kernel refused to load it because of its BTF (CONFIG_MODULE_ALLOW"
+                f"_BTF_MISMATCH is not set in {config}; insmod says only 'Invalid parameters')"
+                ) in doctor, doctor
         assert read(out, "after_rmmod.rc").strip() == "2"  # unloaded -> forgotten
         assert read(out, "bad.path.rc").strip() != "0" and read(out, "bad.path.txt") == ""
         kid = json.loads(read(out, "btfr_embed.show.json"))["kernel_id"]

@@ -355,3 +355,46 @@ def test_kernel_check_says_which_modules_the_new_kernel_refuses(tmp_path: Path,
     assert pre_reboot_line(reps[0]) == (
         f"next kernel {ver}: 1 out-of-tree modules, 1 will have no usable BTF: old_build "
         f"(btfreconcilectl kernel-check {ver}); 1 will not load at all: old_build")
+
+
+def test_kernel_log_keeps_the_cause_line_before_the_module_line() -> None:
+    """Linux 7.2, refusing a module whose .BTF.base does not map (observed in the 7.2 VM):
+    the cause names no module and comes right before the line that does."""
+    from btfreconciled.cli.doctor import match_log_lines
+
+    cause = "distilled base BTF type 'work_struct' [68] is not mapped to base BTF id"
+    failed = "failed to validate module [btfr_embed] BTF: -22"
+    texts = ["btfr_embed: loaded, value=2", cause, failed,
+             "BTF: unrelated line naming nothing", "some other message",
+             "failed to validate module [other] BTF: -22"]
+    assert match_log_lines(texts, ["btfr_embed", "other", "absent"]) == {
+        "btfr_embed": f"{cause}; {failed}",
+        "other": "failed to validate module [other] BTF: -22"}  # a message between: no cause
+    generic = "Kernel module BTF mismatch detected, BTF debug info may be unavailable"
+    assert match_log_lines([generic, failed], ["btfr_embed"]) == {"": generic,
+                                                                    "btfr_embed": failed}
+
+
+def test_doctor_on_a_file_shows_that_the_running_kernel_refused_it(tmp_path: Path, capsys,
+                                                                    monkeypatch) -> None:
+    """`doctor FILE` against the running kernel: a module 7.2 refused leaves only its log
+    lines behind; doctor shows them and says the load was refused."""
+    from btfreconciled.cli import doctor as doctor_cli
+
+    ko, cands, target = _world(tmp_path)
+    line = "failed to validate module [my_mod] BTF: -22"
+    monkeypatch.setattr(doctor_cli, "_kernel_log_lines", lambda names: {"my_mod": line, "": "x"})
+    monkeypatch.setattr(doctor_cli, "load_target", lambda v: doctor_cli.VmlinuxIndex.load(
+        str(target)))
+    monkeypatch.setattr(doctor_cli, "find_policy", lambda files: ("refuse", Path("/cfg")))
+    assert ctl(["doctor", str(ko), "--search", str(tmp_path / "none")]) == 1
+    out = capsys.readouterr().out
+    assert f"kernel log: {line}\n" in out
+    assert ("the running kernel refused to load it because of its BTF "
+            "(CONFIG_MODULE_ALLOW_BTF_MISMATCH is not set in /cfg; insmod says only "
+            "'Invalid parameters')") in out
+    assert "naming no module" not in out  # the once-per-boot line is not about this file
+    # another kernel given: the running kernel's log is not about it
+    assert ctl(["doctor", str(ko), "--vmlinux", str(target), "--search",
+                str(tmp_path / "none")]) == 1
+    assert "kernel log" not in capsys.readouterr().out
