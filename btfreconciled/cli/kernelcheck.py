@@ -69,7 +69,7 @@ def default_image(version: str, tree: Path) -> Path:
 REFUSED = "refused"  # insmod fails: "failed to validate module [m] BTF: -22"
 NO_BTF = "no-btf"  # loads; no /sys/kernel/btf/<m> (or none worth having)
 WRONG_BTF = "wrong-btf"  # loads; the kernel binds its BTF to the wrong vmlinux types
-UNKNOWN = "unknown"  # the kernel's config was not found
+UNKNOWN = "unknown"  # its config was not found, or the module could not be diagnosed
 
 
 def outcome(d: Diagnosis, policy: str | None) -> str:
