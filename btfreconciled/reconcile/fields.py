@@ -22,11 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..btf.btf import Btf
-from .diagnostics import ERROR, WARNING, Problem, expected_dict, type_label
-from .distill import Builder, DistillResult
-from .target import VmlinuxIndex
-from .wire import (
-    CHAIN_KINDS,
+from ..btf.kinds import (
     K_ARRAY,
     K_ENUM,
     K_ENUM64,
@@ -37,9 +33,11 @@ from .wire import (
     K_PTR,
     K_STRUCT,
     K_UNION,
-    kind_name,
-    record_offsets,
 )
+from .diagnostics import ERROR, WARNING, Problem, expected_dict, type_label
+from .distill import Builder, DistillResult
+from .target import VmlinuxIndex
+from .wire import CHAIN_KINDS, kind_name, record_offsets
 
 STRICT_CHOICES = ("off", "embedded", "all")
 FIELDS_EMBEDDED, FIELDS_ALL = "embedded", "all"

@@ -29,12 +29,16 @@ from dataclasses import dataclass, field
 
 from ..btf.btf import Btf
 from ..btf.errors import BtfError
-from ..btf.kinds import BTF_MAGIC, HEADER_SIZE
-from .wire import (
+from ..btf.kinds import (
+    BTF_MAGIC,
+    HEADER_SIZE,
     K_ARRAY,
     K_CONST,
     K_DATASEC,
     K_DECL_TAG,
+    K_ENUM,
+    K_ENUM64,
+    K_FLOAT,
     K_FUNC,
     K_FUNC_PROTO,
     K_FWD,
@@ -47,10 +51,8 @@ from .wire import (
     K_UNION,
     K_VAR,
     K_VOLATILE,
-    WireError,
-    record_offsets,
-    str_slots,
 )
+from .wire import WireError, record_offsets, str_slots
 
 _NATIVE = "<" if sys.byteorder == "little" else ">"
 # what cannot be held by value (a member, an array element, a variable, a parameter): no
@@ -174,7 +176,7 @@ def _refs(words: array, offs: list[int]) -> list[Ref]:
 
 
 _CHAIN = frozenset({K_TYPEDEF, K_CONST, K_VOLATILE, K_RESTRICT, K_TYPE_TAG, K_VAR})
-_SIZED = frozenset({K_INT, K_STRUCT, K_UNION, 6, 16, 19})  # ENUM, FLOAT, ENUM64 too
+_SIZED = frozenset({K_INT, K_STRUCT, K_UNION, K_ENUM, K_FLOAT, K_ENUM64})
 
 
 class _Layout:

@@ -37,30 +37,26 @@ import sys
 import weakref
 from array import array
 from bisect import bisect_right
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..btf.btf import Btf
-from ..btf.kinds import BTF_MAGIC, BTF_VERSION, EXTRA_FIXED_WORDS, HEADER_SIZE, record_words
-from .diagnostics import ERROR, CandidateInfo, Problem, expected_dict, type_label
-from .target import Candidate, VmlinuxIndex
-from .wire import (
-    CHAIN_KINDS,
+from ..btf.kinds import (
+    BTF_MAGIC,
+    BTF_VERSION,
+    HEADER_SIZE,
     K_ARRAY,
-    K_DATASEC,
     K_ENUM,
     K_ENUM64,
     K_FLOAT,
-    K_FUNC_PROTO,
     K_FWD,
     K_INT,
     K_STRUCT,
     K_UNION,
-    WireError,
-    id_slots,
-    kind_name,
-    str_slots,
 )
+from ..btf.layout import LAYOUT, record_words
+from .diagnostics import ERROR, CandidateInfo, Problem, expected_dict, type_label
+from .target import Candidate, VmlinuxIndex
+from .wire import CHAIN_KINDS, WireError, id_slots, kind_name, str_slots
 
 EMBEDDED_KERNEL = "kernel"
 EMBEDDED_LIBBPF_1_5 = "libbpf-1.5"
@@ -600,15 +596,10 @@ class _LaneIndex:
 
 
 def _rewrite(w: array, offs: list[int], nr_dist: int, shift: int, dmap: list[int],
-             dsl: int, sshift: int, smap: dict[int, int],
-             masks: Callable[[], tuple[bytes, bytes]] | None = None) -> int | None:
-    """Rewrite ids and string offsets of the records at `offs` in place; returns the first
-    distilled-base string offset that has no mapping (then `w` is garbage), else None."""
-    if (masks is not None and shift >= 0 and sshift >= 0 and sys.byteorder == "little"
-            and len(offs) > 64):
-        done = _rewrite_lanes(w, masks(), nr_dist, shift, dmap, dsl, sshift, smap)
-        if done is not False:
-            return done  # type: ignore[return-value]
+             dsl: int, sshift: int, smap: dict[int, int]) -> int | None:
+    """Rewrite ids and string offsets of the records at `offs` in place, one slot at a time
+    (the fallback of _LaneIndex); returns the first distilled-base string offset that has no
+    mapping (then `w` is garbage), else None."""
     for o in offs:
         for pos in id_slots(w, o):
             v = w[pos]
@@ -632,15 +623,14 @@ def _rewrite(w: array, offs: list[int], nr_dist: int, shift: int, dmap: list[int
 # in the lanes that hold string offsets.
 _LANE_ID: dict[int, bytes] = {}
 _LANE_STR: dict[int, bytes] = {}
-_B31 = (0x80000000).to_bytes(4, "little")
-_Z = bytes(4)
 
 
 def _lane_masks(info: int) -> None:
     """Fill _LANE_ID/_LANE_STR for one record shape (strided slice writes, no per-word
     Python: a 60000-value enum is one record)."""
     kind = (info >> 24) & 0x1F
-    if kind == 0 or kind >= len(EXTRA_FIXED_WORDS):
+    lay = LAYOUT.get(kind)  # type: ignore[call-overload]
+    if lay is None:
         raise WireError(f"unknown BTF kind {kind}")
     vlen = info & 0xFFFF
     n = record_words(info)
@@ -653,18 +643,10 @@ def _lane_masks(info: int) -> None:
     for i in str_slots(fake, 0):
         strs[4 * i + 3] = 0x80
     if vlen:
-        if kind in (K_STRUCT, K_UNION):
-            ids[4 * 4 + 3::12] = b"\x80" * vlen
-            strs[4 * 3 + 3::12] = b"\x80" * vlen
-        elif kind == K_FUNC_PROTO:
-            ids[4 * 4 + 3::8] = b"\x80" * vlen
-            strs[4 * 3 + 3::8] = b"\x80" * vlen
-        elif kind == K_ENUM:
-            strs[4 * 3 + 3::8] = b"\x80" * vlen
-        elif kind == K_ENUM64:
-            strs[4 * 3 + 3::12] = b"\x80" * vlen
-        elif kind == K_DATASEC:
-            ids[4 * 3 + 3::12] = b"\x80" * vlen
+        stride = 4 * lay.item_words
+        for lanes, at in ((ids, lay.item_id), (strs, lay.item_str)):
+            if at is not None:
+                lanes[4 * (lay.first_item + at) + 3::stride] = b"\x80" * vlen
     _LANE_ID[info] = bytes(ids)
     _LANE_STR[info] = bytes(strs)
 
@@ -678,64 +660,6 @@ def slot_masks(words: array, offs: list[int]) -> tuple[bytes, bytes]:
         _lane_masks(info)
     return (b"".join(map(_LANE_ID.__getitem__, infos)),
             b"".join(map(_LANE_STR.__getitem__, infos)))
-
-
-def _rewrite_lanes(w: array, masks: tuple[bytes, bytes], nr_dist: int, shift: int,
-                   dmap: list[int], dsl: int, sshift: int, smap: dict[int, int]
-                   ) -> int | None | bool:
-    """The same rewrite on all words at once, as lane-wise arithmetic on one big integer
-    (32-bit lanes never carry into each other: every slot value is < 2**31 and the results
-    fit). References into a distilled base of at most 256 types are mapped with
-    bytes.translate; Python-level work is per distinct record shape and per reference to a
-    distilled-base string, not per word. Returns False when the input does not allow it."""
-    mid_b, mstr_b = masks
-    nbytes = len(mid_b)
-    if nbytes != 4 * len(w):
-        return False
-    words = int.from_bytes(w.tobytes(), "little")
-    mid = int.from_bytes(mid_b, "little")
-    mstr = int.from_bytes(mstr_b, "little")
-    slots = mid | mstr
-    if words & slots:  # some slot value >= 2**31: not lane-safe
-        return False
-    one_id = mid >> 31
-    one_str = mstr >> 31
-    # bit 31 of a slot lane after adding (2**31 - T) says "value >= T"
-    ge_t = (words + one_id * (0x80000000 - nr_dist) + one_str * (0x80000000 - dsl)) & slots
-    ge_1 = (words + (one_id | one_str) * 0x7FFFFFFF) & slots
-    out = words + ((ge_t & mid) >> 31) * shift + ((ge_t & mstr) >> 31) * sshift
-    small = ge_1 ^ ge_t  # lanes with 0 < value < T: references into the distilled base
-    small_id = small & mid
-    if nr_dist <= 256 and small_id:
-        # value v < 256 sits in the lane's low byte: map it byte-wise to dmap[v]
-        low = words & ((small_id >> 31) * 0xFF)
-        lb = low.to_bytes(nbytes, "little")
-        new = 0
-        for k in range(3):
-            table = bytes((dmap[v] >> (8 * k)) & 0xFF if 0 < v < nr_dist else 0
-                          for v in range(256))
-            new |= int.from_bytes(lb.translate(table), "little") << (8 * k)
-        out = out - low + new
-        small ^= small_id
-    res = array("I")
-    res.frombytes(out.to_bytes(nbytes, "little"))
-    if small:
-        sb = small.to_bytes(nbytes, "little")
-        find = sb.find
-        i = find(0x80)
-        while i >= 0:
-            lane = i >> 2
-            v = w[lane]
-            if mid_b[i] == 0x80:
-                res[lane] = dmap[v]
-            else:
-                nv = smap.get(v)
-                if nv is None:
-                    return v
-                res[lane] = nv
-            i = find(0x80, i + 1)
-    w[:] = res
-    return None
 
 
 def _other_kinds(target: VmlinuxIndex, d: DistType) -> list[CandidateInfo]:

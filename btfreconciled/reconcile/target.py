@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ..btf.btf import Btf
 from ..btf.errors import BtfError
+from ..btf.kinds import K_ENUM, K_ENUM64, K_FLOAT, K_FWD, K_INT, K_STRUCT, K_UNION
 from ..elf import read_btf_sections
-from .wire import K_ENUM, K_ENUM64, K_FLOAT, K_FWD, K_INT, K_STRUCT, K_UNION
 
 SYSFS_VMLINUX = "/sys/kernel/btf/vmlinux"
 # Kinds btf_relocate.c considers in the base (everything else is skipped).
