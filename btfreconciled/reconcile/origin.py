@@ -51,6 +51,7 @@ from ..btf.kinds import (
     K_UNION,
     K_VAR,
     K_VOLATILE,
+    NR_KINDS,
 )
 from .wire import WireError, record_offsets, str_slots
 
@@ -59,7 +60,7 @@ _NATIVE = "<" if sys.byteorder == "little" else ">"
 # size, or not a data type at all
 _NOT_VALUE = frozenset({K_FUNC, K_FUNC_PROTO, K_VAR, K_DATASEC, K_DECL_TAG, K_FWD})
 _NOT_BEHIND_REF = frozenset({K_FUNC, K_VAR, K_DATASEC, K_DECL_TAG})
-_ALL = frozenset(range(1, 20))
+_ALL = frozenset(range(1, NR_KINDS))
 MAX_SCAN = 4096  # candidate values tried past the lower bound before giving up
 AMBIGUITY_WINDOW = 16  # after the first value that fits, how many more are tried
 

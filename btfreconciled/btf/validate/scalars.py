@@ -1,0 +1,89 @@
+"""INT, FLOAT, ENUM, ENUM64 and FWD: the kinds without type references (kernel:
+btf_int_check_meta, btf_float_check_meta, btf_enum_check_meta, btf_enum64_check_meta,
+btf_fwd_check_meta; btf_type_int_is_regular)."""
+
+from __future__ import annotations
+
+from ..kinds import (
+    K_ENUM as ENUM,
+)
+from ..kinds import (
+    K_ENUM64 as ENUM64,
+)
+from ..kinds import (
+    K_FLOAT as FLOAT,
+)
+from ..kinds import (
+    K_FWD as FWD,
+)
+from ..kinds import (
+    K_INT as INT,
+)
+from .core import INT_MASK, U32_MAX, _first, _g, _int_regular
+
+
+class Scalars:
+    """Scalars checks (a mixin of _Validator: the state lives in core.Core)."""
+
+    def meta_scalars(self) -> None:
+        """FWD, INT, FLOAT, ENUM/ENUM64 sizes and data (btf_fwd_check_meta,
+        btf_int_check_meta, btf_float_check_meta, btf_enum_check_meta,
+        btf_enum64_check_meta)."""
+        sw, w, offs = self.sw, self.w, self.offs
+        locs = self.loc(FWD)
+        size = _g(sw, locs)
+        if any(size):
+            local = locs[_first(size)]
+            self.fail_local(local, f"has size/type word {sw[local]} (must be 0)",
+                            offs[local] + 2)
+        for local in self.loc(INT):
+            o = offs[local]
+            msg = _int_problem(sw[local], w[o + 3])
+            if msg:
+                self.fail_local(local, msg, o + 3)
+        for local in self.loc(FLOAT):
+            if sw[local] not in (2, 4, 8, 12, 16):
+                self.fail_local(local, f"has size {sw[local]} (must be 2, 4, 8, 12 or 16)",
+                                offs[local] + 2)
+        for kind in (ENUM, ENUM64):
+            locs = self.loc(kind)
+            if not set(_g(sw, locs)) <= {1, 2, 4, 8}:
+                local = next(lo for lo in locs if sw[lo] not in (1, 2, 4, 8))
+                self.fail_local(local, f"has size {sw[local]} (must be 1, 2, 4 or 8)",
+                                offs[local] + 2)
+
+    # ------------------------------------------------------------ meta: enums
+    def meta_enums(self) -> None:
+        for kind, stride in ((ENUM, 2), (ENUM64, 3)):
+            locs = self.loc(kind)
+            if locs:
+                e = self.items(locs, stride)
+                self.check_item_names(e, self.flat(e)[0::stride].tolist(), "enumerator",
+                                      required=True)
+
+    def int_regular(self, tid: int) -> bool:
+        return _int_regular(*self.int_bits(tid))
+
+    def int_bits(self, tid: int) -> tuple[int, int]:
+        if tid < self.start:
+            t = self.base.type(tid)
+            return t.nr_bits, t.bits_offset
+        d = self.w[self.offs[tid - self.start] + 3]
+        return d & 0xFF, (d >> 16) & 0xFF
+
+
+def _int_problem(size: int, data: int) -> str | None:
+    """btf_int_check_meta."""
+    if data & ~INT_MASK & U32_MAX:
+        return f"has int data {data:#010x} with reserved bits set"
+    bits = data & 0xFF
+    off = (data >> 16) & 0xFF
+    enc = (data >> 24) & 0x0F
+    if bits + off > 128:
+        return f"has {bits} bits at bit offset {off}: more than 128 bits"
+    if (bits + off + 7) >> 3 > size:
+        return f"has {bits} bits at bit offset {off}, more than its size of {size} bytes"
+    if enc not in (0, 1, 2, 4):
+        return f"has encoding {enc:#x} (must be none, signed, char or bool)"
+    return None
+
