@@ -16,69 +16,16 @@ from collections.abc import Iterator
 from itertools import accumulate, compress
 from operator import add, itemgetter
 
-from ..kinds import (
-    K_ARRAY as ARRAY,
-)
-from ..kinds import (
-    K_CONST as CONST,
-)
-from ..kinds import (
-    K_DATASEC as DATASEC,
-)
-from ..kinds import (
-    K_DECL_TAG as DECL_TAG,
-)
-from ..kinds import (
-    K_ENUM as ENUM,
-)
-from ..kinds import (
-    K_ENUM64 as ENUM64,
-)
-from ..kinds import (
-    K_FLOAT as FLOAT,
-)
-from ..kinds import (
-    K_FUNC as FUNC,
-)
-from ..kinds import (
-    K_FUNC_PROTO as FUNC_PROTO,
-)
-from ..kinds import (
-    K_FWD as FWD,
-)
-from ..kinds import (
-    K_INT as INT,
-)
-from ..kinds import (
-    K_PTR as PTR,
-)
-from ..kinds import (
-    K_RESTRICT as RESTRICT,
-)
-from ..kinds import (
-    K_STRUCT as STRUCT,
-)
-from ..kinds import (
-    K_TYPE_TAG as TYPE_TAG,
-)
-from ..kinds import (
-    K_TYPEDEF as TYPEDEF,
-)
-from ..kinds import (
-    K_UNION as UNION,
-)
-from ..kinds import (
-    K_VAR as VAR,
-)
-from ..kinds import (
-    K_VOLATILE as VOLATILE,
-)
-from ..kinds import (
-    NR_KINDS,
-    Kind,
-)
+from .. import kinds as _k
+from ..kinds import NR_KINDS, Kind
 from ..layout import NO_KFLAG, VLEN_ZERO
 
+# Short names for Kind's plain-int values (kinds.K_*), like btf.c's BTF_KIND_*.
+(INT, PTR, ARRAY, STRUCT, UNION, ENUM, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC,
+ FUNC_PROTO, VAR, DATASEC, FLOAT, DECL_TAG, TYPE_TAG, ENUM64) = (
+    _k.K_INT, _k.K_PTR, _k.K_ARRAY, _k.K_STRUCT, _k.K_UNION, _k.K_ENUM, _k.K_FWD, _k.K_TYPEDEF,
+    _k.K_VOLATILE, _k.K_CONST, _k.K_RESTRICT, _k.K_FUNC, _k.K_FUNC_PROTO, _k.K_VAR, _k.K_DATASEC,
+    _k.K_FLOAT, _k.K_DECL_TAG, _k.K_TYPE_TAG, _k.K_ENUM64)
 VOID = 0
 KIND_NAMES = {k.value: k.name for k in Kind}
 KIND_NAMES[0] = "VOID"

@@ -8,19 +8,22 @@ from bisect import bisect_right
 from itertools import compress
 from operator import itemgetter, not_
 
-from ..kinds import (
-    K_FUNC as FUNC,
-)
-from ..kinds import (
-    K_FUNC_PROTO as FUNC_PROTO,
-)
+from ..kinds import Kind
+from ..layout import LAYOUT
 from .core import (
+    FUNC,
+    FUNC_PROTO,
     SIZED,
     SOURCE_ONLY,
     _first,
     _g,
     _positions,
 )
+
+# Parameter words, from the layout table (record-relative first item, item-relative fields).
+_P = LAYOUT[Kind.FUNC_PROTO]
+P_FIRST, P_WORDS = _P.first_item, _P.item_words
+P_NAME, P_TYPE = _P.item_word("name_off"), _P.item_word("type")
 
 
 class _Protos:
@@ -69,27 +72,29 @@ class Funcs:
             ofs = list(_g(offs, group))
             get = itemgetter(*ofs) if len(ofs) > 1 else (lambda m, o=ofs[0]: (m[o],))
             for j in range(v):
-                PN = get(mv[3 + 2 * j:])
-                PT = get(mv[4 + 2 * j:])
+                at_name = P_FIRST + P_NAME + P_WORDS * j  # record-relative words
+                at_type = P_FIRST + P_TYPE + P_WORDS * j
+                PN = get(mv[at_name:])
+                PT = get(mv[at_type:])
                 p.cols.append((group, j, v, PN, PT))
-                def fail(i: int, group=group, j=j, ofs=ofs, PN=PN) -> None:
+                def fail(i: int, group=group, j=j, ofs=ofs, PN=PN, at=at_name) -> None:
                     self.fail_local(group[i], f"parameter {j + 1} has name offset {PN[i]:#x} "
-                                    f"past the end of the strings ({end:#x})", ofs[i] + 3 + 2 * j)
+                                    f"past the end of the strings ({end:#x})", ofs[i] + at)
 
                 self.idents.append((PN, False, fail))
                 distinct = set(PT)
                 if max(distinct) >= T:
                     i = _first(map(T.__le__, PT))
                     self.fail_local(group[i], self.past_end(
-                        f"parameter {j + 1}{self._label(PN[i])}", PT[i]), ofs[i] + 4 + 2 * j)
+                        f"parameter {j + 1}{self._label(PN[i])}", PT[i]), ofs[i] + at_type)
                 if 0 in distinct:  # a void parameter: only the last, unnamed one (varargs)
                     for i in _positions(PT, 0):
                         if j != v - 1:
                             self.fail_local(group[i], f"parameter {j + 1} is void (only a last "
-                                            "parameter may be, for varargs)", ofs[i] + 4 + 2 * j)
+                                            "parameter may be, for varargs)", ofs[i] + at_type)
                         if PN[i]:
                             self.fail_local(group[i], f"vararg parameter {j + 1} has a name"
-                                            f"{self._label(PN[i])}", ofs[i] + 3 + 2 * j)
+                                            f"{self._label(PN[i])}", ofs[i] + at_name)
                 pts |= distinct
                 # protos with an unnamed (non-vararg) parameter
                 if 0 not in distinct:
@@ -125,7 +130,7 @@ class Funcs:
                     for i in range(len(PT)) if PT[i] in bad)
                 self.fail_local(local, f"parameter {j + 1}{self._label(PN[i])} has type "
                                 f"{self._ref(PT[i])}, which has no size",
-                                self.offs[local] + 4 + 2 * j)
+                                self.offs[local] + P_FIRST + P_TYPE + P_WORDS * j)
         # protos with an unnamed parameter cannot be a FUNC's type
         self.unnamed = set(map(self.start.__add__, p.unnamed_locs))
 

@@ -4,27 +4,7 @@ btf_name_valid_section with lib/ctype.c's Latin-1 classes; libbpf: btf_validate_
 
 from __future__ import annotations
 
-from ..kinds import (
-    K_DECL_TAG as DECL_TAG,
-)
-from ..kinds import (
-    K_ENUM as ENUM,
-)
-from ..kinds import (
-    K_ENUM64 as ENUM64,
-)
-from ..kinds import (
-    K_FUNC_PROTO as FUNC_PROTO,
-)
-from ..kinds import (
-    K_STRUCT as STRUCT,
-)
-from ..kinds import (
-    K_TYPE_TAG as TYPE_TAG,
-)
-from ..kinds import (
-    K_UNION as UNION,
-)
+from ..layout import LAYOUT
 from .core import (
     _IDCLASS,
     _IDENT_RE,
@@ -32,11 +12,22 @@ from .core import (
     _NONNUL,
     ANONYMOUS,
     BAD_NAME,
+    DECL_TAG,
+    ENUM,
+    ENUM64,
+    FUNC_PROTO,
     NAMED_IDENT,
     OPTIONAL_IDENT,
+    STRUCT,
+    TYPE_TAG,
+    UNION,
     _first,
     _g,
 )
+
+# Items whose names must be identifiers, as messages call them.
+_ITEM_NAMES = {STRUCT: "member", UNION: "member", FUNC_PROTO: "parameter", ENUM: "enumerator",
+               ENUM64: "enumerator"}
 
 
 class Names:
@@ -145,18 +136,14 @@ class Names:
             o = offs[local]
             if (kind in NAMED_IDENT or kind in OPTIONAL_IDENT) and names[local] in bad:
                 self.fail_local(local, BAD_NAME)
-            vlen = w[o + 1] & 0xFFFF
-            if kind in (STRUCT, UNION):
-                items = [(j, o + 3 + 3 * j, "member") for j in range(vlen)]
-            elif kind == FUNC_PROTO:
-                items = [(j + 1, o + 3 + 2 * j, "parameter") for j in range(vlen)]
-            elif kind == ENUM:
-                items = [(j, o + 3 + 2 * j, "enumerator") for j in range(vlen)]
-            elif kind == ENUM64:
-                items = [(j, o + 3 + 3 * j, "enumerator") for j in range(vlen)]
-            else:
+            what = _ITEM_NAMES.get(kind)
+            if what is None:
                 continue
-            for j, p, what in items:
+            lay = LAYOUT[kind]  # type: ignore[index]
+            first = o + lay.first_item + lay.item_str
+            for j, p in enumerate(range(first, first + lay.item_words * (w[o + 1] & 0xFFFF),
+                                        lay.item_words)):
                 if w[p] in bad:
-                    self.fail_local(local, f"{what} {j}{self._label(w[p])} {BAD_NAME}", p)
+                    n = j + 1 if kind == FUNC_PROTO else j  # parameters count from 1
+                    self.fail_local(local, f"{what} {n}{self._label(w[p])} {BAD_NAME}", p)
         raise self.btf._err("invalid identifier", offset=0)  # not reached

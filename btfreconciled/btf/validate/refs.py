@@ -7,20 +7,14 @@ from __future__ import annotations
 
 from itertools import compress
 
-from ..kinds import (
-    K_FUNC as FUNC,
-)
-from ..kinds import (
-    K_PTR as PTR,
-)
-from ..kinds import (
-    K_TYPE_TAG as TYPE_TAG,
-)
 from .core import (
     BAD_REF_TARGET,
+    FUNC,
     MAX_CHAIN,
     MODS,
+    PTR,
     REFS,
+    TYPE_TAG,
     _g,
     _scatter,
 )

@@ -4,22 +4,22 @@ btf_fwd_check_meta; btf_type_int_is_regular)."""
 
 from __future__ import annotations
 
-from ..kinds import (
-    K_ENUM as ENUM,
+from ..kinds import Kind
+from ..layout import LAYOUT
+from .core import (
+    ENUM,
+    ENUM64,
+    FLOAT,
+    FWD,
+    INT,
+    INT_MASK,
+    U32_MAX,
+    _first,
+    _g,
+    _int_regular,
 )
-from ..kinds import (
-    K_ENUM64 as ENUM64,
-)
-from ..kinds import (
-    K_FLOAT as FLOAT,
-)
-from ..kinds import (
-    K_FWD as FWD,
-)
-from ..kinds import (
-    K_INT as INT,
-)
-from .core import INT_MASK, U32_MAX, _first, _g, _int_regular
+
+INT_DATA = LAYOUT[Kind.INT].word("int_data")  # encoding << 24 | bits_offset << 16 | nr_bits
 
 
 class Scalars:
@@ -38,9 +38,9 @@ class Scalars:
                             offs[local] + 2)
         for local in self.loc(INT):
             o = offs[local]
-            msg = _int_problem(sw[local], w[o + 3])
+            msg = _int_problem(sw[local], w[o + INT_DATA])
             if msg:
-                self.fail_local(local, msg, o + 3)
+                self.fail_local(local, msg, o + INT_DATA)
         for local in self.loc(FLOAT):
             if sw[local] not in (2, 4, 8, 12, 16):
                 self.fail_local(local, f"has size {sw[local]} (must be 2, 4, 8, 12 or 16)",
@@ -54,12 +54,13 @@ class Scalars:
 
     # ------------------------------------------------------------ meta: enums
     def meta_enums(self) -> None:
-        for kind, stride in ((ENUM, 2), (ENUM64, 3)):
+        for kind in (ENUM, ENUM64):
+            lay = LAYOUT[kind]  # type: ignore[index]
             locs = self.loc(kind)
             if locs:
-                e = self.items(locs, stride)
-                self.check_item_names(e, self.flat(e)[0::stride].tolist(), "enumerator",
-                                      required=True)
+                e = self.items(locs, lay.item_words)
+                names = self.flat(e)[lay.item_word("name_off")::lay.item_words].tolist()
+                self.check_item_names(e, names, "enumerator", required=True)
 
     def int_regular(self, tid: int) -> bool:
         return _int_regular(*self.int_bits(tid))
@@ -68,7 +69,7 @@ class Scalars:
         if tid < self.start:
             t = self.base.type(tid)
             return t.nr_bits, t.bits_offset
-        d = self.w[self.offs[tid - self.start] + 3]
+        d = self.w[self.offs[tid - self.start] + INT_DATA]
         return d & 0xFF, (d >> 16) & 0xFF
 
 

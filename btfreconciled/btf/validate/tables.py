@@ -6,51 +6,25 @@ from __future__ import annotations
 
 from itertools import repeat
 
-from ..kinds import (
-    K_ARRAY as ARRAY,
-)
-from ..kinds import (
-    K_DATASEC as DATASEC,
-)
-from ..kinds import (
-    K_DECL_TAG as DECL_TAG,
-)
-from ..kinds import (
-    K_ENUM as ENUM,
-)
-from ..kinds import (
-    K_ENUM64 as ENUM64,
-)
-from ..kinds import (
-    K_FLOAT as FLOAT,
-)
-from ..kinds import (
-    K_FUNC as FUNC,
-)
-from ..kinds import (
-    K_INT as INT,
-)
-from ..kinds import (
-    K_PTR as PTR,
-)
-from ..kinds import (
-    K_STRUCT as STRUCT,
-)
-from ..kinds import (
-    K_UNION as UNION,
-)
-from ..kinds import (
-    K_VAR as VAR,
-)
-from ..kinds import (
-    Kind,
-)
+from ..kinds import Kind
 from .core import (
     _LONG_NAMES,
+    ARRAY,
+    DATASEC,
+    DECL_TAG,
+    ENUM,
+    ENUM64,
+    FLOAT,
+    FUNC,
     HUGE,
+    INT,
     MODS,
+    PTR,
     REFS,
     SIZED,
+    STRUCT,
+    UNION,
+    VAR,
     _g,
     _int_regular,
     _scatter,
