@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
-# pyelftools, zstandard, lzma, gzip, copy, hashlib and tempfile are imported where they are
+# pyelftools, zstandard, lzma, gzip, copy and cache (hashlib, tempfile) are imported where they are
 # used: together they cost ~30 ms at start-up, and a command reading a raw BTF file such as
 # /sys/kernel/btf/vmlinux (`btfreconcilectl dump`) needs none of them.
 if TYPE_CHECKING:
@@ -202,6 +202,8 @@ def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True,
                                      len(image.data), set(_READ_SECTIONS), cap)
     else:
         found = {BTF_SECTION: image.data}
+    from .cache import sha256_hex  # (cache imports json, tempfile: not at start-up)
+
     return BtfSections(
         path=image.path,
         compression=image.compression,
@@ -209,7 +211,7 @@ def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True,
         base=found.get(BTF_BASE_SECTION),
         base_expects=found.get(BTF_BASE_EXPECTS_SECTION),
         is_elf=image.is_elf,
-        sha256=_sha256(image.raw) if digest else None,
+        sha256=sha256_hex(image.raw) if digest else None,
         build_id_note=found.get(BUILD_ID_SECTION),
         modinfo=found.get(MODINFO_SECTION),
     )
@@ -245,23 +247,13 @@ def sha256_file(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -
         return _sha256_stream(p, f)
 
 
-def _sha256(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
-
-
 def _sha256_stream(path: Path, f: io.BufferedReader) -> str:
-    import hashlib
+    from .cache import sha256_stream  # (cache imports json, tempfile: not at start-up)
 
-    h = hashlib.sha256()
     try:
-        f.seek(0)
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
+        return sha256_stream(f)
     except OSError as e:
         raise ElfError(path, f"cannot read: {e.strerror or e}") from None
-    return h.hexdigest()
 
 
 def _load(path: Path) -> _Image:
@@ -820,33 +812,19 @@ def _owner_and_mode(src: Path, target: Path) -> tuple[int, int, int] | None:
 
 def _atomic_write(dst: Path, target: Path, payload: bytes | bytearray,
                   verify: Callable[[Path], None], like: tuple[int, int, int] | None) -> None:
-    """Replace `target` (dst with symlinks resolved, see output_target) with `payload`;
+    """Replace `target` (dst with symlinks resolved, see output_target) with `payload`
+    through cache.atomic_output, `verify` checking the temporary file before the rename;
     errors name `dst`, the path the user gave."""
-    directory = target.parent
-    import tempfile
+    from .cache import atomic_output, write_all
 
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
-                                        dir=directory)
-    except OSError as e:
-        raise ElfError(dst, f"cannot create temporary file: {e.strerror or e}") from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
+        with atomic_output(target, mode=None, verify=verify) as f:
+            write_all(f, payload)
             _copy_owner_and_mode(f.fileno(), like)
-            os.fsync(f.fileno())
-        verify(tmp)
-        os.replace(tmp, target)
-        _fsync_dir(directory)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, ElfError):
-            raise
-        if isinstance(e, OSError):
-            raise ElfError(dst, f"cannot write: {e.strerror or e}") from None
+    except ElfError:
         raise
+    except OSError as e:
+        raise ElfError(dst, f"cannot write: {e.strerror or e}") from None
 
 
 def _copy_owner_and_mode(fd: int, like: tuple[int, int, int] | None) -> None:
@@ -862,9 +840,3 @@ def _copy_owner_and_mode(fd: int, like: tuple[int, int, int] | None) -> None:
     os.fchmod(fd, mode)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

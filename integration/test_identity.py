@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from btfreconciled.btf.load import parse_btf
 from btfreconciled.elf import read_btf_sections
 from btfreconciled.reconcile import VmlinuxIndex, distill, relocate
 from btfreconciled.reconcile.compare import base_side, compare_split
-from btfreconciled.reconcile.target import parse_btf
 
 SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 _state: dict = {}

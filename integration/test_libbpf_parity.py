@@ -27,6 +27,7 @@ import toolchain
 
 from btfreconciled.btf.btf import Btf
 from btfreconciled.btf.kinds import Kind
+from btfreconciled.btf.load import parse_btf
 from btfreconciled.btf.types import Enum64, Int, Member, Struct
 from btfreconciled.elf import read_btf_sections, write_btf_sections
 from btfreconciled.reconcile import (
@@ -41,7 +42,6 @@ from btfreconciled.reconcile import (
 from btfreconciled.reconcile.fields import FIELDS_EMBEDDED, build_expects
 from btfreconciled.reconcile.libbpf_harness import build, parse_status
 from btfreconciled.reconcile.relocate import embedded_ids
-from btfreconciled.reconcile.target import parse_btf
 
 pytestmark = pytest.mark.chroot
 MODS = toolchain.FIXTURE_MODULES

@@ -44,8 +44,8 @@ from ..btf.kinds import (
     K_UNION,
     K_VOLATILE,
 )
+from ..btf.load import parse_btf
 from .relocate import serialize_parts
-from .target import parse_btf
 from .wire import id_slots, kind_name, record_offsets, str_slots
 
 _ALLOWED = frozenset({K_INT, K_FLOAT, K_FWD, K_ARRAY, K_STRUCT, K_UNION, K_TYPEDEF, K_ENUM,
