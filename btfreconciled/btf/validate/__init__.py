@@ -6,8 +6,10 @@ sections), the shared columns and reports in core, tables by type id in tables. 
 lists every phase in the order it runs, the kinds it covers and the kernel or libbpf
 function it mirrors.
 
-`Btf.parse` has already checked the header, the section layout, the string section's NUL
-rules, that every record has a known kind and fits the type section. `validate_btf` then
+`Btf.parse` (btf.py) has already checked the header, the section layout, the string
+section's NUL rules, that every record has a known kind and fits the type section (kernel:
+btf_parse_hdr, btf_check_sec_info, btf_parse_str_sec, btf_check_meta's size checks; libbpf:
+btf_parse_hdr, btf_parse_str_sec, btf_parse_type_sec). `validate_btf` then
 applies the rules of the kernel's verifier (kernel/bpf/btf.c: btf_check_all_metas with each
 kind's check_meta, btf_check_all_types with each kind's resolve, btf_func_proto_check,
 btf_func_check, btf_check_type_tags) and of libbpf's btf__new (btf_parse_hdr,
