@@ -144,6 +144,23 @@ LAYOUT: dict[Kind, KindLayout] = {lay.kind: lay for lay in (
 EXTRA_FIXED_WORDS = tuple(LAYOUT[Kind(k)].fixed_words if k else 0 for k in range(NR_KINDS))
 EXTRA_VLEN_WORDS = tuple(LAYOUT[Kind(k)].item_words if k else 0 for k in range(NR_KINDS))
 
+# Named word positions for code that walks records by hand (hot loops cannot afford a table
+# lookup per word): a fixed word is at `o + X`, field F of item j at `o + ITEMS + WORDS * j + F`.
+ITEMS = 3  # the first item: no kind has both fixed extra words and items
+assert all(lay.first_item == ITEMS for lay in LAYOUT.values() if lay.item)
+_M, _P, _D = LAYOUT[Kind.STRUCT], LAYOUT[Kind.FUNC_PROTO], LAYOUT[Kind.DATASEC]
+MEMBER_WORDS = _M.item_words  # (UNION's are the same)
+MEMBER_NAME, MEMBER_TYPE, MEMBER_OFFSET = (_M.item_word(f) for f in ("name_off", "type", "offset"))
+PARAM_WORDS = _P.item_words
+PARAM_NAME, PARAM_TYPE = _P.item_word("name_off"), _P.item_word("type")
+SECINFO_WORDS = _D.item_words
+SECINFO_TYPE, SECINFO_OFFSET, SECINFO_SIZE = (_D.item_word(f) for f in ("type", "offset", "size"))
+ARRAY_SIZE, ARRAY_TYPE, ARRAY_INDEX, ARRAY_NELEMS = (
+    LAYOUT[Kind.ARRAY].word(f) for f in ("size", "type", "index_type", "nelems"))
+INT_DATA = LAYOUT[Kind.INT].word("int_data")  # encoding << 24 | bits_offset << 16 | nr_bits
+VAR_LINKAGE = LAYOUT[Kind.VAR].word("linkage")
+DECL_TAG_COMPONENT = LAYOUT[Kind.DECL_TAG].word("component_idx")
+
 # Kinds whose vlen / kind_flag must be 0 (FUNC's vlen is its linkage).
 VLEN_ZERO = frozenset(int(k) for k, lay in LAYOUT.items() if not lay.vlen)
 NO_KFLAG = frozenset(int(k) for k, lay in LAYOUT.items() if not lay.kflag)
@@ -155,5 +172,10 @@ def record_words(info: int) -> int:
     return 3 + EXTRA_FIXED_WORDS[kind] + EXTRA_VLEN_WORDS[kind] * (info & 0xFFFF)
 
 
-__all__ = ["DATA", "EXTRA_FIXED_WORDS", "EXTRA_VLEN_WORDS", "ID", "LAYOUT", "NO_KFLAG", "SIZE",
-           "STR", "UNUSED", "VLEN_ZERO", "ZERO", "KindLayout", "record_words"]
+__all__ = [
+    "ARRAY_INDEX", "ARRAY_NELEMS", "ARRAY_SIZE", "ARRAY_TYPE", "DATA", "DECL_TAG_COMPONENT",
+    "EXTRA_FIXED_WORDS", "EXTRA_VLEN_WORDS", "ID", "INT_DATA", "ITEMS", "LAYOUT", "MEMBER_NAME",
+    "MEMBER_OFFSET", "MEMBER_TYPE", "MEMBER_WORDS", "NO_KFLAG", "PARAM_NAME", "PARAM_TYPE",
+    "PARAM_WORDS", "SECINFO_OFFSET", "SECINFO_SIZE", "SECINFO_TYPE", "SECINFO_WORDS", "SIZE",
+    "STR", "UNUSED", "VAR_LINKAGE", "VLEN_ZERO", "ZERO", "KindLayout", "record_words",
+]

@@ -34,6 +34,17 @@ from ..btf.kinds import (
     K_STRUCT,
     K_UNION,
 )
+from ..btf.layout import (
+    ARRAY_INDEX,
+    ARRAY_NELEMS,
+    ARRAY_TYPE,
+    INT_DATA,
+    ITEMS,
+    MEMBER_NAME,
+    MEMBER_OFFSET,
+    MEMBER_TYPE,
+    MEMBER_WORDS,
+)
 from .diagnostics import ERROR, WARNING, Problem, expected_dict, type_label
 from .distill import Builder, DistillResult
 from .target import VmlinuxIndex
@@ -135,7 +146,7 @@ def build_expects(src: Btf, dist: DistillResult, embedded_ids: set[int], mode: s
         elif k in (K_ENUM, K_ENUM64):
             out.add([s(old), K_ENUM << 24, w[o + 2]])
         elif k == K_INT:
-            out.add([s(old), info, w[o + 2], w[o + 3]])
+            out.add([s(old), info, w[o + 2], w[o + INT_DATA]])
         else:  # FLOAT, FWD
             out.add([s(old), info, w[o + 2]])
     # a sentinel anonymous type ends the distilled-base prefix
@@ -169,15 +180,15 @@ def build_expects(src: Btf, dist: DistillResult, embedded_ids: set[int], mode: s
                 pointee = 0
             new = out.add([0, K_PTR << 24, pointee])
         elif k == K_ARRAY:
-            elem = member_type(w[o + 3])
-            index = member_type(w[o + 4])
-            new = out.add([0, K_ARRAY << 24, 0, elem, index, w[o + 5]])
+            elem = member_type(w[o + ARRAY_TYPE])
+            index = member_type(w[o + ARRAY_INDEX])
+            new = out.add([0, K_ARRAY << 24, 0, elem, index, w[o + ARRAY_NELEMS]])
         elif k in (K_STRUCT, K_UNION):
             new = out.add([s(tid), k << 24, w[o + 2]]) if named else _composite(tid)
         elif k in (K_ENUM, K_ENUM64):
             new = out.add([s(tid) if named else 0, K_ENUM << 24, w[o + 2]])
         elif k == K_INT:
-            new = out.add([s(tid), info, w[o + 2], w[o + 3]])
+            new = out.add([s(tid), info, w[o + 2], w[o + INT_DATA]])
         elif k in (K_FLOAT, K_FWD):
             new = out.add([s(tid), info, w[o + 2]])
         else:  # FUNC_PROTO etc. are never member types by value
@@ -190,10 +201,11 @@ def build_expects(src: Btf, dist: DistillResult, embedded_ids: set[int], mode: s
         info = w[o + 1]
         out_words: list[int] = []
         for m in range(info & 0xFFFF):
-            p = o + 3 + 3 * m
-            mt = member_type(w[p + 1])
-            name = out.add_str(vm.btf.str_bytes(w[p])) if w[p] else 0
-            out_words += (name, mt, w[p + 2])
+            p = o + ITEMS + MEMBER_WORDS * m
+            mt = member_type(w[p + MEMBER_TYPE])
+            no = w[p + MEMBER_NAME]
+            name = out.add_str(vm.btf.str_bytes(no)) if no else 0
+            out_words += (name, mt, w[p + MEMBER_OFFSET])
         return out_words
 
     def _composite(tid: int) -> int:
@@ -269,7 +281,8 @@ def _shape(v: _View, tid: int, depth: int = 0) -> tuple:
     if k == K_PTR:
         return ("ptr",)
     if k == K_ARRAY:
-        return ("array", _shape(v, w[o + 3], depth + 1) if depth < 8 else (), w[o + 5])
+        return ("array", _shape(v, w[o + ARRAY_TYPE], depth + 1) if depth < 8 else (),
+                w[o + ARRAY_NELEMS])
     if k in (K_ENUM, K_ENUM64):
         return ("enum", name, w[o + 2])
     if k in (K_INT, K_FLOAT, K_STRUCT, K_UNION):
@@ -303,12 +316,12 @@ def flatten(v: _View, tid: int) -> dict[str, FieldInfo]:
         info = w[o + 1]
         kflag = info >> 31
         for m in range(info & 0xFFFF):
-            p = o + 3 + 3 * m
-            raw = w[p + 2]
+            p = o + ITEMS + MEMBER_WORDS * m
+            raw = w[p + MEMBER_OFFSET]
             off = (raw & 0xFFFFFF) if kflag else raw
             bsz = (raw >> 24) if kflag else 0
-            mt = w[p + 1]
-            name = v.btf.name_of(w[p])
+            mt = w[p + MEMBER_TYPE]
+            name = v.btf.name_of(w[p + MEMBER_NAME])
             r = v.resolve(mt)
             if not name and v.kind(r) in (K_STRUCT, K_UNION) and not v.name(r) and depth < 16:
                 walk(r, base + off, depth + 1)

@@ -53,6 +53,20 @@ from ..btf.kinds import (
     K_VOLATILE,
     NR_KINDS,
 )
+from ..btf.layout import (
+    ARRAY_INDEX,
+    ARRAY_NELEMS,
+    ARRAY_TYPE,
+    ITEMS,
+    MEMBER_OFFSET,
+    MEMBER_TYPE,
+    MEMBER_WORDS,
+    PARAM_TYPE,
+    PARAM_WORDS,
+    SECINFO_SIZE,
+    SECINFO_TYPE,
+    SECINFO_WORDS,
+)
 from .wire import WireError, record_offsets, str_slots
 
 _NATIVE = "<" if sys.byteorder == "little" else ">"
@@ -148,30 +162,34 @@ def _refs(words: array, offs: list[int]) -> list[Ref]:
             add((words[o + 2], frozenset({K_STRUCT, K_UNION, K_VAR, K_FUNC, K_TYPEDEF}),
                  None, None))
         elif kind == K_ARRAY:
-            add((words[o + 3], value, None, None))
-            add((words[o + 4], frozenset({K_INT}), None, None))
+            add((words[o + ARRAY_TYPE], value, None, None))
+            add((words[o + ARRAY_INDEX], frozenset({K_INT}), None, None))
         elif kind in (K_STRUCT, K_UNION):
             size = words[o + 2]
             kflag = info >> 31
-            offsets = [words[o + 5 + 3 * i] & (0xFFFFFF if kflag else 0xFFFFFFFF)
-                       for i in range(vlen)]
+            first, stop = o + ITEMS, o + ITEMS + MEMBER_WORDS * vlen
+            raws = words[first + MEMBER_OFFSET:stop:MEMBER_WORDS]
+            types = words[first + MEMBER_TYPE:stop:MEMBER_WORDS]
+            offsets = [raw & (0xFFFFFF if kflag else 0xFFFFFFFF) for raw in raws]
             for i in range(vlen):
-                raw = words[o + 5 + 3 * i]
+                raw = raws[i]
                 room = None
                 if not (kflag and raw >> 24) and offsets[i] % 8 == 0:  # not a bitfield
                     end = size * 8
                     if kind == K_STRUCT and i + 1 < vlen and offsets[i + 1] > offsets[i]:
                         end = offsets[i + 1]
                     room = max(0, (end - offsets[i]) // 8)
-                add((words[o + 4 + 3 * i], value, room, None))
+                add((types[i], value, room, None))
         elif kind == K_FUNC_PROTO:
             add((words[o + 2], value, None, None))
-            for i in range(vlen):
-                add((words[o + 4 + 2 * i], value, None, None))
+            stop = o + ITEMS + PARAM_WORDS * vlen
+            for t in words[o + ITEMS + PARAM_TYPE:stop:PARAM_WORDS]:
+                add((t, value, None, None))
         elif kind == K_DATASEC:
             for i in range(vlen):
-                add((words[o + 3 + 3 * i], frozenset({K_VAR, K_FUNC}), None,
-                     words[o + 5 + 3 * i]))
+                p = o + ITEMS + SECINFO_WORDS * i
+                add((words[p + SECINFO_TYPE], frozenset({K_VAR, K_FUNC}), None,
+                     words[p + SECINFO_SIZE]))
         # FWD's third word is a size (0), INT/ENUM/FLOAT refer to nothing
     return [r for r in out if r[0]]
 
@@ -203,8 +221,8 @@ class _Layout:
         if kind in _CHAIN:
             return self.size(self.words[o + 2], n, depth + 1)
         if kind == K_ARRAY:
-            elem = self.size(self.words[o + 3], n, depth + 1)
-            return None if elem is None else elem * self.words[o + 5]
+            elem = self.size(self.words[o + ARRAY_TYPE], n, depth + 1)
+            return None if elem is None else elem * self.words[o + ARRAY_NELEMS]
         return None
 
     def fits(self, n: int, refs: list[Ref]) -> bool:

@@ -53,7 +53,16 @@ from ..btf.kinds import (
     K_STRUCT,
     K_UNION,
 )
-from ..btf.layout import LAYOUT, record_words
+from ..btf.layout import (
+    ARRAY_TYPE,
+    INT_DATA,
+    ITEMS,
+    LAYOUT,
+    MEMBER_NAME,
+    MEMBER_TYPE,
+    MEMBER_WORDS,
+    record_words,
+)
 from .diagnostics import ERROR, CandidateInfo, Problem, expected_dict, type_label
 from .target import Candidate, VmlinuxIndex
 from .wire import CHAIN_KINDS, WireError, id_slots, kind_name, str_slots
@@ -104,7 +113,7 @@ def dist_types_of(dist: Btf) -> list[DistType]:
         if no and no < len(strs):
             end = strs.find(b"\0", no)
             name = strs[no:end] if end >= 0 else strs[no:]
-        enc = (words[o + 3] >> 24) & 0x0F if kind == K_INT else 0
+        enc = (words[o + INT_DATA] >> 24) & 0x0F if kind == K_INT else 0
         out.append(DistType(tid, kind, info >> 31, no, name, words[o + 2], enc))
         tid += 1
     return out
@@ -241,16 +250,18 @@ def _embedded_reverse(sp: _Split, targets: set[int], end: int, want_paths: bool
                     k = (info >> 24) & 0x1F
                     tid = start + r
                     if k in (K_STRUCT, K_UNION):
-                        if rel >= 4 and (rel - 4) % 3 == 0 and tid < end:
+                        if (rel >= ITEMS and (rel - ITEMS) % MEMBER_WORDS == MEMBER_TYPE
+                                and tid < end):
                             marked.add(d)
                             if not want_paths:
                                 done = True
                                 break
                             lst = paths.setdefault(d, [])
                             if len(lst) < _MAX_PATHS:
-                                mname = sp.btf.name_of(w[lane - 1]) or "(anon)"
+                                no = w[lane - MEMBER_TYPE + MEMBER_NAME]
+                                mname = sp.btf.name_of(no) or "(anon)"
                                 lst.append(f"{sp.label(tid)}.{mname} -> {sp.label(d)}")
-                    elif ((k in CHAIN_KINDS and rel == 2) or (k == K_ARRAY and rel == 3)) \
+                    elif ((k in CHAIN_KINDS and rel == 2) or (k == K_ARRAY and rel == ARRAY_TYPE)) \
                             and tid not in seen:
                         seen.add(tid)
                         work.append(tid)

@@ -10,8 +10,17 @@ from bisect import bisect_right
 from itertools import chain, compress, repeat
 from operator import add, and_, gt, le, not_
 
-from ..kinds import Kind
-from ..layout import LAYOUT
+from ..layout import (
+    ARRAY_INDEX,
+    ARRAY_NELEMS,
+    ARRAY_SIZE,
+    ARRAY_TYPE,
+    ITEMS,
+    MEMBER_NAME,
+    MEMBER_OFFSET,
+    MEMBER_TYPE,
+    MEMBER_WORDS,
+)
 from .core import (
     _EFF_SPECIAL,
     ARRAY,
@@ -34,13 +43,6 @@ from .core import (
     _scatter,
 )
 
-# Word positions, from the layout table: members (record- and item-relative), ARRAY's words.
-_M = LAYOUT[Kind.STRUCT]  # UNION's are the same
-M_FIRST, M_WORDS = _M.first_item, _M.item_words
-M_NAME, M_TYPE, M_OFF = (_M.item_word(f) for f in ("name_off", "type", "offset"))
-_A = LAYOUT[Kind.ARRAY]
-A_SIZE, A_TYPE, A_INDEX, A_NELEMS = (_A.word(f) for f in ("size", "type", "index_type", "nelems"))
-
 
 class Composites:
     """Composites checks (a mixin of _Validator: the state lives in core.Core)."""
@@ -60,11 +62,13 @@ class Composites:
                     self.member_groups.append(self.meta_member_group(kind, kflag, glocs))
 
     def meta_member_group(self, kind: int, kflag: int, locs: list[int]) -> _Items:
-        g = self.items(locs, M_WORDS)
+        g = self.items(locs, MEMBER_WORDS)
         g.kind, g.kflag = kind, kflag
         # a list: every later pass then reuses these int objects instead of making new ones
         fl = self.flat(g).tolist()
-        g.MN, g.MT, g.MO = MN, MT, MO = fl[M_NAME::M_WORDS], fl[M_TYPE::M_WORDS], fl[M_OFF::M_WORDS]
+        n = MEMBER_WORDS
+        g.MN, g.MT, g.MO = MN, MT, MO = (fl[MEMBER_NAME::n], fl[MEMBER_TYPE::n],
+                                         fl[MEMBER_OFFSET::n])
         g.ssz = _g(self.sw, locs)
         if not MT:
             return g
@@ -76,14 +80,14 @@ class Composites:
             r, j, p = g.where(i)
             what = f"member {j}{self._label(MN[i])}"
             msg = self.past_end(what, MT[i]) if MT[i] else f"{what} is void (type [0])"
-            self.fail_local(locs[r], msg, p + M_TYPE)
+            self.fail_local(locs[r], msg, p + MEMBER_TYPE)
         BO = MO if not kflag else list(map((0xFFFFFF).__and__, MO))
         if kind == UNION:
             if any(BO):
                 i = _first(BO)
                 r, j, p = g.where(i)
                 self.fail_local(locs[r], f"member {j}{self._label(MN[i])} has bit offset "
-                                f"{BO[i]} (union members are at offset 0)", p + M_OFF)
+                                f"{BO[i]} (union members are at offset 0)", p + MEMBER_OFFSET)
             return g
         # member bit offsets never decrease (">": a last "char a[0]" may share an offset);
         # that they lie inside the struct is part of the member checks below
@@ -93,7 +97,8 @@ class Composites:
             i = _first(map(gt, prev, BO))
             r, j, p = g.where(i)
             self.fail_local(locs[r], f"member {j}{self._label(MN[i])} at bit offset {BO[i]} "
-                            f"comes before the previous member (bit offset {prev[i]})", p + M_OFF)
+                            f"comes before the previous member (bit offset {prev[i]})",
+                            p + MEMBER_OFFSET)
         return g
 
     # ------------------------------------------------------------ meta: arrays
@@ -106,12 +111,13 @@ class Composites:
         sizes = _g(self.sw, locs)
         if any(sizes):
             i = _first(sizes)
-            self.fail_local(locs[i], f"has size word {sizes[i]} (must be 0)", ofs[i] + A_SIZE)
-        AE = self.field(ofs, A_TYPE)
-        AI = self.field(ofs, A_INDEX)
-        AN = self.field(ofs, A_NELEMS)
-        self.check_bound(AE, locs, "element type", zero_ok=False, word=lambda i: ofs[i] + A_TYPE)
-        self.check_bound(AI, locs, "index type", zero_ok=False, word=lambda i: ofs[i] + A_INDEX)
+            self.fail_local(locs[i], f"has size word {sizes[i]} (must be 0)", ofs[i] + ARRAY_SIZE)
+        AE = self.field(ofs, ARRAY_TYPE)
+        AI = self.field(ofs, ARRAY_INDEX)
+        AN = self.field(ofs, ARRAY_NELEMS)
+        self.check_bound(AE, locs, "element type", zero_ok=False,
+                         word=lambda i: ofs[i] + ARRAY_TYPE)
+        self.check_bound(AI, locs, "index type", zero_ok=False, word=lambda i: ofs[i] + ARRAY_INDEX)
         self.arrays = (locs, ofs, AE, AI, AN)
 
     # ------------------------------------------------------------ arrays
@@ -120,7 +126,7 @@ class Composites:
             return
         locs, ofs, AE, AI, AN = self.arrays
         KT, RID = self.KT, self.RID
-        for col, what, k in ((AE, "element type", A_TYPE), (AI, "index type", A_INDEX)):
+        for col, what, k in ((AE, "element type", ARRAY_TYPE), (AI, "index type", ARRAY_INDEX)):
             dk = _g(KT, col)
             if not BAD_MEMBER.isdisjoint(dk):
                 i = _first(map(BAD_MEMBER.__contains__, dk))
@@ -130,14 +136,15 @@ class Composites:
             if KT[r] != INT or not self.int_regular(r):
                 i = RI.index(r)
                 self.fail_local(locs[i], f"index type {self._ref(AI[i])} is not a regular int "
-                                "(8, 16, 32, 64 or 128 bits at bit offset 0)", ofs[i] + A_INDEX)
+                                "(8, 16, 32, 64 or 128 bits at bit offset 0)", ofs[i] + ARRAY_INDEX)
         RE = _g(RID, AE)
         for r in set(RE):
             k = KT[r]
             if k not in SIZED or (k == INT and not self.int_regular(r)):
                 i = RE.index(r)
                 why = "has no size" if k not in SIZED else "is an int bitfield type"
-                self.fail_local(locs[i], f"element type {self._ref(AE[i])} {why}", ofs[i] + A_TYPE)
+                self.fail_local(locs[i], f"element type {self._ref(AE[i])} {why}",
+                                ofs[i] + ARRAY_TYPE)
         self.RE = RE
 
     # ------------------------------------------------------------ member types
@@ -156,7 +163,7 @@ class Composites:
             t = g.MT[i]
             via = "" if self.RID[t] == t else f", which resolves to {self._ref(self.RID[t])},"
             self.fail_local(g.locs[r], f"member {j}{self._label(g.MN[i])} has type "
-                            f"{self._ref(t)}{via} without a size", p + M_TYPE)
+                            f"{self._ref(t)}{via} without a size", p + MEMBER_TYPE)
 
     # ------------------------------------------------------------ embedding loops
     def resolve_embedding(self) -> None:
@@ -211,10 +218,10 @@ class Composites:
         if kind == ARRAY:
             return " element"
         for j in range(w[o + 1] & 0xFFFF):
-            p = o + M_FIRST + M_WORDS * j
-            t = w[p + M_TYPE]
+            p = o + ITEMS + MEMBER_WORDS * j
+            t = w[p + MEMBER_TYPE]
             if t < self.T and self.RID[t] == b:
-                return f" member {j}{self._label(w[p + M_NAME])}"
+                return f" member {j}{self._label(w[p + MEMBER_NAME])}"
         return ""
 
     # ------------------------------------------------------------ sizes
@@ -249,7 +256,7 @@ class Composites:
                 nel = nelems_of[x]
                 if nel and esize > U32_MAX // nel:
                     self.fail(x, f"of {nel} elements of {esize} bytes is larger than 4 GiB",
-                              ofs[locs.index(x - start)] + A_NELEMS)
+                              ofs[locs.index(x - start)] + ARRAY_NELEMS)
                 asize[x] = nel * esize
 
     def effective_sizes(self, g: _Items) -> dict[int, int]:
@@ -306,7 +313,8 @@ class Composites:
                 msg = self.member_problem(kflag, ss, mo, t, rid[t])
                 if msg:
                     r, j, p = g.where(i)
-                    self.fail_local(g.locs[r], f"member {j}{self._label(g.MN[i])} {msg}", p + M_OFF)
+                    self.fail_local(g.locs[r], f"member {j}{self._label(g.MN[i])} {msg}",
+                                    p + MEMBER_OFFSET)
 
     def member_problem(self, kflag: int, ssize: int, moff: int, mt: int,  # noqa: C901
                        rid: int) -> str | None:

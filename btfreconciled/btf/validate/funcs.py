@@ -8,8 +8,7 @@ from bisect import bisect_right
 from itertools import compress
 from operator import itemgetter, not_
 
-from ..kinds import Kind
-from ..layout import LAYOUT
+from ..layout import ITEMS, PARAM_NAME, PARAM_TYPE, PARAM_WORDS
 from .core import (
     FUNC,
     FUNC_PROTO,
@@ -19,11 +18,6 @@ from .core import (
     _g,
     _positions,
 )
-
-# Parameter words, from the layout table (record-relative first item, item-relative fields).
-_P = LAYOUT[Kind.FUNC_PROTO]
-P_FIRST, P_WORDS = _P.first_item, _P.item_words
-P_NAME, P_TYPE = _P.item_word("name_off"), _P.item_word("type")
 
 
 class _Protos:
@@ -72,8 +66,8 @@ class Funcs:
             ofs = list(_g(offs, group))
             get = itemgetter(*ofs) if len(ofs) > 1 else (lambda m, o=ofs[0]: (m[o],))
             for j in range(v):
-                at_name = P_FIRST + P_NAME + P_WORDS * j  # record-relative words
-                at_type = P_FIRST + P_TYPE + P_WORDS * j
+                at_name = ITEMS + PARAM_NAME + PARAM_WORDS * j  # record-relative words
+                at_type = ITEMS + PARAM_TYPE + PARAM_WORDS * j
                 PN = get(mv[at_name:])
                 PT = get(mv[at_type:])
                 p.cols.append((group, j, v, PN, PT))
@@ -130,7 +124,7 @@ class Funcs:
                     for i in range(len(PT)) if PT[i] in bad)
                 self.fail_local(local, f"parameter {j + 1}{self._label(PN[i])} has type "
                                 f"{self._ref(PT[i])}, which has no size",
-                                self.offs[local] + P_FIRST + P_TYPE + P_WORDS * j)
+                                self.offs[local] + ITEMS + PARAM_TYPE + PARAM_WORDS * j)
         # protos with an unnamed parameter cannot be a FUNC's type
         self.unnamed = set(map(self.start.__add__, p.unnamed_locs))
 

@@ -4,8 +4,7 @@ btf_fwd_check_meta; btf_type_int_is_regular)."""
 
 from __future__ import annotations
 
-from ..kinds import Kind
-from ..layout import LAYOUT
+from ..layout import INT_DATA, LAYOUT
 from .core import (
     ENUM,
     ENUM64,
@@ -18,8 +17,6 @@ from .core import (
     _g,
     _int_regular,
 )
-
-INT_DATA = LAYOUT[Kind.INT].word("int_data")  # encoding << 24 | bits_offset << 16 | nr_bits
 
 
 class Scalars:

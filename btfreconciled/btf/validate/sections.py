@@ -4,8 +4,15 @@ btf_decl_tag_check_meta, btf_decl_tag_resolve)."""
 
 from __future__ import annotations
 
-from ..kinds import Kind
-from ..layout import LAYOUT
+from ..layout import (
+    DECL_TAG_COMPONENT,
+    ITEMS,
+    SECINFO_OFFSET,
+    SECINFO_SIZE,
+    SECINFO_TYPE,
+    SECINFO_WORDS,
+    VAR_LINKAGE,
+)
 from .core import (
     _SECTION_RE,
     DATASEC,
@@ -21,13 +28,6 @@ from .core import (
     _g,
 )
 
-# Word positions, from the layout table: VAR's linkage, DATASEC entries, DECL_TAG's index.
-V_LINKAGE = LAYOUT[Kind.VAR].word("linkage")
-_D = LAYOUT[Kind.DATASEC]
-D_FIRST, D_WORDS = _D.first_item, _D.item_words
-D_TYPE, D_OFF, D_SIZE = (_D.item_word(f) for f in ("type", "offset", "size"))
-T_IDX = LAYOUT[Kind.DECL_TAG].word("component_idx")
-
 
 class Sections:
     """Sections checks (a mixin of _Validator: the state lives in core.Core)."""
@@ -39,11 +39,11 @@ class Sections:
             return
         ofs = _g(self.offs, locs)
         self.check_bound(_g(self.sw, locs), locs, "type", zero_ok=False)
-        link = self.field(ofs, V_LINKAGE)
+        link = self.field(ofs, VAR_LINKAGE)
         if not set(link) <= {0, 1}:
             i = next(i for i, v in enumerate(link) if v > 1)
             self.fail_local(locs[i], f"has linkage {link[i]} (must be static (0) or global "
-                            "allocated (1))", ofs[i] + V_LINKAGE)
+                            "allocated (1))", ofs[i] + VAR_LINKAGE)
 
     # ------------------------------------------------------------ meta: datasecs
     def meta_datasecs(self) -> None:
@@ -58,22 +58,23 @@ class Sections:
                 self.fail_local(local, "needs a section name of 1 to 512 printable characters")
             last_end = total = 0
             for j in range(w[o + 1] & 0xFFFF):
-                p = o + D_FIRST + D_WORDS * j
-                vt, off, sz = w[p + D_TYPE], w[p + D_OFF], w[p + D_SIZE]
+                p = o + ITEMS + SECINFO_WORDS * j
+                vt, off, sz = w[p + SECINFO_TYPE], w[p + SECINFO_OFFSET], w[p + SECINFO_SIZE]
                 what = f"entry {j}"
                 if not vt or vt >= T:
                     self.fail_local(local, self.past_end(what, vt) if vt else
-                                    f"{what} is void (type [0])", p + D_TYPE)
+                                    f"{what} is void (type [0])", p + SECINFO_TYPE)
                 if off < last_end or off >= size:
                     self.fail_local(local, f"{what} at offset {off} overlaps the previous "
                                     f"entry (which ends at {last_end}) or lies outside the "
-                                    f"{size}-byte section", p + D_OFF)
+                                    f"{size}-byte section", p + SECINFO_OFFSET)
                 if not sz or sz > size:
-                    self.fail_local(local, f"{what} has size {sz} (must be 1..{size})", p + D_SIZE)
+                    self.fail_local(local, f"{what} has size {sz} (must be 1..{size})",
+                                    p + SECINFO_SIZE)
                 last_end = off + sz
                 if last_end > size:
                     self.fail_local(local, f"{what} ends at {last_end}, past the {size}-byte "
-                                    "section", p + D_SIZE)
+                                    "section", p + SECINFO_SIZE)
                 total += sz
             if total > size:
                 self.fail_local(local, f"entries total {total} bytes, more than its size {size}")
@@ -83,10 +84,10 @@ class Sections:
         w = self.w
         for local in self.loc(DECL_TAG):
             o = self.offs[local]
-            idx = w[o + T_IDX]
+            idx = w[o + DECL_TAG_COMPONENT]
             if 0x80000000 <= idx < U32_MAX:
                 self.fail_local(local, f"has component_idx {idx - (1 << 32)} (must be >= -1)",
-                                o + T_IDX)
+                                o + DECL_TAG_COMPONENT)
             if w[o + 2] >= self.T:
                 self.fail_local(local, self.past_end("", w[o + 2]), o + 2)
 
@@ -107,14 +108,16 @@ class Sections:
         for local in self.loc(DATASEC):
             o = self.offs[local]
             for j in range(w[o + 1] & 0xFFFF):
-                p = o + D_FIRST + D_WORDS * j
-                vt = w[p + D_TYPE]
+                p = o + ITEMS + SECINFO_WORDS * j
+                vt = w[p + SECINFO_TYPE]
                 if KT[vt] != VAR:
-                    self.fail_local(local, f"entry {j} is {self._ref(vt)}, not a VAR", p + D_TYPE)
+                    self.fail_local(local, f"entry {j} is {self._ref(vt)}, not a VAR",
+                                    p + SECINFO_TYPE)
                 need = SIZE[RID[SW[vt]]]
-                if w[p + D_SIZE] < need:
-                    self.fail_local(local, f"entry {j} ({self._ref(vt)}) has size {w[p + D_SIZE]} "
-                                    f"but its type needs {need} bytes", p + D_SIZE)
+                size = w[p + SECINFO_SIZE]
+                if size < need:
+                    self.fail_local(local, f"entry {j} ({self._ref(vt)}) has size {size} "
+                                    f"but its type needs {need} bytes", p + SECINFO_SIZE)
 
     def resolve_decl_tags(self) -> None:
         w, KT, start = self.w, self.KT, self.start
@@ -125,12 +128,12 @@ class Sections:
             if target == 0 or kind not in DECL_TAG_TARGETS:
                 self.fail_local(local, f"tags {self._ref(target)}; only a FUNC, STRUCT, UNION, "
                                 "VAR or TYPEDEF can be tagged", o + 2)
-            idx = w[o + T_IDX]
+            idx = w[o + DECL_TAG_COMPONENT]
             if idx == U32_MAX:
                 continue
             if kind in (VAR, TYPEDEF):
                 self.fail_local(local, f"has component_idx {idx} but its target "
-                                f"{self._ref(target)} has no components", o + T_IDX)
+                                f"{self._ref(target)} has no components", o + DECL_TAG_COMPONENT)
             if kind == FUNC:
                 proto = self.SW[target] if target >= start else self.base.type(target).type
                 vlen = self.vlen_of(proto)
@@ -138,4 +141,4 @@ class Sections:
                 vlen = self.vlen_of(target)
             if idx >= vlen:
                 self.fail_local(local, f"has component_idx {idx} but {self._ref(target)} has "
-                                f"only {vlen} components", o + T_IDX)
+                                f"only {vlen} components", o + DECL_TAG_COMPONENT)
