@@ -49,7 +49,8 @@ class Composites:
 
     # ------------------------------------------------------------ meta: members
     def meta_members(self) -> None:
-        """Structs and unions, by (kind, kind_flag): the columns of all their members."""
+        """Structs and unions, by (kind, kind_flag): the columns of all their members.
+        Mirrors btf_struct_check_meta."""
         self.member_groups: list[_Items] = []
         for kind in (STRUCT, UNION):
             locs = self.loc(kind)
@@ -103,6 +104,7 @@ class Composites:
 
     # ------------------------------------------------------------ meta: arrays
     def meta_arrays(self) -> None:
+        """Mirrors btf_array_check_meta."""
         locs = self.loc(ARRAY)
         self.arrays = None
         if not locs:
@@ -122,6 +124,7 @@ class Composites:
 
     # ------------------------------------------------------------ arrays
     def resolve_arrays(self) -> None:
+        """Mirrors btf_array_resolve (index: btf_type_int_is_regular)."""
         if not self.arrays:
             return
         locs, ofs, AE, AI, AN = self.arrays
@@ -149,6 +152,7 @@ class Composites:
 
     # ------------------------------------------------------------ member types
     def resolve_member_types(self) -> None:
+        """Mirrors btf_struct_resolve (btf_type_id_size)."""
         for g in self.member_groups:
             if not g.MT:
                 continue
@@ -168,7 +172,9 @@ class Composites:
     # ------------------------------------------------------------ embedding loops
     def resolve_embedding(self) -> None:
         """No struct/union/array may contain itself by value (through members, array
-        elements and modifiers)."""
+        elements and modifiers).
+        Mirrors btf_struct_resolve/btf_array_resolve's resolve stack (a type that contains
+        itself)."""
         KT, start = self.KT, self.start
         src: list[int] = []
         dst: list[int] = []
@@ -226,6 +232,7 @@ class Composites:
 
     # ------------------------------------------------------------ sizes
     def array_sizes(self) -> None:
+        """Mirrors btf_array_resolve: nelems * element size fits u32."""
         self.asize: dict[int, int] = {}
         if not self.arrays:
             return
@@ -279,7 +286,8 @@ class Composites:
     # ------------------------------------------------------------ members
     def resolve_members(self) -> None:
         """Every member fits its struct. Quick check for the common case (byte aligned,
-        inside the struct); whatever fails it gets the kernel's exact rule for its type."""
+        inside the struct); whatever fails it gets the kernel's exact rule for its type.
+        Mirrors btf_struct_resolve -> each member type's check_member / check_kflag_member."""
         for g in self.member_groups:
             if not g.MT:
                 continue

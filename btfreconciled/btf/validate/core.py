@@ -232,7 +232,9 @@ class Core:
     def group(self) -> None:
         """Check the info words and sort records by kind. The checks run on the bytes of
         the info words at once (one byte per record and field); only when one fails do
-        we look at the words one distinct value at a time, to name the first culprit."""
+        we look at the words one distinct value at a time, to name the first culprit.
+        Mirrors btf_check_meta: BTF_INFO_MASK, kind range, vlen/kind_flag per kind (layout.py's
+        table); btf_func_check_meta: linkage; libbpf btf_validate_type."""
         infos = self.infos
         raw = array("I", infos).tobytes()
         if sys.byteorder == "little":
@@ -274,6 +276,7 @@ class Core:
         return _Items(locs, ofs, vlens, stride)
 
     def check_name_offsets(self) -> None:
+        """Mirrors btf_name_offset_valid; libbpf btf_validate_str."""
         names = self.names
         end = self.str_end
         if max(names) >= end:

@@ -38,7 +38,8 @@ class Funcs:
     # ------------------------------------------------------------ meta: protos
     def meta_protos(self) -> None:
         """Parameters as columns: protos sorted by vlen, then one gather per parameter
-        position (cheaper than cutting 29k small records out one by one)."""
+        position (cheaper than cutting 29k small records out one by one).
+        Mirrors btf_func_proto_check_meta; btf_func_proto_check (ids, varargs)."""
         locs = self.loc(FUNC_PROTO)
         self.protos = None
         if not locs:
@@ -100,6 +101,7 @@ class Funcs:
 
     # ------------------------------------------------------------ protos and funcs
     def resolve_protos(self) -> None:
+        """Mirrors btf_func_proto_check."""
         self.unnamed: set[int] = set()
         p = self.protos
         if not p:
@@ -129,6 +131,7 @@ class Funcs:
         self.unnamed = set(map(self.start.__add__, p.unnamed_locs))
 
     def resolve_funcs(self) -> None:
+        """Mirrors btf_func_check, btf_func_resolve."""
         locs = self.loc(FUNC)
         if not locs:
             return

@@ -64,7 +64,8 @@ class Names:
         whether a name starting there is fine: 'a' (an identifier starts here: the rest
         of its string is identifier characters, at most 512 of them), 'Z' (offset 0, the
         empty name), '?' (inside a string that is no identifier: check that suffix on its
-        own), anything else (not an identifier). Each column then costs one gather."""
+        own), anything else (not an identifier). Each column then costs one gather.
+        Mirrors btf_name_valid_identifier (lib/ctype.c)."""
         if not self.idents:
             return
         end = self.str_end

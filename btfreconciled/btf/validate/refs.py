@@ -36,7 +36,8 @@ class Refs:
     # ------------------------------------------------------------ pointers and modifiers
     def resolve_refs(self) -> None:
         """PTR and modifiers: what they point to, reference loops, RID (the id a type
-        resolves to through modifiers), chain length, TYPE_TAG order."""
+        resolves to through modifiers), chain length, TYPE_TAG order.
+        Mirrors btf_modifier_resolve, btf_ptr_resolve, btf_check_type_tags."""
         KT = self.KT
         MX: list[int] = []
         Y = list(self.targets[PTR])

@@ -51,6 +51,7 @@ class Scalars:
 
     # ------------------------------------------------------------ meta: enums
     def meta_enums(self) -> None:
+        """Mirrors btf_enum_check_meta, btf_enum64_check_meta (enumerators)."""
         for kind in (ENUM, ENUM64):
             lay = LAYOUT[kind]  # type: ignore[index]
             locs = self.loc(kind)

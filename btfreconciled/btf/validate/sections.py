@@ -34,6 +34,7 @@ class Sections:
 
     # ------------------------------------------------------------ meta: vars
     def meta_vars(self) -> None:
+        """Mirrors btf_var_check_meta."""
         locs = self.loc(VAR)
         if not locs:
             return
@@ -47,6 +48,7 @@ class Sections:
 
     # ------------------------------------------------------------ meta: datasecs
     def meta_datasecs(self) -> None:
+        """Mirrors btf_datasec_check_meta."""
         w, T = self.w, self.T
         for local in self.loc(DATASEC):
             o = self.offs[local]
@@ -81,6 +83,7 @@ class Sections:
 
     # ------------------------------------------------------------ meta: decl tags
     def meta_decl_tags(self) -> None:
+        """Mirrors btf_decl_tag_check_meta."""
         w = self.w
         for local in self.loc(DECL_TAG):
             o = self.offs[local]
@@ -92,6 +95,7 @@ class Sections:
                 self.fail_local(local, self.past_end("", w[o + 2]), o + 2)
 
     def resolve_vars(self) -> None:
+        """Mirrors btf_var_resolve."""
         locs = self.loc(VAR)
         if not locs:
             return
@@ -104,6 +108,7 @@ class Sections:
                             self.offs[locs[i]] + 2)
 
     def resolve_datasecs(self) -> None:
+        """Mirrors btf_datasec_resolve."""
         w, KT, SW, RID, SIZE = self.w, self.KT, self.SW, self.RID, self.SIZE
         for local in self.loc(DATASEC):
             o = self.offs[local]
@@ -120,6 +125,7 @@ class Sections:
                                     f"but its type needs {need} bytes", p + SECINFO_SIZE)
 
     def resolve_decl_tags(self) -> None:
+        """Mirrors btf_decl_tag_resolve."""
         w, KT, start = self.w, self.KT, self.start
         for local in self.loc(DECL_TAG):
             o = self.offs[local]

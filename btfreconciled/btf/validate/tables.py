@@ -37,7 +37,8 @@ class Tables:
     # ------------------------------------------------------------ tables by type id
     def build_tables(self) -> None:
         """KT (kind) and SW (size/type word) for every type id; for a split BTF, base
-        entries only for the base types this BTF refers to (see fill_base)."""
+        entries only for the base types this BTF refers to (see fill_base).
+        Mirrors btf_type_id_size's inputs; libbpf determine_ptr_size."""
         start = self.start
         self.KT = [0] * start + self.kl
         self.SW = [0] * start + list(self.sw)
@@ -132,7 +133,8 @@ class Tables:
         return 0
 
     def finish_tables(self) -> None:
-        """SIZE: the size in bytes of each type id that has one."""
+        """SIZE: the size in bytes of each type id that has one.
+        Mirrors btf_type_id_size."""
         SIZE = list(self.SW)
         _scatter(SIZE, self.ids(self.loc(PTR)), repeat(self.ptr_size))
         _scatter(SIZE, self.asize.keys(), self.asize.values())
