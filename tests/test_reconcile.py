@@ -604,7 +604,7 @@ def test_reverse_embedded_search_equals_libbpf_forward_walk(embed, built):
 
 def test_lane_templates_match_the_field_iterator():
     from btfreconciled.btf.layout import EXTRA_FIXED_WORDS, EXTRA_VLEN_WORDS
-    from btfreconciled.reconcile.relocate import _LANE_ID, _LANE_STR, _lane_masks
+    from btfreconciled.reconcile.lanes import _LANE_ID, _LANE_STR, _lane_masks
 
     b31, z = (0x80000000).to_bytes(4, "little"), bytes(4)
     for kind in range(1, 20):
