@@ -96,7 +96,6 @@ class _Ref(Type):
     type: int = 0
 
 
-
 @dataclass(frozen=True, slots=True)
 class Ptr(_Ref):
     kind = Kind.PTR
@@ -153,12 +152,10 @@ class Array(Type):
     kind = Kind.ARRAY
 
 
-
 @dataclass(frozen=True, slots=True)
 class Composite(Type):
     size: int = 0
     members: tuple[Member, ...] = field(default_factory=tuple)
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,13 +197,11 @@ class FuncProto(Type):
     kind = Kind.FUNC_PROTO
 
 
-
 @dataclass(frozen=True, slots=True)
 class Datasec(Type):
     size: int = 0
     secinfos: tuple[VarSecinfo, ...] = field(default_factory=tuple)
     kind = Kind.DATASEC
-
 
 
 @dataclass(frozen=True, slots=True)
