@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
-# pyelftools, zstandard, lzma, gzip, copy and cache (hashlib, tempfile) are imported where they are
+# pyelftools, zstandard, lzma, gzip, copy, hashlib and tempfile are imported where they are
 # used: together they cost ~30 ms at start-up, and a command reading a raw BTF file such as
 # /sys/kernel/btf/vmlinux (`btfreconcilectl dump`) needs none of them.
 if TYPE_CHECKING:
@@ -202,8 +202,6 @@ def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True,
                                      len(image.data), set(_READ_SECTIONS), cap)
     else:
         found = {BTF_SECTION: image.data}
-    from .cache import sha256_hex  # (cache imports json, tempfile: not at start-up)
-
     return BtfSections(
         path=image.path,
         compression=image.compression,
@@ -211,7 +209,7 @@ def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True,
         base=found.get(BTF_BASE_SECTION),
         base_expects=found.get(BTF_BASE_EXPECTS_SECTION),
         is_elf=image.is_elf,
-        sha256=sha256_hex(image.raw) if digest else None,
+        sha256=_sha256(image.raw) if digest else None,
         build_id_note=found.get(BUILD_ID_SECTION),
         modinfo=found.get(MODINFO_SECTION),
     )
@@ -247,8 +245,14 @@ def sha256_file(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -
         return _sha256_stream(p, f)
 
 
+def _sha256(data: bytes) -> str:
+    from .cache import sha256_hex  # (cache imports hashlib, json, tempfile: not at start-up)
+
+    return sha256_hex(data)
+
+
 def _sha256_stream(path: Path, f: io.BufferedReader) -> str:
-    from .cache import sha256_stream  # (cache imports json, tempfile: not at start-up)
+    from .cache import sha256_stream
 
     try:
         return sha256_stream(f)

@@ -281,8 +281,7 @@ def _shape(v: _View, tid: int, depth: int = 0) -> tuple:
     if k == K_PTR:
         return ("ptr",)
     if k == K_ARRAY:
-        return ("array", _shape(v, w[o + ARRAY_TYPE], depth + 1) if depth < 8 else (),
-                w[o + ARRAY_NELEMS])
+        return ("array", _shape(v, w[o + 3], depth + 1) if depth < 8 else (), w[o + 5])
     if k in (K_ENUM, K_ENUM64):
         return ("enum", name, w[o + 2])
     if k in (K_INT, K_FLOAT, K_STRUCT, K_UNION):
@@ -316,12 +315,12 @@ def flatten(v: _View, tid: int) -> dict[str, FieldInfo]:
         info = w[o + 1]
         kflag = info >> 31
         for m in range(info & 0xFFFF):
-            p = o + ITEMS + MEMBER_WORDS * m
-            raw = w[p + MEMBER_OFFSET]
+            p = o + 3 + 3 * m
+            raw = w[p + 2]
             off = (raw & 0xFFFFFF) if kflag else raw
             bsz = (raw >> 24) if kflag else 0
-            mt = w[p + MEMBER_TYPE]
-            name = v.btf.name_of(w[p + MEMBER_NAME])
+            mt = w[p + 1]
+            name = v.btf.name_of(w[p])
             r = v.resolve(mt)
             if not name and v.kind(r) in (K_STRUCT, K_UNION) and not v.name(r) and depth < 16:
                 walk(r, base + off, depth + 1)

@@ -54,12 +54,7 @@ from ..btf.kinds import (
     K_UNION,
 )
 from ..btf.layout import (
-    ARRAY_TYPE,
     INT_DATA,
-    ITEMS,
-    MEMBER_NAME,
-    MEMBER_TYPE,
-    MEMBER_WORDS,
 )
 from .diagnostics import ERROR, CandidateInfo, Problem, expected_dict, type_label
 from .lanes import _LaneIndex, slot_masks
@@ -249,18 +244,16 @@ def _embedded_reverse(sp: _Split, targets: set[int], end: int, want_paths: bool
                     k = (info >> 24) & 0x1F
                     tid = start + r
                     if k in (K_STRUCT, K_UNION):
-                        if (rel >= ITEMS and (rel - ITEMS) % MEMBER_WORDS == MEMBER_TYPE
-                                and tid < end):
+                        if rel >= 4 and (rel - 4) % 3 == 0 and tid < end:
                             marked.add(d)
                             if not want_paths:
                                 done = True
                                 break
                             lst = paths.setdefault(d, [])
                             if len(lst) < _MAX_PATHS:
-                                no = w[lane - MEMBER_TYPE + MEMBER_NAME]
-                                mname = sp.btf.name_of(no) or "(anon)"
+                                mname = sp.btf.name_of(w[lane - 1]) or "(anon)"
                                 lst.append(f"{sp.label(tid)}.{mname} -> {sp.label(d)}")
-                    elif ((k in CHAIN_KINDS and rel == 2) or (k == K_ARRAY and rel == ARRAY_TYPE)) \
+                    elif ((k in CHAIN_KINDS and rel == 2) or (k == K_ARRAY and rel == 3)) \
                             and tid not in seen:
                         seen.add(tid)
                         work.append(tid)

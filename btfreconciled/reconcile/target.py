@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from ..btf.btf import Btf
 from ..btf.errors import BtfError
 from ..btf.kinds import K_ENUM, K_ENUM64, K_FLOAT, K_FWD, K_INT, K_STRUCT, K_UNION
-from ..btf.layout import INT_DATA
 from ..btf.load import load_btf, parse_btf
 from ..cache import sha256_hex
 from ..elf import read_btf_sections
@@ -99,7 +98,7 @@ class VmlinuxIndex:
                     end = find(b"\0", no)
                     name = strs[no:end] if end >= 0 else strs[no:]
                     names[no] = name
-                enc = (words[o + INT_DATA] >> 24) & 0x0F if kind == K_INT else 0
+                enc = (words[o + 3] >> 24) & 0x0F if kind == K_INT else 0
                 cand = Candidate(tid, kind, no, words[o + 2], info >> 31, enc)
                 lst = by_name.get(name)
                 if lst is None:
