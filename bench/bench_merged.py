@@ -71,7 +71,8 @@ def _btf_size(path: str) -> int:
 def distill_into(src: Path, dst_dir: Path, vmlinux: str) -> Path:
     """src distilled against its own vmlinux, written as an uncompressed .ko in dst_dir."""
     from btfreconciled.btf.btf import Btf
-    from btfreconciled.elf import read_btf_sections, write_btf_sections
+    from btfreconciled.elf import read_btf_sections
+    from btfreconciled.elfwrite import write_btf_sections
     from btfreconciled.reconcile import distill
 
     base = Btf.parse(Path(vmlinux).read_bytes(), validate=False)

@@ -33,11 +33,11 @@ sys.path.insert(0, str(REPO / "integration"))
 sys.path.insert(0, str(REPO))
 
 import toolchain  # noqa: E402
+from libbpf_harness import build  # noqa: E402
 
 from btfreconciled.btf.load import parse_btf  # noqa: E402
 from btfreconciled.elf import read_btf_sections  # noqa: E402
 from btfreconciled.reconcile import VmlinuxIndex, distill, relocate  # noqa: E402
-from btfreconciled.reconcile.libbpf_harness import build  # noqa: E402
 from btfreconciled.reconcile.relocate import prepare  # noqa: E402
 
 SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")

@@ -41,8 +41,8 @@ from btfreconciled.elf import (
     BTF_BASE_SECTION,
     BTF_SECTION,
     read_btf_sections,
-    write_btf_sections,
 )
+from btfreconciled.elfwrite import write_btf_sections
 from btfreconciled.reconcile.distill import distill
 
 pytestmark = pytest.mark.vm

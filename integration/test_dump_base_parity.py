@@ -24,7 +24,8 @@ import toolchain
 from btfreconciled.btf.btf import Btf
 from btfreconciled.btf.dump import dump_raw
 from btfreconciled.cli.dump import load_for_dump
-from btfreconciled.elf import read_btf_sections, write_btf_sections
+from btfreconciled.elf import read_btf_sections
+from btfreconciled.elfwrite import write_btf_sections
 from btfreconciled.reconcile import VmlinuxIndex, distill
 from btfreconciled.reconcile.module import module_btf
 

@@ -11,7 +11,7 @@
   tests (booting the VM when that is not there yet).
 
 libbpf runs in the trixie chroot through a small batch harness
-(btfreconciled/reconcile/libbpf_harness.py) so that vmlinux is parsed once per tree.
+(integration/libbpf_harness.py) so that vmlinux is parsed once per tree.
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ from pathlib import Path
 
 import pytest
 import toolchain
+from libbpf_harness import build, parse_status
 
 from btfreconciled.btf.btf import Btf
 from btfreconciled.btf.kinds import Kind
 from btfreconciled.btf.load import parse_btf
 from btfreconciled.btf.types import Enum64, Int, Member, Struct
-from btfreconciled.elf import read_btf_sections, write_btf_sections
+from btfreconciled.elf import read_btf_sections
+from btfreconciled.elfwrite import write_btf_sections
 from btfreconciled.reconcile import (
     EMBEDDED_LIBBPF_1_5,
     Verdict,
@@ -40,7 +42,6 @@ from btfreconciled.reconcile import (
     relocate,
 )
 from btfreconciled.reconcile.fields import FIELDS_EMBEDDED, build_expects
-from btfreconciled.reconcile.libbpf_harness import build, parse_status
 from btfreconciled.reconcile.relocate import embedded_ids
 
 pytestmark = pytest.mark.chroot

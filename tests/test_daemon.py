@@ -33,9 +33,10 @@ from test_daemon_support import (  # noqa: E402
 
 from btfreconciled.daemon import config as config_mod  # noqa: E402
 from btfreconciled.daemon.control import request  # noqa: E402
-from btfreconciled.daemon.core import Daemon, release_tuple  # noqa: E402
+from btfreconciled.daemon.core import Daemon  # noqa: E402
 from btfreconciled.daemon.events import parse_uevent, scan_sysfs  # noqa: E402
 from btfreconciled.daemon.modfind import build_index, module_name_of  # noqa: E402
+from btfreconciled.daemon.policy import release_tuple  # noqa: E402
 
 
 @pytest.fixture

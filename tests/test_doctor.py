@@ -12,7 +12,7 @@ from test_reconcile import _elf, module, reparse, vmlinux
 from btfreconciled.btf.btf import Btf
 from btfreconciled.btf.types import Int
 from btfreconciled.cli.main import main as ctl
-from btfreconciled.elf import write_btf_sections
+from btfreconciled.elfwrite import write_btf_sections
 from btfreconciled.reconcile.origin import check_base, infer_shape
 
 

@@ -19,12 +19,13 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 from btfreconciled import elf as elfmod
+from btfreconciled import elfwrite
 from btfreconciled.elf import (
     BtfSections,
     ElfError,
     read_btf_sections,
-    write_btf_sections,
 )
+from btfreconciled.elfwrite import write_btf_sections
 
 C_SOURCE = """
 extern int ext_counter;
@@ -399,8 +400,8 @@ def test_in_place_failure_on_fsync_leaves_original(module: Path,
 
 def test_verification_failure_publishes_nothing(module: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    real_compress = elfmod._compress
-    monkeypatch.setattr(elfmod, "_compress",
+    real_compress = elfwrite.compress
+    monkeypatch.setattr(elfwrite, "compress",
                         lambda c, data: real_compress(c, data.replace(b"zzzz", b"yyyy")))
     out = tmp_path / "out.ko"
     with pytest.raises(ElfError, match="verification failed") as err:

@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_reconcile import _elf, _module_file, module, reparse, vmlinux  # noqa: E402
 
 from btfreconciled.cli.main import main as ctl  # noqa: E402
-from btfreconciled.elf import read_btf_sections, write_btf_sections  # noqa: E402
+from btfreconciled.elf import read_btf_sections  # noqa: E402
+from btfreconciled.elfwrite import write_btf_sections  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from split_compare import compare_split
 
 from btfreconciled.btf.btf import Btf
+from btfreconciled.btf.kinds import Kind
 from btfreconciled.btf.types import (
     Array,
     Const,
@@ -35,7 +37,7 @@ from btfreconciled.btf.types import (
     Union,
 )
 from btfreconciled.cli.main import main as ctl
-from btfreconciled.elf import write_btf_sections
+from btfreconciled.elfwrite import write_btf_sections
 from btfreconciled.reconcile import (
     EMBEDDED_KERNEL,
     EMBEDDED_LIBBPF_1_5,
@@ -45,17 +47,16 @@ from btfreconciled.reconcile import (
     reconcile_module_file,
     relocate,
 )
-from btfreconciled.reconcile.compare import compare_split
 from btfreconciled.reconcile.fields import FIELDS_ALL, FIELDS_EMBEDDED, build_expects
+from btfreconciled.reconcile.relocate import _MAX_PATHS as MAX_PATHS
 from btfreconciled.reconcile.relocate import (
     _embedded_reverse,
-    _embedded_scan,
     _rewrite,
     _Split,
     dist_types_of,
     embedded_ids,
 )
-from btfreconciled.reconcile.wire import id_slots, record_offsets, str_slots
+from btfreconciled.reconcile.wire import CHAIN_KINDS, id_slots, record_offsets, str_slots
 
 SIGNED = 1
 
@@ -587,6 +588,51 @@ def test_module_without_anonymous_base_refs_comes_back_identical_in_dump():
     back = Btf.parse(rel.data, base=base, validate=False)
     assert compare_split(orig, back).equal
     assert dump_raw(back) == dump_raw(orig)
+
+
+def _embedded_scan(sp: _Split, nr_dist: int, end: int, want_paths: bool
+                   ) -> tuple[set[int], dict[int, list[str]]]:
+    """libbpf's btf_mark_embedded_composite_type_ids over split ids [nr_dist, end), walked
+    forwards as the C code does: the reference the product's _embedded_reverse must equal."""
+    w = sp.words
+    offs = sp.offs
+    start = sp.start
+    nr_types = start + len(offs)
+    marked: set[int] = set()
+    paths: dict[int, list[str]] = {}
+    for tid in range(nr_dist, min(end, nr_types)):
+        o = offs[tid - start]
+        info = w[o + 1]
+        kind = (info >> 24) & 0x1F
+        if kind != Kind.STRUCT and kind != Kind.UNION:
+            continue
+        for m in range(info & 0xFFFF):
+            next_id = w[o + 4 + 3 * m]
+            steps = 0
+            while next_id:
+                steps += 1
+                if steps > 64 or next_id >= nr_types:  # a loop or a dangling id: stop
+                    break
+                if next_id >= start:
+                    no = offs[next_id - start]
+                    k = (w[no + 1] >> 24) & 0x1F
+                    if k in CHAIN_KINDS:
+                        next_id = w[no + 2]
+                        continue
+                    if k == Kind.ARRAY:
+                        next_id = w[no + 3]
+                        continue
+                    break
+                k = sp.dist[next_id - 1].kind
+                if (k in (Kind.STRUCT, Kind.UNION)) and next_id < nr_dist:
+                    marked.add(next_id)
+                    if want_paths:
+                        lst = paths.setdefault(next_id, [])
+                        if len(lst) < MAX_PATHS:
+                            mname = sp.btf.name_of(w[o + 3 + 3 * m]) or "(anon)"
+                            lst.append(f"{sp.label(tid)}.{mname} -> {sp.label(next_id)}")
+                break
+    return marked, paths
 
 
 @pytest.mark.parametrize("embed", ["value", "typedef-array", "pointer"])

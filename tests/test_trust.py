@@ -32,7 +32,7 @@ from test_daemon_support import (  # noqa: E402
 )
 
 from btfreconciled.cache import KERNEL_MARKER  # noqa: E402
-from btfreconciled.daemon import core  # noqa: E402
+from btfreconciled.daemon import results  # noqa: E402
 
 
 @pytest.fixture
@@ -110,7 +110,7 @@ def test_another_engine_builds_results_are_not_reused(fs: FakeSystem,
     assert d2.wait_idle()
     d2.stop()
     assert eng.calls == []
-    monkeypatch.setattr(core, "ENGINE_ID", "0.1.0+upgraded")
+    monkeypatch.setattr(results, "ENGINE_ID", "0.1.0+upgraded")
     eng3 = FakeEngine()
     d3 = make_daemon(fs, eng3)
     try:
@@ -180,7 +180,7 @@ def test_symlinks_in_the_cache_are_replaced_never_followed(fs: FakeSystem) -> No
 
 
 def test_memo_is_bounded(fs: FakeSystem, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(core, "MEMO_BYTES", 20_000)
+    monkeypatch.setattr(results, "MEMO_BYTES", 20_000)
     names = [f"m{i}" for i in range(12)]
     for n in names:
         fs.add_file(n)

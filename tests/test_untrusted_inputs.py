@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from test_elf import FAKE_BTF, module  # noqa: F401 - the gcc-made module fixture
 
-from btfreconciled.elf import ElfError, read_btf_sections, sha256_file, write_btf_sections
+from btfreconciled.elf import ElfError, read_btf_sections, sha256_file
+from btfreconciled.elfwrite import write_btf_sections
 
 REPO = Path(__file__).resolve().parent.parent
 # btfreconcilectl in a child that records its own peak RSS in a file: VmHWM of its own

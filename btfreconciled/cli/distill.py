@@ -70,7 +70,7 @@ def module_split_on(module: Path, base: Btf, target: VmlinuxIndex) -> Btf:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..elf import write_btf_sections
+    from ..elfwrite import write_btf_sections
 
     module = Path(args.module)
     if not module.is_file():

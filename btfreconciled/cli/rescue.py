@@ -9,7 +9,8 @@ import shutil
 from pathlib import Path
 
 from ..btf.btf import Btf
-from ..elf import module_is_signed, read_btf_sections, write_btf_sections
+from ..elf import module_is_signed, read_btf_sections
+from ..elfwrite import write_btf_sections
 from ..output import output_target
 from ..reconcile.doctor import DEFAULT_SEARCH, Candidates, candidate_files
 from ..reconcile.fields import FIELDS_ALL, FIELDS_EMBEDDED

@@ -5,6 +5,17 @@ state (which modules are loaded) and never does heavy work; one worker thread ta
 names from a de-duplicating queue and makes the cache match the desired state of that module
 *at the time it is processed*.  Coalescing on names means a burst of load/unload events can
 never lose the final state of a module, however the events interleave with the work.
+
+The Daemon is put together from rooms, each a file:
+
+- queue.py: the de-duplicating work queue, the worker thread and the module_timeout watchdog;
+- results.py: a module's record from memory, from disk or from the engine;
+- record.py: the record schema and the verdicts;
+- policy.py: what may be published (identity of the file, the kernel's own BTF);
+- status.py: the control socket's answers and the manifest.
+
+This file holds the state and the orchestration: start-up, events, and for each batch the
+decision (policy, rescue of classic split BTF) and the publishing.
 """
 
 from __future__ import annotations
@@ -12,18 +23,15 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
-import json
 import os
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..cache import Cache, CacheError, check_module_name, describe_os_error, lock_root
-from ..elf import ElfError, sha256_file
+from ..elf import sha256_file
 from . import logs
 from .config import Config
 from .engine import Engine
@@ -33,61 +41,17 @@ from .modfind import ModuleIndex, build_index
 from .notify import Notifier
 from .policy import (
     STALE_FILE,
-    compare,
+    cross_check,
     identity_note,
     identity_problem,
     kernel_btf,
     kernel_truth,
 )
+from .queue import Job, WorkQueue
+from .record import BUILTIN, RESCUED, ModuleView, daemon_record
+from .results import Memo, Results
+from .status import Stats, StatusApi
 
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("btfreconciled")
-    except Exception:
-        return "0"
-
-
-VERSION = _version()
-
-
-def _engine_id() -> str:
-    """VERSION plus a digest of this package's sources: results of another build of the
-    engine (an upgrade, a development checkout) are never reused."""
-    h = hashlib.sha256(VERSION.encode())
-    root = Path(__file__).resolve().parent.parent
-    for f in sorted(root.rglob("*.py")):
-        with contextlib.suppress(OSError):
-            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
-    return f"{VERSION}+{h.hexdigest()[:12]}"
-
-
-ENGINE_ID = _engine_id()
-RECORD_FORMAT = 1
-# Verdicts of the engine plus the daemon's own.
-ENGINE_VERDICTS = ("ok", "incompatible", "no-base", "error")
-BUILTIN, NO_FILE = "builtin", "no-file"
-RESCUED = "rescued"  # classic split BTF, distilled against its build found on disk
-DAEMON_VERDICTS = (RESCUED, BUILTIN, NO_FILE, STALE_FILE)
-IN_KERNEL_RELOCATION = (6, 11)  # Linux reconciles .BTF.base modules itself from 6.11 on
-
-
-def release_tuple(release: str) -> tuple[int, int]:
-    parts = []
-    for p in release.split("-")[0].split(".")[:2]:
-        digits = "".join(ch for ch in p if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    while len(parts) < 2:
-        parts.append(0)
-    return parts[0], parts[1]
-
-
-# Engine results held for re-publication without reconciling again (LRU by BTF bytes).
-MEMO_BYTES = 64 << 20
-MANIFEST_QUIET = 0.1  # seconds without work before the manifest is rewritten
-BATCH = 16  # modules evaluated, then published with one durability barrier
 CROSS_CHECK_DELAY, CROSS_CHECK_TRIES = 0.05, 60  # wait up to 3 s for /sys/kernel/btf/<mod>
 
 
@@ -105,53 +69,7 @@ def release_memory() -> None:
         pass
 
 
-@dataclass
-class ModuleView:
-    """What the daemon knows about one loaded module (in memory, for the control socket)."""
-
-    name: str
-    verdict: str
-    summary: str
-    path: str | None
-    btf_path: str | None
-    record: dict[str, Any]
-    published: bool = True
-    publish_error: str | None = None
-
-
-@dataclass
-class _Job:
-    name: str
-    loaded: bool
-    when: float
-    by_event: bool
-    force: bool
-
-
-@dataclass
-class _Memo:
-    key: tuple[Any, ...]
-    record: dict[str, Any]
-    btf: bytes | None
-
-
-@dataclass
-class Stats:
-    events: int = 0
-    rescans: int = 0
-    overflows: int = 0
-    processed: int = 0
-    reconciled: int = 0
-    reused: int = 0
-    publish_errors: int = 0
-    worker_errors: int = 0
-    timeouts: int = 0
-    last_events: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
-    # event received -> record renamed into place (seconds), for the last 1000 loads
-    latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=1000))
-
-
-class Daemon:
+class Daemon(WorkQueue, Results, StatusApi):
     """State and work of one btfreconciled instance (independent of how events arrive)."""
 
     def __init__(self, cfg: Config, engine: Engine, *, notifier: Notifier | None = None,
@@ -178,7 +96,7 @@ class Daemon:
         self.event_source_detail = ""
         self.watching: list[str] = []
         self.manifest_dirty = False
-        self._memo: collections.OrderedDict[str, _Memo] = collections.OrderedDict()
+        self._memo: collections.OrderedDict[str, Memo] = collections.OrderedDict()
         self._memo_bytes = 0
         self._cc_tries: dict[str, int] = {}
         self._stop = False
@@ -251,53 +169,18 @@ class Daemon:
             self.log.info("module tree unavailable", problem=p)
 
     def start_worker(self) -> None:
-        with self.cond:
-            self._spawn_worker()
-        threading.Thread(target=self._watch_worker, name="btfr-watch", daemon=True).start()
+        self.start_queue()
         if self.merged is not None:
             self.merged.start()
-
-    def _spawn_worker(self) -> None:
-        # lock held
-        self._worker = threading.Thread(target=self._work, args=(self._gen,),
-                                        name=f"btfr-worker-{self._gen}", daemon=True)
-        self._worker.start()
-
-    def _watch_worker(self) -> None:
-        """One input never holds the worker: a module still being reconciled after
-        module_timeout gets verdict error, the rest of its batch is queued again, and a new
-        worker carries on (the old thread finishes in the background, its results dropped)."""
-        limit = self.cfg.module_timeout
-        while True:
-            # not self.cond.wait(): a notify() meant for the worker must never wake us instead
-            time.sleep(min(1.0, limit / 4))
-            with self.cond:
-                cur = self._current
-                if (self._stop or cur is None or cur[2] != self._gen
-                        or time.monotonic() - cur[1] < limit):
-                    continue
-                name = cur[0]
-                self._gen += 1
-                self._current = None
-                now = self.clock()
-                for other in reversed([n for n in self.busy if n != name]):
-                    self.pending[other] = (now, False)
-                    self.pending.move_to_end(other, last=False)
-                self.busy = []
-                self.stats.timeouts += 1
-                self._spawn_worker()
-            self.log.error("module reconciliation timed out; given up", module=name,
-                           seconds=limit)
-            self._publish_timeout(name, limit)
 
     def _publish_timeout(self, name: str, limit: float) -> None:
         assert self.cache is not None
         with self.lock:
             path = self.modindex.lookup(name)
-        rec = self._daemon_record(
+        rec = daemon_record(
             name, "error", f"{name}: reconciliation did not finish within {limit:g} s "
             "(module_timeout); given up: the module file is pathological or far too large",
-            path=str(path) if path else None)
+            path=str(path) if path else None, **self._stamp())
         err = self.cache.publish_many([(name, rec, None)]).get(name)
         self._note_published(name, rec, None, err)
         self._update_merged()
@@ -332,13 +215,6 @@ class Daemon:
                                            "module": name, "source": source})
             self.desired[name] = action == "add"
             self._enqueue(name, when, event=True)
-
-    def _enqueue(self, name: str, when: float, *, event: bool = False) -> None:
-        # lock held
-        if name not in self.pending:
-            self.pending[name] = (when, event)
-        self.idle.clear()
-        self.cond.notify()
 
     def rescan(self, reason: str, *, force: bool = False) -> int:
         """Compare /sys/module with what we know; queue every module whose state may differ."""
@@ -387,88 +263,22 @@ class Daemon:
                     self._enqueue(name, now)
         self.log.info("module files changed; re-checking loaded modules")
 
-    # ------------------------------------------------------------------ worker
-
-    def _work(self, gen: int) -> None:
-        quiet_until: float | None = None
-        while True:
-            with self.cond:
-                if gen != self._gen:
-                    return  # abandoned after a timeout
-                while not self.pending and not self._stop:
-                    if self.idle.is_set():
-                        self.cond.wait()
-                        continue
-                    # Queue drained: after a short quiet period (so that a burst of events
-                    # is not slowed down by manifest writes) flush the manifest, then idle.
-                    now = time.monotonic()
-                    if quiet_until is None:
-                        quiet_until = now + MANIFEST_QUIET
-                    if now < quiet_until:
-                        self.cond.wait(quiet_until - now)
-                        continue
-                    quiet_until = None
-                    self.cond.release()
-                    try:
-                        self._on_idle()
-                    finally:
-                        self.cond.acquire()
-                    if not self.pending:
-                        if self._rescan is not None:
-                            r = self._rescan
-                            self._rescan = None
-                            self.last_rescan = {
-                                "reason": r["reason"], "modules": r["modules"],
-                                "seconds": round(max(0.0, self._last_done - r["started"]), 3)}
-                        self.idle.set()
-                if self._stop or gen != self._gen:
-                    return
-                quiet_until = None
-                batch: list[_Job] = []
-                while self.pending and len(batch) < BATCH:
-                    name, (when, by_event) = self.pending.popitem(last=False)
-                    batch.append(_Job(name, self.desired.get(name, False), when, by_event,
-                                      name in self.force))
-                    self.force.discard(name)
-                self.busy = [j.name for j in batch]
-            try:
-                self.process_batch(batch, gen)
-            except Exception as e:  # one bad module never stops the daemon
-                self.stats.worker_errors += 1
-                self.log.error("internal error while processing modules",
-                               modules=[j.name for j in batch],
-                               error=f"{type(e).__name__}: {e}",
-                               traceback=traceback.format_exc(limit=8))
-            finally:
-                with self.lock:
-                    if gen == self._gen:
-                        self.busy = []
-                        self.stats.processed += len(batch)
-                        self._last_done = self.clock()
-
     def _on_idle(self) -> None:
         self.flush_manifest()
         self.notifier.status(self.status_line())
 
-    def wait_idle(self, timeout: float = 30.0) -> bool:
-        """For tests and benchmarks: block until the queue is empty and the worker idle."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.idle.wait(max(0.0, deadline - time.monotonic())):
-                with self.lock:
-                    if not self.pending and not self.busy and self.idle.is_set():
-                        return True
-                time.sleep(0.005)
-        return False
+    def _stamp(self) -> dict[str, Any]:
+        """The fields every record takes from this kernel and policy (record.base_record)."""
+        return {"kernel_id": self.kernel_id, "release": self.release, "strict": self.cfg.strict}
 
     # ------------------------------------------------------------------ modules
 
     def process(self, name: str, loaded: bool, when: float, *, force: bool = False,
                 by_event: bool = False) -> None:
         """Make the cache match one module's state (see :meth:`process_batch`)."""
-        self.process_batch([_Job(name, loaded, when, by_event, force)])
+        self.process_batch([Job(name, loaded, when, by_event, force)])
 
-    def process_batch(self, jobs: list[_Job], gen: int | None = None) -> None:
+    def process_batch(self, jobs: list[Job], gen: int | None = None) -> None:
         """Evaluate each module (reconcile, or reuse an earlier result), then publish the
         group with one durability barrier; loads get their latency recorded. A worker of an
         older generation (abandoned after a timeout) publishes nothing."""
@@ -476,7 +286,7 @@ class Daemon:
         if gen is None:
             gen = self._gen
         writes: list[tuple[str, dict[str, Any] | None, bytes | None]] = []
-        done: list[tuple[_Job, dict[str, Any] | None, bytes | None, bool]] = []
+        done: list[tuple[Job, dict[str, Any] | None, bytes | None, bool]] = []
         retry: list[str] = []
         for job in jobs:
             if not job.loaded:
@@ -538,38 +348,7 @@ class Daemon:
                       if v.published and v.btf_path and v.record.get("btf_sha256")}
         self.merged.set_wanted(wanted)
 
-    def merged_path(self, name: str) -> tuple[str | None, str]:
-        """(merged/<name>.btf, "") when it is current, else (None, why not)."""
-        with self.lock:
-            v = self.modules.get(name)
-        if v is None:
-            return None, "not loaded"
-        if not v.record.get("btf"):
-            return None, f"{v.verdict}: {v.summary}"
-        if not v.published or not v.btf_path:
-            return None, f"not published: {v.publish_error or 'see status'}"
-        if self.merged is None or not self.merged.per_module:
-            return None, (f"this daemon writes no per-module merged BTF (merged_btf = "
-                          f"{self.cfg.merged_btf!r}); all.btf holds every ok module")
-        p = self.merged.lookup(name, v.record.get("btf_sha256"))
-        if p is None:
-            err = self.merged.status()["last_error"]
-            why = "being written; try again in a moment"
-            return None, why if not err else f"{why} (last error: {err})"
-        return str(p), ""
-
-    def all_merged_path(self) -> tuple[str | None, list[str], str]:
-        """(merged/all.btf, the modules in it, "") or (None, [], why not)."""
-        if self.merged is None:
-            return None, [], "this daemon writes no merged BTF (merged_btf = \"off\")"
-        info = self.merged.all_info()
-        if info is None:
-            if self.merged.pending():
-                return None, [], "being written; try again in a moment"
-            return None, [], "no module with verdict ok is loaded"
-        return str(info[0]), info[1], ""
-
-    def _decide(self, job: _Job, retry: list[str]
+    def _decide(self, job: Job, retry: list[str]
                 ) -> tuple[dict[str, Any], bytes | None, bool]:
         """(record, btf, already_on_disk) for a loaded module: the engine's (or remembered)
         result, then the policy: the file must be the loaded module, and where the kernel
@@ -581,7 +360,8 @@ class Daemon:
         if record.get("build_id") or record.get("srcversion"):
             problem = identity_problem(self.cfg.sysfs, job.name, record)
             if problem is not None:
-                stale = self._daemon_record(job.name, STALE_FILE, problem, path=record["path"])
+                stale = daemon_record(job.name, STALE_FILE, problem, path=record["path"],
+                                      **self._stamp())
                 stale.update(build_id=record.get("build_id"), srcversion=record.get("srcversion"),
                              module_sha256=record.get("module_sha256"),
                              diagnostics=[{"code": STALE_FILE, "severity": "error",
@@ -605,7 +385,12 @@ class Daemon:
                 return (*self._rescue(job.name, record, wrong_kernel_btf=wrong), False)
         if record["verdict"] != "ok" or btf is None:
             return record, btf, on_disk
-        cc, kbytes = self._cross_check_now(job.name, btf)
+        # where the kernel relocated .BTF.base itself, its BTF is the truth (policy.py)
+        cc, kbytes = cross_check(self.cfg.sysfs, self.release, job.name, btf,
+                                 getattr(self.index, "btf", None))
+        if cc and cc["result"] == "mismatch":
+            self.log.error("our BTF differs from the kernel's: publishing the kernel's",
+                           module=job.name, detail=cc.get("detail"))
         if cc is None:
             # The uevent precedes the kernel's BTF notifier: publish now, look again shortly
             # (without holding up the other modules).
@@ -693,167 +478,6 @@ class Daemon:
             self._cands = Candidates(candidate_files([str(d) for d in self.cfg.search_dirs]))
         return self._cands
 
-    def _requeue(self, name: str) -> None:
-        with self.cond:
-            if self.desired.get(name, False) and not self._stop:
-                self._enqueue(name, self.clock())
-
-    def _same_as_published(self, name: str, record: dict[str, Any]) -> bool:
-        with self.lock:
-            view = self.modules.get(name)
-        if view is None or not view.published or not self.desired.get(name, False):
-            return False
-        if record.get("btf") and self.cache is not None and not \
-                self.cache.published_btf_intact(name, record.get("btf_size")):
-            self.log.warning("published BTF was replaced or removed behind our back; "
-                             "publishing it again", module=name)
-            return False
-        volatile = ("timings", "published_at")
-        a = {k: v for k, v in record.items() if k not in volatile}
-        b = {k: v for k, v in view.record.items() if k not in volatile}
-        return a == b
-
-    def _evaluate(self, name: str, *, force: bool) -> tuple[dict[str, Any], bytes | None, bool]:
-        """(record, btf, already_on_disk) for a loaded module."""
-        sysdir = self.cfg.sysfs / "module" / name
-        with self.lock:
-            idx = self.modindex
-        path = idx.lookup(name)
-        has_initstate = (sysdir / "initstate").exists()
-        if sysdir.is_dir() and not has_initstate:
-            return self._daemon_record(name, BUILTIN, "built into the kernel: its BTF is part of "
-                                       "vmlinux", path=None), None, False
-        if path is None:
-            if idx.is_builtin(name):
-                return self._daemon_record(name, BUILTIN, "built into the kernel "
-                                           "(modules.builtin)", path=None), None, False
-            where = ", ".join(idx.sources) or "no module tree is readable"
-            return self._daemon_record(
-                name, NO_FILE, f"module file not found (searched: {where})",
-                path=None), None, False
-        try:
-            st = path.stat()
-        except OSError as e:
-            return self._daemon_record(name, "error", f"cannot stat module file: "
-                                       f"{describe_os_error(e)}", path=str(path)), None, False
-        # what makes a result reusable: the same file, policy, kernel and engine (an upgrade
-        # of btfreconciled never republishes an older engine's results)
-        key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, self.cfg.strict,
-               self.kernel_id, self.engine.name, ENGINE_ID)
-        memo = self._memo.get(name)
-        if memo is not None and memo.key == key and not force:
-            self.stats.reused += 1
-            self._memo.move_to_end(name)
-            return dict(memo.record), memo.btf, False
-        if not force:
-            reused = self._reuse_published(name, key)
-            if reused is not None:
-                self.stats.reused += 1
-                self._remember(name, key, *reused)
-                return dict(reused[0]), reused[1], True
-        t0 = time.perf_counter()
-        try:
-            result = self.engine.reconcile(str(path), self.index, strict=self.cfg.strict,
-                                           max_bytes=self.cfg.max_module_bytes,
-                                           module_name=name)
-        except Exception as e:  # the engine promises not to raise; be safe anyway
-            self.log.error("reconciliation raised", module=name, path=str(path),
-                           error=f"{type(e).__name__}: {e}")
-            return self._daemon_record(name, "error", f"internal error: {type(e).__name__}: {e}",
-                                       path=str(path)), None, False
-        elapsed = time.perf_counter() - t0
-        self.stats.reconciled += 1
-        record = self._result_record(name, result, path, key, elapsed)
-        btf = result.btf if record["verdict"] == "ok" else None
-        if record["verdict"] == "ok" and btf is None:
-            record["verdict"] = "error"
-            record["summary"] = "engine reported ok without BTF"
-        self._remember(name, key, record, btf)
-        return dict(record), btf, False
-
-    def _remember(self, name: str, key: tuple[Any, ...], record: dict[str, Any],
-                  btf: bytes | None) -> None:
-        """Keep a result for cheap re-publication; least recently used first out once the
-        BTF held passes MEMO_BYTES (a re-check then reads the published file back)."""
-        rec = {k: v for k, v in record.items() if k not in ("cross_check", "identity")}
-        old = self._memo.pop(name, None)
-        if old is not None:
-            self._memo_bytes -= len(old.btf or b"")
-        self._memo[name] = _Memo(key, rec, btf)
-        self._memo_bytes += len(btf or b"")
-        while self._memo_bytes > MEMO_BYTES and len(self._memo) > 1:
-            _, gone = self._memo.popitem(last=False)
-            self._memo_bytes -= len(gone.btf or b"")
-
-    def _reuse_published(self, name: str, key: tuple[Any, ...]
-                         ) -> tuple[dict[str, Any], bytes | None] | None:
-        """A record already on disk for the same file, policy and kernel (daemon restart)."""
-        assert self.cache is not None
-        rec = self.cache.read_record(name)
-        if not rec or rec.get("format") != RECORD_FORMAT or rec.get("key") != list(key):
-            return None
-        # the same stat is not the same bytes: the record must name this file's sha256
-        try:
-            if rec.get("module_sha256") != sha256_file(key[0]):
-                return None
-        except ElfError:
-            return None
-        if rec.get("verdict") == "ok":
-            btf = self.cache.read_published_btf(name)
-            if btf is None or hashlib.sha256(btf).hexdigest() != rec.get("btf_sha256"):
-                return None
-            return rec, btf
-        if os.path.lexists(self.cache.btf_path(name)):
-            return None  # a stale .btf next to a failed verdict: publish again to remove it
-        return rec, None
-
-    def _base_record(self, name: str, path: str | None) -> dict[str, Any]:
-        return {
-            "format": RECORD_FORMAT,
-            "module": name,
-            "path": path,
-            "kernel_id": self.kernel_id,
-            "release": self.release,
-            "strict": self.cfg.strict,
-            "daemon_version": VERSION,
-        }
-
-    def _daemon_record(self, name: str, verdict: str, summary: str, *,
-                       path: str | None) -> dict[str, Any]:
-        rec = self._base_record(name, path)
-        rec.update(verdict=verdict, summary=summary, diagnostics=[], module_sha256=None,
-                   btf=None, btf_sha256=None, btf_size=None, timings={}, key=None)
-        return rec
-
-    def _result_record(self, name: str, result: Any, path: Path, key: tuple[Any, ...],
-                       elapsed: float) -> dict[str, Any]:
-        try:
-            body = dict(result.to_json())
-        except Exception:
-            body = {}
-        verdict = getattr(result.verdict, "value", result.verdict)
-        rec = self._base_record(name, str(path))
-        for k, v in body.items():
-            if k not in ("btf",) and not isinstance(v, bytes | bytearray):
-                rec[k] = v
-        btf = result.btf if verdict == "ok" else None
-        timings = dict(getattr(result, "timings", None) or body.get("timings") or {})
-        timings["reconcile"] = round(elapsed, 6)
-        rec.update(
-            module=name,
-            path=str(path),
-            verdict=str(verdict),
-            summary=str(getattr(result, "summary", "") or body.get("summary", "")),
-            diagnostics=list(getattr(result, "diagnostics", None) or []),
-            module_sha256=getattr(result, "module_sha256", None),
-            btf=str(self.cache.btf_path(name)) if btf is not None and self.cache else None,
-            btf_sha256=hashlib.sha256(btf).hexdigest() if btf is not None else None,
-            btf_size=len(btf) if btf is not None else None,
-            timings=timings,
-            key=list(key),
-        )
-        return rec
-
     def _note_published(self, name: str, record: dict[str, Any], btf: bytes | None,
                         err: OSError | None) -> None:
         """Update the in-memory view after a publish attempt."""
@@ -891,176 +515,3 @@ class Daemon:
         if had:
             self.log.info("unloaded", module=name)
 
-    # ------------------------------------------------------------------ cross-check
-
-    def _kernel_relocates(self) -> bool:
-        return release_tuple(self.release) >= IN_KERNEL_RELOCATION
-
-    def _cross_check_now(self, name: str, btf: bytes
-                         ) -> tuple[dict[str, Any] | None, bytes | None]:
-        """On kernels that relocate .BTF.base themselves, compare with /sys/kernel/btf/<mod>:
-        (result, the kernel's bytes). ({}, None) when not applicable; (None, None) while the
-        module is still initialising (the uevent precedes the kernel's BTF notifier)."""
-        if not self._kernel_relocates():
-            return {}, None
-        kfile = self.cfg.sysfs / "kernel" / "btf" / name
-        state, data = kernel_btf(self.cfg.sysfs, name)
-        if state == "coming":
-            return None, None
-        if not isinstance(data, bytes):
-            return {"result": state, "kernel_file": str(kfile), "detail": data}, None
-        res = compare(name, btf, data, getattr(self.index, "btf", None))
-        res["kernel_file"] = str(kfile)
-        if res["result"] == "mismatch":
-            self.log.error("our BTF differs from the kernel's: publishing the kernel's",
-                           module=name, detail=res.get("detail"))
-        return res, data
-
-    # ------------------------------------------------------------------ manifest / status
-
-    def counts(self) -> dict[str, int]:
-        with self.lock:
-            views = list(self.modules.values())
-        out: dict[str, int] = {v: 0 for v in (*ENGINE_VERDICTS, *DAEMON_VERDICTS)}
-        for v in views:
-            out[v.verdict] = out.get(v.verdict, 0) + 1
-        return out
-
-    def flush_manifest(self) -> None:
-        if self.cache is None:
-            return
-        with self.lock:
-            if not self.manifest_dirty:
-                return
-            self.manifest_dirty = False
-            modules = {n: {"verdict": v.verdict, "btf": v.btf_path}
-                       for n, v in sorted(self.modules.items())}
-        manifest = {
-            "format": RECORD_FORMAT,
-            "kernel_id": self.kernel_id,
-            "release": self.release,
-            "vmlinux": str(self.cfg.vmlinux),
-            "daemon_version": VERSION,
-            "updated": time.time(),
-            "counts": self.counts(),
-            "modules": modules,
-        }
-        try:
-            self.cache.write_manifest(manifest)
-        except OSError as e:
-            with self.lock:
-                self.manifest_dirty = True
-            self.log.error("cannot write manifest", error=describe_os_error(e))
-
-    def status_line(self) -> str:
-        c = self.counts()
-        with self.lock:
-            pending = len(self.pending) + len(self.busy)
-        parts = [f"{c['ok']} ok", f"{c['incompatible']} incompatible", f"{c['no-base']} no-base"]
-        if c["error"]:
-            parts.append(f"{c['error']} error")
-        tail = f"; {pending} queued" if pending else ""
-        return f"{', '.join(parts)} ({self.event_source}){tail}"
-
-    def status(self) -> dict[str, Any]:
-        with self.lock:
-            pending = len(self.pending)
-            busy = ", ".join(self.busy) or None
-            last = list(self.stats.last_events)
-            problems = list(self.modindex.problems)
-            sources = list(self.modindex.sources)
-        s = self.stats
-        return {
-            "daemon": {
-                "pid": os.getpid(),
-                "version": VERSION,
-                "started": self.started_wall,
-                "uptime": round(self.clock() - self.started, 3),
-                "events": self.event_source,
-                "events_detail": self.event_source_detail,
-                "watching": self.watching,
-                "config": str(self.cfg.source) if self.cfg.source else None,
-                "socket": str(self.cfg.socket),
-                "strict": self.cfg.strict,
-                "engine": self.engine.name,
-            },
-            "kernel": {"id": self.kernel_id, "release": self.release,
-                       "vmlinux": str(self.cfg.vmlinux)},
-            "cache": {"dir": str(self.cfg.cache_dir),
-                      "kernel_dir": str(self.cache.kernel_dir) if self.cache else None},
-            "module_files": {"sources": sources, "problems": problems},
-            "counts": self.counts(),
-            "queue": {"pending": pending, "busy": busy},
-            "stats": {"events": s.events, "rescans": s.rescans, "overflows": s.overflows,
-                      "processed": s.processed, "reconciled": s.reconciled, "reused": s.reused,
-                      "publish_errors": s.publish_errors, "worker_errors": s.worker_errors,
-                      "timeouts": s.timeouts},
-            "latency": self.latency_summary(),
-            "index_seconds": round(self.index_seconds, 3),
-            "merged": self.merged.status() if self.merged is not None else None,
-            "pre_reboot": self.pre_reboot_reports(),
-            "last_rescan": self.last_rescan,
-            "last_events": last,
-        }
-
-    def pre_reboot_reports(self) -> list[dict[str, Any]]:
-        """What `kernel-check` (the kernel postinst hook) found for kernels not yet booted."""
-        out = []
-        d = self.cfg.cache_dir / "pre-reboot"
-        with contextlib.suppress(OSError):
-            for f in sorted(d.glob("*.json")):
-                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                    rep = json.loads(f.read_text())
-                    if rep["version"] == self.release:
-                        continue  # booted into it: the live verdicts say the rest
-                    out.append({"version": rep["version"], "modules": rep["modules"],
-                                "will_not_fit": [m["module"] for m in rep["will_not_fit"]],
-                                "checked": rep["checked"]})
-        return out
-
-    def latency_summary(self) -> dict[str, Any]:
-        """Event received -> published, over the last (up to) 1000 module loads."""
-        with self.lock:
-            lat = sorted(self.stats.latencies)
-        if not lat:
-            return {"n": 0}
-
-        def p(q: float) -> float:
-            return round(lat[min(len(lat) - 1, round(q * (len(lat) - 1)))] * 1000, 2)
-        return {"n": len(lat), "p50_ms": p(0.5), "p99_ms": p(0.99), "max_ms": p(1.0)}
-
-    def list_modules(self) -> list[dict[str, Any]]:
-        with self.lock:
-            views = sorted(self.modules.values(), key=lambda v: v.name)
-        return [{"module": v.name, "verdict": v.verdict, "summary": v.summary,
-                 "btf": v.btf_path, "published": v.published} for v in views]
-
-    def show(self, name: str) -> dict[str, Any] | None:
-        with self.lock:
-            v = self.modules.get(name)
-            pending = name in self.pending or name in self.busy
-        if v is None:
-            return None
-        rec = dict(v.record)
-        rec["published"] = v.published
-        if v.publish_error:
-            rec["publish_error"] = v.publish_error
-        rec["pending"] = pending
-        return rec
-
-    def published_btf(self, name: str) -> str | None:
-        """The module's .btf path when it is published and still the file we wrote."""
-        with self.lock:
-            v = self.modules.get(name)
-        if v is None or not v.published or not v.btf_path or self.cache is None:
-            return None
-        if not self.cache.published_btf_intact(name, v.record.get("btf_size")):
-            with self.cond:
-                self.force.add(name)
-                self._enqueue(name, self.clock())
-            return None
-        return v.btf_path
-
-    def is_pending(self, name: str) -> bool:
-        with self.lock:
-            return name in self.pending or name in self.busy

@@ -23,6 +23,17 @@ from ..elf import BUILD_ID_SECTION, note_build_id
 
 STALE_FILE = "stale-file"
 KERNEL_MISMATCH = "error"
+IN_KERNEL_RELOCATION = (6, 11)  # Linux reconciles .BTF.base modules itself from 6.11 on
+
+
+def release_tuple(release: str) -> tuple[int, int]:
+    parts = []
+    for p in release.split("-")[0].split(".")[:2]:
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    while len(parts) < 2:
+        parts.append(0)
+    return parts[0], parts[1]
 
 
 def _read(path: Path, limit: int = 4096) -> bytes | None:
@@ -109,6 +120,24 @@ def compare(name: str, ours: bytes, theirs: bytes, base: Any) -> dict[str, Any]:
     return {"result": "mismatch", "first_type_id": int(tid) if tid and tid.isdigit() else None,
             "detail": f"raw dumps differ ({len(a)} vs {len(b)} lines) at line {first + 1}: "
                       f"ours {ours_l!r}, kernel {theirs_l!r}"}
+
+
+def cross_check(sysfs: Path, release: str, name: str, btf: bytes, base: Any
+                ) -> tuple[dict[str, Any] | None, bytes | None]:
+    """On kernels that relocate .BTF.base themselves, compare with /sys/kernel/btf/<mod>:
+    (result, the kernel's bytes). ({}, None) when not applicable; (None, None) while the
+    module is still initialising (the uevent precedes the kernel's BTF notifier)."""
+    if release_tuple(release) < IN_KERNEL_RELOCATION:
+        return {}, None
+    kfile = sysfs / "kernel" / "btf" / name
+    state, data = kernel_btf(sysfs, name)
+    if state == "coming":
+        return None, None
+    if not isinstance(data, bytes):
+        return {"result": state, "kernel_file": str(kfile), "detail": data}, None
+    res = compare(name, btf, data, base)
+    res["kernel_file"] = str(kfile)
+    return res, data
 
 
 def kernel_truth(name: str, record: dict[str, Any], cc: dict[str, Any]) -> dict[str, Any]:

@@ -161,53 +161,9 @@ def prepare(split: Btf) -> _Split:
     return sp
 
 
-def _embedded_scan(sp: _Split, nr_dist: int, end: int, want_paths: bool
-                   ) -> tuple[set[int], dict[int, list[str]]]:
-    """btf_mark_embedded_composite_type_ids over split ids [nr_dist, end)."""
-    w = sp.words
-    offs = sp.offs
-    start = sp.start
-    nr_types = start + len(offs)
-    marked: set[int] = set()
-    paths: dict[int, list[str]] = {}
-    for tid in range(nr_dist, min(end, nr_types)):
-        o = offs[tid - start]
-        info = w[o + 1]
-        kind = (info >> 24) & 0x1F
-        if kind != K_STRUCT and kind != K_UNION:
-            continue
-        for m in range(info & 0xFFFF):
-            next_id = w[o + 4 + 3 * m]
-            steps = 0
-            while next_id:
-                steps += 1
-                if steps > 64 or next_id >= nr_types:  # a loop or a dangling id: stop
-                    break
-                if next_id >= start:
-                    no = offs[next_id - start]
-                    k = (w[no + 1] >> 24) & 0x1F
-                    if k in CHAIN_KINDS:
-                        next_id = w[no + 2]
-                        continue
-                    if k == K_ARRAY:
-                        next_id = w[no + 3]
-                        continue
-                    break
-                k = sp.dist[next_id - 1].kind
-                if (k in (K_STRUCT, K_UNION)) and next_id < nr_dist:
-                    marked.add(next_id)
-                    if want_paths:
-                        lst = paths.setdefault(next_id, [])
-                        if len(lst) < _MAX_PATHS:
-                            mname = sp.btf.name_of(w[o + 3 + 3 * m]) or "(anon)"
-                            lst.append(f"{sp.label(tid)}.{mname} -> {sp.label(next_id)}")
-                break
-    return marked, paths
-
-
 def _embedded_reverse(sp: _Split, targets: set[int], end: int, want_paths: bool
                       ) -> tuple[set[int], dict[int, list[str]]]:
-    """The same marking as _embedded_scan, found backwards: for each distilled struct/union
+    """The same marking as libbpf's forward walk, found backwards: for each distilled struct/union
     in `targets`, the split CONST/VOLATILE/RESTRICT/TYPEDEF/TYPE_TAG/ARRAY types that lead to
     it, then the struct/union members (of split ids below `end`) that lead to any of those.
     Word search instead of a walk over every member of every split type."""

@@ -6,14 +6,16 @@ split types the same way. `b` may have extra split types after those: copies of 
 base types that distillation moved into the module's BTF; a reference to base type X in `a`
 may then be a reference to a copy of X in `b`. Records are compared with every string offset
 resolved to its string, so the result is "same `bpftool btf dump` output" up to those copies.
+
+Test code (tests/test_reconcile.py, integration/test_identity.py), not part of the product.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..btf.btf import Btf
-from .wire import id_slots, str_slots
+from btfreconciled.btf.btf import Btf
+from btfreconciled.reconcile.wire import id_slots, str_slots
 
 
 @dataclass

@@ -2,7 +2,7 @@
 and the benchmark. It is compiled and run inside the Debian trixie root filesystem (libbpf 1.5
 needs its glibc): `build(rootfs_runner)` once, then `run(...)`.
 
-Not used by the product itself: only tests and bench/ import it.
+Not used by the product itself: integration/test_libbpf_parity.py and bench/ import it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,122 @@
+"""Compressed kernel files: xz, zstd and gzip, told apart by their magic bytes.
+
+Reading decompresses within a caller-given bound, chunk by chunk (inputs are untrusted,
+SPEC §10); writing compresses the way the kernel's tools need (xz with CRC32 checks, which
+kmod requires). lzma and zstandard are imported on first use: a command that reads a raw
+BTF file needs neither.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from collections.abc import Iterator
+
+_XZ_MAGIC = b"\xfd7zXZ\x00"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_GZIP_MAGIC = b"\x1f\x8b"
+_DECOMPRESS_CHUNK = 16 << 20
+_ZSTD_FEED = 8 << 10
+
+
+class CompressionError(ValueError):
+    """A stream that is corrupt or decompresses past its bound; message is one line."""
+
+
+def detect(raw: bytes) -> str | None:
+    """"xz", "zst" or "gz" by the magic bytes at the start of `raw`; None when uncompressed."""
+    if raw.startswith(_XZ_MAGIC):
+        return "xz"
+    if raw.startswith(_ZSTD_MAGIC):
+        return "zst"
+    if raw.startswith(_GZIP_MAGIC):
+        return "gz"
+    return None
+
+
+def decompress(compression: str, raw: bytes, cap: int) -> bytes:
+    """The payload of `raw`, refused past `cap` bytes (checked chunk by chunk, so a small
+    bomb never allocates its claimed size)."""
+    try:
+        chunks = {"xz": _xz_chunks, "zst": _zstd_chunks, "gz": _gzip_chunks}[compression](raw)
+        out = io.BytesIO()  # getvalue() hands its buffer over: no second copy
+        for chunk in chunks:
+            if out.tell() + len(chunk) > cap:
+                raise CompressionError(f"{compression} stream decompresses to more than "
+                                       f"{cap} bytes; refusing")
+            out.write(chunk)
+        return out.getvalue()
+    except (_lzma().LZMAError, zlib.error, _zstd().ZstdError, EOFError) as e:
+        raise CompressionError(f"corrupt {compression} stream: {e}") from None
+
+
+def _xz_chunks(raw: bytes) -> Iterator[bytes]:
+    # Concatenated xz streams are valid xz; decode them all, bounded chunk by chunk.
+    rest = raw
+    lzma = _lzma()
+    while rest:
+        dec = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+        yield dec.decompress(rest, _DECOMPRESS_CHUNK)
+        while not dec.eof:
+            if dec.needs_input:
+                raise EOFError("truncated stream")
+            yield dec.decompress(b"", _DECOMPRESS_CHUNK)
+        rest = dec.unused_data.lstrip(b"\0")  # xz allows stream padding
+
+
+def _gzip_chunks(raw: bytes) -> Iterator[bytes]:
+    rest = raw
+    while rest:
+        dec = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip wrapper only
+        chunk = dec.decompress(rest, _DECOMPRESS_CHUNK)
+        while True:
+            yield chunk
+            if dec.eof:
+                break
+            chunk = dec.decompress(dec.unconsumed_tail, _DECOMPRESS_CHUNK)
+            if not chunk and not dec.eof:
+                raise EOFError("truncated stream")
+        rest = dec.unused_data.lstrip(b"\0")  # like gzip(1), ignore trailing zero padding
+
+
+def _lzma():  # noqa: ANN202 - the lzma module
+    import lzma
+
+    return lzma
+
+
+def _zstd():  # noqa: ANN202 - the zstandard module
+    import zstandard
+
+    return zstandard
+
+
+def _zstd_chunks(raw: bytes) -> Iterator[bytes]:
+    # decompressobj has no output bound, so feed it small input pieces: one zstd block
+    # (<= 128 KiB of output) needs at least a few input bytes, which bounds each call's
+    # output. Its eof flag is what tells a truncated frame apart (stream_reader does not).
+    pos = 0
+    while pos < len(raw):
+        dec = _zstd().ZstdDecompressor().decompressobj()
+        while not dec.eof:
+            if pos >= len(raw):
+                raise EOFError("truncated stream")
+            piece = raw[pos:pos + _ZSTD_FEED]
+            pos += len(piece)
+            yield dec.decompress(piece)
+        pos -= len(dec.unused_data)
+
+
+def compress(compression: str | None, data: bytearray) -> bytes | bytearray:
+    """`data` in the format `compression` (as detect() names it; None: as it is)."""
+    if compression == "xz":
+        # kmod's xz decoder only accepts CRC32 (or no) checks, not the CRC64 default.
+        lzma = _lzma()
+        return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
+    if compression == "zst":
+        return _zstd().ZstdCompressor().compress(data)
+    if compression == "gz":
+        import gzip
+
+        return gzip.compress(data, mtime=0)
+    return data
