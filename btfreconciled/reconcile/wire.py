@@ -28,15 +28,18 @@ from ..btf.layout import LAYOUT, record_words
 CHAIN_KINDS = frozenset({K_CONST, K_RESTRICT, K_VOLATILE, K_TYPEDEF, K_TYPE_TAG})
 COMPOSITE = frozenset({K_STRUCT, K_UNION})
 
-# By kind number, from the layout table: (fixed slots, first item word, item stride, slot in
-# an item or None); ids in libbpf's btf_field_iter order (FWD's size word included), strings
-# name first. Kinds past the table (5 bits: up to 31) have a name and nothing else.
-_SlotSpec = tuple[tuple[int, ...], int, int, "int | None"]
-_ID_SPEC: list[_SlotSpec] = [((), 0, 0, None)] * 32
-_STR_SPEC: list[_SlotSpec] = [((0,), 0, 0, None)] * 32
+# By kind number, from the layout table: (the one fixed slot or None, all fixed slots, first
+# item slot or None, item stride); ids in libbpf's btf_field_iter order (FWD's size word
+# included), strings name first. Kinds past the table (5 bits: up to 31) have a name only.
+# Per-call cost matters (distill and merge walk every record): hence the one-slot shortcut.
+_SlotSpec = tuple["int | None", tuple[int, ...], "int | None", int]
+_ID_SPEC: list[_SlotSpec] = [(None, (), None, 0)] * 32
+_STR_SPEC: list[_SlotSpec] = [(0, (0,), None, 0)] * 32
 for _k, _lay in LAYOUT.items():
-    _ID_SPEC[_k] = (_lay.iter_ids, _lay.first_item, _lay.item_words, _lay.item_id)
-    _STR_SPEC[_k] = (_lay.strs, _lay.first_item, _lay.item_words, _lay.item_str)
+    for _spec, _fixed, _at in ((_ID_SPEC, _lay.iter_ids, _lay.item_id),
+                               (_STR_SPEC, _lay.strs, _lay.item_str)):
+        _spec[_k] = (_fixed[0] if len(_fixed) == 1 else None, _fixed,
+                     None if _at is None else _lay.first_item + _at, _lay.item_words)
 
 
 class WireError(ValueError):
@@ -81,13 +84,14 @@ def str_slots(words: Sequence[int], o: int) -> list[int]:
 
 def _slots(spec: list[_SlotSpec], words: Sequence[int], o: int) -> list[int]:
     info = words[o + 1]
-    fixed, first, stride, at = spec[(info >> 24) & 0x1F]
-    out = [o + i for i in fixed]
+    one, fixed, at, stride = spec[(info >> 24) & 0x1F]
     vlen = info & 0xFFFF
-    if at is not None and vlen:
-        p = o + first + at
-        out += range(p, p + stride * vlen, stride)
-    return out
+    if at is None or not vlen:
+        return [o + one] if one is not None else [o + i for i in fixed]
+    p = o + at
+    if one is not None:
+        return [o + one, *range(p, p + stride * vlen, stride)]
+    return [*(o + i for i in fixed), *range(p, p + stride * vlen, stride)]
 
 
 def kind_name(kind: int) -> str:
