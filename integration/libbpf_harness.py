@@ -1,6 +1,7 @@
 """A batch harness around libbpf >= 1.5 (btf__distill_base, btf__relocate) for parity tests
-and the benchmark. It is compiled and run inside the Debian trixie root filesystem (libbpf 1.5
-needs its glibc): `build(rootfs_runner)` once, then `run(...)`.
+and the benchmark. It is compiled and run inside a Debian root filesystem (the libbpf there
+needs its glibc): the trixie root for libbpf 1.5, the sid root for libbpf 1.7;
+`build(rootfs_runner, dir, tag)` once, then run it in the same root.
 
 Not used by the product itself: integration/test_libbpf_parity.py and bench/ import it.
 """
@@ -215,12 +216,14 @@ int main(int argc, char **argv)
 Runner = Callable[[Sequence[str]], subprocess.CompletedProcess]
 
 
-def build(run_in_chroot: Runner, cache_dir: Path) -> Path:
+def build(run_in_chroot: Runner, cache_dir: Path, tag: str = "") -> Path:
     """Compile the harness inside the chroot (once per source version); returns its path,
-    which is the same inside the chroot and on the host (the cache root is bind-mounted)."""
+    which is the same inside the chroot and on the host (the cache root is bind-mounted).
+    `tag` names the root it is built in (e.g. "sid", against libbpf 1.7) so that builds
+    against different libbpf versions do not share a file."""
     digest = hashlib.sha256(C_SOURCE.encode()).hexdigest()[:12]
     cache_dir.mkdir(parents=True, exist_ok=True)
-    exe = cache_dir / f"btfr_libbpf-{digest}"
+    exe = cache_dir / f"btfr_libbpf-{tag + '-' if tag else ''}{digest}"
     if exe.exists():
         return exe
     src = cache_dir / f"btfr_libbpf-{digest}.c"

@@ -1,14 +1,16 @@
-"""`btfreconcilectl dump` of modules that carry .BTF.base equals bpftool 7.5 (issue 11).
+"""`btfreconcilectl dump` of modules that carry .BTF.base equals bpftool 7.5 (issue 11) and, for
+the 7.2 kernel (whose Kbuild distills with resolve_btfids, issue 14), sid's bpftool 7.8.
 
 bpftool (libbpf's btf__parse_split) reads such a module as split BTF on its embedded distilled
 base, and with `-B BASE` relocates it onto BASE. We must print the same, line for line:
 
 - every fixture (.BTF.base builds for 6.12 and 6.1), without -B and with -B on its own vmlinux;
-- every module of the whole Debian 6.12 tree, distilled against its vmlinux (our distill, the
-  result written as a small ELF holding .BTF and .BTF.base), without and with -B.
+- every module of the whole Debian 6.12 and 7.2 trees, distilled against its vmlinux (our
+  distill, the result written as a small ELF holding .BTF and .BTF.base), without and with -B.
 
-bpftool runs in the trixie chroot, two shell loops in parallel (one chroot each, not one per
-module); our side runs in two worker processes with the vmlinux index built once each.
+bpftool runs in the trixie chroot (6.x) or the sid chroot (7.2), two shell loops in parallel
+(one chroot each, not one per module); our side runs in two worker processes with the vmlinux
+index built once each.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ MODS = toolchain.FIXTURE_MODULES
 SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 
 
-@pytest.mark.parametrize("series", ["6.12", "6.1"])
-def test_fixtures_dump_like_bpftool_75(tc, series: str) -> None:
+@pytest.mark.parametrize("series", ["6.12", "6.1", "7.2"])
+def test_fixtures_dump_like_chroot_bpftool(tc, series: str) -> None:
+    """bpftool 7.5 for the 6.x fixtures, 7.8 for the 7.2 ones (Kbuild-distilled)."""
     vml = str(tc.kernel_dir(series) / "vmlinux.btf")
     for mod in MODS:
         ko = str(tc.fixtures_dir(series) / f"{mod}.ko")
@@ -44,7 +47,7 @@ def test_fixtures_dump_like_bpftool_75(tc, series: str) -> None:
         for base in (None, vml):
             cmd = ["bpftool", "btf", "dump", "file", ko, *(["-B", base] if base else []),
                    "format", "raw"]
-            ref = tc.run_in_chroot(cmd)
+            ref = tc.run_in_chroot(cmd, **tc.chroot_flags(series))
             assert ref.returncode == 0, ref.stderr
             assert dump_raw(load_for_dump(ko, base)) == ref.stdout, f"{mod} -B {base}"
 
@@ -77,8 +80,10 @@ def _distill_and_dump(args: tuple[int, str]) -> tuple[str, str | None]:
     return path, str(ko)
 
 
-def test_whole_distilled_612_tree_dumps_like_bpftool_75(tc, tmp_path: Path) -> None:
-    kdir = tc.kernel_dir("6.12")
+@pytest.mark.parametrize("series,bpftool", [("6.12", "7.5"), ("7.2", "7.8")])
+def test_whole_distilled_tree_dumps_like_bpftool(tc, series: str, bpftool: str,
+                                                 tmp_path: Path) -> None:
+    kdir = tc.kernel_dir(series)
     vml = str(kdir / "vmlinux.btf")
     mods = sorted(str(p) for p in (kdir / "lib" / "modules").rglob("*") if
                   p.name.endswith(SUFFIXES))
@@ -93,13 +98,14 @@ def test_whole_distilled_612_tree_dumps_like_bpftool_75(tc, tmp_path: Path) -> N
         done = pool.map(_distill_and_dump, list(enumerate(mods)), chunksize=32)
     kos = sorted(ko for _, ko in done if ko)
     assert len(kos) > 4000, len(kos)
-    # bpftool 7.5 over every distilled module, two chroot loops in parallel
+    # bpftool over every distilled module, two chroot loops in parallel
     script = ('for f in "$@"; do bpftool btf dump file "$f" format raw > "${f%.ko}.ref"; '
               f'bpftool btf dump file "$f" -B {vml} format raw > "${{f%.ko}}.refB"; done')
     halves = [kos[0::2], kos[1::2]]
-    procs = [subprocess.Popen([str(toolchain.VM_DIR / "chroot"), "--", "sh", "-c", script,
-                               "sh", *h], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True) for h in halves]
+    root = ["--sid"] if tc.chroot_flags(series)["sid"] else []
+    procs = [subprocess.Popen([str(toolchain.VM_DIR / "chroot"), *root, "--", "sh", "-c",
+                               script, "sh", *h], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for h in halves]
     for p in procs:
         _, err = p.communicate(timeout=1800)
         assert p.returncode == 0, err[-2000:]
@@ -110,7 +116,8 @@ def test_whole_distilled_612_tree_dumps_like_bpftool_75(tc, tmp_path: Path) -> N
             if Path(base + ours).read_bytes() != Path(base + ref).read_bytes():
                 bad.append(f"{ko} ({ours})")
     src = dict((ko, m) for m, ko in done if ko)
-    print(f"6.12 tree: {len(kos)} distilled modules x 2 dumps, {len(bad)} differ")
-    assert not bad, f"{len(bad)} dumps differ from bpftool 7.5; first: {bad[0]} from " \
+    print(f"{series} tree: {len(kos)} distilled modules x 2 dumps, bpftool {bpftool}: "
+          f"{len(bad)} differ")
+    assert not bad, f"{len(bad)} dumps differ from bpftool {bpftool}; first: {bad[0]} from " \
                     f"{src[bad[0].split(' ')[0]]}"
     assert os.path.exists(vml)

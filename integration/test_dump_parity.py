@@ -1,14 +1,17 @@
 """Dump parity with bpftool on real Debian kernels: every module of the 6.1 and 6.12 packages,
 split on the vmlinux BTF extracted from the same package, 0 differing lines.
 
-Host bpftool (7.1, bookworm) is the oracle for the module trees; trixie's bpftool 7.5 (in the
-chroot) for the 6.12 vmlinux and the fixtures. bpftool cannot read compressed modules, so
-.ko.xz/.ko.zst are decompressed into a temporary file for it (we read them directly).
+Host bpftool (7.1, bookworm) is the oracle for the 6.1 and 6.12 module trees; trixie's bpftool
+7.5 (in the chroot) for the 6.12 vmlinux and the fixtures; sid's bpftool 7.8 (its own libbpf 1.8)
+for the whole 7.2 tree (vmlinux and every module; Kbuild 7.2 writes a 32-byte BTF header) and the
+7.2 fixtures. bpftool cannot read compressed modules, so .ko.xz/.ko.zst are decompressed into a
+temporary file for it (we read them directly).
 """
 
 from __future__ import annotations
 
 import difflib
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -17,8 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import toolchain
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import malformed  # noqa: E402
 from oracle_tools import bpftool_raw  # noqa: E402
 
 from btfreconciled.btf import Btf  # noqa: E402
@@ -71,23 +76,84 @@ def test_every_module_of_a_debian_kernel_dumps_like_bpftool(tc, series: str, tmp
                      f"{bad[0][0]}\n{bad[0][2]}")
 
 
-def test_trixie_bpftool_75_agrees_on_612_vmlinux_and_fixtures(tc) -> None:
-    """bpftool 7.5 (the version that knows .BTF.base) on the 6.12 vmlinux and the fixtures."""
-    kdir = tc.kernel_dir("6.12")
+@pytest.mark.parametrize("series,bpftool", [("6.12", "7.5"), ("7.2", "7.8")])
+def test_chroot_bpftool_agrees_on_vmlinux_and_plain_fixtures(tc, series: str,
+                                                             bpftool: str) -> None:
+    """bpftool 7.5 (trixie, the version that knows .BTF.base) on the 6.12 vmlinux and fixtures;
+    bpftool 7.8 (sid) on 7.2's."""
+    flags = tc.chroot_flags(series)
+    ver = tc.run_in_chroot(["bpftool", "version"], **flags)
+    assert ver.returncode == 0 and f"bpftool v{bpftool}." in ver.stdout, ver.stdout + ver.stderr
+    kdir = tc.kernel_dir(series)
     base_path = kdir / "vmlinux.btf"
-    res = tc.run_in_chroot(["bpftool", "btf", "dump", "file", str(base_path), "format", "raw"])
+    res = tc.run_in_chroot(["bpftool", "btf", "dump", "file", str(base_path), "format", "raw"],
+                           **flags)
     assert res.returncode == 0, res.stderr
     base = Btf.parse(base_path.read_bytes(), source=str(base_path))
     assert dump_raw(base) == res.stdout
-    fixtures = sorted(tc.fixtures_dir("6.12").glob("plain/*.ko"))
-    assert fixtures, "no plain (non-distilled) 6.12 fixtures"
+    fixtures = sorted(tc.fixtures_dir(series).glob("plain/*.ko"))
+    assert fixtures, f"no plain (non-distilled) {series} fixtures"
     for ko in fixtures:
         res = tc.run_in_chroot(["bpftool", "btf", "dump", "file", str(ko), "-B", str(base_path),
-                                "format", "raw"])
+                                "format", "raw"], **flags)
         assert res.returncode == 0, res.stderr
         sections = read_btf_sections(ko)
         ours = dump_raw(Btf.parse(sections.btf, base=base, source=str(ko)))
-        assert ours == res.stdout, f"{ko.name} differs from bpftool 7.5"
+        assert ours == res.stdout, f"{ko.name} differs from bpftool {bpftool}"
+
+
+_tree: dict = {}
+
+
+def _tree_init(vmlinux: str, out: str) -> None:
+    _tree.update(base=Btf.parse(Path(vmlinux).read_bytes(), source=vmlinux), out=out)
+
+
+def _tree_dump(args: tuple[int, str]) -> tuple[str, str | None]:
+    """Write module i's raw .BTF (decompressed, for bpftool) and our dump of it."""
+    i, path = args
+    sections = read_btf_sections(path, digest=False)
+    if sections.btf is None:
+        return path, None
+    raw = Path(_tree["out"]) / f"{i:05d}.btf"
+    raw.write_bytes(sections.btf)
+    ours = dump_raw(Btf.parse(sections.btf, base=_tree["base"], source=f"{path}:.BTF"))
+    raw.with_suffix(".ours").write_text(ours, errors="surrogateescape")
+    return path, str(raw)
+
+
+@pytest.mark.parametrize("series,bpftool", [("7.2", "7.8")])
+def test_whole_tree_dumps_like_chroot_bpftool(tc, series: str, bpftool: str,
+                                              tmp_path: Path) -> None:
+    """Every module of a kernel package, split on its vmlinux, against the bpftool of the
+    chroot that goes with it (one shell loop per core, not one chroot per module)."""
+    flags = tc.chroot_flags(series)
+    kdir = tc.kernel_dir(series)
+    vml = str(kdir / "vmlinux.btf")
+    out = tmp_path / "tree"
+    out.mkdir()
+    mods = [str(p) for p in _modules(kdir)]
+    with multiprocessing.get_context("fork").Pool(
+            2, initializer=_tree_init, initargs=(vml, str(out))) as pool:
+        done = pool.map(_tree_dump, list(enumerate(mods)), chunksize=32)
+    raws = sorted(r for _, r in done if r)
+    assert len(raws) > 4000, len(raws)
+    script = ('for f in "$@"; do bpftool btf dump file "$f" -B ' + vml +
+              ' format raw > "${f%.btf}.ref" || exit 1; done')
+    root = ["--sid"] if flags["sid"] else []
+    procs = [subprocess.Popen([str(toolchain.VM_DIR / "chroot"), *root, "--", "sh", "-c",
+                               script, "sh", *h], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+             for h in (raws[0::2], raws[1::2])]
+    for p in procs:
+        _, err = p.communicate(timeout=1800)
+        assert p.returncode == 0, err[-2000:]
+    src = {r: m for m, r in done if r}
+    bad = [r for r in raws if Path(r).with_suffix(".ours").read_bytes()
+           != Path(r).with_suffix(".ref").read_bytes()]
+    print(f"{series}: {len(raws)} modules with .BTF (of {len(mods)}), bpftool {bpftool}: "
+          f"{len(bad)} differ")
+    assert not bad, f"{len(bad)} dumps differ from bpftool {bpftool}; first: {src[bad[0]]}"
 
 
 def test_cli_dump_of_a_compressed_module(tc) -> None:
@@ -98,3 +164,20 @@ def test_cli_dump_of_a_compressed_module(tc) -> None:
     assert res.returncode == 0, res.stderr
     with tempfile.TemporaryDirectory() as d:
         assert res.stdout == _bpftool_on(mod, kdir / "vmlinux.btf", d)
+
+
+@pytest.mark.parametrize("series,bpftool", [("6.12", "7.5"), ("7.2", "7.8")])
+def test_kind_layout_section_dumps_like_chroot_bpftool(tc, series: str, bpftool: str,
+                                                       tmp_path: Path) -> None:
+    """A BTF with Linux 7.x's 32-byte header and a kind layout section (libbpf 1.8's table
+    between types and strings): bpftool 7.8 reads the section, 7.5 steps over it as a gap;
+    both print the types as without it, and so do we."""
+    plain = malformed.valid_blob()
+    path = tmp_path / "layout.btf"
+    path.write_bytes(malformed.with_layout(plain))
+    res = tc.run_in_chroot(["bpftool", "btf", "dump", "file", str(path), "format", "raw"],
+                           **tc.chroot_flags(series))
+    assert res.returncode == 0, res.stderr
+    ours = dump_raw(Btf.parse(path.read_bytes(), source=str(path)))
+    assert ours == res.stdout, f"bpftool {bpftool} differs"
+    assert ours == dump_raw(Btf.parse(plain))

@@ -56,7 +56,7 @@ def ctl(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*CTL, *args], capture_output=True, text=True, env=ENV, timeout=300)
 
 
-@pytest.mark.parametrize("series", ["6.1", "6.12"])
+@pytest.mark.parametrize("series", ["6.1", "6.12", "7.2"])
 def test_btf_from_vmlinuz_equals_vmlinux_btf(tc, series: str, tmp_path: Path) -> None:
     kdir = tc.kernel_dir(series)
     vmlinuz, expected = kdir / "vmlinuz", (kdir / "vmlinux.btf").read_bytes()
@@ -100,7 +100,7 @@ def test_btf_from_vmlinuz_equals_vmlinux_btf(tc, series: str, tmp_path: Path) ->
     assert ours_mb < 160
 
 
-@pytest.mark.parametrize("series", ["6.1", "6.12"])
+@pytest.mark.parametrize("series", ["6.1", "6.12", "7.2"])
 def test_commands_take_vmlinuz_like_vmlinux(tc, series: str, tmp_path: Path) -> None:
     kdir = tc.kernel_dir(series)
     vmlinuz, btf = str(kdir / "vmlinuz"), str(kdir / "vmlinux.btf")

@@ -35,8 +35,18 @@ def rootfs() -> Path:
     return cache_root() / "rootfs" / "trixie"
 
 
+# Which chroot's bpftool/libbpf goes with a kernel series: trixie (bpftool 7.5, libbpf 1.5)
+# for the Debian 13 kernels, sid (bpftool 7.8, libbpf 1.7) for 7.2.
+SID_SERIES = ("7.2",)
+
+
+def chroot_flags(series: str) -> dict[str, bool]:
+    """run_in_chroot keyword arguments for the root whose tools match ``series``."""
+    return {"sid": series in SID_SERIES}
+
+
 def kernel_dir(series: str) -> Path:
-    """``kernels/<release>`` for "6.12" / "6.1" (or a full release): vmlinuz, config,
+    """``kernels/<release>`` for "6.12" / "6.1" / "7.2" (or a full release): vmlinuz, config,
     System.map, vmlinux, vmlinux.btf, lib/modules/<release>/, release."""
     return (cache_root() / "kernels" / series).resolve()
 
@@ -123,11 +133,15 @@ def run_in_vm(series: str, cmd: str | Sequence[str], timeout: float = 300, *,
 
 
 def run_in_chroot(cmd: str | Sequence[str], *, check: bool = False,
-                  timeout: float = 600, bookworm: bool = False) -> subprocess.CompletedProcess:
-    """Run ``cmd`` (argv, or a shell string) in the trixie chroot; captures text output."""
+                  timeout: float = 600, bookworm: bool = False,
+                  sid: bool = False) -> subprocess.CompletedProcess:
+    """Run ``cmd`` (argv, or a shell string) in the trixie chroot (``sid=True``: the sid
+    root with libbpf 1.7, bpftool 7.8, pahole 1.32); captures text output."""
     argv = [str(VM_DIR / "chroot")]
     if bookworm:
         argv.append("--bookworm")
+    if sid:
+        argv.append("--sid")
     argv.append("--")
     argv += ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
     return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=timeout)

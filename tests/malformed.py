@@ -166,6 +166,40 @@ def with_header(data: bytes, **fields: int) -> bytes:
     return HDR.pack(*(h[n] for n in names)) + data[HDR.size:]
 
 
+# libbpf 1.8's kind layout table (struct btf_layout {u8 info_sz, elem_sz; u16 flags} by kind)
+LIBBPF_LAYOUTS = bytes(b for info, elem in (
+    (0, 0), (4, 0), (0, 0), (12, 0), (0, 12), (0, 12), (0, 8), (0, 0), (0, 0), (0, 0),
+    (0, 0), (0, 0), (0, 0), (0, 8), (4, 0), (0, 12), (0, 0), (4, 0), (0, 0), (0, 12),
+) for b in (info, elem, 0, 0))
+
+
+def with_layout(data: bytes, layout: bytes = LIBBPF_LAYOUTS, **fields: int) -> bytes:
+    """`data` (a 24-byte-header BTF) with the 32-byte header of Linux 7.x and a kind layout
+    section between types and strings, as libbpf 1.8 writes it; `fields` override header
+    fields (the eight of HDR plus layout_off, layout_len) after that."""
+    h = header(data)
+    hdr_len, type_len, str_off = h[3], h[5], h[6]
+    assert hdr_len == 24
+    names = ("magic", "version", "flags", "hdr_len", "type_off", "type_len", "str_off",
+             "str_len", "layout_off", "layout_len")
+    vals = dict(zip(names, [*h[:3], 32, 0, type_len, type_len + len(layout), h[7], type_len,
+                            len(layout)], strict=True))
+    vals.update(fields)
+    return (struct.pack("<HBBIIIIIII", *(vals[n] for n in names))
+            + data[hdr_len:hdr_len + type_len] + layout + data[hdr_len + str_off:])
+
+
+def _layout_after_strings(data: bytes) -> bytes:
+    """Types, strings (NUL-padded to 4 bytes), then the layout section: contiguous."""
+    h = header(data)
+    hdr_len, type_len, str_off, str_len = h[3], h[5], h[6], h[7]
+    strs = data[hdr_len + str_off:hdr_len + str_off + str_len]
+    strs += b"\0" * (-len(strs) % 4)
+    return (struct.pack("<HBBIIIIIII", *h[:3], 32, 0, type_len, type_len, len(strs),
+                        type_len + len(strs), len(LIBBPF_LAYOUTS))
+            + data[hdr_len:hdr_len + type_len] + strs + LIBBPF_LAYOUTS)
+
+
 def type_words(data: bytes) -> array:
     h = header(data)
     words = array("I")
@@ -220,8 +254,29 @@ def hand_crafted() -> Iterator[Case]:  # noqa: C901 (a list of cases)
     yield Case("hdr_len past the end", with_header(good, hdr_len=size + 1), "hdr_len")
     yield Case("hdr_len huge", with_header(good, hdr_len=0xFFFFFFF0), "hdr_len")
     yield Case("hdr_len below 24", with_header(good, hdr_len=16), "hdr_len")
+    # Linux 7.x reads 32 header bytes (layout_off, layout_len); anything past them must be 0
     yield Case("extended header not zero",
-               with_header(good[:24], hdr_len=32) + b"\1" + b"\0" * 7 + good[24:])
+               with_header(good[:24], hdr_len=40) + b"\0" * 8 + b"\1" + b"\0" * 7 + good[24:],
+               "header at 32")
+    # ---- the kind layout section (Linux 7.x, libbpf 1.8)
+    tl = type_len
+    yield Case("layout section misaligned", with_layout(good, layout_off=tl + 2), "aligned")
+    yield Case("layout length not a multiple of 4",
+               with_layout(good, LIBBPF_LAYOUTS[:-2], str_off=tl + len(LIBBPF_LAYOUTS) - 2),
+               "multiple of 4")
+    yield Case("gap between types and layout",
+               with_layout(good, b"\0" * 4 + LIBBPF_LAYOUTS, layout_off=tl + 4,
+                           layout_len=len(LIBBPF_LAYOUTS)), "layout section at")
+    yield Case("layout section overlapping the types",
+               with_layout(good, layout_off=tl - 4), "layout section at")
+    yield Case("gap between layout and strings",
+               with_layout(good, LIBBPF_LAYOUTS + b"\0" * 4, layout_len=len(LIBBPF_LAYOUTS)),
+               "does not follow the layout")
+    yield Case("layout section past the end",
+               with_layout(good, layout_len=len(LIBBPF_LAYOUTS) + 4), "layout")
+    # the 7.x kernel would take this order (no gaps), libbpf 1.8 not: types, layout, strings
+    yield Case("layout section after the strings", _layout_after_strings(good),
+               "layout section at")
     yield Case("sections overlap", with_header(good, str_off=type_len - 4,
                                                str_len=str_len + 4))
     yield Case("gap between sections", with_header(good[:hdr_len + type_len], str_off=type_len + 4)

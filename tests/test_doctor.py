@@ -272,3 +272,31 @@ def test_candidates_after_the_build_are_not_read(tmp_path: Path) -> None:
     d = diagnose(ko, VmlinuxIndex.load(str(target)), cands)
     assert d.build == str(tmp_path / "vmlinux-a.btf")
     assert cands.items[1].btf is None and cands.items[1].error is None
+
+
+def test_kernel_check_finds_the_image_in_the_module_tree(tmp_path: Path) -> None:
+    """Debian sid (linux-binary-*), Fedora and Arch install the image as
+    /usr/lib/modules/VERSION/vmlinuz, with nothing in /boot: kernel-check's default."""
+    from btfreconciled.cli.kernelcheck import default_image
+    from btfreconciled.reconcile.doctor import DEFAULT_SEARCH, candidate_files
+
+    base = reparse(vmlinux())
+    ver = "7.2.999-sidtest"
+    tree = tmp_path / "lib" / "modules" / ver
+    dkms = tree / "updates" / "dkms"
+    dkms.mkdir(parents=True)
+    src = tmp_path / "src"
+    src.mkdir()
+    _classic(src, base, "old_build").rename(dkms / "old_build.ko")
+    assert default_image(ver, tree) == Path(f"/boot/vmlinuz-{ver}")  # nothing there yet
+    (tree / "vmlinuz").write_bytes(grown().to_bytes())
+    assert default_image(ver, tree) == tree / "vmlinuz"
+    cache = tmp_path / "cache"
+    rc = ctl(["kernel-check", ver, "--modules-root", str(tmp_path / "lib" / "modules"),
+              "--cache-dir", str(cache)])
+    assert rc == 1
+    rep = json.loads((cache / "pre-reboot" / f"{ver}.json").read_text())
+    assert rep["image"] == str(tree / "vmlinuz") and rep["will_not_fit"][0]["module"] == "old_build"
+    # doctor and rescue look there too
+    assert "/usr/lib/modules/*" in DEFAULT_SEARCH
+    assert candidate_files([str(tmp_path / "lib" / "modules" / "*")]) == [tree / "vmlinuz"]

@@ -7,7 +7,6 @@ new types live beside the raw words, and `to_bytes` stitches the two back togeth
 
 from __future__ import annotations
 
-import struct
 import sys
 from array import array
 from collections.abc import Iterator, Sequence
@@ -15,10 +14,8 @@ from itertools import accumulate
 from typing import TYPE_CHECKING
 
 from .errors import BtfError
+from .header import pack_header, parse_header
 from .kinds import (
-    BTF_MAGIC,
-    BTF_VERSION,
-    HEADER_SIZE,
     LAYOUT_KINDS,
     MAX_NAME_OFFSET,
     MAX_TYPE,
@@ -63,7 +60,8 @@ class Btf:
         self.source = source
         self.byte_order = byte_order or (base.byte_order if base else _NATIVE)
         self.flags = 0
-        self.hdr_extra = b""  # header bytes past struct btf_header (must be zero)
+        self.hdr_extra = b""  # header bytes past the first 24 (layout_off/_len, zero tail)
+        self.layout = b""  # the kind layout section (Linux 7.x), kept as it came
         self.start_id = base.type_count if base else 1
         self.start_str_off = base.str_end if base else 0
         self._words = array("I")
@@ -110,51 +108,12 @@ class Btf:
         return BtfError(msg, source=self.source, offset=offset, type_id=type_id)
 
     def _parse_header_and_sections(self, data: bytes) -> None:
+        # header and section placement: header.py (the 32-byte header of Linux 7.x too)
+        h = parse_header(data, self._err,
+                         base_order=self.base.byte_order if self.base is not None else None)
         size = len(data)
-        if size < 4:
-            raise self._err(f"too short for a BTF header ({size} bytes)", offset=0)
-        (magic_le,) = struct.unpack_from("<H", data, 0)
-        if magic_le == BTF_MAGIC:
-            order = "<"
-        elif magic_le == 0x9FEB:
-            order = ">"
-        else:
-            raise self._err(f"bad BTF magic {magic_le:#06x} (expected 0xeb9f)", offset=0)
-        if self.base is not None and order != self.base.byte_order:
-            raise self._err("split BTF byte order differs from its base", offset=0)
+        order, hdr_len, str_off, str_len = h.order, h.hdr_len, h.str_off, h.str_len
         self.byte_order = order
-        if size < HEADER_SIZE:
-            raise self._err(f"truncated BTF header ({size} of {HEADER_SIZE} bytes)", offset=0)
-        _, version, flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(
-            order + "HBBIIIII", data, 0
-        )
-        if version != BTF_VERSION:
-            raise self._err(f"unsupported BTF version {version}", offset=2)
-        if flags:
-            raise self._err(f"unsupported BTF header flags {flags:#x}", offset=3)
-        if hdr_len < HEADER_SIZE:
-            raise self._err(f"hdr_len {hdr_len} is shorter than the 24-byte header", offset=4)
-        if hdr_len > size:
-            raise self._err(f"hdr_len {hdr_len} runs past the end of the data ({size})", offset=4)
-        extra = data[HEADER_SIZE:hdr_len]
-        if extra.strip(b"\0"):
-            raise self._err("unsupported non-zero bytes in the extended BTF header", offset=24)
-        if type_off % 4:
-            raise self._err(f"type section offset {type_off} is not 4-byte aligned", offset=8)
-        if type_len % 4:
-            raise self._err(f"type section length {type_len} is not a multiple of 4", offset=12)
-        # The kernel wants exactly: header, types, strings, end of data, with no gaps.
-        if type_off != 0:
-            raise self._err(f"type section starts at {type_off}, not right after the header",
-                            offset=8)
-        if str_off != type_off + type_len:
-            raise self._err(
-                f"string section at {str_off} does not follow the type section "
-                f"({type_off}+{type_len})", offset=16)
-        if hdr_len + str_off + str_len != size:
-            raise self._err(
-                f"sections end at {hdr_len + str_off + str_len} but the data is {size} bytes",
-                offset=20)
         strs = data[hdr_len + str_off : size]
         if self.base is None and (not strs or strs[0] != 0):
             raise self._err("string section does not start with a NUL byte",
@@ -163,14 +122,15 @@ class Btf:
             raise self._err("string section is not NUL-terminated", offset=size - 1)
         if str_len and self.start_str_off + str_len - 1 > MAX_NAME_OFFSET:
             raise self._err(f"string section too large ({str_len} bytes)", offset=20)
-        self.flags = flags
-        self.hdr_extra = extra
+        self.flags = h.flags
+        self.hdr_extra = h.extra
+        self.layout = data[hdr_len + h.layout_off : hdr_len + h.layout_off + h.layout_len]
         self._strs = strs
         # array indexing is ~1.4x faster than memoryview indexing, and the copy is cheap;
         # copying straight from a view of `data` saves an intermediate bytes slice.
         words = array("I")
         with memoryview(data) as view:
-            words.frombytes(view[hdr_len : hdr_len + type_len])
+            words.frombytes(view[hdr_len : hdr_len + h.type_len])
         if order != _NATIVE:
             words.byteswap()
         self._words = words
@@ -491,9 +451,6 @@ class Btf:
             words.byteswap()
         types = words.tobytes()
         strs = self._strs
-        hdr_len = HEADER_SIZE + len(self.hdr_extra)
-        hdr = struct.pack(
-            self.byte_order + "HBBIIIII",
-            BTF_MAGIC, BTF_VERSION, self.flags, hdr_len, 0, len(types), len(types), len(strs),
-        )
-        return hdr + self.hdr_extra + types + strs
+        hdr = pack_header(self.byte_order, self.flags, self.hdr_extra, len(types),
+                          len(self.layout), len(strs))
+        return hdr + types + self.layout + strs

@@ -26,16 +26,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Check the out-of-tree modules installed for kernel VERSION (/lib/modules/VERSION/"
             "updates and extra, where DKMS puts them) against that kernel's own BTF (its image,"
-            " default /boot/vmlinuz-VERSION) and print one warning per module whose BTF will"
-            " not fit: the kernel would drop its BTF or, with CONFIG_MODULE_ALLOW_BTF_MISMATCH"
-            " off, refuse the module. The report also goes to the cache, where `status` shows"
-            " it. Installed as /etc/kernel/postinst.d/zz-btfreconciled by"
-            " scripts/install-service: it never fails a package installation."),
+            " default /boot/vmlinuz-VERSION, else /lib/modules/VERSION/vmlinuz) and print one"
+            " warning per module whose BTF will not fit: the kernel would drop its BTF or,"
+            " with CONFIG_MODULE_ALLOW_BTF_MISMATCH off, refuse the module. The report also"
+            " goes to the cache, where `status` shows it. Installed as"
+            " /etc/kernel/postinst.d/zz-btfreconciled by scripts/install-service: it never"
+            " fails a package installation."),
         epilog="exit status: 0 all fit (or nothing to check), 1 some will not fit, 2 error.",
     )
     p.add_argument("version", metavar="VERSION", help="kernel release, as in /lib/modules")
     p.add_argument("--image", metavar="FILE", help="the kernel's image or vmlinux (default "
-                   "/boot/vmlinuz-VERSION)")
+                   "/boot/vmlinuz-VERSION, else MODULES-ROOT/VERSION/vmlinuz as Debian sid, "
+                   "Fedora and Arch install it)")
     p.add_argument("--modules-root", metavar="DIR", default="/lib/modules",
                    help="where module trees live (default /lib/modules)")
     p.add_argument("--cache-dir", metavar="DIR", default=str(DEFAULT_CACHE_DIR),
@@ -44,13 +46,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def default_image(version: str, tree: Path) -> Path:
+    """/boot/vmlinuz-VERSION, or where Debian sid (linux-binary-*), Fedora and Arch put the
+    image: the module tree's own vmlinuz. The /boot path when neither exists (for the
+    message)."""
+    boot = Path(f"/boot/vmlinuz-{version}")
+    if not boot.exists() and (tree / "vmlinuz").exists():
+        return tree / "vmlinuz"
+    return boot
+
+
 def run(args: argparse.Namespace) -> int:
     if "/" in args.version or args.version in ("", ".", ".."):
         raise CliError(f"invalid kernel version {args.version!r}")
-    image = Path(args.image or f"/boot/vmlinuz-{args.version}")
+    tree = Path(args.modules_root) / args.version
+    image = Path(args.image) if args.image else default_image(args.version, tree)
     if not image.exists():
         raise CliError(f"{image}: no such file (give the kernel's image with --image)")
-    tree = Path(args.modules_root) / args.version
     mods = [m for d in OUT_OF_TREE if (tree / d).is_dir() for m in find_modules(tree / d)]
     target = VmlinuxIndex.load(str(image))
     # the module's build, when it is not this kernel: the other kernels on this machine

@@ -75,7 +75,8 @@ class Config:
     max_module_bytes: int = 128 << 20
     # where a classic-split module's build may be found (doctor's defaults)
     search_dirs: list[Path] = field(default_factory=lambda: [Path(d) for d in (
-        "/boot", "/usr/lib/debug/boot", "/usr/lib/modules/*/build", "/usr/src/linux-headers-*")])
+        "/boot", "/usr/lib/debug/boot", "/usr/lib/modules/*", "/usr/lib/modules/*/build",
+        "/usr/src/linux-headers-*")])
     vmlinux: Path = Path("/sys/kernel/btf/vmlinux")
     sysfs: Path = Path("/sys")
     modules_root: Path | None = None

@@ -59,7 +59,7 @@ config file (TOML, every key optional; default {DEFAULT_CONFIG} if it exists):
   merged_btf = "modules"          # merged/<m>.btf + all.btf | all (all.btf only) | off
   module_timeout = 60             # seconds one module may take before it is given up
   max_module_bytes = 134217728    # a module file, and its decompressed payload, at most
-  search_dirs = ["/boot", "/usr/lib/debug/boot", "/usr/lib/modules/*/build"]
+  search_dirs = ["/boot", "/usr/lib/debug/boot", "/usr/lib/modules/*", "/usr/lib/modules/*/build"]
                                   # where a classic-split module's build is looked for: a
                                   # loaded one the kernel rejected is rescued (verdict rescued)
   watch_files = true              # watch module dirs and this file for changes

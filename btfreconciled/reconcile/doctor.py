@@ -29,8 +29,9 @@ from .origin import OriginError, SplitShape, check_base, infer_shape
 from .target import VmlinuxIndex
 
 # Where distributions put kernels and their BTF: images, debug vmlinux, headers' vmlinux.
-DEFAULT_SEARCH = ("/boot", "/usr/lib/debug/boot", "/usr/lib/modules/*/build",
-                  "/usr/src/linux-headers-*")
+# /usr/lib/modules/*: the image itself where Debian sid (7.x), Fedora and Arch install it
+DEFAULT_SEARCH = ("/boot", "/usr/lib/debug/boot", "/usr/lib/modules/*",
+                  "/usr/lib/modules/*/build", "/usr/src/linux-headers-*")
 NO_BTF_WHY = ("the module has no .BTF section: Kbuild generates module BTF only when a vmlinux "
               "with BTF sits in the build directory (it prints 'Skipping BTF generation for "
               "... due to unavailability of vmlinux'); rebuild it with one there")

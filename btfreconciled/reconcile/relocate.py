@@ -32,7 +32,6 @@ every problem instead of stopping at the first.
 
 from __future__ import annotations
 
-import struct
 import sys
 import weakref
 from array import array
@@ -40,10 +39,8 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 
 from ..btf.btf import Btf
+from ..btf.header import pack_header
 from ..btf.kinds import (
-    BTF_MAGIC,
-    BTF_VERSION,
-    HEADER_SIZE,
     K_ARRAY,
     K_ENUM,
     K_ENUM64,
@@ -475,9 +472,10 @@ def _other_kinds(target: VmlinuxIndex, d: DistType) -> list[CandidateInfo]:
 
 
 def serialize(btf: Btf, words: array) -> bytes:
-    """`btf`'s header and strings around `words` (host order), in btf's byte order."""
+    """`btf`'s header, layout section and strings around `words` (host order), in btf's
+    byte order."""
     return serialize_parts(words, btf.strings, byte_order=btf.byte_order, flags=btf.flags,
-                           hdr_extra=btf.hdr_extra)
+                           hdr_extra=btf.hdr_extra, layout=btf.layout)
 
 
 def serialize_parts_raw(btf: Btf, types_host: bytes) -> bytes:
@@ -486,25 +484,21 @@ def serialize_parts_raw(btf: Btf, types_host: bytes) -> bytes:
         w = array("I")
         w.frombytes(types_host)
         return serialize(btf, w)
-    hdr_len = HEADER_SIZE + len(btf.hdr_extra)
     strs = btf.strings
-    n = len(types_host)
-    hdr = struct.pack(btf.byte_order + "HBBIIIII", BTF_MAGIC, BTF_VERSION, btf.flags, hdr_len,
-                      0, n, n, len(strs))
-    return hdr + btf.hdr_extra + types_host + strs
+    hdr = pack_header(btf.byte_order, btf.flags, btf.hdr_extra, len(types_host),
+                      len(btf.layout), len(strs))
+    return hdr + types_host + btf.layout + strs
 
 
 def serialize_parts(words: array, strs: bytes, *, byte_order: str = _NATIVE, flags: int = 0,
-                    hdr_extra: bytes = b"") -> bytes:
-    """A BTF blob: header, type words (given in host order), strings."""
+                    hdr_extra: bytes = b"", layout: bytes = b"") -> bytes:
+    """A BTF blob: header, type words (given in host order), layout section, strings."""
     if byte_order != _NATIVE:
         words = array("I", words)
         words.byteswap()
     types = words.tobytes()
-    hdr_len = HEADER_SIZE + len(hdr_extra)
-    hdr = struct.pack(byte_order + "HBBIIIII", BTF_MAGIC, BTF_VERSION, flags, hdr_len,
-                      0, len(types), len(types), len(strs))
-    return hdr + hdr_extra + types + strs
+    hdr = pack_header(byte_order, flags, hdr_extra, len(types), len(layout), len(strs))
+    return hdr + types + layout + strs
 
 
 __all__ = ["EMBEDDED_KERNEL", "EMBEDDED_LIBBPF_1_5", "RelocateResult", "WireError",

@@ -6,6 +6,7 @@ BTFR_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BTFR_CACHE="${BTFRECONCILED_CACHE_ROOT:-$HOME/.cache/btfreconciled}"
 BTFR_ROOTFS="$BTFR_CACHE/rootfs/trixie"
 BTFR_BUILDROOT="$BTFR_CACHE/rootfs/bookworm"
+BTFR_SIDROOT="$BTFR_CACHE/rootfs/sid"  # libbpf 1.7, bpftool 7.8, pahole 1.32, 7.2 headers
 BTFR_STAMPS="$BTFR_CACHE/stamps"
 BTFR_VENV="$BTFR_CACHE/venv"
 

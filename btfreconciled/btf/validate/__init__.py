@@ -6,7 +6,7 @@ sections), the shared columns and reports in core, tables by type id in tables. 
 lists every phase in the order it runs, the kinds it covers and the kernel or libbpf
 function it mirrors.
 
-`Btf.parse` (btf.py) has already checked the header, the section layout, the string
+`Btf.parse` (btf.py, header.py) has already checked the header, the section layout, the string
 section's NUL rules, that every record has a known kind and fits the type section (kernel:
 btf_parse_hdr, btf_check_sec_info, btf_parse_str_sec, btf_check_meta's size checks; libbpf:
 btf_parse_hdr, btf_parse_str_sec, btf_parse_type_sec). `validate_btf` then
