@@ -4,13 +4,18 @@ A record is the 12-byte `struct btf_type` (name_off; info = kind_flag << 31 | ki
 vlen; a size-or-type word), then a fixed number of extra words, then `vlen` items of a
 fixed size (include/uapi/linux/btf.h). `LAYOUT[kind]` says, for the third word, each extra
 word and each word of an item, its field name and its role: a type id, a string offset, a
-size, plain data, or a word that must be zero; and what vlen and kind_flag mean.
+size, plain data, or a word that must be zero; and what vlen and kind_flag mean. (Linux 7.x
+BTF may carry the first two facts itself, as a kind layout section of `struct btf_layout
+{info_sz, elem_sz, flags}`: header.py; for the kinds below they are 4 * fixed_words and
+4 * item_words.)
 
 Everything that needs to know where a record's ids and strings are derives from this table:
 the record size (`record_words`, used by every record scan), libbpf's field-iterator slots
-(`reconcile/wire.id_slots`/`str_slots`), relocation's lane masks (`reconcile/relocate.
-slot_masks`), the validator's word columns (`btf/validate/`), the dump's item strides
-(`btf/dump.py`) and the decoded types' `ref_ids`/`with_refs` (`btf/types.py`).
+(`reconcile/wire.id_slots`/`str_slots`), relocation's lane masks (`reconcile/lanes.
+slot_masks`), the validator's vlen/kind_flag rules and word columns (`btf/validate/`) and
+the decoded types' `ref_ids`/`with_refs` (`btf/types.py`). Hand-written record walks use the
+named positions below (MEMBER_TYPE, ARRAY_NELEMS, ...); the codecs that build or print whole
+records (types.decode/encode, dump.py) spell the words in wire order.
 """
 
 from __future__ import annotations
