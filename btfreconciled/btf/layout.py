@@ -20,8 +20,6 @@ records (types.decode/encode, dump.py) spell the words in wire order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .kinds import NR_KINDS, Kind
 
 # Roles of a word.
@@ -35,15 +33,25 @@ UNUSED = "unused"
 _HEADER = (("name_off", STR), ("info", DATA))
 
 
-@dataclass(frozen=True)
 class KindLayout:
-    kind: Kind
-    word2: tuple[str, str]  # (field, role) of the size/type word
-    fixed: tuple[tuple[str, str], ...] = ()  # the extra words after the 12-byte header
-    item: tuple[tuple[str, str], ...] = ()  # the words of one vlen item
-    items: str = ""  # what the vlen items are called in types.py ("members", ...)
-    vlen: str = ""  # what vlen means ("" = must be 0)
-    kflag: str = ""  # what kind_flag means ("" = must be 0)
+    """One kind's record layout. A plain class, not a dataclass: btf.py imports this module
+    on every start-up, and `dataclasses` alone costs ~4 ms to import."""
+
+    __slots__ = ("fixed", "item", "items", "kflag", "kind", "vlen", "word2")
+
+    def __init__(self, kind: Kind, word2: tuple[str, str],
+                 fixed: tuple[tuple[str, str], ...] = (), item: tuple[tuple[str, str], ...] = (),
+                 *, items: str = "", vlen: str = "", kflag: str = "") -> None:
+        self.kind = kind
+        self.word2 = word2  # (field, role) of the size/type word
+        self.fixed = fixed  # the extra words after the 12-byte header
+        self.item = item  # the words of one vlen item
+        self.items = items  # what the vlen items are called in types.py ("members", ...)
+        self.vlen = vlen  # what vlen means ("" = must be 0)
+        self.kflag = kflag  # what kind_flag means ("" = must be 0)
+
+    def __repr__(self) -> str:
+        return f"KindLayout({self.kind.name}, {self.word2}, {self.fixed}, {self.item})"
 
     @property
     def fixed_words(self) -> int:
