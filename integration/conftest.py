@@ -112,12 +112,31 @@ def _boot_and_load(tc, series: str, tmp_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
-def vm_612(tc, tmp_path_factory) -> dict:
-    """One 6.12 boot for the whole session: every fixture loaded, verdicts saved."""
-    return _boot_and_load(tc, "6.12", tmp_path_factory)
+def vm_boot(tc, tmp_path_factory):
+    """``vm_boot(series)``: the one boot of ``series`` per session (every fixture loaded,
+    verdicts saved); test modules share it, whichever asks first boots."""
+    booted: dict[str, dict] = {}
+
+    def boot(series: str) -> dict:
+        if series not in booted:
+            booted[series] = _boot_and_load(tc, series, tmp_path_factory)
+        return booted[series]
+    return boot
 
 
 @pytest.fixture(scope="session")
-def vm_61(tc, tmp_path_factory) -> dict:
+def vm_612(vm_boot) -> dict:
+    """One 6.12 boot for the whole session: every fixture loaded, verdicts saved."""
+    return vm_boot("6.12")
+
+
+@pytest.fixture(scope="session")
+def vm_61(vm_boot) -> dict:
     """One 6.1 boot for the whole session: what an old kernel does with .BTF.base modules."""
-    return _boot_and_load(tc, "6.1", tmp_path_factory)
+    return vm_boot("6.1")
+
+
+@pytest.fixture(scope="session", params=toolchain.RELOCATING_SERIES)
+def vm_relocating(request, vm_boot) -> dict:
+    """The boot of each kernel that relocates .BTF.base itself (6.12, 7.2), with its series."""
+    return {**vm_boot(request.param), "series": request.param}

@@ -17,7 +17,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 VM_DIR = REPO / "vm"
+# Kernels with a systemd VM boot (test_systemd_vm.py).
 SERIES = ("6.12", "6.1")
+# Kernels that relocate a module's .BTF.base themselves (Linux >= 6.11): /sys/kernel/btf/<m>
+# must equal ours.  Each gets one fixture-loading boot and one daemon boot per session.
+RELOCATING_SERIES = ("6.12", "7.2")
 FIXTURE_MODULES = ("btfr_embed", "btfr_ptr", "btfr_types", "btfr_kfunc", "btfr_loader")
 
 # Inputs whose hash vm/setup records in stamps/setup.done (keep in sync with vm/setup).
@@ -49,6 +53,13 @@ def kernel_dir(series: str) -> Path:
     """``kernels/<release>`` for "6.12" / "6.1" / "7.2" (or a full release): vmlinuz, config,
     System.map, vmlinux, vmlinux.btf, lib/modules/<release>/, release."""
     return (cache_root() / "kernels" / series).resolve()
+
+
+def allows_btf_mismatch(series: str) -> bool:
+    """CONFIG_MODULE_ALLOW_BTF_MISMATCH=y: a module whose BTF the kernel rejects still loads
+    (Debian 6.1, 6.12); without it (Debian 7.2) the kernel refuses the module."""
+    config = (kernel_dir(series) / "config").read_text()
+    return "CONFIG_MODULE_ALLOW_BTF_MISMATCH=y" in config.splitlines()
 
 
 def kernel_release(series: str) -> str:
@@ -147,6 +158,23 @@ def run_in_chroot(cmd: str | Sequence[str], *, check: bool = False,
     return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=timeout)
 
 
-def oracle(*args: str, check: bool = False) -> subprocess.CompletedProcess:
-    """Run the libbpf 1.5 oracle (``btf_oracle``) in the trixie chroot."""
+def oracle(*args: str, check: bool = False, sid_binary: Path | None = None
+           ) -> subprocess.CompletedProcess:
+    """Run the libbpf 1.5 oracle (``btf_oracle``) in the trixie chroot; with ``sid_binary``
+    (from :func:`build_sid_oracle`), the libbpf 1.7 build in the sid root."""
+    if sid_binary is not None:
+        return run_in_chroot([str(sid_binary), *args], check=check, sid=True)
     return run_in_chroot(["btf_oracle", *args], check=check)
+
+
+def build_sid_oracle(out_dir: Path) -> Path:
+    """integration/oracle/btf_oracle.c compiled in the sid root against its libbpf 1.7, into
+    ``out_dir`` (which must be under /tmp or the cache: the chroot sees those paths).  Under
+    a second; vm/setup installs only the trixie (libbpf 1.5) build."""
+    exe = out_dir / "btf_oracle"
+    res = run_in_chroot(["gcc", "-O2", "-Wall", "-o", str(exe),
+                         str(REPO / "integration" / "oracle" / "btf_oracle.c"), "-lbpf"],
+                        sid=True)
+    if res.returncode != 0 or not exe.is_file():
+        raise RuntimeError(f"building btf_oracle in the sid root failed:\n{res.stderr}")
+    return exe

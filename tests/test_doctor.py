@@ -300,3 +300,101 @@ def test_kernel_check_finds_the_image_in_the_module_tree(tmp_path: Path) -> None
     # doctor and rescue look there too
     assert "/usr/lib/modules/*" in DEFAULT_SEARCH
     assert candidate_files([str(tmp_path / "lib" / "modules" / "*")]) == [tree / "vmlinuz"]
+
+
+def test_kernel_check_says_which_modules_the_new_kernel_refuses(tmp_path: Path,
+                                                               capsys) -> None:
+    """Debian's 7.2 is built without CONFIG_MODULE_ALLOW_BTF_MISMATCH: a module whose BTF it
+    cannot use does not load at all (seen in integration/test_daemon_vm.py).  kernel-check
+    reads the new kernel's config and says "will not load" there, "no usable BTF" where the
+    option is set, and the report and `status` carry it."""
+    from types import SimpleNamespace
+
+    from btfreconciled.cli.status import pre_reboot_line
+    from btfreconciled.daemon.status import StatusApi
+
+    base = reparse(vmlinux())
+    ver = "7.2.999-refuses"
+    tree = tmp_path / "lib" / "modules" / ver
+    (tree / "updates").mkdir(parents=True)
+    src = tmp_path / "src"
+    src.mkdir()
+    _classic(src, base, "old_build").rename(tree / "updates" / "old_build.ko")
+    (tree / "vmlinuz").write_bytes(grown().to_bytes())
+    cache = tmp_path / "cache"
+    argv = ["kernel-check", ver, "--modules-root", str(tmp_path / "lib" / "modules"),
+            "--cache-dir", str(cache)]
+    cfg = tree / "config"
+    for text, on_load, says in (
+            ("CONFIG_DEBUG_INFO_BTF_MODULES=y\n# CONFIG_MODULE_ALLOW_BTF_MISMATCH is not set\n",
+             "refused", f"will not load on {ver}"),
+            ("CONFIG_DEBUG_INFO_BTF_MODULES=y\nCONFIG_MODULE_ALLOW_BTF_MISMATCH=y\n",
+             "no-btf", f"will have no usable BTF on {ver}"),
+            (None, "unknown", f"will have no usable BTF on {ver}")):
+        if text is None:
+            cfg.unlink()
+        else:
+            cfg.write_text(text)
+        capsys.readouterr()
+        assert ctl(argv) == 1
+        out = capsys.readouterr().out
+        assert says in out, out
+        rep = json.loads((cache / "pre-reboot" / f"{ver}.json").read_text())
+        assert rep["will_not_fit"][0]["on_load"] == on_load
+        assert rep["config"] == (str(cfg) if text else None)
+    # refused: the warning names the option and the config it was read from
+    cfg.write_text("CONFIG_DEBUG_INFO_BTF_MODULES=y\n")
+    assert ctl(argv) == 1
+    out = capsys.readouterr().out
+    assert f"CONFIG_MODULE_ALLOW_BTF_MISMATCH is not set in {cfg}" in out
+    # what the daemon's status makes of the report (another kernel than the running one)
+    api = SimpleNamespace(cfg=SimpleNamespace(cache_dir=cache), release="6.12.0-running")
+    reps = StatusApi.pre_reboot_reports(api)
+    assert [(r["version"], r["will_not_fit"], r["will_not_load"]) for r in reps] == \
+        [(ver, ["old_build"], ["old_build"])]
+    assert pre_reboot_line(reps[0]) == (
+        f"next kernel {ver}: 1 out-of-tree modules, 1 will have no usable BTF: old_build "
+        f"(btfreconcilectl kernel-check {ver}); 1 will not load at all: old_build")
+
+
+def test_kernel_log_keeps_the_cause_line_before_the_module_line() -> None:
+    """Linux 7.2, refusing a module whose .BTF.base does not map (observed in the 7.2 VM):
+    the cause names no module and comes right before the line that does."""
+    from btfreconciled.cli.doctor import match_log_lines
+
+    cause = "distilled base BTF type 'work_struct' [68] is not mapped to base BTF id"
+    failed = "failed to validate module [btfr_embed] BTF: -22"
+    texts = ["btfr_embed: loaded, value=2", cause, failed,
+             "BTF: unrelated line naming nothing", "some other message",
+             "failed to validate module [other] BTF: -22"]
+    assert match_log_lines(texts, ["btfr_embed", "other", "absent"]) == {
+        "btfr_embed": f"{cause}; {failed}",
+        "other": "failed to validate module [other] BTF: -22"}  # a message between: no cause
+    generic = "Kernel module BTF mismatch detected, BTF debug info may be unavailable"
+    assert match_log_lines([generic, failed], ["btfr_embed"]) == {"": generic,
+                                                                    "btfr_embed": failed}
+
+
+def test_doctor_on_a_file_shows_that_the_running_kernel_refused_it(tmp_path: Path, capsys,
+                                                                    monkeypatch) -> None:
+    """`doctor FILE` against the running kernel: a module 7.2 refused leaves only its log
+    lines behind; doctor shows them and says the load was refused."""
+    from btfreconciled.cli import doctor as doctor_cli
+
+    ko, cands, target = _world(tmp_path)
+    line = "failed to validate module [my_mod] BTF: -22"
+    monkeypatch.setattr(doctor_cli, "_kernel_log_lines", lambda names: {"my_mod": line, "": "x"})
+    monkeypatch.setattr(doctor_cli, "load_target", lambda v: doctor_cli.VmlinuxIndex.load(
+        str(target)))
+    monkeypatch.setattr(doctor_cli, "find_policy", lambda files: ("refuse", Path("/cfg")))
+    assert ctl(["doctor", str(ko), "--search", str(tmp_path / "none")]) == 1
+    out = capsys.readouterr().out
+    assert f"kernel log: {line}\n" in out
+    assert ("the running kernel refused to load it because of its BTF "
+            "(CONFIG_MODULE_ALLOW_BTF_MISMATCH is not set in /cfg; insmod says only "
+            "'Invalid parameters')") in out
+    assert "naming no module" not in out  # the once-per-boot line is not about this file
+    # another kernel given: the running kernel's log is not about it
+    assert ctl(["doctor", str(ko), "--vmlinux", str(target), "--search",
+                str(tmp_path / "none")]) == 1
+    assert "kernel log" not in capsys.readouterr().out

@@ -9,6 +9,7 @@ import re
 import sys
 from pathlib import Path
 
+from ..kconfig import ALLOW_MISMATCH, REFUSE, config_files, find_policy
 from ..reconcile.doctor import (
     DEFAULT_SEARCH,
     DOES_NOT_FIT,
@@ -19,6 +20,7 @@ from ..reconcile.doctor import (
     candidate_files,
     diagnose,
 )
+from ..reconcile.module import module_name_of
 from ..reconcile.target import SYSFS_VMLINUX, VmlinuxIndex
 from .check import MODULE_SUFFIXES, find_modules, load_target
 from .errors import EXIT_ERROR, EXIT_OK, CliError
@@ -70,11 +72,21 @@ def _modules(args: argparse.Namespace) -> tuple[list[Path], dict[str, str], list
             mods = find_modules(path)
             if not mods:
                 raise CliError(f"{path}: no kernel modules ({', '.join(MODULE_SUFFIXES)})")
-            return mods, {}, []
+            return mods, _file_logs(args, mods), []
         if not os.path.lexists(path):
             raise CliError(f"{path}: no such file")
-        return [path], {}, []
+        return [path], _file_logs(args, [path]), []
     return _loaded_without_btf([Path(d) for d in args.module_dir])
+
+
+def _file_logs(args: argparse.Namespace, files: list[Path]) -> dict[str, str]:
+    """For files checked against the running kernel: its log lines about those modules (a
+    refused insmod leaves nothing else behind); not the once-per-boot line naming none."""
+    if args.vmlinux != SYSFS_VMLINUX:
+        return {}
+    logs = _kernel_log_lines([module_name_of(str(f)) for f in files])
+    logs.pop("", None)
+    return logs
 
 
 def _loaded_without_btf(extra_dirs: list[Path]
@@ -108,13 +120,11 @@ GENERIC_MISMATCH = "Kernel module BTF mismatch detected"
 def _kernel_log_lines(names: list[str]) -> dict[str, str]:
     """The last BTF-related kernel log line naming each module (/dev/kmsg, when readable);
     under "" the once-per-boot line that names no module, if it was logged."""
-    want = set(names)
-    out: dict[str, str] = {}
     try:
         fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
-        return out
-    pat = re.compile(r"\[(\w+)\] BTF|module (\w+) .*BTF|(\w+): .*BTF")
+        return {}
+    texts: list[str] = []
     try:
         while True:
             try:
@@ -125,19 +135,54 @@ def _kernel_log_lines(names: list[str]) -> dict[str, str]:
                 continue
             if not rec:
                 break
-            text = rec.split(";", 1)[-1].split("\n", 1)[0]
-            if "BTF" not in text:
-                continue
-            if GENERIC_MISMATCH in text:  # 6.12+ with MODULE_ALLOW_BTF_MISMATCH: no name
-                out[""] = text
-                continue
-            m = pat.search(text)
-            name = next((g for g in (m.groups() if m else ()) if g), None)
-            if name in want:
-                out[name] = text
+            texts.append(rec.split(";", 1)[-1].split("\n", 1)[0])
     finally:
         os.close(fd)
+    return match_log_lines(texts, names)
+
+
+_NAMED = re.compile(r"\[(\w+)\] BTF|module (\w+) .*BTF|(\w+): .*BTF")
+
+
+def match_log_lines(texts: list[str], names: list[str]) -> dict[str, str]:
+    """The log line about each of `names` in `texts` (the kernel log's messages, oldest
+    first), as _kernel_log_lines.  A BTF line naming no module right before a module's line
+    is its cause and is kept with it: 7.2 logs "distilled base BTF type 'work_struct' [68]
+    is not mapped to base BTF id", then "failed to validate module [m] BTF: -22"."""
+    want = set(names)
+    out: dict[str, str] = {}
+    cause = None
+    for text in texts:
+        if "BTF" not in text:
+            cause = None
+            continue
+        if GENERIC_MISMATCH in text:  # 6.12+ with MODULE_ALLOW_BTF_MISMATCH: no name
+            out[""] = text
+            cause = None
+            continue
+        m = _NAMED.search(text)
+        name = next((g for g in (m.groups() if m else ()) if g), None)
+        if name is None:
+            cause = text
+            continue
+        if name in want:
+            out[name] = f"{cause}; {text}" if cause else text
+        cause = None
     return out
+
+
+def refusal_note(name: str, log: str) -> str | None:
+    """When the running kernel logged that it could not validate `name`'s BTF and the module
+    is not loaded: the kernel refused it (no CONFIG_MODULE_ALLOW_BTF_MISMATCH, as Debian's
+    7.2), which insmod reports only as 'Invalid parameters'."""
+    if "failed to validate module" not in log or os.path.exists(f"/sys/module/{name}"):
+        return None
+    release = os.uname().release
+    policy, config = find_policy(config_files(release, None, Path("/lib/modules")))
+    why = (f"{ALLOW_MISMATCH} is not set in {config}" if policy == REFUSE and config
+           else f"{ALLOW_MISMATCH} is off")
+    return (f"the running kernel refused to load it because of its BTF ({why}; insmod "
+            "says only 'Invalid parameters')")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -164,6 +209,9 @@ def run(args: argparse.Namespace) -> int:
     for d in results:
         if d.module in logs:
             d.details.insert(0, f"kernel log: {logs[d.module]}")
+            note = refusal_note(d.module, logs[d.module]) if args.module else None
+            if note:
+                d.details.insert(1, note)
         elif "" in logs:
             d.details.insert(0, f"kernel log: {logs['']} (logged once per boot, naming no "
                              "module)")

@@ -10,7 +10,15 @@ import time
 from pathlib import Path
 
 from ..cache import DEFAULT_CACHE_DIR, atomic_write_json
-from ..reconcile.doctor import DOES_NOT_FIT, ERROR, Candidates, candidate_files, diagnose
+from ..kconfig import ALLOW_MISMATCH, DROP, IGNORE, REFUSE, config_files, find_policy
+from ..reconcile.doctor import (
+    DOES_NOT_FIT,
+    ERROR,
+    Candidates,
+    Diagnosis,
+    candidate_files,
+    diagnose,
+)
 from ..reconcile.target import VmlinuxIndex
 from .check import find_modules
 from .errors import EXIT_OK, CliError
@@ -28,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "updates and extra, where DKMS puts them) against that kernel's own BTF (its image,"
             " default /boot/vmlinuz-VERSION, else /lib/modules/VERSION/vmlinuz) and print one"
             " warning per module whose BTF will not fit: the kernel would drop its BTF or,"
-            " with CONFIG_MODULE_ALLOW_BTF_MISMATCH off, refuse the module. The report also"
+            " with CONFIG_MODULE_ALLOW_BTF_MISMATCH off (read from /boot/config-VERSION or"
+            " MODULES-ROOT/VERSION/config), refuse the module. The report also"
             " goes to the cache, where `status` shows it. Installed as"
             " /etc/kernel/postinst.d/zz-btfreconciled by scripts/install-service: it never"
             " fails a package installation."),
@@ -56,6 +65,25 @@ def default_image(version: str, tree: Path) -> Path:
     return boot
 
 
+# What loading a module that does not fit will do, in the report's "on_load"
+REFUSED = "refused"  # insmod fails: "failed to validate module [m] BTF: -22"
+NO_BTF = "no-btf"  # loads; no /sys/kernel/btf/<m> (or none worth having)
+WRONG_BTF = "wrong-btf"  # loads; the kernel binds its BTF to the wrong vmlinux types
+UNKNOWN = "unknown"  # its config was not found, or the module could not be diagnosed
+
+
+def outcome(d: Diagnosis, policy: str | None) -> str:
+    """What loading module `d` (which does not fit) does on a kernel with `policy`
+    (kconfig.py; None: its config was not found)."""
+    if d.result == ERROR:
+        return UNKNOWN
+    if d.kind == "no-btf" or policy == IGNORE:
+        return NO_BTF
+    if not d.kernel_rejects:  # classic BTF that passes the kernel's checks there
+        return WRONG_BTF
+    return {DROP: NO_BTF, REFUSE: REFUSED}.get(policy or "", UNKNOWN)
+
+
 def run(args: argparse.Namespace) -> int:
     if "/" in args.version or args.version in ("", ".", ".."):
         raise CliError(f"invalid kernel version {args.version!r}")
@@ -69,8 +97,13 @@ def run(args: argparse.Namespace) -> int:
     cands = Candidates(candidate_files(["/boot", str(image.parent)]))
     results = [diagnose(m, target, cands) for m in mods]
     bad = [d for d in results if d.result in (DOES_NOT_FIT, ERROR)]
+    # what that kernel does about it: drop the BTF, or refuse the module (Debian's 7.2)
+    policy, config = find_policy(config_files(args.version, image, Path(args.modules_root)))
+    on_load = {d.path: outcome(d, policy) for d in bad}
     report = {"version": args.version, "image": str(image), "checked": time.time(),
-              "modules": len(results), "will_not_fit": [d.to_json() for d in bad]}
+              "config": str(config) if config else None, "btf_mismatch": policy,
+              "modules": len(results),
+              "will_not_fit": [{**d.to_json(), "on_load": on_load[d.path]} for d in bad]}
     if args.cache_dir:
         out = Path(args.cache_dir) / PRE_REBOOT_DIR
         try:
@@ -85,8 +118,13 @@ def run(args: argparse.Namespace) -> int:
         for d in bad:
             fix = (f"; fix: btfreconcilectl rescue {d.path} --base {d.build} --in-place"
                    if d.build and d.kind == "classic" else "")
-            print(f"btfreconciled: warning: {d.module} ({d.path}) will have no usable BTF on "
-                  f"{args.version}: {d.summary}{fix}")
+            if on_load[d.path] == REFUSED:
+                print(f"btfreconciled: warning: {d.module} ({d.path}) will not load on "
+                      f"{args.version}: {d.summary}; that kernel refuses modules whose BTF "
+                      f"it cannot use ({ALLOW_MISMATCH} is not set in {config}){fix}")
+            else:
+                print(f"btfreconciled: warning: {d.module} ({d.path}) will have no usable "
+                      f"BTF on {args.version}: {d.summary}{fix}")
         if not mods:
             print(f"btfreconciled: no out-of-tree modules for {args.version} "
                   f"({', '.join(str(tree / d) for d in OUT_OF_TREE)})")

@@ -90,6 +90,19 @@ def _clock(when: float) -> str:
         return "??:??:??"
 
 
+def pre_reboot_line(rep: dict[str, Any]) -> str:
+    """One `status` line for a kernel-check report of a kernel not yet booted."""
+    bad = rep["will_not_fit"]
+    what = (f"{len(bad)} will have no usable BTF: {', '.join(bad[:6])}"
+            f"{' ...' if len(bad) > 6 else ''} (btfreconcilectl kernel-check "
+            f"{rep['version']})" if bad else "all fit")
+    refused = rep.get("will_not_load") or []
+    if refused:  # a kernel without CONFIG_MODULE_ALLOW_BTF_MISMATCH: worse than no BTF
+        what += (f"; {len(refused)} will not load at all: {', '.join(refused[:6])}"
+                 f"{' ...' if len(refused) > 6 else ''}")
+    return f"next kernel {rep['version']}: {rep['modules']} out-of-tree modules, {what}"
+
+
 def run(args: argparse.Namespace) -> int:
     st = ask(args, {"cmd": "status"}, STATUS)
     if args.json:
@@ -120,11 +133,7 @@ def run(args: argparse.Namespace) -> int:
         out.append(f"merged:  {mg['files']} files, {mg['bytes'] / 1e6:.1f} MB on disk "
                    f"(all.btf: {mg['all_modules']} modules){busy}{err}  {mg['dir']}")
     for rep in st.get("pre_reboot") or []:
-        bad = rep["will_not_fit"]
-        what = (f"{len(bad)} will have no usable BTF: {', '.join(bad[:6])}"
-                f"{' ...' if len(bad) > 6 else ''} (btfreconcilectl kernel-check "
-                f"{rep['version']})" if bad else "all fit")
-        out.append(f"next kernel {rep['version']}: {rep['modules']} out-of-tree modules, {what}")
+        out.append(pre_reboot_line(rep))
     rs = st.get("last_rescan")
     if rs:
         out.append(f"rescan:  {rs['modules']} modules in {rs['seconds']} s ({rs['reason']})")

@@ -168,6 +168,9 @@ class StatusApi:
                         continue  # booted into it: the live verdicts say the rest
                     out.append({"version": rep["version"], "modules": rep["modules"],
                                 "will_not_fit": [m["module"] for m in rep["will_not_fit"]],
+                                # of those, the modules that kernel will refuse to load
+                                "will_not_load": [m["module"] for m in rep["will_not_fit"]
+                                                  if m.get("on_load") == "refused"],
                                 "checked": rep["checked"]})
         return out
 

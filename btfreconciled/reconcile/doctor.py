@@ -104,6 +104,9 @@ class Diagnosis:
     details: list[str] = field(default_factory=list)
     build: str | None = None  # the file that is the module's build, when found
     silent: bool = False  # passes the kernel's checks on the target though not built for it
+    # the target kernel's own checks fail on this BTF: it drops the BTF or, without
+    # CONFIG_MODULE_ALLOW_BTF_MISMATCH, refuses the module (kconfig.py)
+    kernel_rejects: bool = False
     shape: dict[str, Any] | None = None
     diagnostics: list[dict[str, Any]] = field(default_factory=list)
 
@@ -138,7 +141,7 @@ def diagnose(path: str | Path, target: VmlinuxIndex, candidates: Candidates, *,
         res = reconcile_module_file(p, target, strict=strict, module_name=name)
         result = {Verdict.OK: FITS, Verdict.INCOMPATIBLE: DOES_NOT_FIT}.get(res.verdict, ERROR)
         return Diagnosis(name, p, "distilled", result, res.summary,
-                         diagnostics=res.diagnostics)
+                         diagnostics=res.diagnostics, kernel_rejects=result == DOES_NOT_FIT)
     try:
         shape = infer_shape(sections.btf, f"{p}:.BTF")
     except OriginError as e:
@@ -154,6 +157,7 @@ def diagnose(path: str | Path, target: VmlinuxIndex, candidates: Candidates, *,
         d.build = tname
         return d
     d.silent = bool(on_target.validates and not on_target.fingerprint)
+    d.kernel_rejects = on_target.validates is False
     d.summary = (f"{name}: built against {shape.describe()}; "
                  f"{'this kernel' if tname.startswith('/sys/') else tname} has {have}")
     if on_target.fingerprint:  # same counts, yet not its build: say what failed
