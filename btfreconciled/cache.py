@@ -33,7 +33,7 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -118,14 +118,39 @@ def _open_nofollow(path: Path, limit: int) -> bytes | None:
     return data if len(data) <= limit else None
 
 
+def sha256_hex(data: bytes | bytearray | memoryview) -> str:
+    """The package's one content hash (cache keys, record digests, file identity)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_stream(f: BinaryIO) -> str:
+    """sha256_hex of the whole open file `f` (from its start, 1 MiB at a time); OSError
+    propagates."""
+    h = hashlib.sha256()
+    f.seek(0)
+    while chunk := f.read(1 << 20):
+        h.update(chunk)
+    return h.hexdigest()
+
+
 def kernel_id_of(vmlinux_btf: bytes) -> str:
     """The cache key of a running kernel: sha256 of its raw vmlinux BTF."""
-    return hashlib.sha256(vmlinux_btf).hexdigest()
+    return sha256_hex(vmlinux_btf)
 
 
 def normalize_module_name(name: str) -> str:
     """The kernel's spelling of a module name (``-`` and ``_`` are equivalent)."""
     return name.replace("-", "_")
+
+
+_KO_RE = re.compile(r"^(?P<name>.+?)\.ko(?:\.(?:xz|zst|gz))?$")
+
+
+def module_name_of(filename: str | os.PathLike[str]) -> str | None:
+    """``kernel/fs/ext4/ext4.ko.xz`` -> ``ext4``; ``snd-hda-intel.ko`` -> ``snd_hda_intel``;
+    None for a file that is not a module (.ko, .ko.xz, .ko.zst, .ko.gz)."""
+    m = _KO_RE.match(os.path.basename(filename))
+    return normalize_module_name(m["name"]) if m else None
 
 
 def check_module_name(name: str) -> str:
@@ -145,23 +170,31 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str], *, mode: int = 0o644,
-                  sync_dir: bool = True) -> Iterator[BinaryIO]:
+def atomic_output(path: str | os.PathLike[str], *, mode: int | None = 0o644,
+                  sync_dir: bool = True, verify: Callable[[Path], None] | None = None,
+                  ) -> Iterator[BinaryIO]:
     """A binary file to stream into that replaces ``path`` when the block ends without an
-    exception: readers see the old or the new file, never a mix.
+    exception: readers see the old or the new file, never a mix. The package's one atomic
+    writer (cache files, merged BTF, `reconcile -o`, rewritten modules).
 
-    The temporary file is hidden (``.tmp-*``) in the same directory; on any failure it is
-    removed and the exception propagates (the old file, if any, is untouched).  With
+    The temporary file is hidden (``.tmp-*.tmp``) in the same directory; on any failure it
+    is removed and the exception propagates (the old file, if any, is untouched).  With
     ``sync_dir=False`` the caller fsyncs the directory itself (once for several renames).
+    ``mode=None``: the caller sets owner and mode on the descriptor itself. ``verify`` sees
+    the complete, fsynced temporary file before it replaces ``path`` and may raise.
     """
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
-    fd, tmp_name = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{target.name}.", dir=directory)
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{target.name}.", suffix=".tmp",
+                                    dir=directory)
     try:
         with open(fd, "wb", buffering=0) as f:
             yield f
-            os.fchmod(fd, mode)
+            if mode is not None:
+                os.fchmod(fd, mode)
             os.fsync(fd)
+        if verify is not None:
+            verify(Path(tmp_name))
         os.replace(tmp_name, target)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 from .compression import CompressionError, decompress
 from .compression import detect as _detect_compression
 
-# pyelftools and hashlib are imported where they are used (as compression.py and elfwrite.py
+# pyelftools and cache (hashlib) are imported where they are used (as compression.py and elfwrite.py
 # do with zstandard, lzma, gzip, copy and tempfile): together they cost ~30 ms at start-up,
 # and a command reading a raw BTF file such as /sys/kernel/btf/vmlinux (`btfreconcilectl
 # dump`) needs none of them.
@@ -220,22 +220,18 @@ def sha256_file(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -
 
 
 def _sha256(data: bytes) -> str:
-    import hashlib
+    from .cache import sha256_hex  # (cache imports hashlib, json, tempfile: not at start-up)
 
-    return hashlib.sha256(data).hexdigest()
+    return sha256_hex(data)
 
 
 def _sha256_stream(path: Path, f: io.BufferedReader) -> str:
-    import hashlib
+    from .cache import sha256_stream
 
-    h = hashlib.sha256()
     try:
-        f.seek(0)
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
+        return sha256_stream(f)
     except OSError as e:
         raise ElfError(path, f"cannot read: {e.strerror or e}") from None
-    return h.hexdigest()
 
 
 def _load(path: Path) -> _Image:

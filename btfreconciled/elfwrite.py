@@ -47,7 +47,7 @@ from .elf import (
     _read_named_sections,
 )
 
-# pyelftools, copy and tempfile are imported where they are used (see elf.py).
+# pyelftools, copy and cache (tempfile) are imported where they are used (see elf.py).
 if TYPE_CHECKING:
     from elftools.construct import Container
 
@@ -375,33 +375,19 @@ def _owner_and_mode(src: Path, target: Path) -> tuple[int, int, int] | None:
 
 def _atomic_write(dst: Path, target: Path, payload: bytes | bytearray,
                   verify: Callable[[Path], None], like: tuple[int, int, int] | None) -> None:
-    """Replace `target` (dst with symlinks resolved, see output_target) with `payload`;
+    """Replace `target` (dst with symlinks resolved, see output_target) with `payload`
+    through cache.atomic_output, `verify` checking the temporary file before the rename;
     errors name `dst`, the path the user gave."""
-    directory = target.parent
-    import tempfile
+    from .cache import atomic_output, write_all  # (cache imports json, tempfile: not at start-up)
 
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
-                                        dir=directory)
-    except OSError as e:
-        raise ElfError(dst, f"cannot create temporary file: {e.strerror or e}") from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
+        with atomic_output(target, mode=None, verify=verify) as f:
+            write_all(f, payload)
             _copy_owner_and_mode(f.fileno(), like)
-            os.fsync(f.fileno())
-        verify(tmp)
-        os.replace(tmp, target)
-        _fsync_dir(directory)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, ElfError):
-            raise
-        if isinstance(e, OSError):
-            raise ElfError(dst, f"cannot write: {e.strerror or e}") from None
+    except ElfError:
         raise
+    except OSError as e:
+        raise ElfError(dst, f"cannot write: {e.strerror or e}") from None
 
 
 def _copy_owner_and_mode(fd: int, like: tuple[int, int, int] | None) -> None:
@@ -416,10 +402,3 @@ def _copy_owner_and_mode(fd: int, like: tuple[int, int, int] | None) -> None:
             os.fchown(fd, uid, gid)
     os.fchmod(fd, mode)
 
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

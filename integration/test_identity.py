@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from btfreconciled.btf.load import parse_btf
 from btfreconciled.elf import read_btf_sections
 from btfreconciled.reconcile import VmlinuxIndex, distill, relocate
-from btfreconciled.reconcile.target import parse_btf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from split_compare import base_side, compare_split  # noqa: E402

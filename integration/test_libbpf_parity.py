@@ -28,6 +28,7 @@ from libbpf_harness import build, parse_status
 
 from btfreconciled.btf.btf import Btf
 from btfreconciled.btf.kinds import Kind
+from btfreconciled.btf.load import parse_btf
 from btfreconciled.btf.types import Enum64, Int, Member, Struct
 from btfreconciled.elf import read_btf_sections
 from btfreconciled.elfwrite import write_btf_sections
@@ -42,7 +43,6 @@ from btfreconciled.reconcile import (
 )
 from btfreconciled.reconcile.fields import FIELDS_EMBEDDED, build_expects
 from btfreconciled.reconcile.relocate import embedded_ids
-from btfreconciled.reconcile.target import parse_btf
 
 pytestmark = pytest.mark.chroot
 MODS = toolchain.FIXTURE_MODULES

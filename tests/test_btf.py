@@ -320,3 +320,34 @@ def test_truncated_header_is_one_line_error(cut: int, vmlinux_bytes: bytes) -> N
         Btf.parse(vmlinux_bytes[:cut], source="cut.btf")
     msg = str(exc.value)
     assert "\n" not in msg and msg.startswith("cut.btf: ")
+
+
+def test_plain_kind_numbers_are_the_kind_enum() -> None:
+    from btfreconciled.btf import kinds
+
+    for k in Kind:
+        assert getattr(kinds, f"K_{k.name}") == k.value
+
+
+def test_layout_table_is_uapi_btf_h() -> None:
+    """Record sizes and id/string words as include/uapi/linux/btf.h spells them."""
+    from btfreconciled.btf.layout import EXTRA_FIXED_WORDS, EXTRA_VLEN_WORDS, LAYOUT
+
+    # u32 words after struct btf_type, and per vlen item (btf_member, btf_enum, btf_param,
+    # btf_var_secinfo, btf_enum64 are 12, 8, 8, 12, 12 bytes; btf_array 12, btf_var and
+    # btf_decl_tag 4, INT's u32 4)
+    assert EXTRA_FIXED_WORDS == (0, 1, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0)
+    assert EXTRA_VLEN_WORDS == (0, 0, 0, 0, 3, 3, 2, 0, 0, 0, 0, 0, 0, 2, 0, 3, 0, 0, 0, 3)
+    ids = {k.name: (LAYOUT[k].ids, LAYOUT[k].item_id) for k in LAYOUT}
+    assert ids["ARRAY"] == ((3, 4), None)
+    assert ids["STRUCT"] == ids["UNION"] == ((), 1)
+    assert ids["FUNC_PROTO"] == ((2,), 1)
+    assert ids["DATASEC"] == ((), 0)
+    assert ids["FWD"] == ids["INT"] == ids["ENUM"] == ids["FLOAT"] == ids["ENUM64"] == ((), None)
+    for k in ("PTR", "TYPEDEF", "VOLATILE", "CONST", "RESTRICT", "FUNC", "VAR", "DECL_TAG",
+              "TYPE_TAG"):
+        assert ids[k] == ((2,), None)
+    assert LAYOUT[Kind.FWD].iter_ids == (2,)  # libbpf's btf_field_iter quirk
+    strs = {k.name: LAYOUT[k].item_str for k in LAYOUT if LAYOUT[k].item_words}
+    assert strs == {"STRUCT": 0, "UNION": 0, "ENUM": 0, "FUNC_PROTO": 0, "DATASEC": None,
+                    "ENUM64": 0}

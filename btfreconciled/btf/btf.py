@@ -21,8 +21,8 @@ from .kinds import (
     MAX_TYPE,
     NR_KINDS,
     Kind,
-    record_words,
 )
+from .layout import record_words
 
 if TYPE_CHECKING:
     from .types import Type

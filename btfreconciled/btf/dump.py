@@ -15,14 +15,43 @@ from array import array
 from typing import BinaryIO
 
 from .btf import Btf
-from .kinds import FUNC_EXTERN, FUNC_GLOBAL, FUNC_STATIC, INT_BOOL, INT_CHAR, INT_SIGNED, MAX_TYPE
-
-KIND_STR = (
-    "UNKNOWN", "INT", "PTR", "ARRAY", "STRUCT", "UNION", "ENUM", "FWD", "TYPEDEF", "VOLATILE",
-    "CONST", "RESTRICT", "FUNC", "FUNC_PROTO", "VAR", "DATASEC", "FLOAT", "DECL_TAG", "TYPE_TAG",
-    "ENUM64",
+from .kinds import (
+    FUNC_EXTERN,
+    FUNC_GLOBAL,
+    FUNC_STATIC,
+    INT_BOOL,
+    INT_CHAR,
+    INT_SIGNED,
+    K_ARRAY,
+    K_CONST,
+    K_DATASEC,
+    K_DECL_TAG,
+    K_ENUM,
+    K_ENUM64,
+    K_FLOAT,
+    K_FUNC,
+    K_FUNC_PROTO,
+    K_FWD,
+    K_INT,
+    K_PTR,
+    K_RESTRICT,
+    K_STRUCT,
+    K_TYPE_TAG,
+    K_TYPEDEF,
+    K_UNION,
+    K_VAR,
+    K_VOLATILE,
+    MAX_TYPE,
+    Kind,
 )
+
+# bpftool's btf_kind_str[]: the kind's name, "UNKNOWN" for 0.
+KIND_STR = ("UNKNOWN", *(k.name for k in Kind if k))
 _INT_ENC = {0: "(none)", INT_SIGNED: "SIGNED", INT_CHAR: "CHAR", INT_BOOL: "BOOL"}
+# Kinds printed alike (frozensets of plain ints: one test in the hot loop)
+_TYPE_ID_ONLY = frozenset({K_PTR, K_TYPEDEF, K_CONST, K_VOLATILE, K_RESTRICT, K_TYPE_TAG})
+_COMPOSITE = frozenset({K_STRUCT, K_UNION})
+_ENUMS = frozenset({K_ENUM, K_ENUM64})
 # FUNC linkage (in vlen) and VAR linkage share numbers and names
 _LINKAGE = {FUNC_STATIC: "static", FUNC_GLOBAL: "global", FUNC_EXTERN: "extern"}
 
@@ -121,22 +150,22 @@ def _format(btf: Btf, w: array, i: int, stop: int, tid: int, limit: int,  # noqa
         kind = info >> 24 & 0x1F
         name = T[o:fi(Z, o)] if o else A
         i += 3
-        if kind == 12:  # FUNC
+        if kind == K_FUNC:
             emit(f"[{tid}] FUNC '{name}' type_id={st} linkage="
                  f"{_LINKAGE.get(info & 0xFFFF, '(unknown)')}")
-        elif kind == 13:  # FUNC_PROTO
+        elif kind == K_FUNC_PROTO:
             vlen = info & 0xFFFF
             end = i + 2 * vlen
             emit(f"[{tid}] FUNC_PROTO '{name}' ret_type_id={st} vlen={vlen}" + "".join([
                 f"\n\t'{T[p:fi(Z, p)] if p else A}' type_id={t}"
                 for p, t in zip(w[i:end:2], w[i + 1 : end : 2])]))
             i = end
-        elif kind == 2 or kind == 8 or kind == 10 or kind == 9 or kind == 11 or kind == 18:
+        elif kind in _TYPE_ID_ONLY:
             emit(f"[{tid}] {KIND_STR[kind]} '{name}' type_id={st}")
-        elif kind == 4 or kind == 5:  # STRUCT UNION
+        elif kind in _COMPOSITE:
             vlen = info & 0xFFFF
             end = i + 3 * vlen
-            head = f"[{tid}] {'STRUCT' if kind == 4 else 'UNION'} '{name}' size={st} vlen={vlen}"
+            head = f"[{tid}] {KIND_STR[kind]} '{name}' size={st} vlen={vlen}"
             members = zip(w[i:end:3], w[i + 1 : end : 3], w[i + 2 : end : 3])
             if info >> 31:  # kind_flag: bitfield size in the top 8 bits of the offset
                 emit(head + "".join([
@@ -148,16 +177,16 @@ def _format(btf: Btf, w: array, i: int, stop: int, tid: int, limit: int,  # noqa
                     f"\n\t'{T[m:fi(Z, m)] if m else A}' type_id={t} bits_offset={b}"
                     for m, t, b in members]))
             i = end
-        elif kind == 3:  # ARRAY
+        elif kind == K_ARRAY:
             emit(f"[{tid}] ARRAY '{name}' type_id={w[i]} index_type_id={w[i + 1]} "
                  f"nr_elems={w[i + 2]}")
             i += 3
-        elif kind == 6 or kind == 19:  # ENUM ENUM64
+        elif kind in _ENUMS:
             vlen = info & 0xFFFF
             signed = info >> 31
             head = (f"[{tid}] {KIND_STR[kind]} '{name}' encoding="
                     f"{'SIGNED' if signed else 'UNSIGNED'} size={st} vlen={vlen}")
-            if kind == 6:
+            if kind == K_ENUM:
                 end = i + 2 * vlen
                 values = zip(w[i:end:2], w[i + 1 : end : 2])
                 if signed:
@@ -175,22 +204,22 @@ def _format(btf: Btf, w: array, i: int, stop: int, tid: int, limit: int,  # noqa
                     emit(head + "".join([f"\n\t'{T[e:fi(Z, e)] if e else A}' val={v}ULL"
                                          for e, v in values]))
             i = end
-        elif kind == 14:  # VAR
+        elif kind == K_VAR:
             emit(f"[{tid}] VAR '{name}' type_id={st}, linkage={_LINKAGE.get(w[i], '(unknown)')}")
             i += 1
-        elif kind == 17:  # DECL_TAG
+        elif kind == K_DECL_TAG:
             idx = w[i]
             emit(f"[{tid}] DECL_TAG '{name}' type_id={st} "
                  f"component_idx={idx - (idx >> 31 << 32)}")
             i += 1
-        elif kind == 1:  # INT
+        elif kind == K_INT:
             v = w[i]
             i += 1
             emit(f"[{tid}] INT '{name}' size={st} bits_offset={v >> 16 & 0xFF} "
                  f"nr_bits={v & 0xFF} encoding={_INT_ENC.get(v >> 24 & 0x0F, 'UNKN')}")
-        elif kind == 7:  # FWD
+        elif kind == K_FWD:
             emit(f"[{tid}] FWD '{name}' fwd_kind={'union' if info >> 31 else 'struct'}")
-        elif kind == 15:  # DATASEC
+        elif kind == K_DATASEC:
             vlen = info & 0xFFFF
             end = i + 3 * vlen
             lines = [f"[{tid}] DATASEC '{name}' size={st} vlen={vlen}"]
@@ -203,7 +232,7 @@ def _format(btf: Btf, w: array, i: int, stop: int, tid: int, limit: int,  # noqa
                 lines.append(line)
             emit("\n".join(lines))
             i = end
-        elif kind == 16:  # FLOAT
+        elif kind == K_FLOAT:
             emit(f"[{tid}] FLOAT '{name}' size={st}")
         else:
             emit(f"[{tid}] {KIND_STR[kind]} '{name}'")

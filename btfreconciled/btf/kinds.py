@@ -38,10 +38,12 @@ class Kind(IntEnum):
 
 NR_KINDS = 20
 
-# Words (u32) that follow the 12-byte common header: fixed part + per-vlen-item part.
-# Indexed by kind number; this is the whole record-size rule of the format.
-EXTRA_FIXED_WORDS = (0, 1, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0)
-EXTRA_VLEN_WORDS = (0, 0, 0, 0, 3, 3, 2, 0, 0, 0, 0, 0, 0, 2, 0, 3, 0, 0, 0, 3)
+# Kind's values as plain ints, for hot loops and frozensets: in CPython 3.11 `k == Kind.STRUCT`
+# costs 3x `k == K_STRUCT` (an enum attribute lookup per test). The same numbers, not a second
+# numbering: tests/test_btf.py checks K_<name> == Kind.<name> for every kind.
+(K_UNKN, K_INT, K_PTR, K_ARRAY, K_STRUCT, K_UNION, K_ENUM, K_FWD, K_TYPEDEF, K_VOLATILE,
+ K_CONST, K_RESTRICT, K_FUNC, K_FUNC_PROTO, K_VAR, K_DATASEC, K_FLOAT, K_DECL_TAG, K_TYPE_TAG,
+ K_ENUM64) = (k.value for k in Kind)
 
 # INT encoding bits (BTF_INT_ENCODING)
 INT_SIGNED = 1 << 0
@@ -58,8 +60,3 @@ LAYOUT_KINDS = frozenset(
     {Kind.INT, Kind.FLOAT, Kind.ENUM, Kind.ENUM64, Kind.FWD, Kind.STRUCT, Kind.UNION, Kind.TYPEDEF}
 )
 
-
-def record_words(info: int) -> int:
-    """Size in u32 words of the record whose info word is `info`."""
-    kind = (info >> 24) & 0x1F
-    return 3 + EXTRA_FIXED_WORDS[kind] + EXTRA_VLEN_WORDS[kind] * (info & 0xFFFF)

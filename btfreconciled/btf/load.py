@@ -21,6 +21,12 @@ def is_kernel_verified(path: str | os.PathLike[str]) -> bool:
         return False
 
 
+def parse_btf(data: bytes, *, base: Btf | None = None, source: str = "<memory>",
+              validate: bool = True) -> Btf:
+    """Btf.parse with this package's defaults (validate unless told the input is trusted)."""
+    return Btf.parse(data, base=base, source=source, validate=validate)
+
+
 def load_btf(
     path: str | os.PathLike[str], *, base: Btf | None = None, validate: bool | None = None,
     defer_scan: bool = False, sections: BtfSections | None = None,

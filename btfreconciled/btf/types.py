@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .kinds import Kind
+from .layout import LAYOUT
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +57,22 @@ class Type:
     kind = Kind.UNKN
 
     def ref_ids(self) -> tuple[int, ...]:
-        """Every type id this record refers to, in record order."""
-        return ()
+        """Every type id this record refers to, in record order (where they are: the
+        record layout table, btf/layout.py)."""
+        top, items, field_ = _REFS[self.kind]
+        ids = tuple(getattr(self, f) for f in top)
+        if items:
+            ids += tuple(getattr(i, field_) for i in getattr(self, items))
+        return ids
 
-    def with_refs(self, remap: dict[int, int] | Sequence[int]) -> Type:  # noqa: ARG002
-        return self
+    def with_refs(self, remap: dict[int, int] | Sequence[int]) -> Type:
+        """This type with every referenced id `x` replaced by `remap[x]`."""
+        top, items, field_ = _REFS[self.kind]
+        changes: dict[str, object] = {f: remap[getattr(self, f)] for f in top}
+        if items:
+            changes[items] = tuple(_replace(i, **{field_: remap[getattr(i, field_)]})
+                                   for i in getattr(self, items))
+        return _replace(self, **changes) if changes else self
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +94,6 @@ class _Ref(Type):
     """A kind whose size/type word is a type id and that has no trailing data."""
 
     type: int = 0
-
-    def ref_ids(self) -> tuple[int, ...]:
-        return (self.type,)
-
-    def with_refs(self, remap):
-        return _replace(self, type=remap[self.type])
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,24 +151,11 @@ class Array(Type):
     nelems: int = 0
     kind = Kind.ARRAY
 
-    def ref_ids(self) -> tuple[int, ...]:
-        return (self.type, self.index_type)
-
-    def with_refs(self, remap):
-        return _replace(self, type=remap[self.type], index_type=remap[self.index_type])
-
 
 @dataclass(frozen=True, slots=True)
 class Composite(Type):
     size: int = 0
     members: tuple[Member, ...] = field(default_factory=tuple)
-
-    def ref_ids(self) -> tuple[int, ...]:
-        return tuple(m.type for m in self.members)
-
-    def with_refs(self, remap):
-        members = tuple(Member(m.name_off, remap[m.type], m.offset) for m in self.members)
-        return _replace(self, members=members)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,26 +196,12 @@ class FuncProto(Type):
     params: tuple[Param, ...] = field(default_factory=tuple)
     kind = Kind.FUNC_PROTO
 
-    def ref_ids(self) -> tuple[int, ...]:
-        return (self.ret_type, *(p.type for p in self.params))
-
-    def with_refs(self, remap):
-        params = tuple(Param(p.name_off, remap[p.type]) for p in self.params)
-        return _replace(self, ret_type=remap[self.ret_type], params=params)
-
 
 @dataclass(frozen=True, slots=True)
 class Datasec(Type):
     size: int = 0
     secinfos: tuple[VarSecinfo, ...] = field(default_factory=tuple)
     kind = Kind.DATASEC
-
-    def ref_ids(self) -> tuple[int, ...]:
-        return tuple(v.type for v in self.secinfos)
-
-    def with_refs(self, remap):
-        secinfos = tuple(VarSecinfo(remap[v.type], v.offset, v.size) for v in self.secinfos)
-        return _replace(self, secinfos=secinfos)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +210,7 @@ class Float(Type):
     kind = Kind.FLOAT
 
 
-def _replace(t: Type, **changes: object) -> Type:
+def _replace(t, **changes: object):  # noqa: ANN001, ANN202 (a Type or an item)
     # dataclasses.replace() re-runs __init__ through keyword parsing; this is the hot path of
     # renumbering, so copy fields directly.
     values = {f: getattr(t, f) for f in t.__slots_all__}  # type: ignore[attr-defined]
@@ -255,8 +234,14 @@ CLASS_OF_KIND: dict[Kind, type[Type]] = {
         Func, FuncProto, Var, Datasec, Float, DeclTag, TypeTag, Enum64,
     )
 }
-for _cls in (Void, *CLASS_OF_KIND.values()):
+for _cls in (Void, Member, EnumValue, Param, VarSecinfo, *CLASS_OF_KIND.values()):
     _cls.__slots_all__ = _all_slots(_cls)  # type: ignore[attr-defined]
+
+# kind -> (type-id fields of the record, its items' attribute or "", the items' type-id field)
+_REFS: dict[int, tuple[tuple[str, ...], str, str]] = {Kind.UNKN: ((), "", "")}
+for _k, _lay in LAYOUT.items():
+    _REFS[_k] = (_lay.id_fields(), _lay.items if _lay.item_id is not None else "",
+                 _lay.item[_lay.item_id][0] if _lay.item_id is not None else "")
 
 
 VOID = Void()

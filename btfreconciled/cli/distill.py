@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 from ..btf.btf import Btf
+from ..btf.load import parse_btf
 from ..elf import BTF_BASE_SECTION, read_btf_sections
 from ..output import output_target
 from ..reconcile import VmlinuxIndex, load_module, relocate
 from ..reconcile.fields import FIELDS_ALL, FIELDS_EMBEDDED
 from ..reconcile.rescue import RescueError, distill_sections
-from ..reconcile.target import parse_btf
 from .errors import EXIT_OK, CliError
 
 

@@ -20,7 +20,7 @@ from ..reconcile.doctor import (
     candidate_files,
     diagnose,
 )
-from ..reconcile.module import module_name_of
+from ..reconcile.module import module_label
 from ..reconcile.target import SYSFS_VMLINUX, VmlinuxIndex
 from .check import MODULE_SUFFIXES, find_modules, load_target
 from .errors import EXIT_ERROR, EXIT_OK, CliError
@@ -84,7 +84,7 @@ def _file_logs(args: argparse.Namespace, files: list[Path]) -> dict[str, str]:
     refused insmod leaves nothing else behind); not the once-per-boot line naming none."""
     if args.vmlinux != SYSFS_VMLINUX:
         return {}
-    logs = _kernel_log_lines([module_name_of(str(f)) for f in files])
+    logs = _kernel_log_lines([module_label(f) for f in files])
     logs.pop("", None)
     return logs
 

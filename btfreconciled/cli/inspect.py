@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import time
@@ -11,6 +10,7 @@ from collections import Counter
 
 from ..btf.kinds import Kind
 from ..btf.load import SYSFS_BTF, is_kernel_verified
+from ..cache import sha256_hex
 from ..elf import read_btf_sections
 from .dump import load_for_dump
 
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     kinds = Counter(Kind(btf.kind_of(tid)).name for tid in range(btf.start_id, btf.type_count))
     report = {
         "file": args.file,
-        "btf_sha256": hashlib.sha256(sections.btf).hexdigest(),
+        "btf_sha256": sha256_hex(sections.btf),
         "file_sha256": sections.sha256,
         "kernel_release": os.uname().release if args.file == DEFAULT else None,
         "byte_order": "little" if btf.byte_order == "<" else "big",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .diagnostics import Problem
 from .distill import DistillError, DistillResult, distill
-from .module import ModuleResult, Verdict, load_module, module_name_of, reconcile_module_file
+from .module import ModuleResult, Verdict, load_module, reconcile_module_file
 from .relocate import EMBEDDED_KERNEL, EMBEDDED_LIBBPF_1_5, RelocateResult, relocate
 from .target import VmlinuxIndex
 
@@ -28,7 +28,6 @@ __all__ = [
     "VmlinuxIndex",
     "distill",
     "load_module",
-    "module_name_of",
     "reconcile_module_file",
     "relocate",
 ]

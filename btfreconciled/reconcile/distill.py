@@ -27,9 +27,7 @@ from array import array
 from dataclasses import dataclass, field
 
 from ..btf.btf import Btf
-from .relocate import serialize_parts
-from .target import parse_btf
-from .wire import (
+from ..btf.kinds import (
     K_ARRAY,
     K_CONST,
     K_ENUM,
@@ -45,11 +43,10 @@ from .wire import (
     K_TYPEDEF,
     K_UNION,
     K_VOLATILE,
-    id_slots,
-    kind_name,
-    record_offsets,
-    str_slots,
 )
+from ..btf.load import parse_btf
+from .relocate import serialize_parts
+from .wire import id_slots, kind_name, record_offsets, str_slots
 
 _ALLOWED = frozenset({K_INT, K_FLOAT, K_FWD, K_ARRAY, K_STRUCT, K_UNION, K_TYPEDEF, K_ENUM,
                       K_ENUM64, K_PTR, K_CONST, K_RESTRICT, K_VOLATILE, K_FUNC_PROTO,

@@ -24,7 +24,7 @@ from typing import Any
 from ..btf.btf import Btf
 from ..btf.errors import BtfError
 from ..elf import ElfError, read_btf_sections
-from .module import Verdict, module_name_of, reconcile_module_file
+from .module import Verdict, module_label, reconcile_module_file
 from .origin import OriginError, SplitShape, check_base, infer_shape
 from .target import VmlinuxIndex
 
@@ -126,7 +126,7 @@ def diagnose(path: str | Path, target: VmlinuxIndex, candidates: Candidates, *,
     """Does the module at `path` fit `target`? If it has classic split BTF for another
     build, which of `candidates` is that build?"""
     p = str(path)
-    name = module_name_of(p)
+    name = module_label(p)
     tname = target.path
     try:
         sections = read_btf_sections(p, digest=False)

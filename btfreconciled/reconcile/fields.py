@@ -22,11 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..btf.btf import Btf
-from .diagnostics import ERROR, WARNING, Problem, expected_dict, type_label
-from .distill import Builder, DistillResult
-from .target import VmlinuxIndex
-from .wire import (
-    CHAIN_KINDS,
+from ..btf.kinds import (
     K_ARRAY,
     K_ENUM,
     K_ENUM64,
@@ -37,9 +33,22 @@ from .wire import (
     K_PTR,
     K_STRUCT,
     K_UNION,
-    kind_name,
-    record_offsets,
 )
+from ..btf.layout import (
+    ARRAY_INDEX,
+    ARRAY_NELEMS,
+    ARRAY_TYPE,
+    INT_DATA,
+    ITEMS,
+    MEMBER_NAME,
+    MEMBER_OFFSET,
+    MEMBER_TYPE,
+    MEMBER_WORDS,
+)
+from .diagnostics import ERROR, WARNING, Problem, expected_dict, type_label
+from .distill import Builder, DistillResult
+from .target import VmlinuxIndex
+from .wire import CHAIN_KINDS, kind_name, record_offsets
 
 STRICT_CHOICES = ("off", "embedded", "all")
 FIELDS_EMBEDDED, FIELDS_ALL = "embedded", "all"
@@ -137,7 +146,7 @@ def build_expects(src: Btf, dist: DistillResult, embedded_ids: set[int], mode: s
         elif k in (K_ENUM, K_ENUM64):
             out.add([s(old), K_ENUM << 24, w[o + 2]])
         elif k == K_INT:
-            out.add([s(old), info, w[o + 2], w[o + 3]])
+            out.add([s(old), info, w[o + 2], w[o + INT_DATA]])
         else:  # FLOAT, FWD
             out.add([s(old), info, w[o + 2]])
     # a sentinel anonymous type ends the distilled-base prefix
@@ -171,15 +180,15 @@ def build_expects(src: Btf, dist: DistillResult, embedded_ids: set[int], mode: s
                 pointee = 0
             new = out.add([0, K_PTR << 24, pointee])
         elif k == K_ARRAY:
-            elem = member_type(w[o + 3])
-            index = member_type(w[o + 4])
-            new = out.add([0, K_ARRAY << 24, 0, elem, index, w[o + 5]])
+            elem = member_type(w[o + ARRAY_TYPE])
+            index = member_type(w[o + ARRAY_INDEX])
+            new = out.add([0, K_ARRAY << 24, 0, elem, index, w[o + ARRAY_NELEMS]])
         elif k in (K_STRUCT, K_UNION):
             new = out.add([s(tid), k << 24, w[o + 2]]) if named else _composite(tid)
         elif k in (K_ENUM, K_ENUM64):
             new = out.add([s(tid) if named else 0, K_ENUM << 24, w[o + 2]])
         elif k == K_INT:
-            new = out.add([s(tid), info, w[o + 2], w[o + 3]])
+            new = out.add([s(tid), info, w[o + 2], w[o + INT_DATA]])
         elif k in (K_FLOAT, K_FWD):
             new = out.add([s(tid), info, w[o + 2]])
         else:  # FUNC_PROTO etc. are never member types by value
@@ -192,10 +201,11 @@ def build_expects(src: Btf, dist: DistillResult, embedded_ids: set[int], mode: s
         info = w[o + 1]
         out_words: list[int] = []
         for m in range(info & 0xFFFF):
-            p = o + 3 + 3 * m
-            mt = member_type(w[p + 1])
-            name = out.add_str(vm.btf.str_bytes(w[p])) if w[p] else 0
-            out_words += (name, mt, w[p + 2])
+            p = o + ITEMS + MEMBER_WORDS * m
+            mt = member_type(w[p + MEMBER_TYPE])
+            no = w[p + MEMBER_NAME]
+            name = out.add_str(vm.btf.str_bytes(no)) if no else 0
+            out_words += (name, mt, w[p + MEMBER_OFFSET])
         return out_words
 
     def _composite(tid: int) -> int:

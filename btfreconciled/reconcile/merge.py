@@ -24,7 +24,7 @@ from typing import Any
 from ..btf.btf import Btf
 from ..btf.errors import BtfError
 from ..btf.kinds import BTF_MAGIC, BTF_VERSION, HEADER_SIZE, MAX_NAME_OFFSET, MAX_TYPE
-from .relocate import slot_masks
+from .lanes import slot_masks
 from .wire import id_slots, str_slots
 
 _NATIVE = "<" if sys.byteorder == "little" else ">"
@@ -66,7 +66,7 @@ def shift_references(words: array, offs: list[int], nr_base: int, id_shift: int,
                      str_base: int, str_shift: int) -> array:
     """A copy of a split type section (host-order words) whose own type ids (>= nr_base)
     move by `id_shift` and own string offsets (>= str_base) by `str_shift`; references into
-    the base stay. Lane-wise on one big integer (see relocate._LaneIndex): every slot value
+    the base stay. Lane-wise on one big integer (see lanes._LaneIndex): every slot value
     is < 2**31 and each shift < 2**31, so no lane carries into the next."""
     if (sys.byteorder == "little" and len(offs) > 64 and id_shift < 1 << 31
             and str_shift < 1 << 31):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,11 +11,13 @@ from typing import Any
 
 from ..btf.btf import Btf
 from ..btf.errors import BtfError
+from ..btf.load import parse_btf
+from ..cache import module_name_of, normalize_module_name
 from ..elf import BtfSections, ElfError, read_btf_sections, sha256_file
 from .diagnostics import ERROR, Problem
 from .fields import STRICT_CHOICES, check_fields, derive_base
 from .relocate import EMBEDDED_KERNEL, relocate
-from .target import VmlinuxIndex, parse_btf
+from .target import VmlinuxIndex
 from .wire import WireError
 
 
@@ -55,14 +56,10 @@ class ModuleResult:
         }
 
 
-_KO_SUFFIX = re.compile(r"\.ko(\.(xz|zst|gz))?$")
-
-
-def module_name_of(path: str | Path) -> str:
-    """`snd-hda-intel.ko.xz` -> `snd_hda_intel` (the kernel's name for it)."""
-    name = Path(path).name
-    name = _KO_SUFFIX.sub("", name)
-    return name.replace("-", "_")
+def module_label(path: str | Path) -> str:
+    """What messages call the module at `path`: its kernel name (`snd-hda-intel.ko.xz` ->
+    `snd_hda_intel`, cache.module_name_of), or the file's name when it is no .ko file."""
+    return module_name_of(path) or normalize_module_name(Path(path).name)
 
 
 @dataclass
@@ -119,7 +116,7 @@ def module_btf(path: str | Path, base: Btf | VmlinuxIndex | None, *, base_path: 
         target = base
     else:
         target = VmlinuxIndex(base, path=base_path or base.source)
-    rel = relocate(loaded.split, target, module=module_name_of(path), diagnose=True)
+    rel = relocate(loaded.split, target, module=module_label(path), diagnose=True)
     if not rel.ok or rel.data is None:
         first = rel.problems[0].summary if rel.problems else "relocation failed"
         n = len(rel.problems) - 1
@@ -139,7 +136,7 @@ def reconcile_module_file(path: str, target: VmlinuxIndex, *, strict: str = "emb
     if strict not in STRICT_CHOICES:
         raise ValueError(f"strict must be one of {', '.join(STRICT_CHOICES)}")
     t0 = time.perf_counter()
-    name = module_name or module_name_of(path)
+    name = module_name or module_label(path)
     timings: dict[str, float] = {}
     sha = ""
     ident: tuple[str | None, str | None] = (None, None)

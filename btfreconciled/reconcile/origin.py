@@ -29,12 +29,16 @@ from dataclasses import dataclass, field
 
 from ..btf.btf import Btf
 from ..btf.errors import BtfError
-from ..btf.kinds import BTF_MAGIC, HEADER_SIZE
-from .wire import (
+from ..btf.kinds import (
+    BTF_MAGIC,
+    HEADER_SIZE,
     K_ARRAY,
     K_CONST,
     K_DATASEC,
     K_DECL_TAG,
+    K_ENUM,
+    K_ENUM64,
+    K_FLOAT,
     K_FUNC,
     K_FUNC_PROTO,
     K_FWD,
@@ -47,17 +51,30 @@ from .wire import (
     K_UNION,
     K_VAR,
     K_VOLATILE,
-    WireError,
-    record_offsets,
-    str_slots,
+    NR_KINDS,
 )
+from ..btf.layout import (
+    ARRAY_INDEX,
+    ARRAY_NELEMS,
+    ARRAY_TYPE,
+    ITEMS,
+    MEMBER_OFFSET,
+    MEMBER_TYPE,
+    MEMBER_WORDS,
+    PARAM_TYPE,
+    PARAM_WORDS,
+    SECINFO_SIZE,
+    SECINFO_TYPE,
+    SECINFO_WORDS,
+)
+from .wire import WireError, record_offsets, str_slots
 
 _NATIVE = "<" if sys.byteorder == "little" else ">"
 # what cannot be held by value (a member, an array element, a variable, a parameter): no
 # size, or not a data type at all
 _NOT_VALUE = frozenset({K_FUNC, K_FUNC_PROTO, K_VAR, K_DATASEC, K_DECL_TAG, K_FWD})
 _NOT_BEHIND_REF = frozenset({K_FUNC, K_VAR, K_DATASEC, K_DECL_TAG})
-_ALL = frozenset(range(1, 20))
+_ALL = frozenset(range(1, NR_KINDS))
 MAX_SCAN = 4096  # candidate values tried past the lower bound before giving up
 AMBIGUITY_WINDOW = 16  # after the first value that fits, how many more are tried
 
@@ -145,36 +162,40 @@ def _refs(words: array, offs: list[int]) -> list[Ref]:
             add((words[o + 2], frozenset({K_STRUCT, K_UNION, K_VAR, K_FUNC, K_TYPEDEF}),
                  None, None))
         elif kind == K_ARRAY:
-            add((words[o + 3], value, None, None))
-            add((words[o + 4], frozenset({K_INT}), None, None))
+            add((words[o + ARRAY_TYPE], value, None, None))
+            add((words[o + ARRAY_INDEX], frozenset({K_INT}), None, None))
         elif kind in (K_STRUCT, K_UNION):
             size = words[o + 2]
             kflag = info >> 31
-            offsets = [words[o + 5 + 3 * i] & (0xFFFFFF if kflag else 0xFFFFFFFF)
-                       for i in range(vlen)]
+            first, stop = o + ITEMS, o + ITEMS + MEMBER_WORDS * vlen
+            raws = words[first + MEMBER_OFFSET:stop:MEMBER_WORDS]
+            types = words[first + MEMBER_TYPE:stop:MEMBER_WORDS]
+            offsets = [raw & (0xFFFFFF if kflag else 0xFFFFFFFF) for raw in raws]
             for i in range(vlen):
-                raw = words[o + 5 + 3 * i]
+                raw = raws[i]
                 room = None
                 if not (kflag and raw >> 24) and offsets[i] % 8 == 0:  # not a bitfield
                     end = size * 8
                     if kind == K_STRUCT and i + 1 < vlen and offsets[i + 1] > offsets[i]:
                         end = offsets[i + 1]
                     room = max(0, (end - offsets[i]) // 8)
-                add((words[o + 4 + 3 * i], value, room, None))
+                add((types[i], value, room, None))
         elif kind == K_FUNC_PROTO:
             add((words[o + 2], value, None, None))
-            for i in range(vlen):
-                add((words[o + 4 + 2 * i], value, None, None))
+            stop = o + ITEMS + PARAM_WORDS * vlen
+            for t in words[o + ITEMS + PARAM_TYPE:stop:PARAM_WORDS]:
+                add((t, value, None, None))
         elif kind == K_DATASEC:
             for i in range(vlen):
-                add((words[o + 3 + 3 * i], frozenset({K_VAR, K_FUNC}), None,
-                     words[o + 5 + 3 * i]))
+                p = o + ITEMS + SECINFO_WORDS * i
+                add((words[p + SECINFO_TYPE], frozenset({K_VAR, K_FUNC}), None,
+                     words[p + SECINFO_SIZE]))
         # FWD's third word is a size (0), INT/ENUM/FLOAT refer to nothing
     return [r for r in out if r[0]]
 
 
 _CHAIN = frozenset({K_TYPEDEF, K_CONST, K_VOLATILE, K_RESTRICT, K_TYPE_TAG, K_VAR})
-_SIZED = frozenset({K_INT, K_STRUCT, K_UNION, 6, 16, 19})  # ENUM, FLOAT, ENUM64 too
+_SIZED = frozenset({K_INT, K_STRUCT, K_UNION, K_ENUM, K_FLOAT, K_ENUM64})
 
 
 class _Layout:
@@ -200,8 +221,8 @@ class _Layout:
         if kind in _CHAIN:
             return self.size(self.words[o + 2], n, depth + 1)
         if kind == K_ARRAY:
-            elem = self.size(self.words[o + 3], n, depth + 1)
-            return None if elem is None else elem * self.words[o + 5]
+            elem = self.size(self.words[o + ARRAY_TYPE], n, depth + 1)
+            return None if elem is None else elem * self.words[o + ARRAY_NELEMS]
         return None
 
     def fits(self, n: int, refs: list[Ref]) -> bool:

@@ -32,36 +32,31 @@ every problem instead of stopping at the first.
 
 from __future__ import annotations
 
-import struct
 import sys
 import weakref
 from array import array
 from bisect import bisect_right
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..btf.btf import Btf
 from ..btf.header import pack_header
-from ..btf.kinds import EXTRA_FIXED_WORDS, record_words
-from .diagnostics import ERROR, CandidateInfo, Problem, expected_dict, type_label
-from .target import Candidate, VmlinuxIndex
-from .wire import (
-    CHAIN_KINDS,
+from ..btf.kinds import (
     K_ARRAY,
-    K_DATASEC,
     K_ENUM,
     K_ENUM64,
     K_FLOAT,
-    K_FUNC_PROTO,
     K_FWD,
     K_INT,
     K_STRUCT,
     K_UNION,
-    WireError,
-    id_slots,
-    kind_name,
-    str_slots,
 )
+from ..btf.layout import (
+    INT_DATA,
+)
+from .diagnostics import ERROR, CandidateInfo, Problem, expected_dict, type_label
+from .lanes import _LaneIndex, slot_masks
+from .target import Candidate, VmlinuxIndex
+from .wire import CHAIN_KINDS, WireError, id_slots, kind_name, str_slots
 
 EMBEDDED_KERNEL = "kernel"
 EMBEDDED_LIBBPF_1_5 = "libbpf-1.5"
@@ -110,7 +105,7 @@ def dist_types_of(dist: Btf) -> list[DistType]:
         if no and no < len(strs):
             end = strs.find(b"\0", no)
             name = strs[no:end] if end >= 0 else strs[no:]
-        enc = (words[o + 3] >> 24) & 0x0F if kind == K_INT else 0
+        enc = (words[o + INT_DATA] >> 24) & 0x0F if kind == K_INT else 0
         out.append(DistType(tid, kind, info >> 31, no, name, words[o + 2], enc))
         tid += 1
     return out
@@ -495,144 +490,11 @@ def relocate(split: Btf, target: VmlinuxIndex, *, embedded_rule: str = EMBEDDED_
     return RelocateResult(True, serialize(split, w), [], id_map, dist, embedded_all, paths)
 
 
-class _LaneIndex:
-    """Everything about a split BTF's type words that does not depend on the target.
-
-    Every word becomes a 32-bit lane of one big integer W. A *code* per lane (in the lane's
-    low byte) says what relocation does to it: 0 nothing (not an id/string, void, no name),
-    254 "split type id: add the id shift", 255 "split string: add the string shift", 1..253 a
-    reference into the distilled base (the distilled id itself, or a code standing for a
-    distilled-base string offset). Relocating is then: one translate() of the code plane per
-    output byte (tables built from the id/string maps), one big-integer addition, one
-    to_bytes(). Lanes never carry into each other: every delta keeps its lane < 2**32."""
-
-    def __init__(self, sp: _Split, nr_dist: int, dsl: int) -> None:
-        self.ok = False
-        mid_b, mstr_b = sp.lane_masks()
-        self.nbytes = n = len(mid_b)
-        if n != 4 * len(sp.words) or nr_dist > 0xFFFFFF:
-            return
-        # a distilled base of more than 253 types does not fit the one-byte code: its
-        # references are then patched lane by lane (wide mode)
-        self.wide = wide = nr_dist > 253
-        # (each plane is as big as the section: amdgpu's are 3.5 MB; the `del`s keep no more
-        # of them alive than the next step needs)
-        raw = sp.words.tobytes()
-        w = int.from_bytes(raw, "little")
-        del raw
-        a1 = int.from_bytes(mid_b, "little") >> 31
-        b1 = int.from_bytes(mstr_b, "little") >> 31
-        s1 = a1 | b1
-        if (w >> 31) & s1:  # a slot value >= 2**31: not lane-safe
-            return
-        ge = ((w + a1 * (0x80000000 - nr_dist) + b1 * (0x80000000 - dsl)) >> 31) & s1
-        del s1
-        gea = ge & a1
-        geb = ge ^ gea
-        del ge
-        small_id = a1 ^ gea  # id lanes below nr_dist (void included: code 0)
-        small_str = b1 ^ geb
-        del a1, b1
-        nz = ((w + small_str * 0x7FFFFFFF) >> 31) & small_str  # dist-base strings, not 0
-        del small_str
-        self.id_lanes: list[tuple[int, int]] = []  # wide mode: (lane, distilled id)
-        if wide:
-            codes = bytearray((gea * 254 | geb * 255).to_bytes(n, "little"))
-            nzid = ((w + small_id * 0x7FFFFFFF) >> 31) & small_id
-            if nzid:
-                nzb = nzid.to_bytes(n, "little")
-                i = nzb.find(1)
-                while i >= 0:
-                    self.id_lanes.append((i >> 2, sp.words[i >> 2]))
-                    i = nzb.find(1, i + 4)
-        else:
-            codes = bytearray((gea * 254 | geb * 255 | (w & (small_id * 0xFF))
-                               ).to_bytes(n, "little"))
-        del gea, geb, small_id
-        first_str_code = 1 if wide else nr_dist
-        self.str_codes: dict[int, int] = {}  # code -> distilled-base string offset
-        self.str_lanes: list[tuple[int, int]] = []  # (lane, offset) without a code
-        if nz:
-            nzb = nz.to_bytes(n, "little")
-            by_off: dict[int, int] = {}
-            i = nzb.find(1)
-            while i >= 0:
-                lane = i >> 2
-                off = sp.words[lane]
-                code = by_off.get(off)
-                if code is None and first_str_code + len(by_off) < 254:
-                    code = first_str_code + len(by_off)
-                    by_off[off] = code
-                    self.str_codes[code] = off
-                if code is None:
-                    self.str_lanes.append((lane, off))
-                else:
-                    codes[i] = code
-                i = nzb.find(1, i + 4)
-            del nzb
-        del nz
-        self.codes = bytes(codes)
-        self.w = w
-        self.nr_dist = nr_dist
-        self.ok = True
-
-    def apply(self, dmap: list[int], shift: int, sshift: int, smap: dict[int, int]
-              ) -> bytes | int | None:
-        """Relocated type words as bytes; an int is a distilled-base string offset without a
-        mapping; None means "use the plain loop" (a delta would be negative)."""
-        delta = [0] * 256
-        if not self.wide:
-            for v in range(1, self.nr_dist):
-                delta[v] = dmap[v] - v
-        for code, off in self.str_codes.items():
-            nv = smap.get(off)
-            if nv is None:
-                return off
-            delta[code] = nv - off
-        delta[254] = shift
-        delta[255] = sshift
-        if max(delta) > 0xFFFFFFFF or min(delta) < -0xFFFFFFFF:
-            return None
-        # a string can map to a smaller offset: negative deltas go into their own plane
-        # (lanes stay non-negative: the result of each lane is a valid offset)
-        total = self.w + self._plane([max(d, 0) for d in delta])
-        neg = [max(-d, 0) for d in delta]
-        if any(neg):
-            total -= self._plane(neg)
-        out = total.to_bytes(self.nbytes, "little")
-        if self.str_lanes or self.id_lanes:
-            buf = bytearray(out)  # lanes without a code
-            for lane, off in self.str_lanes:
-                nv = smap.get(off)
-                if nv is None:
-                    return off
-                struct.pack_into("<I", buf, 4 * lane, nv)
-            pack = struct.Struct("<I").pack_into
-            for lane, v in self.id_lanes:
-                pack(buf, 4 * lane, dmap[v])
-            out = bytes(buf)
-        return out
-
-    def _plane(self, delta: list[int]) -> int:
-        """The lanes' deltas (by code) as one big integer."""
-        codes = self.codes
-        plane = bytearray(codes.translate(bytes(d & 0xFF for d in delta)))
-        for k in (1, 2, 3):
-            if any(d >> (8 * k) for d in delta):
-                plane[k::4] = codes.translate(bytes((d >> (8 * k)) & 0xFF for d in delta))[0::4]
-        return int.from_bytes(plane, "little")
-
-
 def _rewrite(w: array, offs: list[int], nr_dist: int, shift: int, dmap: list[int],
-             dsl: int, sshift: int, smap: dict[int, int],
-             masks: Callable[[], tuple[bytes, bytes]] | None = None) -> int | None:
-    """Rewrite ids and string offsets of the records at `offs` in place; returns the first
-    distilled-base string offset that has no mapping (then `w` is garbage), else None."""
-    if (masks is not None and shift >= 0 and sshift >= 0 and sys.byteorder == "little"
-            and len(offs) > 64):
-        done = _rewrite_lanes(w, masks(), nr_dist, shift, dmap, dsl, sshift, smap)
-        if done is not False:
-            return done  # type: ignore[return-value]
+             dsl: int, sshift: int, smap: dict[int, int]) -> int | None:
+    """Rewrite ids and string offsets of the records at `offs` in place, one slot at a time
+    (the fallback of _LaneIndex); returns the first distilled-base string offset that has no
+    mapping (then `w` is garbage), else None."""
     for o in offs:
         for pos in id_slots(w, o):
             v = w[pos]
@@ -649,116 +511,6 @@ def _rewrite(w: array, offs: list[int], nr_dist: int, shift: int, dmap: list[int
                 if nv is None:
                     return v
                 w[pos] = nv
-    return None
-
-
-# Per record shape (info word): bytes with 0x80000000 in the lanes that hold type ids, and
-# in the lanes that hold string offsets.
-_LANE_ID: dict[int, bytes] = {}
-_LANE_STR: dict[int, bytes] = {}
-_B31 = (0x80000000).to_bytes(4, "little")
-_Z = bytes(4)
-
-
-def _lane_masks(info: int) -> None:
-    """Fill _LANE_ID/_LANE_STR for one record shape (strided slice writes, no per-word
-    Python: a 60000-value enum is one record)."""
-    kind = (info >> 24) & 0x1F
-    if kind == 0 or kind >= len(EXTRA_FIXED_WORDS):
-        raise WireError(f"unknown BTF kind {kind}")
-    vlen = info & 0xFFFF
-    n = record_words(info)
-    fake = [0] * min(n, 8)
-    fake[1] = info & ~0xFFFF  # vlen 0: the fixed slots only
-    ids = bytearray(4 * n)
-    strs = bytearray(4 * n)
-    for i in id_slots(fake, 0):
-        ids[4 * i + 3] = 0x80
-    for i in str_slots(fake, 0):
-        strs[4 * i + 3] = 0x80
-    if vlen:
-        if kind in (K_STRUCT, K_UNION):
-            ids[4 * 4 + 3::12] = b"\x80" * vlen
-            strs[4 * 3 + 3::12] = b"\x80" * vlen
-        elif kind == K_FUNC_PROTO:
-            ids[4 * 4 + 3::8] = b"\x80" * vlen
-            strs[4 * 3 + 3::8] = b"\x80" * vlen
-        elif kind == K_ENUM:
-            strs[4 * 3 + 3::8] = b"\x80" * vlen
-        elif kind == K_ENUM64:
-            strs[4 * 3 + 3::12] = b"\x80" * vlen
-        elif kind == K_DATASEC:
-            ids[4 * 3 + 3::12] = b"\x80" * vlen
-    _LANE_ID[info] = bytes(ids)
-    _LANE_STR[info] = bytes(strs)
-
-
-def slot_masks(words: array, offs: list[int]) -> tuple[bytes, bytes]:
-    """(id lanes, string lanes) of a whole type section: 0x80000000 (little-endian bytes) in
-    every word that holds a type id / a string offset, 0 elsewhere. Per distinct record
-    shape, not per word: what makes lane-wise rewrites of a whole section cheap."""
-    infos = list(map(words.__getitem__, map((1).__add__, offs)))
-    for info in set(infos).difference(_LANE_ID):
-        _lane_masks(info)
-    return (b"".join(map(_LANE_ID.__getitem__, infos)),
-            b"".join(map(_LANE_STR.__getitem__, infos)))
-
-
-def _rewrite_lanes(w: array, masks: tuple[bytes, bytes], nr_dist: int, shift: int,
-                   dmap: list[int], dsl: int, sshift: int, smap: dict[int, int]
-                   ) -> int | None | bool:
-    """The same rewrite on all words at once, as lane-wise arithmetic on one big integer
-    (32-bit lanes never carry into each other: every slot value is < 2**31 and the results
-    fit). References into a distilled base of at most 256 types are mapped with
-    bytes.translate; Python-level work is per distinct record shape and per reference to a
-    distilled-base string, not per word. Returns False when the input does not allow it."""
-    mid_b, mstr_b = masks
-    nbytes = len(mid_b)
-    if nbytes != 4 * len(w):
-        return False
-    words = int.from_bytes(w.tobytes(), "little")
-    mid = int.from_bytes(mid_b, "little")
-    mstr = int.from_bytes(mstr_b, "little")
-    slots = mid | mstr
-    if words & slots:  # some slot value >= 2**31: not lane-safe
-        return False
-    one_id = mid >> 31
-    one_str = mstr >> 31
-    # bit 31 of a slot lane after adding (2**31 - T) says "value >= T"
-    ge_t = (words + one_id * (0x80000000 - nr_dist) + one_str * (0x80000000 - dsl)) & slots
-    ge_1 = (words + (one_id | one_str) * 0x7FFFFFFF) & slots
-    out = words + ((ge_t & mid) >> 31) * shift + ((ge_t & mstr) >> 31) * sshift
-    small = ge_1 ^ ge_t  # lanes with 0 < value < T: references into the distilled base
-    small_id = small & mid
-    if nr_dist <= 256 and small_id:
-        # value v < 256 sits in the lane's low byte: map it byte-wise to dmap[v]
-        low = words & ((small_id >> 31) * 0xFF)
-        lb = low.to_bytes(nbytes, "little")
-        new = 0
-        for k in range(3):
-            table = bytes((dmap[v] >> (8 * k)) & 0xFF if 0 < v < nr_dist else 0
-                          for v in range(256))
-            new |= int.from_bytes(lb.translate(table), "little") << (8 * k)
-        out = out - low + new
-        small ^= small_id
-    res = array("I")
-    res.frombytes(out.to_bytes(nbytes, "little"))
-    if small:
-        sb = small.to_bytes(nbytes, "little")
-        find = sb.find
-        i = find(0x80)
-        while i >= 0:
-            lane = i >> 2
-            v = w[lane]
-            if mid_b[i] == 0x80:
-                res[lane] = dmap[v]
-            else:
-                nv = smap.get(v)
-                if nv is None:
-                    return v
-                res[lane] = nv
-            i = find(0x80, i + 1)
-    w[:] = res
     return None
 
 
@@ -807,4 +559,4 @@ def serialize_parts(words: array, strs: bytes, *, byte_order: str = _NATIVE, fla
 
 
 __all__ = ["EMBEDDED_KERNEL", "EMBEDDED_LIBBPF_1_5", "RelocateResult", "WireError",
-           "embedded_ids", "relocate", "serialize", "serialize_parts", "slot_masks"]
+           "embedded_ids", "relocate", "serialize", "serialize_parts"]

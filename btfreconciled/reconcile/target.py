@@ -7,16 +7,14 @@ we look each expected type up by name instead.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from ..btf import markers
 from ..btf.btf import Btf
 from ..btf.errors import BtfError
+from ..btf.kinds import K_ENUM, K_ENUM64, K_FLOAT, K_FWD, K_INT, K_STRUCT, K_UNION
+from ..btf.load import load_btf, parse_btf
+from ..cache import sha256_hex
 from ..elf import read_btf_sections
-from .wire import K_ENUM, K_ENUM64, K_FLOAT, K_FWD, K_INT, K_STRUCT, K_UNION
 
 SYSFS_VMLINUX = "/sys/kernel/btf/vmlinux"
 # Kinds btf_relocate.c considers in the base (everything else is skipped).
@@ -33,12 +31,6 @@ class Candidate:
     size: int  # the size word (for FWD: whatever the record holds, normally 0)
     kflag: int
     encoding: int  # INT encoding bits (0 for other kinds)
-
-
-def parse_btf(data: bytes, *, base: Btf | None = None, source: str = "<memory>",
-              validate: bool = True) -> Btf:
-    """Btf.parse with this package's defaults (validate unless told the input is trusted)."""
-    return Btf.parse(data, base=base, source=source, validate=validate)
 
 
 @dataclass
@@ -66,23 +58,13 @@ class VmlinuxIndex:
         /sys/kernel/btf/* is never re-validated (the kernel verified it); `validate=False`
         also skips it for other files (e.g. deliberately mutated BTF in tests)."""
         sections = read_btf_sections(path)
-        if sections.btf is None:
-            raise BtfError("no .BTF section", source=str(path))
-        source = f"{path}:.BTF" if sections.is_elf else str(path)
-        verified = False
-        with contextlib.suppress(OSError):
-            verified = Path(path).resolve().parent == Path(SYSFS_VMLINUX).parent
-        # bytes that passed this validator before (root's marker) are not validated again
-        marker = markers.needs_validation(sections.btf) if validate and not verified else None
-        btf = parse_btf(sections.btf, source=source, validate=marker is not None)
-        if marker is not None:
-            markers.record_validated(marker, source)
-        return cls(btf, sha256=sections.sha256, path=str(path))
+        btf = load_btf(path, sections=sections, validate=None if validate else False)
+        return cls(btf, sha256=sections.sha256 or "", path=str(path))
 
     @classmethod
     def from_bytes(cls, data: bytes, *, path: str = "<memory>") -> VmlinuxIndex:
         btf = parse_btf(data, source=path)
-        return cls(btf, sha256=hashlib.sha256(data).hexdigest(), path=path)
+        return cls(btf, sha256=sha256_hex(data), path=path)
 
     @property
     def type_count(self) -> int:

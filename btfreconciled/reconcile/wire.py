@@ -11,18 +11,35 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..btf.kinds import NR_KINDS, Kind, record_words
+from ..btf.kinds import (
+    K_CONST,
+    K_RESTRICT,
+    K_STRUCT,
+    K_TYPE_TAG,
+    K_TYPEDEF,
+    K_UNION,
+    K_VOLATILE,
+    NR_KINDS,
+    Kind,
+)
+from ..btf.layout import LAYOUT, record_words
 
-K_INT, K_PTR, K_ARRAY, K_STRUCT, K_UNION, K_ENUM, K_FWD, K_TYPEDEF = 1, 2, 3, 4, 5, 6, 7, 8
-K_VOLATILE, K_CONST, K_RESTRICT, K_FUNC, K_FUNC_PROTO, K_VAR, K_DATASEC = 9, 10, 11, 12, 13, 14, 15
-K_FLOAT, K_DECL_TAG, K_TYPE_TAG, K_ENUM64 = 16, 17, 18, 19
-
-# Kinds whose third word is a type id (libbpf BTF_FIELD_ITER_IDS: FWD included).
-_ONE_ID = frozenset({K_FWD, K_CONST, K_VOLATILE, K_RESTRICT, K_PTR, K_TYPEDEF, K_FUNC, K_VAR,
-                     K_DECL_TAG, K_TYPE_TAG})
 # Kinds that chain to the next type when looking for an embedded composite.
 CHAIN_KINDS = frozenset({K_CONST, K_RESTRICT, K_VOLATILE, K_TYPEDEF, K_TYPE_TAG})
 COMPOSITE = frozenset({K_STRUCT, K_UNION})
+
+# By kind number, from the layout table: (the one fixed slot or None, all fixed slots, first
+# item slot or None, item stride); ids in libbpf's btf_field_iter order (FWD's size word
+# included), strings name first. Kinds past the table (5 bits: up to 31) have a name only.
+# Per-call cost matters (distill and merge walk every record): hence the one-slot shortcut.
+_SlotSpec = tuple["int | None", tuple[int, ...], "int | None", int]
+_ID_SPEC: list[_SlotSpec] = [(None, (), None, 0)] * 32
+_STR_SPEC: list[_SlotSpec] = [(0, (0,), None, 0)] * 32
+for _k, _lay in LAYOUT.items():
+    for _spec, _fixed, _at in ((_ID_SPEC, _lay.iter_ids, _lay.item_id),
+                               (_STR_SPEC, _lay.strs, _lay.item_str)):
+        _spec[_k] = (_fixed[0] if len(_fixed) == 1 else None, _fixed,
+                     None if _at is None else _lay.first_item + _at, _lay.item_words)
 
 
 class WireError(ValueError):
@@ -57,34 +74,24 @@ def record_offsets(words: Sequence[int]) -> list[int]:
 
 def id_slots(words: Sequence[int], o: int) -> list[int]:
     """Word positions of the type ids of the record at `o`, in libbpf iteration order."""
-    info = words[o + 1]
-    kind = (info >> 24) & 0x1F
-    if kind in _ONE_ID:
-        return [o + 2]
-    vlen = info & 0xFFFF
-    if kind in (K_STRUCT, K_UNION):
-        return list(range(o + 4, o + 4 + 3 * vlen, 3))
-    if kind == K_ARRAY:
-        return [o + 3, o + 4]
-    if kind == K_FUNC_PROTO:
-        return [o + 2, *range(o + 4, o + 4 + 2 * vlen, 2)]
-    if kind == K_DATASEC:
-        return list(range(o + 3, o + 3 + 3 * vlen, 3))
-    return []
+    return _slots(_ID_SPEC, words, o)
 
 
 def str_slots(words: Sequence[int], o: int) -> list[int]:
     """Word positions of the string offsets of the record at `o` (libbpf order)."""
+    return _slots(_STR_SPEC, words, o)
+
+
+def _slots(spec: list[_SlotSpec], words: Sequence[int], o: int) -> list[int]:
     info = words[o + 1]
-    kind = (info >> 24) & 0x1F
+    one, fixed, at, stride = spec[(info >> 24) & 0x1F]
     vlen = info & 0xFFFF
-    if kind in (K_STRUCT, K_UNION):
-        return [o, *range(o + 3, o + 3 + 3 * vlen, 3)]
-    if kind in (K_ENUM, K_FUNC_PROTO):
-        return [o, *range(o + 3, o + 3 + 2 * vlen, 2)]
-    if kind == K_ENUM64:
-        return [o, *range(o + 3, o + 3 + 3 * vlen, 3)]
-    return [o]
+    if at is None or not vlen:
+        return [o + one] if one is not None else [o + i for i in fixed]
+    p = o + at
+    if one is not None:
+        return [o + one, *range(p, p + stride * vlen, stride)]
+    return [*(o + i for i in fixed), *range(p, p + stride * vlen, stride)]
 
 
 def kind_name(kind: int) -> str:
