@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
 import os
 import threading
 import time
@@ -30,7 +29,14 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from ..cache import Cache, CacheError, check_module_name, describe_os_error, lock_root
+from ..cache import (
+    Cache,
+    CacheError,
+    check_module_name,
+    describe_os_error,
+    lock_root,
+    sha256_hex,
+)
 from ..elf import sha256_file
 from . import logs
 from .config import Config
@@ -407,7 +413,7 @@ class Daemon(WorkQueue, Results, StatusApi):
         if cc.get("result") == "mismatch" and kbytes is not None:
             record = kernel_truth(job.name, record, cc)
             btf = kbytes
-            record.update(btf_sha256=hashlib.sha256(btf).hexdigest(), btf_size=len(btf))
+            record.update(btf_sha256=sha256_hex(btf), btf_size=len(btf))
         if cc != record.get("cross_check", {}):
             if cc:
                 record["cross_check"] = cc
@@ -467,7 +473,7 @@ class Daemon(WorkQueue, Results, StatusApi):
         assert self.cache is not None
         rec.update(verdict=RESCUED, summary=summary, rescue_base=build,
                    btf=str(self.cache.btf_path(name)),
-                   btf_sha256=hashlib.sha256(btf).hexdigest(), btf_size=len(btf))
+                   btf_sha256=sha256_hex(btf), btf_size=len(btf))
         return rec, btf
 
     def _candidates(self) -> Any:

@@ -16,7 +16,6 @@ vmlinux per file) and replaced atomically.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import threading
 import time
@@ -33,6 +32,7 @@ from ..cache import (
     describe_os_error,
     fsync_dir,
     is_regular_file,
+    sha256_hex,
     write_all,
 )
 from ..reconcile.merge import MergedLayout, MergeError, write_merged
@@ -271,7 +271,7 @@ class MergedWriter:
             return None
         with open(fd, "rb") as f:
             data = f.read()
-        return data if hashlib.sha256(data).hexdigest() == sha else None
+        return data if sha256_hex(data) == sha else None
 
     def _write_index(self) -> None:
         with self.cond:

@@ -9,20 +9,11 @@ Extra directories (out-of-tree builds, fixtures, a host without /lib/modules) ar
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cache import normalize_module_name
-
-_KO_RE = re.compile(r"^(?P<name>.+?)\.ko(?:\.(?:xz|zst|gz))?$")
-
-
-def module_name_of(filename: str) -> str | None:
-    """``kernel/fs/ext4/ext4.ko.xz`` -> ``ext4``; ``snd-hda-intel.ko`` -> ``snd_hda_intel``."""
-    m = _KO_RE.match(os.path.basename(filename))
-    return normalize_module_name(m["name"]) if m else None
+from ..cache import module_name_of, normalize_module_name
 
 
 @dataclass

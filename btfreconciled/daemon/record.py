@@ -9,12 +9,11 @@ The verdicts are the engine's plus the daemon's own.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..cache import Cache
+from ..cache import Cache, sha256_hex
 from .policy import STALE_FILE
 
 
@@ -99,7 +98,7 @@ def result_record(name: str, result: Any, path: Path, key: tuple[Any, ...], elap
         diagnostics=list(getattr(result, "diagnostics", None) or []),
         module_sha256=getattr(result, "module_sha256", None),
         btf=str(cache.btf_path(name)) if btf is not None and cache else None,
-        btf_sha256=hashlib.sha256(btf).hexdigest() if btf is not None else None,
+        btf_sha256=sha256_hex(btf) if btf is not None else None,
         btf_size=len(btf) if btf is not None else None,
         timings=timings,
         key=list(key),

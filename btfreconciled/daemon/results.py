@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..cache import Cache, describe_os_error
+from ..cache import Cache, describe_os_error, sha256_hex
 from ..elf import ElfError, sha256_file
 from .config import Config
 from .engine import Engine
@@ -177,7 +177,7 @@ class Results:
             return None
         if rec.get("verdict") == "ok":
             btf = self.cache.read_published_btf(name)
-            if btf is None or hashlib.sha256(btf).hexdigest() != rec.get("btf_sha256"):
+            if btf is None or sha256_hex(btf) != rec.get("btf_sha256"):
                 return None
             return rec, btf
         if os.path.lexists(self.cache.btf_path(name)):
