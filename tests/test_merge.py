@@ -8,6 +8,7 @@ part is its own merged part renumbered past the modules before it.
 from __future__ import annotations
 
 import re
+import struct
 from array import array
 from pathlib import Path
 
@@ -169,3 +170,36 @@ def test_cli_reconcile_merged_writes_vmlinux_plus_module(tmp_path, capsys):
     assert ctl(["reconcile", str(ko), "-o", str(out2), "--merged", "--vmlinux", str(vm2)]) == 1
     assert not out2.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_streamed_write_pauses_before_each_module_and_equals_merged_bytes(vml):
+    mods = [(t, split_module(vml, t, n)) for t, n in (("a", 80), ("b", 0), ("c", 70))]
+    calls: list[int] = []
+    chunks: list[bytes] = []
+    layout = write_merged(lambda b: (calls.append(len(chunks)), chunks.append(bytes(b))),
+                          vml, mods, lambda: calls.append(-1))
+    assert calls.count(-1) == 3
+    data = b"".join(chunks)
+    assert data == merged_bytes(vml, mods) and layout.size == len(data)
+    # each module's types went out before the next module was parsed (streamed, not held)
+    pauses = [i for i, c in enumerate(calls) if c == -1]
+    assert all(calls[p + 1] != -1 for p in pauses[:-1])
+    merged = Btf.parse(data, source="merged")  # strictly valid standalone BTF
+    assert merged.type_count == layout.type_count
+
+
+def test_module_with_bad_records_is_found_while_writing(vml):
+    good = split_module(vml, "ok")
+    bad = bytearray(split_module(vml, "bad"))
+    struct.pack_into("<I", bad, 24 + 4, (31 << 24))  # first record: kind 31 does not exist
+    with pytest.raises(MergeError, match="bad: not split BTF") as e:
+        merged_bytes(vml, [("ok", good), ("bad", bytes(bad))])
+    assert "\n" not in str(e.value)
+
+
+def test_type_limit_names_the_module(vml, monkeypatch):
+    import btfreconciled.reconcile.merge as merge_mod
+
+    monkeypatch.setattr(merge_mod, "MAX_TYPE", vml.type_count + 8)
+    with pytest.raises(MergeError, match="more than .* types .* with two"):
+        merged_bytes(vml, [("one", split_module(vml, "one")), ("two", split_module(vml, "two"))])

@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -222,3 +224,57 @@ def test_ctl_path_merged(fs: FakeSystem) -> None:
     finally:
         p.terminate()
         p.wait(15)
+
+
+def test_writer_waits_for_the_worker_and_stops_mid_write(fs: FakeSystem) -> None:
+    """Between modules the writer lets the worker go first (daemon._let_events_first waits
+    on its idle event); stop() during such a pause ends the sync and leaves no file behind."""
+
+
+    for n in ("alpha", "bravo"):
+        fs.add_file(n)
+        fs.load(n)
+    d = make_daemon(fs, merged_btf="all")
+    assert d.merged is not None and d.merged.between == d._let_events_first
+    entered, release = threading.Event(), threading.Event()
+
+    def blocking_pause() -> None:
+        entered.set()
+        release.wait(10)
+
+    d.merged.between = blocking_pause
+    try:
+        d.rescan("test")
+        assert d.wait_idle()
+        assert entered.wait(10), "the writer never paused before a module"
+        t0 = time.monotonic()
+        stopper = threading.Thread(target=d.merged.stop)
+        stopper.start()
+        release.set()
+        stopper.join(10)
+        assert not stopper.is_alive() and time.monotonic() - t0 < 5
+        assert d.merged._thread is not None and not d.merged._thread.is_alive()
+        left = sorted(p.name for p in d.cache.merged_dir.iterdir())
+        assert "all.btf" not in left and not [n for n in left if n.startswith(".tmp-")]
+    finally:
+        release.set()
+        d.stop()
+
+
+def test_let_events_first_waits_while_the_worker_is_busy(fs: FakeSystem, monkeypatch) -> None:
+    import btfreconciled.daemon.core as core
+
+    monkeypatch.setattr(core, "MERGED_YIELD", 0.3)
+    d = make_daemon(fs)
+    try:
+        assert d.wait_idle()
+        t0 = time.monotonic()
+        d._let_events_first()  # idle: returns at once
+        assert time.monotonic() - t0 < 0.1
+        d.idle.clear()  # as _enqueue does when work arrives
+        t0 = time.monotonic()
+        d._let_events_first()
+        assert 0.25 <= time.monotonic() - t0 < 2  # waited, but bounded
+    finally:
+        d.idle.set()
+        d.stop()

@@ -59,6 +59,7 @@ from .results import Memo, Results
 from .status import Stats, StatusApi
 
 CROSS_CHECK_DELAY, CROSS_CHECK_TRIES = 0.05, 60  # wait up to 3 s for /sys/kernel/btf/<mod>
+MERGED_YIELD = 2.0  # longest the merged writer waits for a busy worker, per module
 
 
 def release_memory() -> None:
@@ -150,7 +151,8 @@ class Daemon(WorkQueue, Results, StatusApi):
             self.gc()
         if self.cfg.merged_btf != "off":
             self.merged = MergedWriter(self.cache, self.index.btf, self.log,
-                                       per_module=self.cfg.merged_btf == "modules")
+                                       per_module=self.cfg.merged_btf == "modules",
+                                       between=self._let_events_first)
             self.merged.prepare()
         self.refresh_module_index()
         self.log.info("kernel", kernel_id=self.kernel_id, release=self.release,
@@ -344,6 +346,13 @@ class Daemon(WorkQueue, Results, StatusApi):
             t = threading.Timer(CROSS_CHECK_DELAY, self._requeue, (name,))
             t.daemon = True
             t.start()
+
+    def _let_events_first(self) -> None:
+        """The merged writer's pause between modules: while the worker has modules to
+        decide, wait for it (at most MERGED_YIELD seconds, so merged files still follow a
+        daemon that is never idle). Python runs one thread at a time: a writer renumbering
+        amdgpu's types would otherwise add its time to a module load's event->publish."""
+        self.idle.wait(MERGED_YIELD)
 
     def _update_merged(self) -> None:
         """Tell the merged-BTF writer which modules are ok and published now."""

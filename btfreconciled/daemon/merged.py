@@ -19,6 +19,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,12 @@ RETRY = 5.0  # after a failed write (ENOSPC, EIO), try again this much later
 class MergedWriter:
     """Keeps ``<kernel-dir>/merged/`` equal to the set of ok modules (name -> split sha256)."""
 
-    def __init__(self, cache: Cache, vmlinux: Btf, log: Any, *, per_module: bool = True) -> None:
+    def __init__(self, cache: Cache, vmlinux: Btf, log: Any, *, per_module: bool = True,
+                 between: Callable[[], None] | None = None) -> None:
         self.cache = cache
+        # runs before each module is merged: the daemon waits there while its worker has
+        # modules to decide, so merged writing never competes with event->publish
+        self.between = between
         self.per_module = per_module
         self.vmlinux = vmlinux
         self.log = log
@@ -175,6 +180,8 @@ class MergedWriter:
                 self._busy = True
             try:
                 ok = self.sync(wanted)
+            except _Stopping:
+                return
             except Exception as e:  # never let the thread die: log, retry later
                 ok = False
                 self._failed(f"internal error: {type(e).__name__}: {e}")
@@ -183,6 +190,12 @@ class MergedWriter:
                 if not ok and self._first_change is None:
                     self._retry_at = time.monotonic() + RETRY
                 self.cond.notify_all()
+
+    def _pause(self) -> None:
+        if self.between is not None and not self._stop:
+            self.between()
+        if self._stop:
+            raise _Stopping  # a half-written file is discarded by atomic_output
 
     def _failed(self, msg: str) -> None:
         with self.cond:
@@ -209,6 +222,7 @@ class MergedWriter:
             splits[name] = data
             if not self.per_module or (self.files.get(name) or {}).get("btf_sha256") == sha:
                 continue
+            self._pause()
             try:
                 layout = self._write(self.cache.merged_path(name), [(name, data)])
             except (OSError, MergeError) as e:
@@ -261,7 +275,7 @@ class MergedWriter:
     def _write(self, path: Path, parts: list[tuple[str, bytes]]) -> MergedLayout:
         # the parts are checked before anything is written: a MergeError leaves no file
         with atomic_output(path, sync_dir=False) as f:
-            return write_merged(lambda b: write_all(f, b), self.vmlinux, parts)
+            return write_merged(lambda b: write_all(f, b), self.vmlinux, parts, self._pause)
 
     def _read_split(self, name: str, sha: str) -> bytes | None:
         """The module's published split BTF, if it is still the one with this sha256."""
@@ -293,6 +307,10 @@ class MergedWriter:
                     total += entry.stat(follow_symlinks=False).st_size
         with self.cond:
             self.bytes_on_disk = total
+
+
+class _Stopping(Exception):
+    """stop() was called while a sync was under way."""
 
 
 def _why(e: Exception) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..btf.btf import Btf
 from ..btf.errors import BtfError
+from ..btf.header import Header, parse_header
 from ..btf.kinds import BTF_MAGIC, BTF_VERSION, HEADER_SIZE, MAX_NAME_OFFSET, MAX_TYPE
 from .lanes import slot_masks
 from .wire import id_slots, str_slots
@@ -101,50 +102,76 @@ def _wire_bytes(words: array, byte_order: str) -> memoryview:
 
 
 def write_merged(write: Callable[[Any], Any], vmlinux: Btf,
-                 modules: Sequence[tuple[str, bytes]]) -> MergedLayout:
+                 modules: Sequence[tuple[str, bytes]],
+                 between: Callable[[], None] | None = None) -> MergedLayout:
     """Write vmlinux + `modules` (name, reconciled split BTF whose base is `vmlinux`) as one
-    standalone BTF through `write` (a binary file's write). Raises MergeError before
-    anything is written when a module's BTF does not fit this vmlinux."""
+    standalone BTF through `write` (a binary file's write).
+
+    Streamed: the header comes from the modules' own headers, then each module's type
+    section is renumbered and written before the next is parsed, so only one module's
+    words are held at a time (all.btf of the 50 largest Debian modules is ~20 MB).
+    A module that is not BTF raises MergeError before anything is written; one that turns
+    out not to be split BTF on this vmlinux, or a merged BTF over the type-id limit, is
+    found while writing: write through cache.atomic_output so nothing is left.
+    `between` runs before each module (the daemon lets its event path go first there)."""
     if vmlinux.base is not None:
         raise MergeError(f"{vmlinux.source}: the base of a merged BTF must be a vmlinux BTF, "
                          "not split BTF")
     nr_base = vmlinux.type_count
     str_base = vmlinux.str_end
-    parts: list[tuple[memoryview, bytes]] = []
-    placed: list[MergedModule] = []
-    next_id, next_str = nr_base, str_base
+    heads: list[Header] = []
     for name, data in modules:
+        try:
+            heads.append(parse_header(data, _header_error(name),
+                                      base_order=vmlinux.byte_order))
+        except BtfError as e:
+            raise MergeError(f"{name}: not split BTF on {vmlinux.source}: {e}") from None
+    vtypes = _wire_bytes(vmlinux.wire_words(), vmlinux.byte_order)
+    type_len = len(vtypes) + sum(h.type_len for h in heads)
+    str_len = str_base + sum(h.str_len for h in heads)
+    if str_len - 1 > MAX_NAME_OFFSET:
+        raise MergeError(f"merged BTF strings would end at {str_len} bytes (the limit is "
+                         f"{MAX_NAME_OFFSET + 1})")
+    write(struct.pack(vmlinux.byte_order + "HBBIIIII", BTF_MAGIC, BTF_VERSION, 0, HEADER_SIZE,
+                      0, type_len, type_len, str_len))
+    write(vtypes)
+    del vtypes
+    placed: list[MergedModule] = []
+    strings: list[memoryview] = []
+    next_id, next_str = nr_base, str_base
+    for (name, data), h in zip(modules, heads, strict=True):
+        if between is not None:
+            between()
         try:
             split = Btf.parse(data, base=vmlinux, source=name, validate=False)
         except BtfError as e:
             raise MergeError(f"{name}: not split BTF on {vmlinux.source}: {e}") from None
         words, offs = split.wire_records()
-        count, slen = len(offs), len(split.strings)
+        count = len(offs)
+        if next_id + count - 1 > MAX_TYPE:
+            raise MergeError(f"merged BTF would have more than {MAX_TYPE} types (the limit) "
+                             f"with {name}")
         if next_id != nr_base or next_str != str_base:
             words = shift_references(words, offs, nr_base, next_id - nr_base, str_base,
                                      next_str - str_base)
-        placed.append(MergedModule(name, next_id, count, next_str, slen))
-        parts.append((_wire_bytes(words, vmlinux.byte_order), split.strings))
+        write(_wire_bytes(words, vmlinux.byte_order))
+        del split, words, offs
+        at = h.hdr_len + h.str_off
+        strings.append(memoryview(data)[at:at + h.str_len])
+        placed.append(MergedModule(name, next_id, count, next_str, h.str_len))
         next_id += count
-        next_str += slen
-    if next_id - 1 > MAX_TYPE:
-        raise MergeError(f"merged BTF would have {next_id - 1} types (the limit is {MAX_TYPE})")
-    if next_str - 1 > MAX_NAME_OFFSET:
-        raise MergeError(f"merged BTF strings would end at {next_str} bytes (the limit is "
-                         f"{MAX_NAME_OFFSET + 1})")
-    vtypes = _wire_bytes(vmlinux.wire_words(), vmlinux.byte_order)
-    type_len = len(vtypes) + sum(len(t) for t, _ in parts)
-    str_len = next_str
-    write(struct.pack(vmlinux.byte_order + "HBBIIIII", BTF_MAGIC, BTF_VERSION, 0, HEADER_SIZE,
-                      0, type_len, type_len, str_len))
-    write(vtypes)
-    for t, _ in parts:
-        write(t)
+        next_str += h.str_len
     write(vmlinux.strings)
-    for _, s in parts:
+    for s in strings:
         write(s)
     return MergedLayout(nr_base, str_base, next_id, str_len, HEADER_SIZE + type_len + str_len,
                         tuple(placed))
+
+
+def _header_error(name: str) -> Callable[..., BtfError]:
+    def err(msg: str, *, offset: int) -> BtfError:
+        return BtfError(msg, source=name, offset=offset)
+    return err
 
 
 def merged_bytes(vmlinux: Btf, modules: Sequence[tuple[str, bytes]]) -> bytes:
