@@ -212,6 +212,14 @@ def write_all(f: BinaryIO, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write everything at ``offset`` of ``fd`` without moving its file position."""
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
 def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644,
                  sync_dir: bool = True) -> None:
     """Replace ``path`` with ``data`` atomically (see :func:`atomic_output`)."""

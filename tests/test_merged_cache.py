@@ -278,3 +278,31 @@ def test_let_events_first_waits_while_the_worker_is_busy(fs: FakeSystem, monkeyp
     finally:
         d.idle.set()
         d.stop()
+
+
+def test_split_replaced_while_all_btf_is_written_is_deferred_not_an_error(
+        fs: FakeSystem) -> None:
+    for n in ("alpha", "bravo"):
+        fs.add_file(n)
+        fs.load(n)
+    d = make_daemon(fs, merged_btf="all")
+    assert d.merged is not None and d.cache is not None
+    swapped: list[str] = []
+
+    def swap_bravo() -> None:  # the worker publishing a newer BTF, mid-write
+        if not swapped:
+            p = d.cache.btf_path("bravo")
+            p.write_bytes(split_of(fs, "alpha"))
+            swapped.append("bravo")
+
+    try:
+        d.merged.between = swap_bravo
+        d.rescan("test")
+        assert d.wait_idle()
+        assert d.merged.wait_idle()
+        assert swapped
+        st = d.merged.status()
+        assert st["errors"] == 0 and st["last_error"] is None
+        assert not d.cache.all_merged_path().exists()  # not written from a mix
+    finally:
+        d.stop()

@@ -33,10 +33,11 @@ from ..cache import (
     describe_os_error,
     fsync_dir,
     is_regular_file,
+    pwrite_all,
     sha256_hex,
     write_all,
 )
-from ..reconcile.merge import MergedLayout, MergeError, write_merged
+from ..reconcile.merge import MergedLayout, MergeError, Split, write_merged
 
 QUIET = 0.1  # seconds without changes before writing
 MAX_DELAY = 1.0  # ... but never more than this after the first change
@@ -214,14 +215,16 @@ class MergedWriter:
             with self.cond:
                 del self.files[name]
             changed = True
-        splits: dict[str, bytes] = {}
+        present: list[str] = []  # names only: all.btf reads each split when it needs it
         for name, sha in sorted(wanted.items()):
+            if not self.per_module or (self.files.get(name) or {}).get("btf_sha256") == sha:
+                if is_regular_file(self.cache.btf_path(name)):
+                    present.append(name)
+                continue
             data = self._read_split(name, sha)
             if data is None:
                 continue  # replaced meanwhile: the worker's next set_wanted() says so
-            splits[name] = data
-            if not self.per_module or (self.files.get(name) or {}).get("btf_sha256") == sha:
-                continue
+            present.append(name)
             self._pause()
             try:
                 layout = self._write(self.cache.merged_path(name), [(name, data)])
@@ -232,7 +235,7 @@ class MergedWriter:
             with self.cond:
                 self.files[name] = {"btf_sha256": sha, "size": layout.size}
             changed = True
-        want_all = [(n, splits[n]) for n in sorted(splits)]
+        want_all = [(n, self._split_reader(n, wanted[n])) for n in sorted(present)]
         have_all = [(m["name"], m["btf_sha256"]) for m in (self.all or {}).get("modules", [])]
         if [(n, wanted[n]) for n, _ in want_all] != have_all or (not want_all and self.all):
             ok = self._write_all(want_all, wanted) and ok
@@ -242,7 +245,7 @@ class MergedWriter:
             self._measure()
         return ok
 
-    def _write_all(self, parts: list[tuple[str, bytes]], wanted: dict[str, str]) -> bool:
+    def _write_all(self, parts: list[tuple[str, Split]], wanted: dict[str, str]) -> bool:
         path = self.cache.all_merged_path()
         if not parts:
             with contextlib.suppress(FileNotFoundError):
@@ -253,6 +256,11 @@ class MergedWriter:
         t0 = time.perf_counter()
         try:
             layout = self._write(path, parts)
+        except _Changed as e:
+            # the worker published a newer BTF: its set_wanted() brings the next sync; the
+            # all.btf on disk stays what index.json says it is
+            self.log.debug("all.btf deferred", reason=str(e))
+            return True
         except (OSError, MergeError) as e:
             # a stale all.btf would keep modules that are gone or changed: remove it
             with contextlib.suppress(OSError):
@@ -272,10 +280,20 @@ class MergedWriter:
                       bytes=layout.size, seconds=info["seconds"])
         return True
 
-    def _write(self, path: Path, parts: list[tuple[str, bytes]]) -> MergedLayout:
-        # the parts are checked before anything is written: a MergeError leaves no file
+    def _write(self, path: Path, parts: list[tuple[str, Split]]) -> MergedLayout:
+        # atomic_output: a MergeError or a stop() half way leaves no file
         with atomic_output(path, sync_dir=False) as f:
-            return write_merged(lambda b: write_all(f, b), self.vmlinux, parts, self._pause)
+            fd = f.fileno()
+            return write_merged(lambda b: write_all(f, b), self.vmlinux, parts, self._pause,
+                                place=lambda off, b: pwrite_all(fd, b, off))
+
+    def _split_reader(self, name: str, sha: str) -> Callable[[], bytes]:
+        def read() -> bytes:
+            data = self._read_split(name, sha)
+            if data is None:
+                raise _Changed(f"{name}: its published BTF changed while all.btf was written")
+            return data
+        return read
 
     def _read_split(self, name: str, sha: str) -> bytes | None:
         """The module's published split BTF, if it is still the one with this sha256."""
@@ -307,6 +325,10 @@ class MergedWriter:
                     total += entry.stat(follow_symlinks=False).st_size
         with self.cond:
             self.bytes_on_disk = total
+
+
+class _Changed(MergeError):
+    """A module's published split BTF was replaced while all.btf was being written."""
 
 
 class _Stopping(Exception):

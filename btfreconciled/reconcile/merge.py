@@ -101,15 +101,23 @@ def _wire_bytes(words: array, byte_order: str) -> memoryview:
     return memoryview(words).cast("B")
 
 
+Split = bytes | Callable[[], bytes]  # a module's split BTF, or what reads it when needed
+
+
 def write_merged(write: Callable[[Any], Any], vmlinux: Btf,
-                 modules: Sequence[tuple[str, bytes]],
-                 between: Callable[[], None] | None = None) -> MergedLayout:
+                 modules: Sequence[tuple[str, Split]],
+                 between: Callable[[], None] | None = None,
+                 place: Callable[[int, Any], Any] | None = None) -> MergedLayout:
     """Write vmlinux + `modules` (name, reconciled split BTF whose base is `vmlinux`) as one
     standalone BTF through `write` (a binary file's write).
 
     Streamed: the header comes from the modules' own headers, then each module's type
     section is renumbered and written before the next is parsed, so only one module's
     words are held at a time (all.btf of the 50 largest Debian modules is ~20 MB).
+    With `place(offset, bytes)` (a positional write into the same file), each module's
+    strings go straight to their final offset too and a module given as a callable is read
+    twice (header, then contents) and never held: memory stays one module whatever the
+    number of modules. Without it the strings are kept until the types are all out.
     A module that is not BTF raises MergeError before anything is written; one that turns
     out not to be split BTF on this vmlinux, or a merged BTF over the type-id limit, is
     found while writing: write through cache.atomic_output so nothing is left.
@@ -120,12 +128,14 @@ def write_merged(write: Callable[[Any], Any], vmlinux: Btf,
     nr_base = vmlinux.type_count
     str_base = vmlinux.str_end
     heads: list[Header] = []
-    for name, data in modules:
+    for name, split in modules:
+        data = split() if callable(split) else split
         try:
             heads.append(parse_header(data, _header_error(name),
                                       base_order=vmlinux.byte_order))
         except BtfError as e:
             raise MergeError(f"{name}: not split BTF on {vmlinux.source}: {e}") from None
+        del data
     vtypes = _wire_bytes(vmlinux.wire_words(), vmlinux.byte_order)
     type_len = len(vtypes) + sum(h.type_len for h in heads)
     str_len = str_base + sum(h.str_len for h in heads)
@@ -135,18 +145,25 @@ def write_merged(write: Callable[[Any], Any], vmlinux: Btf,
     write(struct.pack(vmlinux.byte_order + "HBBIIIII", BTF_MAGIC, BTF_VERSION, 0, HEADER_SIZE,
                       0, type_len, type_len, str_len))
     write(vtypes)
+    strings_at = HEADER_SIZE + type_len  # file offset of the string section
     del vtypes
+    if place is not None:
+        place(strings_at, vmlinux.strings)
     placed: list[MergedModule] = []
     strings: list[memoryview] = []
     next_id, next_str = nr_base, str_base
-    for (name, data), h in zip(modules, heads, strict=True):
+    for (name, split), h in zip(modules, heads, strict=True):
         if between is not None:
             between()
+        data = split() if callable(split) else split
         try:
-            split = Btf.parse(data, base=vmlinux, source=name, validate=False)
+            if callable(split) and parse_header(data, _header_error(name)) != h:
+                raise MergeError(f"{name}: its split BTF changed while the merged BTF was "
+                                 "written")
+            mod = Btf.parse(data, base=vmlinux, source=name, validate=False)
         except BtfError as e:
             raise MergeError(f"{name}: not split BTF on {vmlinux.source}: {e}") from None
-        words, offs = split.wire_records()
+        words, offs = mod.wire_records()
         count = len(offs)
         if next_id + count - 1 > MAX_TYPE:
             raise MergeError(f"merged BTF would have more than {MAX_TYPE} types (the limit) "
@@ -155,15 +172,20 @@ def write_merged(write: Callable[[Any], Any], vmlinux: Btf,
             words = shift_references(words, offs, nr_base, next_id - nr_base, str_base,
                                      next_str - str_base)
         write(_wire_bytes(words, vmlinux.byte_order))
-        del split, words, offs
+        del mod, words, offs
         at = h.hdr_len + h.str_off
-        strings.append(memoryview(data)[at:at + h.str_len])
+        if place is not None:
+            place(strings_at + next_str, memoryview(data)[at:at + h.str_len])
+        else:
+            strings.append(memoryview(data)[at:at + h.str_len])
+        del data
         placed.append(MergedModule(name, next_id, count, next_str, h.str_len))
         next_id += count
         next_str += h.str_len
-    write(vmlinux.strings)
-    for s in strings:
-        write(s)
+    if place is None:
+        write(vmlinux.strings)
+        for s in strings:
+            write(s)
     return MergedLayout(nr_base, str_base, next_id, str_len, HEADER_SIZE + type_len + str_len,
                         tuple(placed))
 
@@ -174,7 +196,7 @@ def _header_error(name: str) -> Callable[..., BtfError]:
     return err
 
 
-def merged_bytes(vmlinux: Btf, modules: Sequence[tuple[str, bytes]]) -> bytes:
+def merged_bytes(vmlinux: Btf, modules: Sequence[tuple[str, Split]]) -> bytes:
     """write_merged() into memory (tests, small tools)."""
     out: list[bytes] = []
     write_merged(lambda b: out.append(bytes(b)), vmlinux, modules)
