@@ -306,3 +306,21 @@ def test_split_replaced_while_all_btf_is_written_is_deferred_not_an_error(
         assert not d.cache.all_merged_path().exists()  # not written from a mix
     finally:
         d.stop()
+
+
+def test_let_events_first_returns_when_the_daemon_stops(fs: FakeSystem, monkeypatch) -> None:
+    import btfreconciled.daemon.core as core
+
+    monkeypatch.setattr(core, "MERGED_YIELD", 5.0)
+    d = make_daemon(fs)
+    try:
+        assert d.wait_idle()
+        d.idle.clear()
+        threading.Timer(0.2, lambda: setattr(d, "_stop", True)).start()
+        t0 = time.monotonic()
+        d._let_events_first()
+        assert time.monotonic() - t0 < 1.5
+    finally:
+        d._stop = False
+        d.idle.set()
+        d.stop()

@@ -352,7 +352,9 @@ class Daemon(WorkQueue, Results, StatusApi):
         decide, wait for it (at most MERGED_YIELD seconds, so merged files still follow a
         daemon that is never idle). Python runs one thread at a time: a writer renumbering
         amdgpu's types would otherwise add its time to a module load's event->publish."""
-        self.idle.wait(MERGED_YIELD)
+        deadline = time.monotonic() + MERGED_YIELD
+        while not self._stop and not self.idle.wait(0.05) and time.monotonic() < deadline:
+            pass  # short waits: a stopping daemon does not keep its writer here
 
     def _update_merged(self) -> None:
         """Tell the merged-BTF writer which modules are ok and published now."""
