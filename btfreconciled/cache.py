@@ -47,6 +47,10 @@ MERGED_INDEX_FORMAT = 1
 _TMP_PREFIX = ".tmp-"
 LOCK_FILE = ".lock"
 KERNEL_MARKER = ".btfreconciled-kernel"  # in every kernel directory the daemon made
+# The one list of verdicts whose BTF is handed to loaders: what the client returns, what
+# `path` answers and what goes into merged/all.btf. Every other verdict (incompatible,
+# no-base, error, pending, kernel-dropped, stale-file, ...) publishes a record and no BTF.
+SERVED_VERDICTS = ("ok", "rescued")
 _KERNEL_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 # Module names as the kernel spells them in /sys/module (MODULE_NAME_LEN 56, '-' -> '_').
 _MODULE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")
