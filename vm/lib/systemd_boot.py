@@ -37,6 +37,7 @@ INITRAMFS_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay")
 # console is a log, nobody logs in).
 MASKED_UNITS = ("getty.target",)
 CTL = "/run/btfr-ctl"
+GUEST_PYCACHE = "/run/btfr-pycache"  # PYTHONPYCACHEPREFIX in the guest, as vm/run sets it
 
 
 class RunnerError(Exception):
@@ -251,6 +252,10 @@ def _boot(args: argparse.Namespace, kdir: Path, release: str, repo: Path, cache:
     shares: list[tuple[str, str, str, str]] = []  # tag, host path, guest path, ro|rw
     shares.append(("btfr.repo", str(repo), str(repo), "ro"))
     shares.append(("btfr.cache", str(cache), str(cache), "ro"))
+    # byte code of the read-only checkout, kept between boots (see vm/run)
+    pycache = cache / "guest-pycache"
+    pycache.mkdir(parents=True, exist_ok=True)
+    shares.append(("btfr.pyc", str(pycache), GUEST_PYCACHE, "rw"))
     for kind, specs in (("ro", args.rodir), ("rw", args.rwdir)):
         for spec in specs:
             guest, sep, host = spec.partition("=")
@@ -276,7 +281,7 @@ def _boot(args: argparse.Namespace, kdir: Path, release: str, repo: Path, cache:
         f"{verbose_extra}"
         f"cut -d' ' -f1 /proc/uptime > {CTL}/started\n"
         f"cd {shlex.quote(str(repo))} 2>/dev/null || cd /\n"
-        f"export PYTHONPATH={shlex.quote(str(repo))} "
+        f"export PYTHONPATH={shlex.quote(str(repo))} PYTHONPYCACHEPREFIX={GUEST_PYCACHE} "
         f"BTFRECONCILED_CACHE_ROOT={shlex.quote(str(cache))} HOME=/root\n"
         f"( {user_cmd}\n)\n"
         f"echo $? > {CTL}/rc.tmp && mv {CTL}/rc.tmp {CTL}/rc\n"
