@@ -19,7 +19,7 @@ from ..reconcile import (
 )
 from ..reconcile.diagnostics import problem_text
 from ..reconcile.target import SYSFS_VMLINUX
-from .errors import EXIT_ERROR, EXIT_INCOMPATIBLE, EXIT_OK, CliError, printable
+from .errors import EXIT_ERROR, EXIT_INCOMPATIBLE, EXIT_OK, CliError, printable, printable_lines
 
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 
@@ -122,9 +122,9 @@ def _exit_code(res: ModuleResult) -> int:
 def _print_result(res: ModuleResult) -> None:
     if res.verdict in (Verdict.ERROR, Verdict.NO_BASE):
         return  # _exit_code prints the one-line error
-    print(f"{res.verdict.value}: {res.summary}")
+    print(printable(f"{res.verdict.value}: {res.summary}"))
     for d in res.diagnostics:
-        print(problem_text(d))
+        print(printable_lines(problem_text(d)))
 
 
 def _check_tree(root: Path, target: VmlinuxIndex, args: argparse.Namespace) -> int:
@@ -171,7 +171,7 @@ def _print_table(results: list[ModuleResult], counts: Counter[str]) -> None:
             prefix = f"{r.module}: "
             if summary.startswith(prefix):
                 summary = summary[len(prefix):]
-            print(f"{r.module:<{width}}  {r.verdict.value:<12}  {summary}")
+            print(printable(f"{r.module:<{width}}  {r.verdict.value:<12}  {summary}"))
         print()
     total = sum(counts.values())
     print(f"{total} modules: " + ", ".join(

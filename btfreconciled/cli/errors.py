@@ -29,3 +29,8 @@ def printable(text: str) -> str:
     and anything the daemon or the cache says may hold them; printed raw, a newline splits
     an error in two and an escape sequence reprograms the user's terminal."""
     return text.translate(_ESCAPES)
+
+
+def printable_lines(text: str) -> str:
+    """Like printable(), for text that is several lines on purpose: its own newlines stay."""
+    return "\n".join(map(printable, text.split("\n")))
