@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import io
 import os
-import stat
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from .compression import CompressionError, decompress
 from .compression import detect as _detect_compression
+from .inputs import input_refusal
 
 # pyelftools and cache (hashlib) are imported where they are used (as compression.py and elfwrite.py
 # do with zstandard, lzma, gzip, copy and tempfile): together they cost ~30 ms at start-up,
@@ -256,11 +256,6 @@ def _image(path: Path, raw: bytes, cap: int) -> _Image:
     return _Image(path=path, raw=raw, compression=compression, data=data)
 
 
-_KIND_OF_MODE = ((stat.S_ISDIR, "is a directory"), (stat.S_ISFIFO, "is a FIFO"),
-                 (stat.S_ISCHR, "is a character device"), (stat.S_ISBLK, "is a block device"),
-                 (stat.S_ISSOCK, "is a socket"))
-
-
 def _open_regular(path: Path, *, follow_symlinks: bool = True) -> tuple[int, int]:
     """(fd, size) of a regular file. O_NONBLOCK: opening a FIFO must not wait for a writer;
     the type is then checked on the open descriptor (no stat-then-open race)."""
@@ -273,10 +268,9 @@ def _open_regular(path: Path, *, follow_symlinks: bool = True) -> tuple[int, int
         raise ElfError(path, f"cannot read: {e.strerror or e}") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            why = next((w for test, w in _KIND_OF_MODE if test(st.st_mode)),
-                       "not a regular file")
-            raise ElfError(path, f"{why}, not a regular file")
+        why = input_refusal(st)
+        if why is not None:
+            raise ElfError(path, why)
     except BaseException:
         os.close(fd)
         raise

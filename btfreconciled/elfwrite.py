@@ -29,6 +29,7 @@ written atomically: temp file in the destination directory, fsync, verify, renam
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import stat
@@ -60,26 +61,122 @@ _MAX_FILE_ALIGN = 4096
 
 
 def write_btf_sections(src: str | os.PathLike[str], dst: str | os.PathLike[str],
-                       sections: Mapping[str, bytes | None]) -> None:
+                       sections: Mapping[str, bytes | None], *,
+                       backup: str | os.PathLike[str] | None = None) -> None:
     """Copy ELF `src` to `dst` with sections added/replaced (bytes) or removed (None).
 
     `dst` may be `src`; it is replaced atomically and keeps src's compression format and
     permission bits.  `dst` follows :func:`btfreconciled.output.output_target`: a device or
     FIFO is never replaced, a symlink is written through to its regular file.
+
+    `backup`: keep the file `dst` names under this new name. It is made only once the new
+    file is written and verified, right before that replaces `dst`; it must not exist in any
+    form (not even as a symlink: ElfError, nothing touched); it is a hard link to the file,
+    else (another file system) an exclusive copy, and durable before `dst` is replaced.
+    When replacing fails, the backup is removed again and `dst` is left as it was.
     """
     src_path, dst_path = Path(src), Path(dst)
+    backup_path = None if backup is None else Path(backup)
     for name in sections:
         if not name or "\0" in name:
             raise ElfError(src_path, f"invalid section name {name!r}")
     target = _output_target(dst_path)
+    if backup_path is not None and os.path.lexists(backup_path):
+        raise _backup_exists(dst_path, backup_path)
     compression, payload = _rewritten_payload(src_path, sections)
+    made: list[Path] = []
 
     def verify(tmp: Path) -> None:
         _verify_written(tmp, dst_path, compression, sections)
+        if backup_path is not None:
+            _make_backup(target, backup_path, dst_path)
+            made.append(backup_path)
 
     # checked again: building the payload took a while
     target = _output_target(dst_path)
-    _atomic_write(dst_path, target, payload, verify, _owner_and_mode(src_path, target))
+    before = _identity(target)
+    try:
+        _atomic_write(dst_path, target, payload, verify, _owner_and_mode(src_path, target))
+    except BaseException:
+        # Only while dst still is the original: once the rename happened (a failed directory
+        # fsync after it), the backup is the one copy of the original left.
+        if made and _identity(target) == before:
+            _remove_backup(made[0])
+        raise
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _backup_exists(dst: Path, backup: Path) -> ElfError:
+    return ElfError(dst, f"backup {backup} already exists: refusing to overwrite it "
+                         "(move it away first)")
+
+
+def _make_backup(original: Path, backup: Path, dst: Path) -> None:
+    """`backup` as a new name for the regular file `original`, durable on return."""
+    from .cache import fsync_dir
+
+    try:
+        os.link(original, backup, follow_symlinks=False)  # never creates through a link
+    except FileExistsError:
+        raise _backup_exists(dst, backup) from None
+    except OSError as e:
+        # another file system (dst is a symlink into one), or links not allowed there
+        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP,
+                           errno.EOPNOTSUPP, errno.ENOSYS):
+            raise ElfError(dst, f"cannot create backup {backup}: {e.strerror or e}") from None
+        _copy_exclusive(original, backup, dst)
+    try:
+        st = os.lstat(backup)
+        if not stat.S_ISREG(st.st_mode):  # `original` was swapped for something else
+            raise ElfError(dst, f"backup {backup}: {original} is no longer a regular file")
+        fsync_dir(backup.parent if str(backup.parent) else Path("."))
+    except BaseException as e:
+        _remove_backup(backup)
+        if isinstance(e, OSError):
+            raise ElfError(dst, f"cannot create backup {backup}: {e.strerror or e}") from None
+        raise
+
+
+def _copy_exclusive(original: Path, backup: Path, dst: Path) -> None:
+    """A copy of `original` created as `backup` with O_EXCL (an existing name, symlink or
+    not, fails), with its owner and mode bits, fsynced."""
+    from .cache import write_all
+    from .elf import _open_regular
+
+    src_fd, _ = _open_regular(original, follow_symlinks=False)
+    with open(src_fd, "rb") as src:
+        try:
+            fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            raise _backup_exists(dst, backup) from None
+        except OSError as e:
+            raise ElfError(dst, f"cannot create backup {backup}: {e.strerror or e}") from None
+        try:
+            with open(fd, "wb", buffering=0) as out:
+                while chunk := src.read(1 << 20):
+                    write_all(out, chunk)
+                st = os.fstat(src_fd)
+                _copy_owner_and_mode(fd, (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)))
+                os.fsync(fd)
+        except BaseException as e:
+            _remove_backup(backup)
+            if isinstance(e, OSError):
+                raise ElfError(dst, f"cannot create backup {backup}: {e.strerror or e}") \
+                    from None
+            raise
+
+
+def _remove_backup(backup: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(backup)
 
 
 def _output_target(dst: Path) -> Path:

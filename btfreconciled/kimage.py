@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
-from .elf import ElfError
+from .elf import ElfError, _open_regular
 
 # How read_btf_sections recognises a bzImage: the PE/DOS stub and the boot header signature.
 BZIMAGE_PROBE_LEN = 0x206
@@ -106,11 +106,8 @@ def read_kernel_image_btf(path: str | os.PathLike[str], f: BinaryIO | None = Non
     """The .BTF of bzImage `path` (read through `f`, an open file of it, when given)."""
     p = Path(path)
     if f is None:
-        try:
-            own = open(p, "rb")  # noqa: SIM115 - closed below; open's error is reported
-        except OSError as e:
-            raise ElfError(p, f"cannot read: {e.strerror or e}") from None
-        with own:
+        fd, _ = _open_regular(p)  # a regular file, checked before anything is read
+        with open(fd, "rb") as own:
             return read_kernel_image_btf(p, own, max_btf=max_btf,
                                          max_decompressed=max_decompressed)
     try:

@@ -19,7 +19,7 @@ from ..reconcile import (
 )
 from ..reconcile.diagnostics import problem_text
 from ..reconcile.target import SYSFS_VMLINUX
-from .errors import EXIT_ERROR, EXIT_INCOMPATIBLE, EXIT_OK, CliError
+from .errors import EXIT_ERROR, EXIT_INCOMPATIBLE, EXIT_OK, CliError, printable, printable_lines
 
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 
@@ -111,9 +111,10 @@ def _exit_code(res: ModuleResult) -> int:
         return EXIT_INCOMPATIBLE
     if res.verdict is Verdict.ERROR:
         # one line on stderr, like every other CLI error
-        print(f"btfreconcilectl: error: {res.summary}", file=sys.stderr)
+        print(f"btfreconcilectl: error: {printable(res.summary)}", file=sys.stderr)
     elif res.verdict is Verdict.NO_BASE:
-        print(f"btfreconcilectl: error: {res.summary} ({NO_BASE_HINT.format(res.path)})",
+        print("btfreconcilectl: error: "
+              + printable(f"{res.summary} ({NO_BASE_HINT.format(res.path)})"),
               file=sys.stderr)
     return EXIT_ERROR
 
@@ -121,9 +122,9 @@ def _exit_code(res: ModuleResult) -> int:
 def _print_result(res: ModuleResult) -> None:
     if res.verdict in (Verdict.ERROR, Verdict.NO_BASE):
         return  # _exit_code prints the one-line error
-    print(f"{res.verdict.value}: {res.summary}")
+    print(printable(f"{res.verdict.value}: {res.summary}"))
     for d in res.diagnostics:
-        print(problem_text(d))
+        print(printable_lines(problem_text(d)))
 
 
 def _check_tree(root: Path, target: VmlinuxIndex, args: argparse.Namespace) -> int:
@@ -138,7 +139,7 @@ def _check_tree(root: Path, target: VmlinuxIndex, args: argparse.Namespace) -> i
                                     embedded_rule=args.rule)
         results.append(res)
         if tty:
-            print(f"\r[{i}/{n}] {res.verdict.value:<12} {res.module[:40]:<40}", end="",
+            print(f"\r[{i}/{n}] {res.verdict.value:<12} {printable(res.module[:40]):<40}", end="",
                   file=sys.stderr, flush=True)
         elif i % 250 == 0 or i == n:
             print(f"[{i}/{n}] checked", file=sys.stderr, flush=True)
@@ -170,7 +171,7 @@ def _print_table(results: list[ModuleResult], counts: Counter[str]) -> None:
             prefix = f"{r.module}: "
             if summary.startswith(prefix):
                 summary = summary[len(prefix):]
-            print(f"{r.module:<{width}}  {r.verdict.value:<12}  {summary}")
+            print(printable(f"{r.module:<{width}}  {r.verdict.value:<12}  {summary}"))
         print()
     total = sum(counts.values())
     print(f"{total} modules: " + ", ".join(

@@ -9,8 +9,8 @@ import time
 from typing import Any
 
 from .answers import LIST, PATH_ALL, PATH_MODULE, SHOW
-from .errors import CliError
-from .status import add_socket_option, ask, print_json
+from .errors import CliError, printable
+from .status import add_socket_option, ask, print_json, write_lines
 
 EXIT_OK, EXIT_NOT_RECONCILED = 0, 1
 
@@ -62,14 +62,16 @@ def run_list(args: argparse.Namespace) -> int:
     if not mods:
         print("no modules known yet")
         return EXIT_OK
-    w = max(len("MODULE"), *(len(m["module"]) for m in mods))
-    v = max(len("VERDICT"), *(len(m["verdict"]) for m in mods))
+    names = [printable(m["module"]) for m in mods]
+    verdicts = [printable(m["verdict"]) for m in mods]
+    w = max(len("MODULE"), *map(len, names))
+    v = max(len("VERDICT"), *map(len, verdicts))
     lines = [f"{'MODULE':<{w}}  {'VERDICT':<{v}}  SUMMARY"]
-    for m in mods:
+    for m, name, verdict in zip(mods, names, verdicts, strict=True):
         summary = m["summary"] if m.get("published", True) else \
             f"{m['summary']} [NOT PUBLISHED: see status]"
-        lines.append(f"{m['module']:<{w}}  {m['verdict']:<{v}}  {summary}")
-    sys.stdout.write("\n".join(lines) + "\n")
+        lines.append(f"{name:<{w}}  {verdict:<{v}}  {summary}")
+    write_lines(lines)
     return EXIT_OK
 
 
@@ -131,7 +133,7 @@ def run_show(args: argparse.Namespace) -> int:
         out.append("diagnostics:")
         for d in diags:
             out += _diag_lines(d)
-    sys.stdout.write("\n".join(out) + "\n")
+    write_lines(out)
     return EXIT_OK
 
 
@@ -193,13 +195,13 @@ def run_path(args: argparse.Namespace) -> int:
         print_json({k: v for k, v in resp.items() if k != "retry"})
         return EXIT_OK if resp["path"] else EXIT_NOT_RECONCILED
     if resp["path"]:
-        print(resp["path"])
+        write_lines([resp["path"]])
         return EXIT_OK
     what = f"{resp['module']}: " if resp.get("module") else ""
     kind = "merged BTF" if args.merged else "reconciled BTF"
     reason = resp["reason"]
     if reason.startswith("no reconciled BTF"):
-        print(f"btfreconcilectl: {what}{reason}", file=sys.stderr)
+        print(printable(f"btfreconcilectl: {what}{reason}"), file=sys.stderr)
     else:
-        print(f"btfreconcilectl: {what}no {kind}: {reason}", file=sys.stderr)
+        print(printable(f"btfreconcilectl: {what}no {kind}: {reason}"), file=sys.stderr)
     return EXIT_NOT_RECONCILED

@@ -13,7 +13,7 @@ from ..output import output_target
 from ..reconcile import VmlinuxIndex, load_module, relocate
 from ..reconcile.fields import FIELDS_ALL, FIELDS_EMBEDDED
 from ..reconcile.rescue import RescueError, distill_sections
-from .errors import EXIT_OK, CliError
+from .errors import EXIT_OK, CliError, printable
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -97,6 +97,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         extra = (f", .BTF.base_expects with {expects_info['embedded_structs']} embedded"
                  f" structs/unions ({args.fields})" if expects_info else "")
-        print(f"{dst}: .BTF.base with {d.base_types} base types, .BTF with"
-              f" {d.split_types} types (was {d.original_split_types}){extra}")
+        print(printable(f"{dst}: .BTF.base with {d.base_types} base types, .BTF with"
+                        f" {d.split_types} types (was {d.original_split_types}){extra}"))
     return EXIT_OK

@@ -23,7 +23,7 @@ from ..reconcile.doctor import (
 from ..reconcile.module import module_label
 from ..reconcile.target import SYSFS_VMLINUX, VmlinuxIndex
 from .check import MODULE_SUFFIXES, find_modules, load_target
-from .errors import EXIT_ERROR, EXIT_OK, CliError
+from .errors import EXIT_ERROR, EXIT_OK, CliError, printable
 
 EXIT_DOES_NOT_FIT = 1
 
@@ -202,10 +202,15 @@ def run(args: argparse.Namespace) -> int:
         d = diagnose(m, target, cands, strict=args.strict)
         results.append(d)
         if tty:
-            print(f"\r[{i}/{len(mods)}] {d.module[:50]:<50}", end="", file=sys.stderr,
+            print(f"\r[{i}/{len(mods)}] {printable(d.module[:50]):<50}", end="",
+                  file=sys.stderr,
                   flush=True)
     if tty:
         print(file=sys.stderr)
+    errors = [d for d in results if d.result == ERROR]
+    if errors and len(results) == 1:
+        # an unreadable or corrupt file is an error like any other: one line on stderr
+        raise CliError(errors[0].summary)
     for d in results:
         if d.module in logs:
             d.details.insert(0, f"kernel log: {logs[d.module]}")
@@ -222,7 +227,10 @@ def run(args: argparse.Namespace) -> int:
                           "modules": [d.to_json() for d in results]}, indent=2))
     else:
         _print(results, args.module is None)
-    if any(d.result == ERROR for d in results):
+    if errors:
+        print(printable(f"btfreconcilectl: error: {len(errors)} of {len(results)} modules "
+                        f"could not be diagnosed (first: {errors[0].summary})"),
+              file=sys.stderr)
         return EXIT_ERROR
     if any(d.result == DOES_NOT_FIT for d in results):
         return EXIT_DOES_NOT_FIT
@@ -239,14 +247,15 @@ def _print(results: list[Diagnosis], loaded_mode: bool) -> None:
         if many and d.result == FITS:
             continue
         mark = {FITS: "fits", DOES_NOT_FIT: "DOES NOT FIT", ERROR: "error"}[d.result]
-        print(f"{mark}: {d.summary}")
+        print(printable(f"{mark}: {d.summary}"))
         for line in d.details:
-            print(f"  {line}")
+            print(f"  {printable(line)}")
         for diag in d.diagnostics:
             if diag.get("severity") != "info":
-                print(f"  - {diag.get('summary')}")
+                print(f"  - {printable(str(diag.get('summary')))}")
         if d.result == DOES_NOT_FIT and d.kind == "classic" and d.build:
-            print(f"  fix: btfreconcilectl rescue {d.path} --base {d.build} --in-place")
+            print(printable(f"  fix: btfreconcilectl rescue {d.path} --base {d.build} "
+                            "--in-place"))
     if many:
         n_fit = sum(d.result == FITS for d in results)
         silent = sum(d.silent for d in results)

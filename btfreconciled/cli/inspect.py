@@ -13,6 +13,7 @@ from ..btf.load import SYSFS_BTF, is_kernel_verified
 from ..cache import sha256_hex
 from ..elf import read_btf_sections
 from .dump import load_for_dump
+from .errors import printable
 
 DEFAULT = str(SYSFS_BTF / "vmlinux")
 
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"file:          {report['file']}")
+    print(f"file:          {printable(report['file'])}")
     if report["kernel_release"]:
         print(f"kernel:        {report['kernel_release']}")
     print(f"kernel id:     {report['btf_sha256']}  (sha256 of the BTF)")

@@ -21,7 +21,7 @@ from ..reconcile.doctor import (
 )
 from ..reconcile.target import VmlinuxIndex
 from .check import find_modules
-from .errors import EXIT_OK, CliError
+from .errors import EXIT_OK, CliError, printable
 
 PRE_REBOOT_DIR = "pre-reboot"  # <cache>/pre-reboot/<version>.json, shown by `status`
 OUT_OF_TREE = ("updates", "extra")  # where DKMS and out-of-tree installs put modules
@@ -110,8 +110,9 @@ def run(args: argparse.Namespace) -> int:
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(out / f"{args.version}.json", report)
         except OSError as e:
-            print(f"btfreconcilectl: warning: cannot save the report in {out}: "
-                  f"{e.strerror or e}", file=sys.stderr)
+            print("btfreconcilectl: warning: "
+                  + printable(f"cannot save the report in {out}: {e.strerror or e}"),
+                  file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -119,12 +120,13 @@ def run(args: argparse.Namespace) -> int:
             fix = (f"; fix: btfreconcilectl rescue {d.path} --base {d.build} --in-place"
                    if d.build and d.kind == "classic" else "")
             if on_load[d.path] == REFUSED:
-                print(f"btfreconciled: warning: {d.module} ({d.path}) will not load on "
-                      f"{args.version}: {d.summary}; that kernel refuses modules whose BTF "
-                      f"it cannot use ({ALLOW_MISMATCH} is not set in {config}){fix}")
+                print(printable(
+                    f"btfreconciled: warning: {d.module} ({d.path}) will not load on "
+                    f"{args.version}: {d.summary}; that kernel refuses modules whose BTF "
+                    f"it cannot use ({ALLOW_MISMATCH} is not set in {config}){fix}"))
             else:
-                print(f"btfreconciled: warning: {d.module} ({d.path}) will have no usable "
-                      f"BTF on {args.version}: {d.summary}{fix}")
+                print(printable(f"btfreconciled: warning: {d.module} ({d.path}) will have no "
+                                f"usable BTF on {args.version}: {d.summary}{fix}"))
         if not mods:
             print(f"btfreconciled: no out-of-tree modules for {args.version} "
                   f"({', '.join(str(tree / d) for d in OUT_OF_TREE)})")

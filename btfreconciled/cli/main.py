@@ -19,7 +19,7 @@ from typing import NoReturn
 from ..btf.errors import BtfError
 from ..elf import ElfError
 from ..output import OutputError
-from .errors import EXIT_ERROR, EXIT_OK, CliError
+from .errors import EXIT_ERROR, EXIT_OK, CliError, printable
 
 # Subcommand modules, in the order `--help` lists them.
 COMMANDS = ("dump", "inspect", "status", "daemonctl", "check", "doctor", "rescue",
@@ -56,15 +56,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except (BtfError, ElfError, CliError, OutputError) as exc:
-        print(f"btfreconcilectl: error: {_one_line(str(exc))}", file=sys.stderr)
+        print(f"btfreconcilectl: error: {printable(str(exc))}", file=sys.stderr)
     except BrokenPipeError:
         # `btfreconcilectl dump ... | head`: not an error of ours.
         sys.stderr.close()
         return EXIT_OK
     except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
+        name = exc.filename
+        where = f"{os.fsdecode(name) if isinstance(name, bytes) else name}: " if name else ""
         reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
-        print(f"btfreconcilectl: error: {where}{reason}", file=sys.stderr)
+        print(f"btfreconcilectl: error: {printable(where + reason)}", file=sys.stderr)
     except KeyboardInterrupt:
         print("btfreconcilectl: interrupted", file=sys.stderr)
     return EXIT_ERROR
@@ -77,11 +78,6 @@ def _tolerant_streams() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):
             stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
-
-
-def _one_line(text: str) -> str:
-    """An error is one line even when it quotes a name from the file holding a newline."""
-    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def console_main() -> NoReturn:

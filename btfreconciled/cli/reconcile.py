@@ -13,7 +13,7 @@ from ..reconcile import Verdict, VmlinuxIndex, reconcile_module_file
 from ..reconcile.diagnostics import problem_text
 from ..reconcile.merge import MergeError, write_merged
 from .check import NO_BASE_HINT, _exit_code, add_target_arguments, load_target
-from .errors import CliError
+from .errors import CliError, printable, printable_lines
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -84,13 +84,13 @@ def run(args: argparse.Namespace) -> int:
         d["output_size"] = size
         print(json.dumps(d, indent=2))
     elif res.verdict is Verdict.OK:
-        print(f"{res.summary}")
-        print(f"wrote {out}: {what}, {size} bytes")
+        print(printable(res.summary))
+        print(printable(f"wrote {out}: {what}, {size} bytes"))
         for d in res.diagnostics:
-            print(problem_text(d))
+            print(printable_lines(problem_text(d)))
     elif res.verdict is Verdict.INCOMPATIBLE:
-        print(f"{res.module}: incompatible: {res.summary}")
+        print(printable(f"{res.module}: incompatible: {res.summary}"))
         for d in res.diagnostics:
-            print(problem_text(d))
-        print(f"{out} not written")
+            print(printable_lines(problem_text(d)))
+        print(printable(f"{out} not written"))
     return _exit_code(res)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 from pathlib import Path
 
 from ..btf.btf import Btf
@@ -14,9 +13,9 @@ from ..elfwrite import write_btf_sections
 from ..output import output_target
 from ..reconcile.doctor import DEFAULT_SEARCH, Candidates, candidate_files
 from ..reconcile.fields import FIELDS_ALL, FIELDS_EMBEDDED
-from ..reconcile.rescue import RescueError, distill_sections, find_build
+from ..reconcile.rescue import CorruptBtf, RescueError, distill_sections, find_build
 from ..reconcile.target import VmlinuxIndex
-from .errors import EXIT_OK, CliError
+from .errors import EXIT_OK, CliError, printable
 
 EXIT_CANNOT = 1
 BACKUP_SUFFIX = ".btfr-orig"
@@ -34,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             " .BTF.base_expects with --fields). A kernel >= 6.11 then relocates it itself at"
             " its next load, and btfreconciled reconciles it for any kernel. Compressed"
             " modules stay compressed. --in-place keeps the original next to it"
-            f" (MODULE{BACKUP_SUFFIX}); a signed module is refused unless --signed-ok: the"
+            f" (MODULE{BACKUP_SUFFIX}, which must not exist yet; --backup-suffix picks"
+            " another name); a signed module is refused unless --signed-ok: the"
             " signature covers the whole file, so rewriting it removes the signature (the"
             " kernel then taints, or refuses it under module.sig_enforce)."),
         epilog="exit status: 0 written, 1 cannot be rescued (reason printed), 2 error.",
@@ -52,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     out.add_argument("-o", "--output", metavar="OUT.ko", help="write the result here")
     out.add_argument("--in-place", action="store_true",
                      help=f"rewrite MODULE, keeping the original as MODULE{BACKUP_SUFFIX}")
+    p.add_argument("--backup-suffix", metavar="SUFFIX", default=BACKUP_SUFFIX,
+                   help="with --in-place: keep the original as MODULE + SUFFIX (default "
+                        f"{BACKUP_SUFFIX}); an existing file of that name is an error")
     p.add_argument("--signed-ok", action="store_true",
                    help="rewrite a signed module anyway (its signature is removed)")
     p.add_argument("--json", action="store_true", help="print what was done as JSON")
@@ -62,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     module = Path(args.module)
     if not os.path.lexists(module):
         raise CliError(f"{module}: no such file")
+    backup = _backup_name(module, args.backup_suffix) if args.in_place else None
     dst = module if args.in_place else Path(args.output)
     output_target(dst)  # a device, FIFO, directory or symlink loop fails before the search
     sections = read_btf_sections(module, digest=False)
@@ -82,19 +86,20 @@ def run(args: argparse.Namespace) -> int:
         assert sections.btf is not None
         src = Btf.parse(sections.btf, base=build.btf, source=f"{module}:.BTF")
         d = distill_sections(src, fields=args.fields, source=str(module))
+    except CorruptBtf as e:  # not a verdict on the module: its BTF cannot be read
+        raise CliError(str(e)) from None
     except RescueError as e:
         if args.json:
             print(json.dumps({"module": str(module), "rescued": False, "reason": str(e)},
                              indent=2))
         else:
-            print(f"btfreconcilectl: cannot rescue: {e}")
+            print(printable(f"btfreconcilectl: cannot rescue: {e}"))
         return EXIT_CANNOT
-    backup = None
-    if args.in_place:
-        backup = Path(f"{module}{BACKUP_SUFFIX}")
-        if not os.path.lexists(backup):  # keep the oldest original, never overwrite it
-            shutil.copy2(module, backup)
-    write_btf_sections(module, dst, d.sections)
+    if backup is not None:  # (a module with nothing to rescue said so above: exit 1)
+        _refuse_existing(backup, module)
+    # the backup is made (exclusively) only once the new file is verified, and removed again
+    # if replacing the module fails: on return both are on disk
+    write_btf_sections(module, dst, d.sections, backup=backup)
     info = {"module": str(module), "rescued": True, "output": str(dst), "build": build.path,
             "backup": str(backup) if backup else None, "signature_removed": signed,
             "distilled_base_types": d.base_types, "split_types": d.split_types,
@@ -102,12 +107,31 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return EXIT_OK
-    print(f"{dst}: .BTF.base with {d.base_types} base types, distilled against its build "
-          f"{build.path}; .BTF with {d.split_types} types (was {d.original_split_types})")
+    print(printable(f"{dst}: .BTF.base with {d.base_types} base types, distilled against "
+                    f"its build {build.path}; .BTF with {d.split_types} types (was "
+                    f"{d.original_split_types})"))
     if backup:
-        print(f"original kept as {backup}")
+        print(printable(f"original kept as {backup}"))
     if signed:
         print("the module's signature was removed (it covered the old file)")
     print("a kernel >= 6.11 relocates it itself at its next load; btfreconciled reconciles it "
           "for any kernel")
     return EXIT_OK
+
+
+def _backup_name(module: Path, suffix: str) -> Path:
+    """Where --in-place keeps the original."""
+    if not suffix or "/" in suffix or "\0" in suffix:
+        raise CliError(f"--backup-suffix {suffix!r}: give a non-empty suffix without '/'")
+    return Path(f"{module}{suffix}")
+
+
+def _refuse_existing(backup: Path, module: Path) -> None:
+    """An existing backup name is never reused: it may be an older original (overwriting
+    it, or keeping it while the module is replaced, loses one of the two) or a planted
+    symlink. (write_btf_sections creates it exclusively, so a name appearing later fails
+    there.)"""
+    if os.path.lexists(backup):
+        raise CliError(f"{backup}: already exists: refusing to overwrite it or to rewrite "
+                       f"{module} without a backup (move it away, or pick another name with "
+                       "--backup-suffix)")

@@ -12,7 +12,7 @@ from typing import Any
 from ..daemon.config import DEFAULT_SOCKET
 from ..daemon.control import ClientError, request
 from .answers import STATUS, check
-from .errors import CliError
+from .errors import CliError, printable
 
 SOCKET_ENV = "BTFRECONCILED_SOCKET"
 
@@ -49,6 +49,12 @@ def _one_line(text: str, limit: int = 500) -> str:
     """The daemon's error text as one bounded line (it is not ours to trust)."""
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[:limit] + "..."
+
+
+def write_lines(lines: list[str]) -> None:
+    """Text built from the daemon's answer, one line each: every string in it came from
+    the other end of the socket and is printed with its control characters escaped."""
+    sys.stdout.write("".join(f"{printable(line)}\n" for line in lines))
 
 
 def print_json(obj: Any) -> None:
@@ -150,5 +156,5 @@ def run(args: argparse.Namespace) -> int:
             when = _clock(ev["time"])
             what = f"{ev['action']} {ev['module']}" if ev.get("module") else ev["action"]
             out.append(f"  {when}  {what} ({ev.get('source')})")
-    sys.stdout.write("\n".join(out) + "\n")
+    write_lines(out)
     return 0

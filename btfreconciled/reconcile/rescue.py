@@ -33,6 +33,11 @@ class RescueError(Exception):
     """The module cannot be rescued; the message is one line saying why."""
 
 
+class CorruptBtf(RescueError):
+    """The module's .BTF is malformed: an error in the file rather than a reason a sound
+    module cannot be rescued."""
+
+
 @dataclass
 class Distilled:
     sections: dict[str, bytes | None]
@@ -82,7 +87,7 @@ def find_build(path: str | Path, sections: BtfSections, candidates: Candidates,
     try:
         shape = infer_shape(sections.btf, f"{p}:.BTF")
     except OriginError as e:
-        raise RescueError(str(e)) from None
+        raise CorruptBtf(str(e)) from None
     if base is not None:
         fit = check_base(sections.btf, shape, base, source=f"{p}:.BTF", base_name=base_path)
         if not fit.fits:
