@@ -2,11 +2,12 @@
 
 Layout under the cache root (default ``/var/cache/btfreconciled``)::
 
-    <root>/<kernel-id>/modules/<name>.btf   reconciled split BTF (base = running vmlinux), OK only
+    <root>/<kernel-id>/modules/<name>.btf   reconciled split BTF (base = running vmlinux)
     <root>/<kernel-id>/modules/<name>.json  verdict record, for every module
-    <root>/<kernel-id>/merged/<name>.btf    vmlinux + the module as one standalone BTF (ok only)
-    <root>/<kernel-id>/merged/all.btf       vmlinux + every ok module, in name order
-    <root>/<kernel-id>/merged/index.json    which split BTF (sha256) each merged file holds
+    <root>/<kernel-id>/merged/<name>.btf    vmlinux + the module as one standalone BTF
+    <root>/<kernel-id>/merged/all.btf       vmlinux + every module served, in name order
+    <root>/<kernel-id>/merged/index.json    each merged file's sha256 and size, and which
+                                            split BTF (sha256) it was made from
     <root>/<kernel-id>/manifest.json        kernel identity and the module -> verdict table
     <root>/current -> <kernel-id>           relative symlink to the running kernel's directory
 
@@ -14,7 +15,13 @@ The cache belongs to one daemon (SPEC §10): ``<root>/.lock`` is flock'ed for it
 second daemon is refused, naming the holder's pid); nothing below the root is ever followed
 through a symlink (a planted link is reported and replaced, never written through); the root's
 mode is left as found unless the daemon created it; garbage collection removes only kernel
-directories that carry the daemon's marker file.
+directories that carry the daemon's marker file. modules/ and merged/ hold regular files only:
+anything else found there (start-up, SIGHUP) is removed without being followed, and what the
+daemon owns is written again.
+
+Readers (:func:`load_json`, :func:`verify_file`) open with O_NOFOLLOW|O_NONBLOCK, check the
+type on the descriptor (a FIFO never blocks), refuse a file bigger than its kind's cap
+(``MAX_*_BYTES``) unread, and compare a file's size before hashing it.
 
 ``kernel-id`` is the sha256 of the running kernel's raw vmlinux BTF.  Every file is written
 atomically (hidden temporary file in the same directory, fsync, rename, fsync of the
@@ -33,6 +40,7 @@ import re
 import shutil
 import stat
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -43,7 +51,7 @@ MANIFEST = "manifest.json"
 MODULES_DIR = "modules"
 MERGED_DIR = "merged"  # loader-ready standalone BTF (daemon/merged.py)
 MERGED_INDEX = "index.json"
-MERGED_INDEX_FORMAT = 1
+MERGED_INDEX_FORMAT = 2  # 2: each merged file's own sha256 and size
 _TMP_PREFIX = ".tmp-"
 LOCK_FILE = ".lock"
 KERNEL_MARKER = ".btfreconciled-kernel"  # in every kernel directory the daemon made
@@ -51,13 +59,31 @@ KERNEL_MARKER = ".btfreconciled-kernel"  # in every kernel directory the daemon 
 # `path` answers and what goes into merged/all.btf. Every other verdict (incompatible,
 # no-base, error, pending, kernel-dropped, stale-file, ...) publishes a record and no BTF.
 SERVED_VERDICTS = ("ok", "rescued")
+# What a reader takes from the cache (SPEC §10, inputs are untrusted): a bigger file is refused
+# with its name and size, never read whole. Real ones: a record is 2-10 KB (an incompatible
+# module's diagnostics, ~0.5-1 KB per unmatched base type, a few hundred KB at worst); the
+# manifest is ~100 bytes per loaded module and index.json ~300 per merged module.
+MAX_RECORD_BYTES = 4 << 20
+MAX_INDEX_BYTES = 16 << 20  # merged/index.json
+MAX_MANIFEST_BYTES = 16 << 20
 _KERNEL_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # Module names as the kernel spells them in /sys/module (MODULE_NAME_LEN 56, '-' -> '_').
 _MODULE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")
 
 
 class CacheError(Exception):
     """A cache operation failed; the message is one line."""
+
+
+class CacheFileError(CacheError):
+    """A cache file is there but is not what the daemon writes (a symlink, a FIFO, a
+    directory, too big, not JSON, ...); the message names the file and says what it is."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = Path(path)
+        self.reason = " ".join(reason.split())
+        super().__init__(f"{self.path}: {self.reason}")
 
 
 def lock_root(root: str | os.PathLike[str]) -> int:
@@ -84,7 +110,7 @@ def lock_root(root: str | os.PathLike[str]) -> int:
     return fd
 
 
-def _ensure_dir(path: Path, planted: list[str]) -> bool:
+def ensure_dir(path: Path, planted: list[str]) -> bool:
     """Make `path` a real directory of ours: a symlink or other non-directory planted there
     is removed (and reported in `planted`), never followed. True when it was created."""
     try:
@@ -109,17 +135,142 @@ def is_regular_file(path: str | os.PathLike[str]) -> bool:
         return False
 
 
+_FILE_KINDS = ((stat.S_ISLNK, "a symlink"), (stat.S_ISDIR, "a directory"),
+               (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def file_kind(mode: int) -> str:
+    """"a symlink", "a FIFO", ... for a mode that is not a regular file's."""
+    return next((what for test, what in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def open_regular(path: str | os.PathLike[str]) -> tuple[int, os.stat_result]:
+    """(descriptor, its fstat) of a regular file, never through a symlink (O_NOFOLLOW) and
+    never blocking on a FIFO or device (O_NONBLOCK; the file type is checked on the
+    descriptor itself). FileNotFoundError propagates (missing is not damaged); anything
+    else that is not a regular file raises CacheFileError. The caller closes the fd."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise CacheFileError(path, f"unreadable: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):  # not even opened: a device's open may act
+        raise CacheFileError(path, f"is {file_kind(st.st_mode)}, not a regular file")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+                     | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        what = "is a symlink" if e.errno == errno.ELOOP else f"unreadable: {e.strerror or e}"
+        raise CacheFileError(path, what) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):  # replaced between lstat and open
+        os.close(fd)
+        raise CacheFileError(path, f"is {file_kind(st.st_mode)}, not a regular file")
+    return fd, st
+
+
+def read_capped(path: str | os.PathLike[str], limit: int) -> bytes:
+    """A regular file's bytes (see :func:`open_regular`), refused with its name and size
+    when bigger than `limit` (checked before reading, and again while reading)."""
+    fd, st = open_regular(path)
+    try:
+        if st.st_size > limit:
+            raise CacheFileError(path, f"{st.st_size} bytes, more than the {limit} a cache "
+                                 "file of this kind may have; refused")
+        chunks, n = [], 0
+        while n <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - n))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            n += len(chunk)
+    except OSError as e:
+        raise CacheFileError(path, f"unreadable: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    if n > limit:
+        raise CacheFileError(path, f"more than the {limit} bytes a cache file of this kind "
+                             "may have (it grew while read); refused")
+    return b"".join(chunks)
+
+
+def load_json(path: str | os.PathLike[str], limit: int) -> Any:
+    """A cache JSON file parsed (see :func:`read_capped`); CacheFileError when it is not
+    JSON, nested too deep for the parser, or not UTF-8."""
+    data = read_capped(path, limit)
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise CacheFileError(path, "not a btfreconciled file: JSON nested too deep") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, int digits limit
+        raise CacheFileError(path, f"not valid JSON: {e}") from None
+
+
+def verify_file(path: str | os.PathLike[str], size: int, sha256: str) -> str | None:
+    """None when `path` is a regular file (not a symlink) of `size` bytes whose sha256 is
+    `sha256`; else why not (one line). The size is compared on the descriptor that is then
+    hashed, before hashing (a huge file is never read), and at most size+1 bytes are read."""
+    try:
+        fd, st = open_regular(path)
+    except FileNotFoundError:
+        return "missing"
+    except CacheFileError as e:
+        return e.reason
+    try:
+        if st.st_size != size:
+            return f"{st.st_size} bytes, not the {size} recorded"
+        h = hashlib.sha256()
+        n = 0
+        while n <= size:
+            chunk = os.read(fd, min(1 << 20, size + 1 - n))
+            if not chunk:
+                break
+            h.update(chunk)
+            n += len(chunk)
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+    finally:
+        os.close(fd)
+    if n != size or h.hexdigest() != sha256:
+        return "its sha256 is not the one recorded"
+    return None
+
+
 def _open_nofollow(path: Path, limit: int) -> bytes | None:
     """A regular file's bytes (at most `limit`), never through a symlink; None otherwise."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+        return read_capped(path, limit)
+    except (OSError, CacheFileError):
         return None
-    with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        data = f.read(limit + 1)
-    return data if len(data) <= limit else None
+
+
+def remove_planted(directory: Path, notes: list[str]) -> None:
+    """Remove every entry of `directory` that is not a regular file (a symlink, FIFO,
+    socket, device, directory): the cache's own directories hold only regular files. Links
+    are unlinked, never followed; a directory tree is removed without following links in it."""
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        try:
+            mode = entry.stat(follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(mode):
+            continue
+        try:
+            if stat.S_ISDIR(mode):
+                shutil.rmtree(entry.path)  # fd-based on Linux: never follows a link inside
+            else:
+                os.unlink(entry.path)
+        except FileNotFoundError:
+            continue
+        notes.append(f"{entry.path} was {file_kind(mode)}; removed")
 
 
 def sha256_hex(data: bytes | bytearray | memoryview) -> str:
@@ -319,21 +470,26 @@ class Cache:
         self.kernel_dir = self.root / kernel_id
         self.modules_dir = self.kernel_dir / MODULES_DIR
         self.manifest_path = self.kernel_dir / MANIFEST
+        # held while modules/ changes: publishing, and repair() (which must never remove
+        # what a publish renames in at the same moment)
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ set-up / GC
 
     def prepare(self) -> list[str]:
         """Create the directories, point ``current`` here, remove leftover temporary files.
 
-        Returns what was cleaned up: temporary files left by a crash, and anything planted in
-        place of our directories (a symlink is removed and reported, never written through).
+        Returns what was cleaned up: temporary files left by a crash, anything planted in
+        place of our directories (a symlink is removed and reported, never written through),
+        and anything in modules/ and merged/ that is not a regular file (a symlink, FIFO,
+        directory, ...: removed, never followed; what the daemon owns there is written again).
         """
         notes: list[str] = []
         if not os.path.isdir(self.root):
             self.root.mkdir(parents=True, exist_ok=True)
             os.chmod(self.root, 0o755)  # ours: readable by loaders; a found root keeps its mode
         for d in (self.kernel_dir, self.modules_dir, self.merged_dir):
-            _ensure_dir(d, notes)
+            ensure_dir(d, notes)
         marker = self.kernel_dir / KERNEL_MARKER
         if not os.path.lexists(marker):
             atomic_write(marker, f"{self.kernel_id}\n".encode())
@@ -343,8 +499,51 @@ class Cache:
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
                         notes.append(entry.name)
+        for d in (self.modules_dir, self.merged_dir):
+            remove_planted(d, notes)
         self._point_current()
         return notes
+
+    def repair(self) -> list[str]:
+        """The running daemon's repair (SIGHUP): our directories and the ``current`` link as
+        :meth:`prepare` makes them, and nothing but regular files in modules/ (anything else
+        removed, never followed). merged/ is its writer's (daemon/merged.py), which repairs
+        it in its own thread. Returns what was found, as :meth:`prepare` does."""
+        notes: list[str] = []
+        with self._lock:  # no publish renames into modules/ meanwhile
+            for d in (self.kernel_dir, self.modules_dir):
+                ensure_dir(d, notes)
+            marker = self.kernel_dir / KERNEL_MARKER
+            if not is_regular_file(marker):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(marker)
+                atomic_write(marker, f"{self.kernel_id}\n".encode())
+            remove_planted(self.modules_dir, notes)
+            self._point_current()
+        return notes
+
+    def check_published(self, name: str, record: dict[str, Any],
+                        ignore: tuple[str, ...] = ()) -> str | None:
+        """None when modules/<name>.json says what `record` says (but for the fields in
+        `ignore`) and the .btf is what it names (size, sha256) or absent when it names none;
+        else what is wrong (one line)."""
+        try:
+            on_disk = load_json(self.record_path(name), MAX_RECORD_BYTES)
+        except FileNotFoundError:
+            return f"{self.record_path(name)} is missing"
+        except CacheFileError as e:
+            return str(e)
+        expected = json.loads(json.dumps({k: v for k, v in record.items() if k not in ignore}))
+        if not isinstance(on_disk, dict) or expected != {
+                k: v for k, v in on_disk.items() if k not in ignore}:
+            return f"{self.record_path(name)} is not the record published"
+        sha, size = record.get("btf_sha256"), record.get("btf_size")
+        if sha:
+            why = verify_file(self.btf_path(name), size if isinstance(size, int) else -1, sha)
+            return f"{self.btf_path(name)}: {why}" if why else None
+        if os.path.lexists(self.btf_path(name)):
+            return f"{self.btf_path(name)} is there though its record names no BTF"
+        return None
 
     def _point_current(self) -> None:
         link = self.root / CURRENT_LINK
@@ -402,14 +601,26 @@ class Cache:
         return self.merged_dir / "all.btf"
 
     def read_merged_index(self) -> dict[str, Any] | None:
-        """merged/index.json when it is ours and readable, else None."""
+        """merged/index.json when it is ours and readable, else None (see
+        :meth:`load_merged_index`)."""
         try:
-            fd = os.open(self.merged_dir / MERGED_INDEX, os.O_RDONLY | os.O_NOFOLLOW)
-            with open(fd, "rb") as f:
-                idx = json.load(f)
-        except (OSError, ValueError):
+            return self.load_merged_index()
+        except (OSError, CacheError):
             return None
-        if not isinstance(idx, dict) or idx.get("format") != MERGED_INDEX_FORMAT:
+
+    def load_merged_index(self) -> dict[str, Any] | None:
+        """merged/index.json: None when missing or of another format (the daemon writes
+        it again); CacheFileError when it is not a regular file, too big or not JSON. Only
+        its top level is checked here; readers type-check every field they take."""
+        path = self.merged_dir / MERGED_INDEX
+        try:
+            idx = load_json(path, MAX_INDEX_BYTES)
+        except FileNotFoundError:
+            return None
+        if not isinstance(idx, dict):
+            raise CacheFileError(path, f"not a btfreconciled index: a JSON "
+                                 f"{type(idx).__name__}, not an object")
+        if idx.get("format") != MERGED_INDEX_FORMAT:
             return None
         return idx
 
@@ -427,10 +638,11 @@ class Cache:
 
     def remove(self, name: str) -> bool:
         """Forget a module (unloaded): its ``.btf`` first, then its record."""
-        a = unlink_durable(self.btf_path(name), sync_dir=False)
-        b = unlink_durable(self.record_path(name), sync_dir=False)
-        if a or b:
-            fsync_dir(self.modules_dir)
+        with self._lock:
+            a = unlink_durable(self.btf_path(name), sync_dir=False)
+            b = unlink_durable(self.record_path(name), sync_dir=False)
+            if a or b:
+                fsync_dir(self.modules_dir)
         return a or b
 
     def publish_many(self, entries: list[tuple[str, dict[str, Any] | None, bytes | None]]
@@ -443,6 +655,11 @@ class Cache:
         ``.btf`` removed before its record) and the directory is fsynced once.  A failure
         (ENOSPC, EIO, ...) affects only its own module; it is returned, not raised.
         """
+        with self._lock:
+            return self._publish_many(entries)
+
+    def _publish_many(self, entries: list[tuple[str, dict[str, Any] | None, bytes | None]]
+                      ) -> dict[str, OSError]:
         errors: dict[str, OSError] = {}
         staged: list[tuple[str, str | None, str | None]] = []
         for name, record, btf in entries:
@@ -488,10 +705,10 @@ class Cache:
     # ------------------------------------------------------------------ reading
 
     def read_record(self, name: str) -> dict[str, Any] | None:
-        data = _open_nofollow(self.record_path(name), 16 << 20)
+        """modules/<name>.json when it is a regular file holding a JSON object, else None."""
         try:
-            rec = json.loads(data) if data is not None else None
-        except ValueError:
+            rec = load_json(self.record_path(name), MAX_RECORD_BYTES)
+        except (OSError, CacheError):
             return None
         return rec if isinstance(rec, dict) else None
 
@@ -508,11 +725,12 @@ class Cache:
         return stat.S_ISREG(st.st_mode) and st.st_size == size
 
     def read_manifest(self) -> dict[str, Any] | None:
+        """manifest.json when it is a regular file holding a JSON object, else None."""
         try:
-            with open(self.manifest_path, "rb") as f:
-                return json.load(f)
-        except (FileNotFoundError, ValueError):
+            m = load_json(self.manifest_path, MAX_MANIFEST_BYTES)
+        except (OSError, CacheError):
             return None
+        return m if isinstance(m, dict) else None
 
     def published_modules(self) -> Iterator[str]:
         """Names that have a record on disk."""

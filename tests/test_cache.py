@@ -113,3 +113,142 @@ def test_enospc_on_a_full_filesystem(tmp_path: Path) -> None:
         assert not [p for p in c.modules_dir.iterdir() if p.name.startswith(".")]
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+# ------------------------------------------------------------------ reading a hostile cache
+
+def _plant_all_kinds(d: Path, victim: Path) -> dict[str, Path]:
+    """A symlink, a FIFO, a unix socket and a directory (holding a link) in `d`."""
+    import stat
+
+    out = {"link": d / "a.json", "fifo": d / "b.json", "sock": d / "c.btf",
+           "dir": d / "d.btf"}
+    os.symlink(victim, out["link"])
+    os.mkfifo(out["fifo"])
+    os.mknod(out["sock"], stat.S_IFSOCK | 0o600)  # a socket's inode (bind's paths are short)
+    out["dir"].mkdir()
+    os.symlink(victim, out["dir"] / "inner")
+    return out
+
+
+def test_read_helpers_refuse_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text('{"verdict": "ok"}')
+    planted = _plant_all_kinds(tmp_path, victim)
+    for what, p in planted.items():
+        with pytest.raises(cache_mod.CacheFileError) as e:  # never blocks on the FIFO
+            cache_mod.load_json(p, 1 << 20)
+        kind = {"link": "a symlink", "fifo": "a FIFO", "sock": "a socket",
+                "dir": "a directory"}[what]
+        assert str(e.value) == f"{p}: is {kind}, not a regular file"
+        assert cache_mod.verify_file(p, 0, "0" * 64) == f"is {kind}, not a regular file"
+    with pytest.raises(FileNotFoundError):
+        cache_mod.load_json(tmp_path / "missing", 10)
+    assert cache_mod.verify_file(tmp_path / "missing", 0, "0" * 64) == "missing"
+
+
+def test_read_helpers_cap_sizes_and_nesting(tmp_path: Path) -> None:
+    big = tmp_path / "big.json"
+    with open(big, "wb") as f:
+        f.truncate(300 << 20)
+    with pytest.raises(cache_mod.CacheFileError) as e:
+        cache_mod.load_json(big, cache_mod.MAX_RECORD_BYTES)
+    assert str(e.value) == (f"{big}: {300 << 20} bytes, more than the "
+                            f"{cache_mod.MAX_RECORD_BYTES} a cache file of this kind may "
+                            "have; refused")
+    nested = tmp_path / "nested.json"
+    nested.write_bytes(b"[" * 100000)
+    with pytest.raises(cache_mod.CacheFileError, match="nested too deep"):
+        cache_mod.load_json(nested, 1 << 20)
+    for bad in (b"{", b"\xff", b'{"a": ' + b"9" * 5000 + b"}"):
+        nested.write_bytes(bad)
+        with pytest.raises(cache_mod.CacheFileError, match="not valid JSON"):
+            cache_mod.load_json(nested, 1 << 20)
+    # verify_file: the size first (a huge file is never hashed), then the sha256
+    f = tmp_path / "f"
+    f.write_bytes(b"abc")
+    sha = cache_mod.sha256_hex(b"abc")
+    assert cache_mod.verify_file(f, 3, sha) is None
+    assert cache_mod.verify_file(f, 4, sha) == "3 bytes, not the 4 recorded"
+    assert cache_mod.verify_file(f, 3, "0" * 64) == "its sha256 is not the one recorded"
+
+
+def test_daemon_reads_never_block_or_follow(tmp_path: Path) -> None:
+    c = Cache(tmp_path, KID)
+    c.prepare()
+    victim = tmp_path / "victim.json"
+    victim.write_text('{"format": 2, "modules": {}}')
+    os.mkfifo(c.record_path("foo"))
+    os.symlink(victim, c.merged_dir / "index.json")
+    os.mkfifo(c.manifest_path)
+    assert c.read_record("foo") is None
+    assert c.read_merged_index() is None
+    assert c.read_manifest() is None
+    with pytest.raises(cache_mod.CacheFileError, match="is a symlink"):
+        c.load_merged_index()
+
+
+@pytest.mark.parametrize("when", ["prepare", "repair"])
+def test_planted_entries_in_modules_and_merged_are_removed_never_followed(
+        tmp_path: Path, when: str) -> None:
+    c = Cache(tmp_path, KID)
+    c.prepare()
+    c.publish("good", {"verdict": "ok"}, b"BTF")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim"
+    victim.write_text("not the daemon's")
+    mods = _plant_all_kinds(c.modules_dir, victim)
+    merged = _plant_all_kinds(c.merged_dir, victim)
+    (c.kernel_dir / "elsewhere").mkdir()  # outside modules/ and merged/: left alone
+    os.symlink(victim, c.kernel_dir / "elsewhere" / "link")
+    notes = c.prepare() if when == "prepare" else c.repair()
+    assert all(not os.path.lexists(p) for p in mods.values())
+    assert victim.read_text() == "not the daemon's" and sorted(os.listdir(outside)) == ["victim"]
+    assert c.btf_path("good").read_bytes() == b"BTF" and c.read_record("good")
+    assert os.path.islink(c.kernel_dir / "elsewhere" / "link")
+    if when == "prepare":
+        assert all(not os.path.lexists(p) for p in merged.values())
+        assert f"{merged['fifo']} was a FIFO; removed" in notes
+    else:  # merged/ is its writer's to repair, in its own thread
+        assert all(os.path.lexists(p) for p in merged.values())
+    assert f"{mods['link']} was a symlink; removed" in notes
+    assert f"{mods['dir']} was a directory; removed" in notes
+
+
+def test_repair_replaces_planted_directories_and_current(tmp_path: Path) -> None:
+    c = Cache(tmp_path, KID)
+    c.prepare()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    c.modules_dir.rmdir()
+    os.symlink(elsewhere, c.modules_dir)
+    (tmp_path / "current").unlink()
+    os.symlink(OTHER, tmp_path / "current")
+    (c.kernel_dir / cache_mod.KERNEL_MARKER).unlink()
+    notes = c.repair()
+    assert c.modules_dir.is_dir() and not c.modules_dir.is_symlink()
+    assert any("was a symlink; replaced by a directory" in n for n in notes)
+    assert os.readlink(tmp_path / "current") == KID
+    assert (c.kernel_dir / cache_mod.KERNEL_MARKER).read_text() == f"{KID}\n"
+    assert os.listdir(elsewhere) == []
+
+
+def test_check_published(tmp_path: Path) -> None:
+    c = Cache(tmp_path, KID)
+    c.prepare()
+    rec = {"verdict": "ok", "btf_sha256": cache_mod.sha256_hex(b"BTF"), "btf_size": 3,
+           "key": ("a", 1)}  # a tuple in memory is a list on disk: the same record
+    c.publish("m", rec, b"BTF")
+    assert c.check_published("m", rec) is None
+    c.btf_path("m").write_bytes(b"XYZ")
+    assert "its sha256 is not the one recorded" in (c.check_published("m", rec) or "")
+    c.publish("m", rec, b"BTF")
+    c.record_path("m").write_text('{"verdict": "rescued"}')
+    assert c.check_published("m", rec) == f"{c.record_path('m')} is not the record published"
+    c.record_path("m").unlink()
+    os.symlink(tmp_path, c.record_path("m"))
+    assert "is a symlink" in (c.check_published("m", rec) or "")
+    c.publish("n", {"verdict": "incompatible"}, None)
+    c.btf_path("n").write_bytes(b"stale")
+    assert "names no BTF" in (c.check_published("n", {"verdict": "incompatible"}) or "")

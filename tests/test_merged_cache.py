@@ -32,6 +32,7 @@ from test_daemon_support import (  # noqa: E402
 
 from btfreconciled import client  # noqa: E402
 from btfreconciled.btf.btf import Btf  # noqa: E402
+from btfreconciled.cache import sha256_hex  # noqa: E402
 from btfreconciled.daemon.control import request  # noqa: E402
 from btfreconciled.reconcile.merge import merged_bytes  # noqa: E402
 
@@ -323,4 +324,97 @@ def test_let_events_first_returns_when_the_daemon_stops(fs: FakeSystem, monkeypa
     finally:
         d._stop = False
         d.idle.set()
+        d.stop()
+
+
+def test_index_records_each_merged_files_own_sha256_and_size(fs: FakeSystem) -> None:
+    for n in ("alpha", "bravo"):
+        fs.add_file(n)
+        fs.load(n)
+    d = make_daemon(fs)
+    try:
+        d.rescan("t")
+        settle(d)
+        assert d.cache is not None
+        idx = json.loads((d.cache.merged_dir / "index.json").read_text())
+        assert idx["format"] == 2
+        for n in ("alpha", "bravo"):
+            data = d.cache.merged_path(n).read_bytes()
+            assert idx["modules"][n]["sha256"] == sha256_hex(data)
+            assert idx["modules"][n]["size"] == len(data)
+        data = d.cache.all_merged_path().read_bytes()
+        assert (idx["all"]["sha256"], idx["all"]["size"]) == (sha256_hex(data), len(data))
+    finally:
+        d.stop()
+
+
+@pytest.mark.parametrize("damage", ["old index format", "same-size garbage", "planted link"])
+def test_restart_takes_over_only_what_the_index_vouches_for(fs: FakeSystem,
+                                                            damage: str) -> None:
+    for n in ("alpha", "bravo"):
+        fs.add_file(n)
+        fs.load(n)
+    d = make_daemon(fs)
+    d.rescan("t")
+    settle(d)
+    d.stop()
+    assert d.cache is not None
+    f = d.cache.merged_path("alpha")
+    good = f.read_bytes()
+    ino_bravo = d.cache.merged_path("bravo").stat().st_ino
+    ipath = d.cache.merged_dir / "index.json"
+    if damage == "old index format":  # format 1 named no sha256 of the files themselves
+        idx = json.loads(ipath.read_text())
+        idx["format"] = 1
+        for info in idx["modules"].values():
+            del info["sha256"]
+        ipath.write_text(json.dumps(idx))
+    elif damage == "same-size garbage":
+        f.write_bytes(b"\0" * len(good))
+    else:
+        f.unlink()
+        victim = fs.root / "victim"
+        victim.write_bytes(good)
+        os.symlink(victim, f)
+    d2 = make_daemon(fs)
+    try:
+        d2.rescan("t")
+        settle(d2)
+        assert not f.is_symlink() and f.read_bytes() == good
+        assert pub(fs).merged_path("alpha") == f
+        if damage != "old index format":
+            assert d2.cache.merged_path("bravo").stat().st_ino == ino_bravo  # reused
+        idx = json.loads(ipath.read_text())
+        assert idx["format"] == 2 and idx["modules"]["alpha"]["sha256"] == sha256_hex(good)
+    finally:
+        d2.stop()
+
+
+def test_writer_repair_removes_planted_files_and_writes_again(fs: FakeSystem) -> None:
+    for n in ("alpha", "bravo"):
+        fs.add_file(n)
+        fs.load(n)
+    d = make_daemon(fs)
+    try:
+        d.rescan("t")
+        settle(d)
+        assert d.cache is not None and d.merged is not None
+        victim = fs.root / "victim"
+        victim.write_bytes(b"keep me")
+        f = d.cache.merged_path("alpha")
+        good = f.read_bytes()
+        f.unlink()
+        os.symlink(victim, f)
+        allf = d.cache.all_merged_path()
+        allf.unlink()
+        os.mkfifo(allf)
+        (d.cache.merged_dir / "index.json").unlink()
+        os.symlink(victim, d.cache.merged_dir / "index.json")
+        d.merged.repair()
+        assert d.merged.wait_idle()
+        assert victim.read_bytes() == b"keep me"
+        assert not f.is_symlink() and f.read_bytes() == good
+        assert pub(fs).all_merged() == (allf, ["alpha", "bravo"])
+        assert pub(fs).merged_path("alpha") == f
+    finally:
         d.stop()

@@ -36,10 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Print the path of MODULE's reconciled split BTF (base: "
         "/sys/kernel/btf/vmlinux), or with --merged the one standalone BTF loaders take "
         "(vmlinux + MODULE: libbpf btf_custom_path, cilium/ebpf KernelTypes, bpftrace "
-        "BPFTRACE_BTF); --merged without MODULE: vmlinux + every module whose verdict is ok "
-        "(merged/all.btf). Asks the daemon; with --cache-dir, reads that cache directly "
-        "(no daemon needed). Exit status 1 when there is no such file (not compatible, no "
-        ".BTF.base, built in, not written yet), with the reason on stderr; 2 on errors.")
+        "BPFTRACE_BTF); --merged without MODULE: vmlinux + every module served (verdict ok "
+        "or rescued: merged/all.btf). Asks the daemon; with --cache-dir, reads that cache "
+        "directly (no daemon needed; the file's size and sha256, and the record's build "
+        "against the loaded module's, are checked). Exit status 1 when there is no such file "
+        "(not compatible, no .BTF.base, built in, not written yet, a record of another "
+        "build), with the reason on stderr; 2 on errors (a damaged cache, another kernel's).")
     add_socket_option(p)
     p.add_argument("module", metavar="MODULE", nargs="?",
                    help="module name (as in /sys/module); optional with --merged")
@@ -153,6 +155,7 @@ def _path_from_daemon(args: argparse.Namespace) -> dict[str, Any]:
 
 def _path_from_cache(args: argparse.Namespace) -> dict[str, Any]:
     from .. import client
+    from ..cache import normalize_module_name
 
     resp: dict[str, Any] = {"module": args.module, "path": None, "reason": None,
                             "retry": False}
@@ -165,13 +168,19 @@ def _path_from_cache(args: argparse.Namespace) -> dict[str, Any]:
             path = pub.merged_path(args.module)
         else:
             path = pub.split_path(args.module)
+        if args.module is not None:
+            resp["identity"] = str(pub.identity(args.module))  # how it was matched, or not
         resp["path"] = str(path)
     except client.CacheUnavailable as e:
         raise CliError(str(e)) from None
     except client.NoBtf as e:
-        resp.update(reason=str(e).removeprefix(f"{e.module}: ") if e.module else str(e),
+        # the module asked for is printed before the reason; another one (all.btf's) is kept
+        asked = e.module is not None and args.module is not None and \
+            e.module == normalize_module_name(args.module.removesuffix(".ko"))
+        resp.update(reason=str(e).removeprefix(f"{e.module}: ") if asked else str(e),
                     verdict=e.verdict, retry=isinstance(e, (client.NotYetWritten,
-                                                            client.NotLoaded)))
+                                                            client.NotLoaded,
+                                                            client.StaleRecord)))
     return resp
 
 

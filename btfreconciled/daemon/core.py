@@ -54,7 +54,7 @@ from .policy import (
     kernel_truth,
 )
 from .queue import Job, WorkQueue
-from .record import BUILTIN, RESCUED, ModuleView, daemon_record
+from .record import BUILTIN, RESCUED, VOLATILE, ModuleView, daemon_record
 from .results import Memo, Results
 from .status import Stats, StatusApi
 
@@ -127,6 +127,7 @@ class Daemon(WorkQueue, Results, StatusApi):
         # cannot stop a thread) and its late results are dropped; a new one takes over.
         self._gen = 0
         self._current: tuple[str, float, int] | None = None  # (module, since, generation)
+        self._recheck: set[str] = set()  # published files to check before the next decision
 
     # ------------------------------------------------------------------ start-up
 
@@ -158,6 +159,48 @@ class Daemon(WorkQueue, Results, StatusApi):
         self.log.info("kernel", kernel_id=self.kernel_id, release=self.release,
                       vmlinux=str(vmlinux), index_seconds=round(self.index_seconds, 3),
                       cache=str(self.cache.kernel_dir))
+
+    def repair_cache(self) -> None:
+        """SIGHUP: make the cache again what the daemon wrote (start-up does the same in
+        load_kernel). Our directories and `current` as prepare() makes them, and nothing but
+        regular files in modules/ (Cache.repair) and merged/ (its writer's repair, in its
+        thread): anything else there is removed, never followed. The manifest is written
+        again, and before its next decision the worker checks each module's published
+        record and .btf against what it published (process_batch): a damaged one is
+        published again. The rescan that follows a SIGHUP brings every module there."""
+        assert self.cache is not None
+        try:
+            notes = self.cache.repair()
+        except OSError as e:
+            notes = []
+            self.log.error("cannot repair the cache", error=describe_os_error(e))
+        if notes:
+            self.log.warning("repaired the cache: removed what was planted there",
+                             files=notes)
+        if self.merged is not None:
+            self.merged.repair()
+        with self.lock:
+            self._recheck = set(self.modules)
+            self.manifest_dirty = True
+
+    def _check_published(self, name: str) -> None:
+        """A module queued after repair_cache(): when its files on disk are not what was
+        published, its view says so, and this batch publishes it again."""
+        assert self.cache is not None
+        with self.lock:
+            if name not in self._recheck:
+                return
+            self._recheck.discard(name)
+            view = self.modules.get(name)
+        if view is None or not view.published:
+            return
+        why = self.cache.check_published(name, view.record, VOLATILE)
+        if why is not None:
+            self.log.warning("published files damaged; publishing again", module=name,
+                             problem=why)
+            with self.lock:
+                view.published = False
+                view.publish_error = f"damaged on disk, being published again: {why}"
 
     def gc(self) -> None:
         assert self.cache is not None
@@ -306,6 +349,7 @@ class Daemon(WorkQueue, Results, StatusApi):
                     return
                 self._current = (job.name, time.monotonic(), gen)
             try:
+                self._check_published(job.name)
                 record, btf, on_disk = self._decide(job, retry)
                 if not on_disk and self._same_as_published(job.name, record):
                     # re-checked, nothing changed (rescan, SIGHUP, module tree touched)

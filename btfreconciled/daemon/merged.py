@@ -3,9 +3,14 @@
 libbpf (``btf_custom_path``), cilium/ebpf (``KernelTypes``) and bpftrace (``BPFTRACE_BTF``)
 take ONE standalone BTF file, not split BTF. For every module whose verdict is ok this thread
 writes vmlinux + that module (``merged/<m>.btf``), and vmlinux + every ok module in name
-order (``merged/all.btf``), then ``merged/index.json``: which split BTF (by sha256) each file
-was made from, and where each module sits in all.btf. Readers (the control socket, the
-client API) hand out a merged file only when its sha256 there equals the module record's.
+order (``merged/all.btf``), then ``merged/index.json``: each file's own sha256 and size,
+which split BTF (by sha256) it was made from, and where each module sits in all.btf. Readers
+(the control socket, the client API) hand out a merged file only when the split sha256 there
+equals the module record's, and the client also checks the file's own size and sha256.
+
+Repair (start-up, SIGHUP: :meth:`MergedWriter.repair`), in this thread so that it never races
+a write: anything in merged/ that is not a regular file is removed (never followed), and every
+file the index vouches for is hashed again; what differs is written again, then the index.
 
 It runs beside the worker, never in it: a merged file is a few megabytes (a whole vmlinux), and
 writing it must not delay event -> publish. Changes are debounced (a burst of loads rewrites
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -27,14 +33,20 @@ from ..btf.btf import Btf
 from ..cache import (
     MERGED_INDEX,
     MERGED_INDEX_FORMAT,
+    SHA256_RE,
     Cache,
+    CacheError,
     atomic_output,
     atomic_write_json,
     describe_os_error,
+    ensure_dir,
     fsync_dir,
     is_regular_file,
     pwrite_all,
+    remove_planted,
     sha256_hex,
+    sha256_stream,
+    verify_file,
     write_all,
 )
 from ..reconcile.merge import MergedLayout, MergeError, Split, write_merged
@@ -70,26 +82,50 @@ class MergedWriter:
         self._retry_at: float | None = None
         self._busy = False
         self._stop = False
+        self._verify = False  # repair due: re-hash what the index vouches for (the thread)
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ life cycle
 
     def prepare(self) -> None:
         """Create merged/, drop temporary files of a crash, take over what index.json
-        vouches for (a restart reuses the files instead of rewriting them)."""
+        vouches for (a restart reuses the files instead of rewriting them): a regular file
+        of the size the index names. The thread hashes them again before its first write
+        (:meth:`repair`), off the start-up path."""
         self.dir.mkdir(exist_ok=True)
         for entry in os.scandir(self.dir):
             if entry.name.startswith(".tmp-"):
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
         idx = self.cache.read_merged_index() or {}
-        for name, info in (idx.get("modules") or {}).items():
-            if isinstance(info, dict) and is_regular_file(self.cache.merged_path(name)):
+        mods = idx.get("modules")
+        for name, info in (mods if isinstance(mods, dict) else {}).items():
+            try:
+                path = self.cache.merged_path(name)
+            except CacheError:  # not a module name: not ours
+                continue
+            if _vouched(info, ("btf_sha256",)) and _size_is(path, info["size"]):
                 self.files[name] = info
         all_info = idx.get("all")
-        if isinstance(all_info, dict) and is_regular_file(self.cache.all_merged_path()):
+        if (_vouched(all_info, ()) and isinstance(all_info.get("modules"), list)
+                and all(_vouched(m, ("name", "btf_sha256"), file=False)
+                        for m in all_info["modules"])
+                and _size_is(self.cache.all_merged_path(), all_info["size"])):
             self.all = all_info
+        with self.cond:
+            self._verify = True
         self._measure()
+
+    def repair(self) -> None:
+        """Have the thread repair merged/ (SIGHUP): remove what is not a regular file there,
+        hash every file the index vouches for, write again what differs, and the index."""
+        with self.cond:
+            self._verify = True
+            now = time.monotonic()
+            if self._first_change is None:
+                self._first_change = now
+            self._last_change = now
+            self.cond.notify_all()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="btfr-merged", daemon=True)
@@ -176,11 +212,12 @@ class MergedWriter:
                 if self._stop:
                     return
                 wanted = dict(self.wanted)
+                verify, self._verify = self._verify, False
                 self._first_change = None
                 self._retry_at = None
                 self._busy = True
             try:
-                ok = self.sync(wanted)
+                ok = self.sync(wanted, verify=verify)
             except _Stopping:
                 return
             except Exception as e:  # never let the thread die: log, retry later
@@ -204,10 +241,11 @@ class MergedWriter:
             self.last_error = msg
         self.log.error("cannot write merged BTF", error=msg)
 
-    def sync(self, wanted: dict[str, str]) -> bool:
-        """Make merged/ match `wanted`; True when everything was written."""
+    def sync(self, wanted: dict[str, str], *, verify: bool = False) -> bool:
+        """Make merged/ match `wanted`; True when everything was written. `verify`: repair
+        first (:meth:`_check_files`)."""
         ok = True
-        changed = False
+        changed = self._check_files() if verify else False
         keep = set(wanted) if self.per_module else set()
         for name in sorted(set(self.files) - keep):
             with contextlib.suppress(FileNotFoundError):
@@ -227,13 +265,13 @@ class MergedWriter:
             present.append(name)
             self._pause()
             try:
-                layout = self._write(self.cache.merged_path(name), [(name, data)])
+                _, digest, size = self._write(self.cache.merged_path(name), [(name, data)])
             except (OSError, MergeError) as e:
                 ok = False
                 self._failed(f"{name}: {_why(e)}")
                 continue
             with self.cond:
-                self.files[name] = {"btf_sha256": sha, "size": layout.size}
+                self.files[name] = {"btf_sha256": sha, "sha256": digest, "size": size}
             changed = True
         want_all = [(n, self._split_reader(n, wanted[n])) for n in sorted(present)]
         have_all = [(m["name"], m["btf_sha256"]) for m in (self.all or {}).get("modules", [])]
@@ -255,7 +293,7 @@ class MergedWriter:
             return True
         t0 = time.perf_counter()
         try:
-            layout = self._write(path, parts)
+            layout, digest, size = self._write(path, parts)
         except _Changed as e:
             # the worker published a newer BTF: its set_wanted() brings the next sync; the
             # all.btf on disk stays what index.json says it is
@@ -270,6 +308,7 @@ class MergedWriter:
             self._failed(f"all.btf: {_why(e)}")
             return False
         info = layout.to_json()
+        info.update(sha256=digest, size=size)  # the file's own: what readers check
         for m in info["modules"]:
             m["btf_sha256"] = wanted[m["name"]]
         info["seconds"] = round(time.perf_counter() - t0, 4)
@@ -280,12 +319,51 @@ class MergedWriter:
                       bytes=layout.size, seconds=info["seconds"])
         return True
 
-    def _write(self, path: Path, parts: list[tuple[str, Split]]) -> MergedLayout:
+    def _write(self, path: Path, parts: list[tuple[str, Split]]
+               ) -> tuple[MergedLayout, str, int]:
+        """(layout, sha256, size) of the merged file written at `path`: the digest is of the
+        complete temporary file as it is on disk (written positionally, so hashed after),
+        before it replaces `path`."""
+        done: list[tuple[str, int]] = []
+
+        def digest(tmp: Path) -> None:
+            with open(tmp, "rb") as t:
+                done.append((sha256_stream(t), os.fstat(t.fileno()).st_size))
+
         # atomic_output: a MergeError or a stop() half way leaves no file
-        with atomic_output(path, sync_dir=False) as f:
+        with atomic_output(path, sync_dir=False, verify=digest) as f:
             fd = f.fileno()
-            return write_merged(lambda b: write_all(f, b), self.vmlinux, parts, self._pause,
-                                place=lambda off, b: pwrite_all(fd, b, off))
+            layout = write_merged(lambda b: write_all(f, b), self.vmlinux, parts, self._pause,
+                                  place=lambda off, b: pwrite_all(fd, b, off))
+        return layout, *done[0]
+
+    def _check_files(self) -> bool:
+        """The repair: merged/ a real directory holding only regular files (anything else
+        removed, never followed), and every file we hold re-hashed against what the index
+        says; one that differs is forgotten, so this sync writes it again. Always True: the
+        index is written again after it."""
+        notes: list[str] = []
+        ensure_dir(self.dir, notes)
+        remove_planted(self.dir, notes)
+        with self.cond:
+            files, all_info = dict(self.files), self.all
+        for name, info in files.items():
+            why = verify_file(self.cache.merged_path(name), info["size"], info["sha256"])
+            if why:
+                notes.append(f"{self.cache.merged_path(name)}: {why}; written again")
+                with self.cond:
+                    self.files.pop(name, None)
+        if all_info is not None:
+            path = self.cache.all_merged_path()
+            why = verify_file(path, all_info["size"], all_info["sha256"])
+            if why:
+                notes.append(f"{path}: {why}; written again")
+                with self.cond:
+                    self.all = None
+        if notes:
+            self.log.warning("repaired merged BTF: found damaged or planted files",
+                             files=notes)
+        return True
 
     def _split_reader(self, name: str, sha: str) -> Callable[[], bytes]:
         def read() -> bytes:
@@ -296,14 +374,10 @@ class MergedWriter:
         return read
 
     def _read_split(self, name: str, sha: str) -> bytes | None:
-        """The module's published split BTF, if it is still the one with this sha256."""
-        try:
-            fd = os.open(self.cache.btf_path(name), os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            return None
-        with open(fd, "rb") as f:
-            data = f.read()
-        return data if sha256_hex(data) == sha else None
+        """The module's published split BTF, if it is still the one with this sha256 (a
+        regular file: a FIFO planted there never blocks this thread)."""
+        data = self.cache.read_published_btf(name)
+        return data if data is not None and sha256_hex(data) == sha else None
 
     def _write_index(self) -> None:
         with self.cond:
@@ -333,6 +407,25 @@ class _Changed(MergeError):
 
 class _Stopping(Exception):
     """stop() was called while a sync was under way."""
+
+
+def _vouched(info: Any, keys: tuple[str, ...], *, file: bool = True) -> bool:
+    """An index entry as this writer makes it: the file's sha256 and size, and `keys`."""
+    if not isinstance(info, dict):
+        return False
+    if file and not (isinstance(info.get("sha256"), str) and SHA256_RE.match(info["sha256"])
+                     and type(info.get("size")) is int):
+        return False
+    return all(isinstance(info.get(k), str) for k in keys)
+
+
+def _size_is(path: Path, size: int) -> bool:
+    """A regular file itself (not a symlink), of `size` bytes."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == size
 
 
 def _why(e: Exception) -> str:

@@ -257,6 +257,7 @@ class Service:
                 return
             self._apply(new)
         self.log.info("reloaded", reason=why)
+        self.daemon.repair_cache()
         self.daemon.refresh_module_index()
         if self.cfg.gc:
             self.daemon.gc()
