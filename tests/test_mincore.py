@@ -343,3 +343,25 @@ def test_unknown_module_name_and_missing_module_file(dup_files, tmp_path, capsys
                       "--module", str(tmp_path / "gone.ko"))
     assert rc == 2 and "gone.ko: no such module file" in err
     assert not out.exists()
+
+
+def test_type_matches_relocations_equal_bpftool(vml, tmp_path):
+    """bpf_core_type_matches(): the strict relation; a match keeps the type's whole
+    structure (composites behind pointers left empty)."""
+    merged = merged_bytes(vml, [("btfr_dup_a", dup_module(vml, 0))])
+    mfile = tmp_path / "merged.btf"
+    mfile.write_bytes(merged)
+    obj = write_obj(tmp_path / "m.bpf.o", lambda ids: [
+        (SEC, 0, ids["list_head"], "0", K.TYPE_MATCHES),
+        (SEC, 8, ids["irq_handler_t"], "0", K.TYPE_MATCHES),
+        (SEC, 16, ids["dup"], "0", K.TYPE_MATCHES),
+        (SEC, 24, ids["task"], "0", K.TYPE_MATCHES),  # pid is int, comm char[16]: ...
+    ])
+    res = bpftool_min(mfile, tmp_path / "ref.btf", obj)
+    assert res.returncode == 0, res.stderr
+    data, r = ours(merged, obj)
+    assert data == (tmp_path / "ref.btf").read_bytes()
+    dump = bpftool_raw(tmp_path / "ref.btf")
+    assert "STRUCT 'list_head' size=16 vlen=2" in dump
+    # the local task_struct's u32 bitfield and missing member cannot match the kernel's
+    assert [u.local_name for u in r.unresolved] == ["task_struct"]

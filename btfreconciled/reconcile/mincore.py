@@ -358,6 +358,92 @@ def _types_compat(lb: Btf, lid: int, tb: Btf, tid: int, level: int = 32) -> bool
         return False
 
 
+def _names_match(lb: Btf, loff: int, tb: Btf, toff: int) -> bool:
+    """bpf_core_names_match(): equal without flavor suffixes; an anonymous target matches
+    only an anonymous local."""
+    ln, tn = _name(lb, loff), _name(tb, toff)
+    if not tn:
+        return not ln
+    ll = essential_len(ln)
+    return essential_len(tn) == ll and ln[:ll] == tn[:ll]
+
+
+def _types_match(lb: Btf, lid: int, tb: Btf, tid: int, behind_ptr: bool = False,
+                 level: int = 32) -> bool:
+    """__bpf_core_types_match(): the stricter relation bpf_core_type_matches() asks for."""
+    if level <= 0:
+        raise _TargetErr("type nesting too deep")
+    depth = 32
+    while True:
+        depth -= 1
+        if depth < 0:
+            raise _TargetErr("type nesting too deep")
+        lt, lid = _skip(lb, lid)
+        tt, tid = _skip(tb, tid)
+        if not _names_match(lb, lt.name_off, tb, tt.name_off):
+            return False
+        lk, tk = lt.kind, tt.kind
+        if lk == Kind.UNKN:
+            return tk == Kind.UNKN
+        if lk == Kind.FWD:
+            if behind_ptr and lk != tk:
+                return ((tk == Kind.STRUCT and not lt.kind_flag)
+                        or (tk == Kind.UNION and bool(lt.kind_flag)))
+            return lk == tk and lt.kind_flag == tt.kind_flag
+        if lk in _ANY_ENUM:
+            if not isinstance(tt, Enum | Enum64):
+                return False
+            assert isinstance(lt, Enum | Enum64)
+            if lt.size != tt.size or len(lt.values) > len(tt.values):
+                return False
+            return all(any(_names_match(lb, lv.name_off, tb, tv.name_off) for tv in tt.values)
+                       for lv in lt.values)
+        if lk in _COMPOSITE:
+            if behind_ptr:
+                if lk == tk:
+                    return True
+                return tk == Kind.FWD and (lk == Kind.UNION) == bool(tt.kind_flag)
+            if lk != tk:
+                return False
+            assert isinstance(lt, Composite) and isinstance(tt, Composite)
+            if len(lt.members) > len(tt.members):
+                return False
+            for lm in lt.members:
+                if not any(_names_match(lb, lm.name_off, tb, tm.name_off)
+                           and _types_match(lb, lm.type, tb, tm.type, behind_ptr, level - 1)
+                           for tm in tt.members):
+                    return False
+            return True
+        if lk == Kind.INT:
+            assert isinstance(lt, Int)
+            return (tk == Kind.INT and lt.size == tt.size  # type: ignore[attr-defined]
+                    and (lt.encoding & _BTF_INT_SIGNED)
+                    == (tt.encoding & _BTF_INT_SIGNED))  # type: ignore[attr-defined]
+        if lk == Kind.PTR:
+            if tk != lk:
+                return False
+            behind_ptr = True
+            lid, tid = lt.type, tt.type  # type: ignore[attr-defined]
+            continue
+        if lk == Kind.ARRAY:
+            if tk != lk or lt.nelems != tt.nelems:  # type: ignore[attr-defined]
+                return False
+            lid, tid = lt.type, tt.type  # type: ignore[attr-defined]
+            continue
+        if lk == Kind.FUNC_PROTO:
+            if tk != lk:
+                return False
+            assert isinstance(lt, FuncProto) and isinstance(tt, FuncProto)
+            if len(lt.params) != len(tt.params):
+                return False
+            for lp, tp in zip(lt.params, tt.params, strict=True):
+                if not _types_match(lb, lp.type, tb, tp.type, behind_ptr, level - 1):
+                    return False
+            lid, tid = lt.ret_type, tt.ret_type
+            continue
+        return False
+
+
 def _match_member(lb: Btf, lacc: _Acc, tb: Btf, tid: int, spec: _Spec) -> tuple[int, int]:
     """bpf_core_match_member(): (found 0/1, next target id)."""
     tt, tid = _skip(tb, tid)
@@ -394,8 +480,8 @@ def _spec_match(local: _Spec, tb: Btf, tid: int) -> _Spec | None:
     targ = _Spec(tb, tid, local.kind)
     if local.kind in TYPE_KINDS:
         if local.kind == RelocKind.TYPE_MATCHES:
-            raise _TargetErr("type_matches relocations (bpf_core_type_matches()) are not "
-                             "supported by min-core-btf yet")
+            matched = _types_match(local.btf, local.root_type_id, tb, tid)
+            return targ if matched else None
         return targ if _types_compat(local.btf, local.root_type_id, tb, tid) else None
     if local.kind in ENUMVAL_KINDS:
         tt, tid = _skip(tb, tid)
@@ -745,8 +831,11 @@ class Resolver:
                 if not behind:
                     self.members.setdefault(tid, set()).update(range(len(t.members)))
                     nxt = [(m.type, False) for m in t.members]
-            elif k in (Kind.CONST, Kind.FWD, Kind.RESTRICT, Kind.TYPEDEF, Kind.VOLATILE):
-                nxt = [(t.type if k != Kind.FWD else 0, behind)]  # type: ignore[attr-defined]
+            elif k in (Kind.CONST, Kind.RESTRICT, Kind.TYPEDEF, Kind.VOLATILE):
+                nxt = [(t.type, behind)]  # type: ignore[attr-defined]
+            elif k == Kind.FWD:
+                # bpftool follows a FWD's size/type word too (0 in any sane BTF)
+                nxt = [(t.size_word, behind)]  # type: ignore[attr-defined]
             elif k == Kind.PTR:
                 nxt = [(t.type, True)]  # type: ignore[attr-defined]
             elif k == Kind.ARRAY:
