@@ -365,3 +365,54 @@ def test_type_matches_relocations_equal_bpftool(vml, tmp_path):
     assert "STRUCT 'list_head' size=16 vlen=2" in dump
     # the local task_struct's u32 bitfield and missing member cannot match the kernel's
     assert [u.local_name for u in r.unresolved] == ["task_struct"]
+
+
+def test_module_by_name_from_the_cache_or_the_kernels_btf(tmp_path, capsys, monkeypatch):
+    """--module NAME: the daemon's reconciled split BTF (checked by the client to be the
+    running kernel's), else /sys/kernel/btf/NAME; the result equals bpftool on the merged
+    file of the same vmlinux and module."""
+    import hashlib
+
+    from test_daemon import make_daemon
+    from test_daemon_support import FAKE_VMLINUX, FakeSystem, expected_btf
+
+    import btfreconciled.cli.mincore as cli_mincore
+
+    fs = FakeSystem(tmp_path / "fs")
+    fs.add_file("alpha")
+    fs.load("alpha")
+    d = make_daemon(fs)
+    try:
+        d.rescan("test")
+        assert d.wait_idle()
+    finally:
+        d.stop()
+    monkeypatch.setattr(cli_mincore, "SYSFS", fs.sysfs)
+    split = expected_btf((fs.mods / "alpha.ko").read_bytes())
+    struct_name = "m" + hashlib.sha256((fs.mods / "alpha.ko").read_bytes()).hexdigest()
+    b = Btf()
+    ptr = b.type_count + 2
+    lh = b.add(Struct(b.add_str("list_head"), 0, 16, (Member(b.add_str("next"), ptr, 0),)))
+    mod = b.add(Struct(b.add_str(struct_name), 0, 16, (Member(b.add_str("node"), lh, 0),)))
+    b.add(Ptr(0, 0, lh))
+    obj = tmp_path / "fake.bpf.o"
+    obj.write_bytes(bpf_object(b, [(SEC, 0, mod, "0:0:0", K.FIELD_BYTE_OFFSET)]))
+    merged = tmp_path / "merged.btf"
+    merged.write_bytes(merged_bytes(Btf.parse(FAKE_VMLINUX, validate=False), [("alpha", split)]))
+    assert bpftool_min(merged, tmp_path / "ref.btf", obj).returncode == 0
+    ref = (tmp_path / "ref.btf").read_bytes()
+    out = tmp_path / "min.btf"
+    args = ["min-core-btf", str(obj), "-o", str(out), "--module", "alpha",
+            "--cache-dir", str(fs.cache)]
+    assert ctl(args) == 0, capsys.readouterr().err
+    assert out.read_bytes() == ref
+    assert f"STRUCT '{struct_name}' size=16 vlen=1" in bpftool_raw(out)
+    # no cache: the kernel's own /sys/kernel/btf/alpha
+    out.unlink()
+    fs.kernel_btf("alpha", split)
+    assert ctl([*args[:-1], str(tmp_path / "nocache")]) == 0, capsys.readouterr().err
+    assert out.read_bytes() == ref
+    # ... which is split BTF on the running kernel only
+    rc, err = run_err(capsys, *args[1:-1], str(tmp_path / "nocache"), "--vmlinux",
+                      str(tmp_path / "ref.btf"))
+    assert rc == 2 and "is split BTF on the running kernel" in err

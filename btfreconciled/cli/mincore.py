@@ -18,9 +18,11 @@ from ..output import output_target
 from .errors import EXIT_INCOMPATIBLE, EXIT_OK, CliError
 
 if TYPE_CHECKING:
+    from ..reconcile import VmlinuxIndex
     from ..reconcile.mincore import Ambiguity
 
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
+SYSFS = SYSFS_BTF.parent.parent  # /sys: loaded modules and the kernel's own BTF
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="BPF object files (clang -g --target=bpf) with .BTF and .BTF.ext")
     p.add_argument("-o", "--output", metavar="OUT.btf", required=True,
                    help="where to write the minimized BTF (replaced atomically)")
-    p.add_argument("--vmlinux", metavar="FILE", default=str(SYSFS_BTF / "vmlinux"),
+    p.add_argument("--vmlinux", metavar="FILE", default=None,
                    help="kernel BTF: /sys/kernel/btf/vmlinux (default), a raw BTF file, a"
                         " vmlinux ELF or a kernel image (/boot/vmlinuz-*); any kernel's, for"
                         " building offline")
@@ -66,13 +68,12 @@ def _is_module_file(arg: str) -> bool:
     return arg.endswith(MODULE_SUFFIXES) or os.sep in arg
 
 
-def _module_split(arg: str, vmlinux_path: str, target: object, cache_dir: str
+def _module_split(arg: str, vmlinux_path: str, target: VmlinuxIndex, cache_dir: str
                   ) -> tuple[str, bytes]:
     """(module name, its split BTF on the vmlinux) for one --module argument."""
     from ..elf import read_btf_sections
-    from ..reconcile import Verdict, VmlinuxIndex, reconcile_module_file
+    from ..reconcile import Verdict, reconcile_module_file
 
-    assert isinstance(target, VmlinuxIndex)
     if _is_module_file(arg):
         if not Path(arg).is_file():
             raise CliError(f"{arg}: no such module file")
@@ -85,13 +86,13 @@ def _module_split(arg: str, vmlinux_path: str, target: object, cache_dir: str
 
     why: list[str] = []
     try:
-        path = client.open_cache(cache_dir, vmlinux=vmlinux_path).split_path(name)
+        path = client.open_cache(cache_dir, vmlinux=vmlinux_path, sysfs=SYSFS).split_path(name)
         return name, _read(path)
     except client.NoBtf as e:
         why.append(str(e))
-    sysfs = SYSFS_BTF / name
+    sysfs = SYSFS / "kernel" / "btf" / name
     if sysfs.is_file():
-        running = read_btf_sections(SYSFS_BTF / "vmlinux").sha256
+        running = read_btf_sections(SYSFS / "kernel" / "btf" / "vmlinux").sha256
         if running != target.sha256:
             raise CliError(f"{name}: {sysfs} is split BTF on the running kernel, not on "
                            f"{vmlinux_path}: give the module's .ko file to use another vmlinux")
@@ -119,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     output_target(out)  # a device, FIFO or directory fails before the work
     objects = [read_bpf_object(o) for o in args.objects]
+    if args.vmlinux is None:
+        args.vmlinux = str(SYSFS / "kernel" / "btf" / "vmlinux")
     if not os.path.exists(args.vmlinux):
         raise CliError(f"{args.vmlinux}: no such file (give the kernel's BTF with --vmlinux)")
     target = VmlinuxIndex.load(args.vmlinux)
@@ -149,12 +152,12 @@ def run(args: argparse.Namespace) -> int:
     except MinCoreAmbiguity as e:
         spans = [(m.name, m.first_id, m.type_count) for m in layout.modules] if layout else []
         owner = owners(spans, target.btf.type_count)
-        print(f"btfreconcilectl: {_refusal(e, owner, out)}", file=sys.stderr)
+        print(f"btfreconcilectl: error: {_refusal(e, owner, out)}", file=sys.stderr)
         return EXIT_INCOMPATIBLE
     except BadObject as e:
         raise CliError(str(e)) from None
     except MinCoreError as e:
-        print(f"btfreconcilectl: {e}; {out} not written", file=sys.stderr)
+        print(f"btfreconcilectl: error: {e}; {out} not written", file=sys.stderr)
         return EXIT_INCOMPATIBLE
     dest = output_target(out)
     try:
