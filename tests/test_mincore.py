@@ -416,3 +416,19 @@ def test_module_by_name_from_the_cache_or_the_kernels_btf(tmp_path, capsys, monk
     rc, err = run_err(capsys, *args[1:-1], str(tmp_path / "nocache"), "--vmlinux",
                       str(tmp_path / "ref.btf"))
     assert rc == 2 and "is split BTF on the running kernel" in err
+
+
+@pytest.mark.parametrize(("access", "ok"), [("0:1", True), ("0: 1", True), ("0:+1", True),
+                                            ("0:1:", False), ("0::1", False), (":0", False),
+                                            ("0:-1", False), ("", False), ("0:a", False)])
+def test_access_strings_parse_as_libbpf_does(access, ok):
+    from btfreconciled.bpfobj import CoreRelo
+    from btfreconciled.reconcile.mincore import _Err, parse_spec
+
+    b, ids = local_btf()
+    relo = CoreRelo(SEC, 0, 0, ids["pt_regs"], b.add_str(access) if access else 0, 0)
+    if ok:
+        assert parse_spec(b, relo).raw == [0, 1]
+    else:
+        with pytest.raises(_Err):
+            parse_spec(b, relo)

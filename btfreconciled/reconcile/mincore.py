@@ -28,6 +28,7 @@ that module types are found where libbpf would look for them with `btf_custom_pa
 
 from __future__ import annotations
 
+import re
 import struct
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -47,6 +48,7 @@ from ..btf.types import (
     Type,
 )
 
+_SCANF_INT = re.compile(r"\s*([+-]?\d+)")
 _MODS = frozenset({Kind.CONST, Kind.VOLATILE, Kind.RESTRICT, Kind.TYPE_TAG})
 _ANY_ENUM = frozenset({Kind.ENUM, Kind.ENUM64})
 _COMPOSITE = frozenset({Kind.STRUCT, Kind.UNION})
@@ -245,11 +247,16 @@ def parse_spec(btf: Btf, relo: CoreRelo) -> _Spec:
         if spec_str != "0":
             raise _Err(f"type relocation with access string {spec_str!r} (must be '0')")
         return spec
-    for part in spec_str.split(":"):
-        # sscanf("%d") semantics: optional sign and digits; leading ':' handled above
-        if not part or not (part.isdigit() or (part[0] in "+-" and part[1:].isdigit())):
+    pos = 0
+    while pos < len(spec_str):
+        # libbpf's loop: skip one ':', then sscanf("%d") (which skips blanks, takes a sign)
+        if spec_str[pos] == ":":
+            pos += 1
+        m = _SCANF_INT.match(spec_str, pos)
+        if m is None:
             raise _Err(f"malformed access string {spec_str!r}")
-        v = int(part)
+        pos = m.end()
+        v = int(m.group(1))
         if v < 0:
             raise _Err(f"negative index in access string {spec_str!r}")
         if len(spec.raw) == _SPEC_MAX_LEN:
