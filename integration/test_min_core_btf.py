@@ -31,7 +31,10 @@ from btfreconciled.reconcile.merge import merged_bytes
 pytestmark = pytest.mark.chroot
 
 SERIES = ("6.1", "6.12", "7.2")
-BPFTOOLS = (("7.5", False), ("7.8", True))  # (version, sid root)
+# (version, sid root, the BTF header it writes): bpftool 7.8 (libbpf 1.7) writes Linux 7.x's
+# 32-byte header (layout_off = layout_len = 0), 7.5 the 24-byte one; the rest is the same,
+# and min-core-btf writes either (--header-size).
+BPFTOOLS = (("7.5", False, 24), ("7.8", True, 32))
 DUP_X_BYTE = {"btfr_dup_a": 0, "btfr_dup_b": 20}
 
 
@@ -42,7 +45,7 @@ def bpftool(tc, *args: str, sid: bool) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def bpftool_versions(tc) -> None:
     """Each root's bpftool is there and is the version this file compares with."""
-    for version, sid in BPFTOOLS:
+    for version, sid, _hdr in BPFTOOLS:
         res = bpftool(tc, "version", sid=sid)
         if res.returncode != 0:
             pytest.fail(f"bpftool missing in the {'sid' if sid else 'trixie'} root: "
@@ -86,15 +89,16 @@ def test_modread_minimized_equals_bpftool_75_and_78(tc, bpftool_versions, series
     ko = tc.fixtures_dir(series) / "btfr_loader.ko"
     merged = tmp_path / "btfr_loader.merged.btf"
     assert ctl(["reconcile", str(ko), "--merged", "-o", str(merged), "--vmlinux", str(vml)]) == 0
-    ours = tmp_path / "min.btf"
-    assert ctl(["min-core-btf", str(obj), "-o", str(ours), "--vmlinux", str(vml),
-                "--module", str(ko)]) == 0
-    data = ours.read_bytes()
-    for version, sid in BPFTOOLS:
+    for version, sid, hdr in BPFTOOLS:
+        ours = tmp_path / f"min.{hdr}.btf"
+        assert ctl(["min-core-btf", str(obj), "-o", str(ours), "--vmlinux", str(vml),
+                    "--module", str(ko), "--header-size", str(hdr)]) == 0
         ref = tmp_path / f"min.bpftool-{version}.btf"
         res = min_of(tc, merged, ref, obj, sid)
         assert res.returncode == 0, f"bpftool {version}: {res.stderr}"
-        assert ref.read_bytes() == data, f"{series}: differs from bpftool {version}"
+        assert ref.read_bytes() == ours.read_bytes(), f"{series}: differs from bpftool {version}"
+    ours = tmp_path / "min.24.btf"
+    data = ours.read_bytes()
     small, full = raw_dump(tc, ours), raw_dump(tc, merged)
     for struct, member in (("btfr_loader_state", "counter"), ("pt_regs", "di")):
         assert member_offset(small, struct, member) == member_offset(full, struct, member)
@@ -128,9 +132,9 @@ def conflict(tc, tmp_path_factory) -> dict[str, Path]:
     return files
 
 
-@pytest.mark.parametrize(("version", "sid"), BPFTOOLS)
+@pytest.mark.parametrize(("version", "sid", "hdr"), BPFTOOLS)
 def test_all_btf_is_libbpfs_field_offset_ambiguity(tc, bpftool_versions, conflict, version,
-                                                   sid, tmp_path: Path) -> None:
+                                                   sid, hdr, tmp_path: Path) -> None:
     out = tmp_path / "min.btf"
     res = min_of(tc, conflict["all"], out, conflict["obj"], sid)
     assert res.returncode != 0 and not out.exists()
@@ -157,16 +161,18 @@ def test_min_core_btf_refuses_both_modules(conflict, tmp_path: Path, capsys) -> 
 @pytest.mark.parametrize("module", sorted(DUP_X_BYTE))
 def test_one_module_resolves_to_its_own_layout(tc, bpftool_versions, conflict, module: str,
                                               tmp_path: Path) -> None:
-    ours = tmp_path / "min.btf"
-    assert ctl(["min-core-btf", str(conflict["obj"]), "-o", str(ours),
-                "--vmlinux", str(conflict["vmlinux"]), "--module", str(conflict[module])]) == 0
     want = 8 * DUP_X_BYTE[module]
     assert member_offset(raw_dump(tc, conflict[f"{module}.merged"]), "btfr_dup", "x") == want
-    assert member_offset(raw_dump(tc, ours), "btfr_dup", "x") == want  # never the other's
-    for version, sid in BPFTOOLS:
+    for version, sid, hdr in BPFTOOLS:
+        ours = tmp_path / f"min.{hdr}.btf"
+        assert ctl(["min-core-btf", str(conflict["obj"]), "-o", str(ours),
+                    "--vmlinux", str(conflict["vmlinux"]), "--module", str(conflict[module]),
+                    "--header-size", str(hdr)]) == 0
+        assert member_offset(raw_dump(tc, ours), "btfr_dup", "x") == want  # never the other's
         ref = tmp_path / f"min.bpftool-{version}.btf"
         res = min_of(tc, conflict[f"{module}.merged"], ref, conflict["obj"], sid)
         assert res.returncode == 0, f"bpftool {version}: {res.stderr}"
         assert ref.read_bytes() == ours.read_bytes(), f"{module}: differs from bpftool {version}"
+    size = (tmp_path / "min.24.btf").stat().st_size
     print(f"\nmin-core-btf dupread.bpf.o with {module}: x at byte {DUP_X_BYTE[module]}, "
-          f"{ours.stat().st_size} bytes (merged {conflict[f'{module}.merged'].stat().st_size})")
+          f"{size} bytes (merged {conflict[f'{module}.merged'].stat().st_size})")

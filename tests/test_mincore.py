@@ -432,3 +432,20 @@ def test_access_strings_parse_as_libbpf_does(access, ok):
     else:
         with pytest.raises(_Err):
             parse_spec(b, relo)
+
+
+def test_header_size_32_is_the_same_btf_with_linux_7_header(dup_files, vml, tmp_path, capsys):
+    """--header-size 32: what bpftool 7.8 (libbpf 1.7) writes: hdr_len 32, layout_off and
+    layout_len 0, then the same types and strings."""
+    import struct as st
+
+    obj = dup_files[2]
+    short, long_ = tmp_path / "24.btf", tmp_path / "32.btf"
+    for out, size in ((short, "24"), (long_, "32")):
+        assert ctl(["min-core-btf", str(obj), "-o", str(out), "--vmlinux", str(VMLINUX),
+                    "--module", str(dup_files[0]), "--header-size", size]) == 0
+    a, b = short.read_bytes(), long_.read_bytes()
+    assert st.unpack_from("<I", b, 4)[0] == 32 and b[24:32] == bytes(8)
+    assert b[:4] == a[:4] and b[8:24] == a[8:24] and b[32:] == a[24:]
+    assert Btf.parse(b).to_bytes() == b
+    assert bpftool_raw(long_) == bpftool_raw(short)

@@ -60,6 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         " module FILE (.ko[.xz|.zst|.gz]) reconciled onto --vmlinux")
     p.add_argument("--cache-dir", metavar="DIR", default=str(DEFAULT_CACHE_DIR),
                    help=f"btfreconciled's cache, for --module NAME (default {DEFAULT_CACHE_DIR})")
+    p.add_argument("--header-size", type=int, choices=(24, 32), default=24,
+                   help="BTF header to write: 24 bytes (default; what bpftool 7.5 writes,"
+                        " read by every kernel and libbpf) or 32 (the Linux 7.x header with an"
+                        " empty kind layout section, what bpftool 7.8 writes); the rest of the"
+                        " file is the same")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=run)
 
@@ -148,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         for obj in objects:
             resolver.record_object(obj)
-        data = resolver.emit()
+        data = resolver.emit(args.header_size)
     except MinCoreAmbiguity as e:
         spans = [(m.name, m.first_id, m.type_count) for m in layout.modules] if layout else []
         owner = owners(spans, target.btf.type_count)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from ..bpfobj import ENUMVAL_KINDS, FIELD_KINDS, TYPE_KINDS, BpfObject, CoreRelo, RelocKind
 from ..btf.btf import Btf
 from ..btf.errors import BtfError
+from ..btf.header import HEADER_SIZE_LAYOUT
 from ..btf.kinds import BTF_MAGIC, BTF_VERSION, HEADER_SIZE, Kind
 from ..btf.types import (
     Composite,
@@ -855,8 +856,13 @@ class Resolver:
             stack.extend(reversed(nxt))
 
     # -- emitting (btfgen_get_btf)
-    def emit(self) -> bytes:
-        """The minimized BTF: raw, standalone, host byte order, as bpftool saves it."""
+    def emit(self, header_size: int = HEADER_SIZE) -> bytes:
+        """The minimized BTF: raw, standalone, host byte order, as bpftool saves it.
+        `header_size` 32 writes the Linux 7.x header (layout_off/layout_len, both 0: no
+        kind layout section), as bpftool 7.8 does with libbpf 1.7; 24 (the default) is
+        the header bpftool 7.5 writes and every kernel and libbpf reads."""
+        if header_size not in (HEADER_SIZE, HEADER_SIZE_LAYOUT):
+            raise ValueError(f"a BTF header is {HEADER_SIZE} or {HEADER_SIZE_LAYOUT} bytes")
         tb = self.target
         strs = bytearray(b"\0")
         str_at: dict[str, int] = {"": 0}
@@ -907,8 +913,8 @@ class Resolver:
             words.extend(encode(out))
         self.emitted_types = len(order)
         types = struct.pack(f"={len(words)}I", *words)
-        hdr = struct.pack("=HBBIIIII", BTF_MAGIC, BTF_VERSION, 0, HEADER_SIZE, 0, len(types),
-                          len(types), len(strs))
+        hdr = struct.pack("=HBBIIIII", BTF_MAGIC, BTF_VERSION, 0, header_size, 0, len(types),
+                          len(types), len(strs)) + bytes(header_size - HEADER_SIZE)
         return hdr + types + bytes(strs)
 
 
