@@ -180,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
             "objects": [str(o.path) for o in objects],
             "relocations": sum(len(o.relos) for o in objects),
             "unresolved": [{"object": u.obj, "section": u.relo.section,
-                            "relocation": u.relo.index, "type": u.local_name,
+                            "relocation": u.relo.index, "kind": u.local_kind,
+                            "type": u.local_name,
                             "access": u.access} for u in resolver.unresolved],
         }, indent=2))
     else:
@@ -189,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
               f"(from {what}" + (f", {full} bytes merged)" if full is not None else ")"))
         for u in resolver.unresolved:
             print(f"note: {u.obj}: {u.relo.section} relocation #{u.relo.index} "
-                  f"({u.local_name}.{u.access}) matches nothing in the given BTF: libbpf "
+                  f"({u.what}) matches nothing in the given BTF: libbpf "
                   "will poison that instruction unless the program guards it")
     return EXIT_OK
 

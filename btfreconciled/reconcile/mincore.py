@@ -98,8 +98,18 @@ class Unresolved:
 
     obj: str
     relo: CoreRelo
+    local_kind: str
     local_name: str
     access: str
+
+    @property
+    def what(self) -> str:
+        """What the program asked for, in C terms: "struct s.a.b", "enum e value V"."""
+        if self.relo.kind in TYPE_KINDS:
+            return f"{self.local_kind} {self.local_name}"
+        if self.relo.kind in ENUMVAL_KINDS:
+            return f"{self.local_kind} {self.local_name} value {self.access}"
+        return f"{self.local_kind} {self.local_name}.{self.access}"
 
 
 # ----------------------------------------------------------------------------- specs
@@ -750,7 +760,7 @@ class Resolver:
         if kept:
             cands[relo.type_id] = kept
             return targ
-        self.unresolved.append(Unresolved(str(obj.path), relo, local_name,
+        self.unresolved.append(Unresolved(str(obj.path), relo, _kind_word(local), local_name,
                                           access_path(lb, relo)))
         return None
 
