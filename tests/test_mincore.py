@@ -449,3 +449,22 @@ def test_header_size_32_is_the_same_btf_with_linux_7_header(dup_files, vml, tmp_
     assert b[:4] == a[:4] and b[8:24] == a[8:24] and b[32:] == a[24:]
     assert Btf.parse(b).to_bytes() == b
     assert bpftool_raw(long_) == bpftool_raw(short)
+
+
+def test_type_id_of_a_name_two_modules_define_is_a_decision_ambiguity(vml, tmp_path):
+    """bpf_core_type_id_kernel() of a struct both modules define: two different ids, and
+    libbpf refuses ("relocation decision ambiguity"), even with equal layouts."""
+    both = merged_bytes(vml, [("btfr_dup_a", dup_module(vml, 8)),
+                              ("btfr_dup_b", dup_module(vml, 8))])
+    mfile = tmp_path / "all.btf"
+    mfile.write_bytes(both)
+    obj = write_obj(tmp_path / "t.bpf.o",
+                    lambda ids: [(SEC, 0, ids["dup"], "0", K.TYPE_ID_TARGET)])
+    res = bpftool_min(mfile, tmp_path / "ref.btf", obj)
+    assert res.returncode != 0 and "relocation decision ambiguity" in res.stderr
+    with pytest.raises(Ambiguity) as exc:
+        ours(both, obj)
+    assert exc.value.label == "btfr_dup"
+    assert exc.value.reason == "relocation decision ambiguity"
+    n = vml.type_count
+    assert (exc.value.first_value, exc.value.other_value) == (f"success {n}", f"success {n + 2}")

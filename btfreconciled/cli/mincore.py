@@ -201,10 +201,10 @@ def _refusal(e: Ambiguity, owner: Callable[[int], str], out: Path) -> str:
     where = f"{e.obj}: {e.relo.section} relocation #{e.relo.index}"
     if a == b:
         return (f"{e.local_kind} {e.local_name}: {a} defines it twice with different layouts "
-                f"({e.local_name}.{e.access}: {e.first_value} in [{e.first_id}], "
+                f"({e.label}: {e.first_value} in [{e.first_id}], "
                 f"{e.other_value} in [{e.other_id}]): libbpf fails with '{e.reason}' "
                 f"({where}); {out} not written")
     return (f"{e.local_kind} {e.local_name} is defined by both {a} and {b} with different "
-            f"layouts ({e.local_name}.{e.access}: {e.first_value} in {a}, {e.other_value} "
+            f"layouts ({e.label}: {e.first_value} in {a}, {e.other_value} "
             f"in {b}): libbpf fails with '{e.reason}' ({where}); give only the module the "
             f"program is written for; {out} not written")

@@ -85,8 +85,16 @@ class Ambiguity(MinCoreError):
     other_value: str
     reason: str  # libbpf's words: "field offset ambiguity" / "relocation decision ambiguity"
 
+    @property
+    def label(self) -> str:
+        """The type and field the relocation reads: "btfr_dup.x" (the type alone for a
+        type or enum relocation)."""
+        if self.access and self.relo.kind in FIELD_KINDS:
+            return f"{self.local_name}.{self.access}"
+        return self.local_name
+
     def __str__(self) -> str:
-        return (f"{self.obj}: {self.local_name}.{self.access}: {self.reason} between "
+        return (f"{self.obj}: {self.label}: {self.reason} between "
                 f"[{self.first_id}] ({self.first_value}) and [{self.other_id}] "
                 f"({self.other_value})")
 
@@ -109,7 +117,7 @@ class Unresolved:
             return f"{self.local_kind} {self.local_name}"
         if self.relo.kind in ENUMVAL_KINDS:
             return f"{self.local_kind} {self.local_name} value {self.access}"
-        return f"{self.local_kind} {self.local_name}.{self.access}"
+        return f"{self.local_kind} {self.local_name}" + (f".{self.access}" if self.access else "")
 
 
 # ----------------------------------------------------------------------------- specs
@@ -188,7 +196,7 @@ def _ptr_size(btf: Btf) -> int:
         return int(cached)
     size = struct.calcsize("P")
     for name in _POINTER_LONGS:
-        ids = [i for i in btf.find(name, Kind.INT)]
+        ids = btf.find(name, Kind.INT)
         if ids:
             t = btf.type(ids[0])
             if isinstance(t, Int) and t.size in (4, 8):
@@ -634,20 +642,21 @@ def _show(v: object) -> str:
 
 
 def access_path(btf: Btf, relo: CoreRelo) -> str:
-    """A relocation's access string as C would write it ("x", "a.b[2]"), for messages."""
+    """A relocation's access string as C would write it ("x", "a.b[2]"; "" for the type
+    itself), for messages."""
     try:
         spec = parse_spec(btf, relo)
     except _Err:
         return _name(btf, relo.access_str_off) if relo.access_str_off else "?"
     if relo.kind in TYPE_KINDS:
-        return "(type)"
+        return ""
     parts: list[str] = []
     for i, acc in enumerate(spec.spec):
         if acc.name is not None:
             parts.append(("." if parts else "") + acc.name)
         elif i > 0 or acc.idx:
             parts.append(f"[{acc.idx}]")
-    return "".join(parts) or "(root)"
+    return "".join(parts)
 
 
 # ----------------------------------------------------------------------------- resolver
@@ -697,7 +706,6 @@ class Resolver:
     def record_object(self, obj: BpfObject) -> None:
         """Resolve every CO-RE relocation of `obj` and mark what the target specs touch.
         Raises Ambiguity, MinCoreError (libbpf would fail) or BadObject."""
-        lb = obj.btf
         cands: dict[int, list[int]] = {}
         for relo in obj.relos:
             try:
@@ -715,7 +723,6 @@ class Resolver:
             except _Err as e:
                 raise MinCoreError(f"{obj.path}: CO-RE relocation #{relo.index} in "
                                    f"{relo.section}: {e}") from None
-        del lb
 
     def _resolve(self, obj: BpfObject, relo: CoreRelo, cands: dict[int, list[int]]
                  ) -> _Spec | None:
