@@ -25,8 +25,8 @@ RELOCATING_SERIES = ("6.12", "7.2")
 FIXTURE_MODULES = ("btfr_embed", "btfr_ptr", "btfr_types", "btfr_kfunc", "btfr_loader")
 
 # Inputs whose hash vm/setup records in stamps/setup.done (keep in sync with vm/setup).
-_SETUP_INPUTS = ("integration/modules", "integration/oracle", "examples", "vm/setup",
-                 "vm/lib", "pyproject.toml")
+_SETUP_INPUTS = ("integration/modules", "integration/conflict", "integration/oracle",
+                 "examples", "vm/setup", "vm/lib", "pyproject.toml")
 
 
 def cache_root() -> Path:
@@ -76,6 +76,12 @@ def modread_binary() -> Path:
     """examples/modread built by vm/setup (runs in the chroot and in the VMs: the cache
     is mounted at the same path in the guest)."""
     return cache_root() / "examples" / "modread" / "modread"
+
+
+def conflict_dir(series: str = "6.12") -> Path:
+    """``conflict/<release>``: btfr_dup_a.ko and btfr_dup_b.ko (each defines ``struct
+    btfr_dup``, x at a different offset) and dupread.bpf.o (reads btfr_dup.x by CO-RE)."""
+    return (cache_root() / "conflict" / series).resolve()
 
 
 def verdicts_dir(series: str) -> Path:
