@@ -323,7 +323,7 @@ def test_every_record_says_whether_its_file_is_the_loaded_module(fs: FakeSystem)
         assert "the file has neither a build id nor a srcversion" in ident["why"]
         ident = d.show("kernelsilent")["identity"]
         assert ident["state"] == "unverified", ident
-        assert ident["why"] == (f"nothing to compare: the file has build id; /sys/module/"
+        assert ident["why"] == ("nothing to compare: the file has build id; /sys/module/"
                                 "kernelsilent shows neither a build id nor a srcversion")
         assert d.show("vt")["identity"]["state"] == "not-applicable"
         assert d.show("nofile")["identity"]["state"] == "unverified"
