@@ -208,7 +208,7 @@ def test_module_still_initialising_is_pending_then_decided(fs: FakeSystem,
     try:
         d.on_event("add", "slow")
         d.on_event("add", "stuck")
-        assert wait_for(lambda: d.cache.read_record("slow") is not None)
+        assert wait_for(lambda: d.show("slow") is not None)
         rec = d.cache.read_record("slow")
         # published at once, but not as ok: nothing is served before the kernel decided
         assert rec["verdict"] == "pending", rec
@@ -241,7 +241,7 @@ def test_classic_module_still_initialising_is_pending(fs: FakeSystem,
     d = daemon(fs)
     try:
         d.on_event("add", "classic")
-        assert wait_for(lambda: d.cache.read_record("classic") is not None)
+        assert wait_for(lambda: d.show("classic") is not None)
         assert d.cache.read_record("classic")["verdict"] == "pending"
         fs.kernel_btf("classic", b"the kernel registered it")
         (fs.sysfs / "module" / "classic" / "initstate").write_text("live\n")

@@ -498,7 +498,8 @@ class Daemon(WorkQueue, Results, StatusApi):
             if fits is None:
                 return self._unchecked(record, why, registered=True), btf, False
             return record, btf, on_disk
-        if fits is True and registers_module_btf(self.cfg.sysfs, name):
+        if fits is True and state in ("absent", "coming") and \
+                registers_module_btf(self.cfg.sysfs, name):
             detail = self._gave_up_waiting() if state == "coming" else \
                 f"{self.cfg.sysfs / 'kernel' / 'btf' / name} does not exist, though the " \
                 "module's classic split BTF was built for this kernel"

@@ -114,8 +114,9 @@ def identity_text(ident: Any) -> str:
 
 
 def kernel_btf(sysfs: Path, name: str) -> tuple[str, bytes | str]:
-    """("btf", bytes) / ("coming", "") while the module initialises / ("absent", why) /
-    ("error", why) for /sys/kernel/btf/<name>."""
+    """("btf", bytes) / ("coming", "") while the module initialises / ("absent", why) for a
+    live module / ("gone", why) while it unloads / ("error", why) for
+    /sys/kernel/btf/<name>."""
     kfile = sysfs / "kernel" / "btf" / name
     try:
         with open(kfile, "rb", buffering=0) as f:
@@ -127,6 +128,8 @@ def kernel_btf(sysfs: Path, name: str) -> tuple[str, bytes | str]:
             state = "gone"
         if state == "coming":
             return "coming", ""
+        if state in ("going", "gone"):
+            return "gone", f"the module is being unloaded ({state})"
         return "absent", f"{kfile} does not exist: the kernel made no BTF for this module"
     except OSError as e:
         return "error", describe_os_error(e)
@@ -220,6 +223,8 @@ def cross_check(sysfs: Path, release: str, name: str, btf: bytes, base: Any,
         return res
     if state == "absent":
         return absent_result(sysfs, name, applies, data)
+    if state == "gone":
+        return {"result": "undecided", "kernel_file": str(kfile), "detail": data}
     return {"result": "undecided", "kernel_file": str(kfile),
             "detail": f"cannot read {kfile}: {data}"}
 
