@@ -398,6 +398,8 @@ def test_docs_and_help_name_the_served_verdicts_in_the_same_words() -> None:
                        timeout=60)
     flat = " ".join(r.stdout.split())
     assert f"every module whose verdict is {words} (merged/all.btf)" in flat, flat
+    r = subprocess.run([*CTL, "--help"], capture_output=True, text=True, env=env, timeout=60)
+    assert f"only for a module whose verdict is {words}" in " ".join(r.stdout.split())
     # every verdict the daemon can reach is in the README's table
     from btfreconciled.daemon.record import DAEMON_VERDICTS, ENGINE_VERDICTS
     for v in (*ENGINE_VERDICTS, *DAEMON_VERDICTS):

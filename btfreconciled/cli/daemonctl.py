@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_show)
 
     p = sub.add_parser(
-        "path", help="where BPF loaders find a module's reconciled BTF",
+        "path", help="where BPF loaders find a module's reconciled BTF (only for a module "
+        f"whose verdict is {SERVED_WORDS})",
         description="Print the path of MODULE's reconciled split BTF (base: "
         "/sys/kernel/btf/vmlinux), or with --merged the one standalone BTF loaders take "
         "(vmlinux + MODULE: libbpf btf_custom_path, cilium/ebpf KernelTypes, bpftrace "
