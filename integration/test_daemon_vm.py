@@ -352,6 +352,9 @@ def check_list_and_status(g: dict) -> None:
         assert any(ln.split()[:2] == [m, "ok"] for ln in text.splitlines()), text
     st = json.loads(read(out, "status1.json"))
     assert st["counts"]["ok"] >= len(MODS)
+    # the fixtures' files carry build ids: each proven to be the loaded module
+    assert st["identity"]["verified"] >= len(MODS), st["identity"]
+    assert st["served_verdicts"] == ["ok", "rescued"]
     adds = {e["module"] for e in st["last_events"] if e["action"] == "add"}
     assert set(MODS) <= adds  # seen as uevents, not found by a rescan
     assert st["stats"]["overflows"] == 0
@@ -503,8 +506,10 @@ def test_published_btf_equals_the_kernels(guest_relocating, mod) -> None:
     assert rec["cross_check"]["result"] == "match", rec["cross_check"]
     assert (out / f"{mod}.ours.btf").read_bytes() == (out / f"{mod}.kernel.btf").read_bytes()
     # the file was matched to the loaded module by the build id in /sys/module/<m>/notes
-    assert rec["identity"].startswith("build id ") and "matches the loaded module" in \
-        rec["identity"], rec.get("identity")
+    assert rec["identity"]["state"] == "verified" and rec["identity"]["by"] == "build id", \
+        rec.get("identity")
+    assert rec["identity"]["value"] == rec["build_id"]
+    assert "identity: verified: build id " in read(out, f"{mod}.show.txt")
 
 
 def test_mutated_fixture_gets_no_btf(guest_relocating, tc) -> None:

@@ -87,6 +87,8 @@ def test_status(running: FakeSystem) -> None:
     assert "btfreconciled 0.1.0: running (pid " in r.stdout
     assert "events:  netlink" in r.stdout
     assert "modules: 1 ok, 1 incompatible, 1 no-base, 0 error, 1 builtin, 1 no-file" in r.stdout
+    assert "files:   0 verified, 4 unverified, 1 not-applicable" in r.stdout
+    assert "served:  BTF for verdicts ok, rescued only" in r.stdout
     assert "note:    " in r.stdout  # no modules.dep in this fake world
     j = ctl("status", "--json", "--socket", str(running.socket))  # option after the command
     st = json.loads(j.stdout)
@@ -99,10 +101,12 @@ def test_list(running: FakeSystem) -> None:
     r = ctl("--socket", str(running.socket), "list")
     assert r.returncode == 0
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["MODULE", "VERDICT", "SUMMARY"]
-    assert [ln.split()[:2] for ln in lines[1:]] == [
-        ["bad_one", "incompatible"], ["ghost", "no-file"], ["good", "ok"],
-        ["plain", "no-base"], ["vt", "builtin"]]
+    assert lines[0].split() == ["MODULE", "VERDICT", "IDENTITY", "SUMMARY"]
+    # no build id in the fake files: nothing proves a file is the loaded module
+    assert [ln.split()[:3] for ln in lines[1:]] == [
+        ["bad_one", "incompatible", "unverified"], ["ghost", "no-file", "unverified"],
+        ["good", "ok", "unverified"], ["plain", "no-base", "unverified"],
+        ["vt", "builtin", "not-applicable"]]
     mods = json.loads(ctl("--socket", str(running.socket), "list", "--json").stdout)
     assert {m["module"]: bool(m["btf"]) for m in mods}["good"] is True
 
@@ -113,7 +117,9 @@ def test_show(running: FakeSystem) -> None:
     assert r.returncode == 0, r.stderr
     assert "verdict:  incompatible" in r.stdout
     assert "summary:  STRUCT foo size=16: vmlinux has size=24" in r.stdout
-    assert "btf:      none (only compatible modules get one)" in r.stdout
+    assert "btf:      none (only a module whose verdict is ok or rescued gets one)" in r.stdout
+    assert "identity: unverified: nothing to compare: the file has neither a build id nor a " \
+        "srcversion" in r.stdout
     assert "diagnostics:\n  - error: struct foo (size 16) expected by the module: vmlinux has " \
         "no compatible type\n      expected: struct foo size=16\n      vmlinux has: [7] " \
         "struct foo size=24 (size 24 != 16)\n      embedded through: struct obj.f -> " \

@@ -314,7 +314,8 @@ def test_cross_check_with_kernel_btf(fs: FakeSystem) -> None:
         assert d.cache.read_record("diff")["cross_check"]["result"] == "mismatch"  # type: ignore
     finally:
         d.stop()
-    # a module still initialising: published at once, cross-checked when its BTF appears
+    # a module still initialising: published at once as pending (nothing served), decided
+    # when its BTF appears
     fs.add_file("slow")
     fs.load("slow")
     (fs.sysfs / "module" / "slow" / "initstate").write_text("coming\n")
@@ -322,7 +323,9 @@ def test_cross_check_with_kernel_btf(fs: FakeSystem) -> None:
     try:
         d.on_event("add", "slow")
         assert wait_for(lambda: d.cache is not None and d.cache.read_record("slow") is not None)
-        assert "cross_check" not in d.cache.read_record("slow")  # type: ignore
+        first = d.cache.read_record("slow")  # type: ignore
+        assert first["verdict"] == "pending" and "cross_check" not in first, first
+        assert not d.cache.btf_path("slow").exists()  # type: ignore
         time.sleep(0.3)
         (fs.sysfs / "kernel" / "btf" / "slow").write_bytes(
             expected_btf((fs.mods / "slow.ko").read_bytes()))

@@ -55,12 +55,15 @@ class FakeResult:
     module_sha256: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     build_id: str | None = None
+    srcversion: str | None = None
+    base_sections: list[str] | None = None
 
     def to_json(self) -> dict:
         return {"module": self.module, "path": self.path, "verdict": self.verdict.value,
                 "summary": self.summary, "diagnostics": self.diagnostics,
                 "module_sha256": self.module_sha256, "timings": self.timings,
-                "build_id": self.build_id}
+                "build_id": self.build_id, "srcversion": self.srcversion,
+                "base_sections": self.base_sections}
 
 
 def _fake_vmlinux() -> bytes:
@@ -119,13 +122,17 @@ class FakeEngine:
             time.sleep(float(word[4:]))
             word = b"OK"
         if word == b"OK":
-            # "OK name BUILDID=abcd ...": the file's build id (what the kernel shows in
-            # /sys/module/<m>/notes/.note.gnu.build-id for the loaded module)
-            bid = next((w[8:].decode() for w in content.split() if w.startswith(b"BUILDID=")),
-                       None)
+            # "OK name BUILDID=abcd SRCVERSION=XYZ ...": the file's build id (what the kernel
+            # shows in /sys/module/<m>/notes/.note.gnu.build-id for the loaded module) and
+            # srcversion; "EXPECTSONLY": it carries .BTF.base_expects but no .BTF.base
+            words = content.split()
+            bid = next((w[8:].decode() for w in words if w.startswith(b"BUILDID=")), None)
+            sv = next((w[11:].decode() for w in words if w.startswith(b"SRCVERSION=")), None)
+            bases = [".BTF.base_expects"] if b"EXPECTSONLY" in words else [".BTF.base"]
             return FakeResult(module_name, path, FakeVerdict.OK, "reconciled (fake)",
                               btf=expected_btf(content, self.size), module_sha256=sha,
-                              timings={"fake": 0.0}, build_id=bid)
+                              timings={"fake": 0.0}, build_id=bid, srcversion=sv,
+                              base_sections=bases)
         if word == b"INCOMPATIBLE":
             return FakeResult(module_name, path, FakeVerdict.INCOMPATIBLE,
                               "STRUCT foo size=16: vmlinux has size=24",
@@ -208,6 +215,14 @@ class FakeSystem:
         desc = bytes.fromhex(build_id)
         (notes / ".note.gnu.build-id").write_bytes(
             struct.pack("<III", 4, len(desc), 3) + b"GNU\0" + desc)
+
+    def loaded_srcversion(self, name: str, srcversion: str) -> None:
+        (self.sysfs / "module" / name / "srcversion").write_text(f"{srcversion}\n")
+
+    def coming(self, name: str) -> None:
+        """Loaded and still initialising (initstate "coming")."""
+        self.load(name)
+        (self.sysfs / "module" / name / "initstate").write_text("coming\n")
 
     def kernel_btf(self, name: str, data: bytes) -> None:
         (self.sysfs / "kernel" / "btf" / name).write_bytes(data)

@@ -165,8 +165,9 @@ def test_daemon_rescues_a_classic_module_the_kernel_rejected(tmp_path: Path) -> 
     from test_daemon_support import FakeSystem, expected_btf
 
     fs = FakeSystem(tmp_path / "w")
-    fs.add_file("dkms_mod", "CLASSIC", payload="BUILD=/boot/vmlinuz-6.12.117")
-    fs.add_file("lost", "CLASSIC")
+    # built for other vmlinuxes (FOREIGN): why the kernel did not register their BTF
+    fs.add_file("dkms_mod", "CLASSIC", payload="BUILD=/boot/vmlinuz-6.12.117 FOREIGN")
+    fs.add_file("lost", "CLASSIC", payload="FOREIGN")
     fs.add_file("registered", "CLASSIC", payload="BUILD=/boot/vmlinuz-x")
     # built for another vmlinux, yet the kernel's checks passed by chance (seen with a module
     # built for 6.12.117 forced into 6.12.118): its /sys/kernel/btf file is wrong

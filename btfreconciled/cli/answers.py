@@ -82,6 +82,8 @@ STATUS = {
     "kernel": {"release": str, "id": str, "vmlinux": str},
     "cache": {"kernel_dir?": str},
     "counts": MapOf(int),
+    "identity?": MapOf(int),
+    "served_verdicts?": [str],
     "queue": {"pending": int, "busy?": str},
     "latency?": {"n": int, "p50_ms?": NUM, "p99_ms?": NUM},
     "merged?": {"files": int, "bytes": NUM, "all_modules": int, "errors?": int,
@@ -91,7 +93,8 @@ STATUS = {
     "module_files?": {"problems?": [str]},
     "last_events?": [{"time": NUM, "action": str, "module?": str}],
 }
-MODULE = {"module": str, "verdict": str, "summary": str, "published?": bool}
+MODULE = {"module": str, "verdict": str, "summary": str, "published?": bool,
+          "identity?": (str, dict)}
 LIST = {"modules": [MODULE]}
 SHOW = {"record": {**MODULE, "path?": str, "module_sha256?": str, "btf?": str,
                    "publish_error?": str, "cross_check?": {"result": str},

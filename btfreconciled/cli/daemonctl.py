@@ -8,6 +8,9 @@ import sys
 import time
 from typing import Any
 
+from ..cache import SERVED_VERDICTS
+from ..daemon.policy import PENDING, identity_text
+from ..daemon.record import DAEMON_VERDICTS, ENGINE_VERDICTS, SERVED_WORDS
 from .answers import LIST, PATH_ALL, PATH_MODULE, SHOW
 from .errors import CliError, printable
 from .status import add_socket_option, ask, print_json, write_lines
@@ -18,7 +21,9 @@ EXIT_OK, EXIT_NOT_RECONCILED = 0, 1
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("list", help="every loaded module and its verdict",
                        description="List the modules the daemon knows (loaded modules) with "
-                       "their verdicts: ok, incompatible, no-base, error, builtin, no-file.")
+                       f"their verdicts ({', '.join((*ENGINE_VERDICTS, *DAEMON_VERDICTS))}) "
+                       "and whether each file was verified to be the loaded module. Loaders "
+                       f"get BTF only for a module whose verdict is {SERVED_WORDS}.")
     add_socket_option(p)
     p.add_argument("--json", action="store_true", help="JSON array of modules")
     p.set_defaults(handler=run_list)
@@ -32,16 +37,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_show)
 
     p = sub.add_parser(
-        "path", help="where BPF loaders find a module's reconciled BTF",
+        "path", help="where BPF loaders find a module's reconciled BTF (only for a module "
+        f"whose verdict is {SERVED_WORDS})",
         description="Print the path of MODULE's reconciled split BTF (base: "
         "/sys/kernel/btf/vmlinux), or with --merged the one standalone BTF loaders take "
         "(vmlinux + MODULE: libbpf btf_custom_path, cilium/ebpf KernelTypes, bpftrace "
-        "BPFTRACE_BTF); --merged without MODULE: vmlinux + every module served (verdict ok "
-        "or rescued: merged/all.btf). Asks the daemon; with --cache-dir, reads that cache "
-        "directly (no daemon needed; the file's size and sha256, and the record's build "
-        "against the loaded module's, are checked). Exit status 1 when there is no such file "
-        "(not compatible, no .BTF.base, built in, not written yet, a record of another "
-        "build), with the reason on stderr; 2 on errors (a damaged cache, another kernel's).")
+        "BPFTRACE_BTF); --merged without MODULE: vmlinux + every module whose verdict is "
+        f"{SERVED_WORDS} (merged/all.btf). Only a module whose verdict is {SERVED_WORDS} has "
+        "a file. Asks the daemon; with --cache-dir, reads that cache directly (no daemon "
+        "needed; the file's size and sha256, and the record's build against the loaded "
+        "module's, are checked). Exit status 1 when there is no such file (any other verdict: "
+        "not compatible, no .BTF.base, built in, the kernel dropped its BTF, still pending; "
+        "not written yet; a record of another build), with the reason on stderr; 2 on errors "
+        "(a damaged cache, another kernel's).")
     add_socket_option(p)
     p.add_argument("module", metavar="MODULE", nargs="?",
                    help="module name (as in /sys/module); optional with --merged")
@@ -66,13 +74,15 @@ def run_list(args: argparse.Namespace) -> int:
         return EXIT_OK
     names = [printable(m["module"]) for m in mods]
     verdicts = [printable(m["verdict"]) for m in mods]
+    idents = [printable(m.get("identity") or "?") for m in mods]
     w = max(len("MODULE"), *map(len, names))
     v = max(len("VERDICT"), *map(len, verdicts))
-    lines = [f"{'MODULE':<{w}}  {'VERDICT':<{v}}  SUMMARY"]
-    for m, name, verdict in zip(mods, names, verdicts, strict=True):
+    i = max(len("IDENTITY"), *map(len, idents))
+    lines = [f"{'MODULE':<{w}}  {'VERDICT':<{v}}  {'IDENTITY':<{i}}  SUMMARY"]
+    for m, name, verdict, ident in zip(mods, names, verdicts, idents, strict=True):
         summary = m["summary"] if m.get("published", True) else \
             f"{m['summary']} [NOT PUBLISHED: see status]"
-        lines.append(f"{name:<{w}}  {verdict:<{v}}  {summary}")
+        lines.append(f"{name:<{w}}  {verdict:<{v}}  {ident:<{i}}  {summary}")
     write_lines(lines)
     return EXIT_OK
 
@@ -116,13 +126,18 @@ def run_show(args: argparse.Namespace) -> int:
     if rec.get("path"):
         sha = f"  (sha256 {rec['module_sha256'][:16]})" if rec.get("module_sha256") else ""
         out.append(f"file:     {rec['path']}{sha}")
-    if rec.get("btf") and rec.get("published"):
+    if "identity" in rec:
+        out.append(f"identity: {identity_text(rec['identity'])}")
+    served = rec["verdict"] in SERVED_VERDICTS
+    if served and rec.get("btf") and rec.get("published"):
         out.append(f"btf:      {rec['btf']}  ({rec.get('btf_size')} bytes; "
                    f"base /sys/kernel/btf/vmlinux)")
-    elif rec["verdict"] == "ok":
+    elif served:
         out.append(f"btf:      not published: {rec.get('publish_error', 'see status')}")
+    elif rec["verdict"] == PENDING:
+        out.append(f"btf:      none yet (waiting for {rec.get('waiting_for')})")
     else:
-        out.append("btf:      none (only compatible modules get one)")
+        out.append(f"btf:      none (only a module whose verdict is {SERVED_WORDS} gets one)")
     if rec.get("rescue_base"):
         out.append(f"build:    {rec['rescue_base']} (classic split BTF distilled against it "
                    "in memory: `btfreconcilectl rescue` fixes the file)")
@@ -149,7 +164,8 @@ def _path_from_daemon(args: argparse.Namespace) -> dict[str, Any]:
     if not resp["path"] and not resp.get("reason"):
         resp["reason"] = (f"no reconciled BTF ({resp.get('verdict', 'no verdict')}: "
                           f"{resp.get('summary', '')})")
-    resp["retry"] = resp.get("verdict") == "ok" and not resp["path"]
+    # served but not written yet, or not decided yet: worth asking again
+    resp["retry"] = resp.get("verdict") in (*SERVED_VERDICTS, PENDING) and not resp["path"]
     return resp
 
 

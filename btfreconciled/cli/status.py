@@ -124,8 +124,15 @@ def run(args: argparse.Namespace) -> int:
     out.append(f"cache:   {st['cache'].get('kernel_dir')}")
     order = ("ok", "incompatible", "no-base", "error", "builtin", "no-file")
     counts = ", ".join(f"{c.get(v, 0)} {v}" for v in order)
-    extra = ", ".join(f"{n} {v}" for v, n in c.items() if v not in order)
+    extra = ", ".join(f"{n} {v}" for v, n in c.items() if v not in order and n)
     out.append(f"modules: {counts}{', ' + extra if extra else ''}")
+    ident = st.get("identity")
+    if ident:
+        out.append("files:   " + ", ".join(f"{n} {s}" for s, n in ident.items())
+                   + " (is the file on disk the loaded module: build id / srcversion)")
+    served = st.get("served_verdicts")
+    if served:
+        out.append(f"served:  BTF for verdicts {', '.join(served)} only")
     busy = f" (working on {q['busy']})" if q.get("busy") else ""
     out.append(f"queue:   {q['pending']} pending{busy}")
     lat = st.get("latency") or {}

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..cache import (
+    SERVED_VERDICTS,
     Cache,
     CacheError,
     check_module_name,
@@ -47,11 +48,17 @@ from .modfind import ModuleIndex, build_index
 from .notify import Notifier
 from .policy import (
     STALE_FILE,
+    UNDECIDED,
+    absent_result,
     cross_check,
-    identity_note,
-    identity_problem,
+    identity,
     kernel_btf,
-    kernel_truth,
+    kernel_dropped,
+    kernel_mismatch,
+    kernel_relocates,
+    pending,
+    registers_module_btf,
+    undecided_note,
 )
 from .queue import Job, WorkQueue
 from .record import BUILTIN, RESCUED, VOLATILE, ModuleView, daemon_record
@@ -60,6 +67,12 @@ from .status import Stats, StatusApi
 
 CROSS_CHECK_DELAY, CROSS_CHECK_TRIES = 0.05, 60  # wait up to 3 s for /sys/kernel/btf/<mod>
 MERGED_YIELD = 2.0  # longest the merged writer waits for a busy worker, per module
+
+
+def _kernel_log_lines(names: list[str]) -> dict[str, str]:
+    from ..cli.doctor import _kernel_log_lines as read
+
+    return read(names)
 
 
 def release_memory() -> None:
@@ -122,7 +135,9 @@ class Daemon(WorkQueue, Results, StatusApi):
         self._lock_fd: int | None = None
         self._rescued: dict[str, tuple[Any, str, bytes | None, str | None]] = {}
         self._cands: Any = None
-        self._built_for: dict[str, tuple[Any, str]] = {}
+        self._built_for: dict[str, tuple[Any, tuple[bool | None, str]]] = {}
+        # module names -> the kernel's log line about each (cli/doctor.py reads /dev/kmsg)
+        self.kernel_log: Callable[[list[str]], dict[str, str]] = _kernel_log_lines
         # The worker generation: a worker stuck past module_timeout is abandoned (Python
         # cannot stop a thread) and its late results are dropped; a new one takes over.
         self._gen = 0
@@ -401,95 +416,173 @@ class Daemon(WorkQueue, Results, StatusApi):
             pass  # short waits: a stopping daemon does not keep its writer here
 
     def _update_merged(self) -> None:
-        """Tell the merged-BTF writer which modules are ok and published now."""
+        """Tell the merged-BTF writer which modules are served and published now: exactly
+        those whose verdict is in SERVED_VERDICTS (the same list the client and `path`
+        answer from)."""
         if self.merged is None:
             return
         with self.lock:
             wanted = {n: v.record["btf_sha256"] for n, v in self.modules.items()
-                      if v.published and v.btf_path and v.record.get("btf_sha256")}
+                      if v.verdict in SERVED_VERDICTS and v.published and v.btf_path
+                      and v.record.get("btf_sha256")}
         self.merged.set_wanted(wanted)
+
+    def _wait_for_kernel(self, name: str, retry: list[str]) -> bool:
+        """While a module initialises, the kernel may still register its BTF: True (and a
+        retry shortly) until CROSS_CHECK_TRIES looks have been spent."""
+        tries = self._cc_tries.get(name, 0)
+        if tries < CROSS_CHECK_TRIES:
+            self._cc_tries[name] = tries + 1
+            retry.append(name)
+            return True
+        return False
+
+    def _pending(self, name: str, record: dict[str, Any]) -> dict[str, Any]:
+        kfile = self.cfg.sysfs / "kernel" / "btf" / name
+        return pending(name, record, str(kfile), CROSS_CHECK_TRIES * CROSS_CHECK_DELAY)
+
+    def _dropped(self, name: str, record: dict[str, Any], detail: str) -> dict[str, Any]:
+        try:
+            log = self.kernel_log([name])
+        except Exception as e:  # noqa: BLE001 - the log is a help, never a reason to fail
+            self.log.warning("cannot read the kernel log", module=name,
+                             error=f"{type(e).__name__}: {e}")
+            log = {}
+        rec = kernel_dropped(name, record, detail, log)
+        self.log.warning("the kernel dropped a module's BTF that we accepted", module=name,
+                         detail=detail)
+        return rec
+
+    def _gave_up_waiting(self) -> str:
+        return (f"still initialising {CROSS_CHECK_TRIES * CROSS_CHECK_DELAY:g} s after the "
+                "load, and the kernel registers a module's BTF before its init runs")
 
     def _decide(self, job: Job, retry: list[str]
                 ) -> tuple[dict[str, Any], bytes | None, bool]:
         """(record, btf, already_on_disk) for a loaded module: the engine's (or remembered)
-        result, then the policy: the file must be the loaded module, and where the kernel
-        registered the module's BTF, ours must equal it (policy.py)."""
+        result, then the policy (policy.py): the file must be the loaded module; where the
+        kernel relocated the module's BTF itself, ours must equal it; where it registers
+        such BTF itself, its absence is a refusal. Nothing is published as ok before that
+        was decided: a module still initialising is published as pending and looked at
+        again shortly."""
         started = self.clock()
         record, btf, on_disk = self._evaluate(job.name, force=job.force)
         record["timings"] = dict(record.get("timings") or {})
         record["timings"]["queued"] = round(started - job.when, 6)  # event -> worker
-        if record.get("build_id") or record.get("srcversion"):
-            problem = identity_problem(self.cfg.sysfs, job.name, record)
+        if record.get("path") and record.get("key") is not None:
+            ident, problem = identity(self.cfg.sysfs, job.name, record)
             if problem is not None:
+                self._cc_tries.pop(job.name, None)
                 stale = daemon_record(job.name, STALE_FILE, problem, path=record["path"],
                                       **self._stamp())
                 stale.update(build_id=record.get("build_id"), srcversion=record.get("srcversion"),
-                             module_sha256=record.get("module_sha256"),
+                             module_sha256=record.get("module_sha256"), identity=ident,
                              diagnostics=[{"code": STALE_FILE, "severity": "error",
                                            "summary": problem}])
                 stale["timings"] = record["timings"]
                 return stale, None, False
-            record["identity"] = identity_note(self.cfg.sysfs, job.name, record)
+            if ident != record.get("identity"):
+                record["identity"] = ident
+                on_disk = False
         if record["verdict"] == "no-base" and record.get("path"):
-            state, _ = kernel_btf(self.cfg.sysfs, job.name)
-            if state == "coming":  # the kernel may still register it: look again shortly
-                tries = self._cc_tries.get(job.name, 0)
-                if tries < CROSS_CHECK_TRIES:
-                    self._cc_tries[job.name] = tries + 1
-                    retry.append(job.name)
-                    return record, btf, on_disk
-            self._cc_tries.pop(job.name, None)
-            if state != "btf":  # loaded without BTF the kernel accepted: rescue it
-                return (*self._rescue(job.name, record), False)
-            wrong = self._registered_for_another_build(job.name, record)
-            if wrong:  # the kernel took BTF made for another vmlinux: it binds wrong types
-                return (*self._rescue(job.name, record, wrong_kernel_btf=wrong), False)
+            return self._decide_classic(job.name, record, btf, on_disk, retry)
         if record["verdict"] != "ok" or btf is None:
+            self._cc_tries.pop(job.name, None)
             return record, btf, on_disk
-        # where the kernel relocated .BTF.base itself, its BTF is the truth (policy.py)
-        cc, kbytes = cross_check(self.cfg.sysfs, self.release, job.name, btf,
-                                 getattr(self.index, "btf", None))
-        if cc and cc["result"] == "mismatch":
-            self.log.error("our BTF differs from the kernel's: publishing the kernel's",
-                           module=job.name, detail=cc.get("detail"))
+        cc = cross_check(self.cfg.sysfs, self.release, job.name, btf,
+                         getattr(self.index, "btf", None), record)
         if cc is None:
-            # The uevent precedes the kernel's BTF notifier: publish now, look again shortly
-            # (without holding up the other modules).
-            tries = self._cc_tries.get(job.name, 0)
-            if tries < CROSS_CHECK_TRIES:
-                self._cc_tries[job.name] = tries + 1
-                retry.append(job.name)
-                return record, btf, on_disk
-            cc = {"result": "absent",
-                  "kernel_file": str(self.cfg.sysfs / "kernel" / "btf" / job.name),
-                  "detail": "the module was still initialising after "
-                            f"{CROSS_CHECK_TRIES * CROSS_CHECK_DELAY:g} s"}
+            # The uevent precedes the kernel's BTF notifier: published as pending, decided
+            # on a later look (without holding up the other modules).
+            if self._wait_for_kernel(job.name, retry):
+                return self._pending(job.name, record), None, False
+            cc = absent_result(self.cfg.sysfs, job.name,
+                               kernel_relocates(self.release, record), self._gave_up_waiting())
         self._cc_tries.pop(job.name, None)
-        if cc.get("result") == "mismatch" and kbytes is not None:
-            record = kernel_truth(job.name, record, cc)
-            btf = kbytes
-            record.update(btf_sha256=sha256_hex(btf), btf_size=len(btf))
         if cc != record.get("cross_check", {}):
             if cc:
                 record["cross_check"] = cc
             else:
                 record.pop("cross_check", None)
             on_disk = False
+        diags = [d for d in record.get("diagnostics", [])
+                 if not (isinstance(d, dict) and d.get("code") == UNDECIDED)]
+        if cc.get("result") == "undecided":
+            diags.append(undecided_note(cc))
+        if diags != record.get("diagnostics", []):
+            record["diagnostics"] = diags
+            on_disk = False
+        result = cc.get("result")
+        if result == "mismatch":
+            self.log.error("our BTF differs from the kernel's: nothing served", module=job.name,
+                           detail=cc.get("detail"))
+            return kernel_mismatch(job.name, record, cc), None, False
+        if result == "dropped":
+            return self._dropped(job.name, record, cc["detail"]), None, False
         return record, btf, on_disk
 
-    def _registered_for_another_build(self, name: str, record: dict[str, Any]) -> str:
-        """Why the BTF the kernel registered for a classic-split module is not for this
-        kernel ("" when it is, or when that cannot be told). Its validation can pass on
-        another build by chance (e.g. a module built for the previous point release, loaded
-        with insmod -f): /sys/kernel/btf/<m> then names the wrong vmlinux types."""
+    def _decide_classic(self, name: str, record: dict[str, Any], btf: bytes | None,
+                        on_disk: bool, retry: list[str]
+                        ) -> tuple[dict[str, Any], bytes | None, bool]:
+        """A module with classic split BTF: the kernel registers it itself on its own build.
+        Registered: fine, unless it was built for another vmlinux (then the kernel bound it
+        to the wrong types: rescue). Not registered: on its own build the kernel refused it
+        (kernel-dropped); built for another, rescue it."""
+        state, data = kernel_btf(self.cfg.sysfs, name)
+        # still initialising: the kernel may still register it, look again shortly
+        if state == "coming" and self._wait_for_kernel(name, retry):
+            return self._pending(name, record), None, False
+        self._cc_tries.pop(name, None)
+        if state == "error":  # /sys/kernel/btf/<m> exists but cannot be read
+            return self._unchecked(record, str(data), registered=True), btf, False
+        fits, why = self._built_for_this_kernel(name, record)
+        if state == "btf":
+            if fits is False:  # the kernel took BTF made for another vmlinux: wrong types
+                return (*self._rescue(name, record, wrong_kernel_btf=why), False)
+            if fits is None:
+                return self._unchecked(record, why, registered=True), btf, False
+            return record, btf, on_disk
+        if fits is True and state in ("absent", "coming") and \
+                registers_module_btf(self.cfg.sysfs, name):
+            detail = self._gave_up_waiting() if state == "coming" else \
+                f"{self.cfg.sysfs / 'kernel' / 'btf' / name} does not exist, though the " \
+                "module's classic split BTF was built for this kernel"
+            return self._dropped(name, record, detail), None, False
+        # loaded without BTF the kernel accepted: rescue it
+        rec, data = self._rescue(name, record)
+        if fits is None:
+            rec = self._unchecked(rec, why, registered=False)
+        return rec, data, False
+
+    @staticmethod
+    def _unchecked(record: dict[str, Any], why: str, *, registered: bool) -> dict[str, Any]:
+        """`record` with a diagnostic: whether the module's BTF was built for this vmlinux
+        could not be told (never taken as a yes)."""
+        what = ("whether the BTF the kernel registered for it was made for this vmlinux"
+                if registered else "whether its BTF was made for this vmlinux")
+        rec = dict(record)
+        rec["diagnostics"] = [*rec.get("diagnostics", []),
+                              {"code": "built-for-unknown", "severity": "warning",
+                               "summary": f"{rec['module']}: could not tell {what}: {why}"}]
+        return rec
+
+    def _built_for_this_kernel(self, name: str, record: dict[str, Any]
+                               ) -> tuple[bool | None, str]:
+        """(True, "") when the module's classic split BTF was built for this kernel's
+        vmlinux, (False, why not), or (None, why it could not be told). The kernel's own
+        validation can pass on another build by chance (e.g. a module built for the
+        previous point release, loaded with insmod -f): /sys/kernel/btf/<m> then names the
+        wrong vmlinux types."""
         key = (record.get("module_sha256"), self.kernel_id)
         hit = self._built_for.get(name)
         if hit is None or hit[0] != key:
             try:
                 fits, why = self.engine.built_for(record["path"], self.index)
-            except Exception:  # noqa: BLE001 - unreadable now: the reconciliation said why
-                fits, why = True, ""
-            hit = (key, "" if fits else why or "built for another vmlinux")
+                answer: tuple[bool | None, str] = \
+                    (True, "") if fits else (False, why or "built for another vmlinux")
+            except Exception as e:  # noqa: BLE001 - unreadable now: say so, never "fits"
+                answer = (None, f"{type(e).__name__}: {e}")
+            hit = (key, answer)
             self._built_for[name] = hit
         return hit[1]
 

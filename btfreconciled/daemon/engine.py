@@ -26,7 +26,8 @@ class Engine(Protocol):
 
     def built_for(self, path: str, index: Any) -> tuple[bool, str]:
         """(whether the module's classic split BTF was built against `index`'s vmlinux,
-        why not). The kernel may register such BTF on another build all the same."""
+        why not; False for a module without BTF). The kernel may register such BTF on
+        another build all the same. Raises when the file cannot be read."""
 
 
 class ReconcileEngine:
@@ -52,8 +53,8 @@ class ReconcileEngine:
         from ..reconcile.origin import check_base, infer_shape
 
         btf = read_btf_sections(path, digest=False).btf
-        if btf is None:
-            return True, ""
+        if btf is None:  # nothing the kernel could have registered or refused
+            return False, "the module has no .BTF section"
         shape = infer_shape(btf, f"{path}:.BTF")
         if shape.matches(index.btf.type_count, index.btf.str_end):
             # asked for every classic module the kernel registered (most of a machine's):

@@ -1,8 +1,9 @@
 """Loader-ready BTF in the cache (SPEC §8): ``merged/<module>.btf`` and ``merged/all.btf``.
 
 libbpf (``btf_custom_path``), cilium/ebpf (``KernelTypes``) and bpftrace (``BPFTRACE_BTF``)
-take ONE standalone BTF file, not split BTF. For every module whose verdict is ok this thread
-writes vmlinux + that module (``merged/<m>.btf``), and vmlinux + every ok module in name
+take ONE standalone BTF file, not split BTF. For every module whose verdict is served
+(``cache.SERVED_VERDICTS``: ok or rescued; the daemon chooses them) this thread writes
+vmlinux + that module (``merged/<m>.btf``), and vmlinux + every such module in name
 order (``merged/all.btf``), then ``merged/index.json``: each file's own sha256 and size,
 which split BTF (by sha256) it was made from, and where each module sits in all.btf. Readers
 (the control socket, the client API) hand out a merged file only when the split sha256 there
@@ -57,7 +58,8 @@ RETRY = 5.0  # after a failed write (ENOSPC, EIO), try again this much later
 
 
 class MergedWriter:
-    """Keeps ``<kernel-dir>/merged/`` equal to the set of ok modules (name -> split sha256)."""
+    """Keeps ``<kernel-dir>/merged/`` equal to the set of served modules (name -> split
+    sha256)."""
 
     def __init__(self, cache: Cache, vmlinux: Btf, log: Any, *, per_module: bool = True,
                  between: Callable[[], None] | None = None) -> None:
@@ -141,7 +143,7 @@ class MergedWriter:
     # ------------------------------------------------------------------ input
 
     def set_wanted(self, wanted: dict[str, str]) -> None:
-        """The ok modules now published (name -> sha256 of their split BTF)."""
+        """The served modules now published (name -> sha256 of their split BTF)."""
         with self.cond:
             if wanted == self.wanted:
                 return

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..cache import Cache, sha256_hex
-from .policy import STALE_FILE
+from ..cache import SERVED_VERDICTS, Cache, sha256_hex
+from .policy import KERNEL_DROPPED, PENDING, STALE_FILE
 
 
 def _version() -> str:
@@ -32,7 +32,12 @@ RECORD_FORMAT = 1
 ENGINE_VERDICTS = ("ok", "incompatible", "no-base", "error")
 BUILTIN, NO_FILE = "builtin", "no-file"
 RESCUED = "rescued"  # classic split BTF, distilled against its build found on disk
-DAEMON_VERDICTS = (RESCUED, BUILTIN, NO_FILE, STALE_FILE)
+DAEMON_VERDICTS = (RESCUED, BUILTIN, NO_FILE, STALE_FILE, PENDING, KERNEL_DROPPED)
+# Only these verdicts' BTF goes to loaders (split file, `path`, merged files, all.btf);
+# README and `--help` name them in these words.
+SERVED_WORDS = " or ".join(SERVED_VERDICTS)
+# The states of a record's ``identity`` (is the file on disk the loaded module?).
+IDENTITY_STATES = ("verified", "unverified", "not-applicable")
 # Fields that differ between two evaluations of the same unchanged module.
 VOLATILE = ("timings", "published_at")
 
@@ -66,10 +71,18 @@ def base_record(name: str, path: str | None, *, kernel_id: str, release: str,
 
 def daemon_record(name: str, verdict: str, summary: str, *, path: str | None, kernel_id: str,
                   release: str, strict: str) -> dict[str, Any]:
-    """A verdict the daemon reached without a reconciliation result (builtin, no-file, ...)."""
+    """A verdict the daemon reached without a reconciliation result (builtin, no-file, ...).
+    Nothing compared the loaded module with a file: its identity says why."""
     rec = base_record(name, path, kernel_id=kernel_id, release=release, strict=strict)
+    if verdict == BUILTIN:
+        ident = {"state": "not-applicable", "why": "built into the kernel: no module file"}
+    elif path is None:
+        ident = {"state": "unverified", "why": "no module file was found"}
+    else:
+        ident = {"state": "unverified", "why": "the module file was not read"}
     rec.update(verdict=verdict, summary=summary, diagnostics=[], module_sha256=None,
-               btf=None, btf_sha256=None, btf_size=None, timings={}, key=None)
+               btf=None, btf_sha256=None, btf_size=None, timings={}, key=None,
+               identity=ident)
     return rec
 
 

@@ -24,6 +24,7 @@ from .engine import Engine
 from .modfind import ModuleIndex
 from .record import (
     BUILTIN,
+    ENGINE_VERDICTS,
     NO_FILE,
     RECORD_FORMAT,
     VERSION,
@@ -168,6 +169,10 @@ class Results:
         assert self.cache is not None
         rec = self.cache.read_record(name)
         if not rec or rec.get("format") != RECORD_FORMAT or rec.get("key") != list(key):
+            return None
+        # only the engine's own result is reused; a verdict of the daemon's policy
+        # (pending, kernel-dropped, a mismatch, a rescue) is decided again from sysfs now
+        if rec.get("verdict") not in ENGINE_VERDICTS or rec.get("engine_verdict"):
             return None
         # the same stat is not the same bytes: the record must name this file's sha256
         try:

@@ -15,12 +15,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..cache import Cache, describe_os_error
+from ..cache import SERVED_VERDICTS, Cache, describe_os_error
 from .config import Config
 from .engine import Engine
 from .merged import MergedWriter
 from .modfind import ModuleIndex
-from .record import DAEMON_VERDICTS, ENGINE_VERDICTS, RECORD_FORMAT, VERSION, ModuleView
+from .policy import KERNEL_DROPPED, PENDING
+from .record import (
+    DAEMON_VERDICTS,
+    ENGINE_VERDICTS,
+    IDENTITY_STATES,
+    RECORD_FORMAT,
+    SERVED_WORDS,
+    VERSION,
+    ModuleView,
+)
 
 
 @dataclass
@@ -79,6 +88,17 @@ class StatusApi:
             out[v.verdict] = out.get(v.verdict, 0) + 1
         return out
 
+    def identity_counts(self) -> dict[str, int]:
+        """How many loaded modules' files were proven to be the loaded module, and how many
+        not (the record's ``identity.state``)."""
+        with self.lock:
+            views = list(self.modules.values())
+        out: dict[str, int] = dict.fromkeys(IDENTITY_STATES, 0)
+        for v in views:
+            state = _identity_state(v.record)
+            out[state] = out.get(state, 0) + 1
+        return out
+
     def flush_manifest(self) -> None:
         if self.cache is None:
             return
@@ -96,6 +116,8 @@ class StatusApi:
             "daemon_version": VERSION,
             "updated": time.time(),
             "counts": self.counts(),
+            "identity": self.identity_counts(),
+            "served_verdicts": list(SERVED_VERDICTS),
             "modules": modules,
         }
         try:
@@ -110,8 +132,9 @@ class StatusApi:
         with self.lock:
             pending = len(self.pending) + len(self.busy)
         parts = [f"{c['ok']} ok", f"{c['incompatible']} incompatible", f"{c['no-base']} no-base"]
-        if c["error"]:
-            parts.append(f"{c['error']} error")
+        for v in ("error", KERNEL_DROPPED, PENDING):
+            if c.get(v):
+                parts.append(f"{c[v]} {v}")
         tail = f"; {pending} queued" if pending else ""
         return f"{', '.join(parts)} ({self.event_source}){tail}"
 
@@ -143,6 +166,8 @@ class StatusApi:
                       "kernel_dir": str(self.cache.kernel_dir) if self.cache else None},
             "module_files": {"sources": sources, "problems": problems},
             "counts": self.counts(),
+            "identity": self.identity_counts(),
+            "served_verdicts": list(SERVED_VERDICTS),
             "queue": {"pending": pending, "busy": busy},
             "stats": {"events": s.events, "rescans": s.rescans, "overflows": s.overflows,
                       "processed": s.processed, "reconciled": s.reconciled, "reused": s.reused,
@@ -189,7 +214,9 @@ class StatusApi:
         with self.lock:
             views = sorted(self.modules.values(), key=lambda v: v.name)
         return [{"module": v.name, "verdict": v.verdict, "summary": v.summary,
-                 "btf": v.btf_path, "published": v.published} for v in views]
+                 "btf": v.btf_path if v.verdict in SERVED_VERDICTS else None,
+                 "published": v.published, "identity": _identity_state(v.record)}
+                for v in views]
 
     def show(self, name: str) -> dict[str, Any] | None:
         with self.lock:
@@ -201,14 +228,17 @@ class StatusApi:
         rec["published"] = v.published
         if v.publish_error:
             rec["publish_error"] = v.publish_error
-        rec["pending"] = pending
+        # a pending verdict is published while the daemon waits for the kernel: not final
+        rec["pending"] = pending or v.verdict == PENDING
         return rec
 
     def published_btf(self, name: str) -> str | None:
-        """The module's .btf path when it is published and still the file we wrote."""
+        """The module's .btf path when its verdict is served (SERVED_VERDICTS), it is
+        published and still the file we wrote."""
         with self.lock:
             v = self.modules.get(name)
-        if v is None or not v.published or not v.btf_path or self.cache is None:
+        if v is None or v.verdict not in SERVED_VERDICTS or not v.published or \
+                not v.btf_path or self.cache is None:
             return None
         if not self.cache.published_btf_intact(name, v.record.get("btf_size")):
             with self.cond:
@@ -224,13 +254,14 @@ class StatusApi:
             v = self.modules.get(name)
         if v is None:
             return None, "not loaded"
-        if not v.record.get("btf"):
+        if v.verdict not in SERVED_VERDICTS or not v.record.get("btf"):
             return None, f"{v.verdict}: {v.summary}"
         if not v.published or not v.btf_path:
             return None, f"not published: {v.publish_error or 'see status'}"
         if self.merged is None or not self.merged.per_module:
             return None, (f"this daemon writes no per-module merged BTF (merged_btf = "
-                          f"{self.cfg.merged_btf!r}); all.btf holds every ok module")
+                          f"{self.cfg.merged_btf!r}); all.btf holds every module "
+                          f"whose verdict is {SERVED_WORDS}")
         p = self.merged.lookup(name, v.record.get("btf_sha256"))
         if p is None:
             err = self.merged.status()["last_error"]
@@ -246,5 +277,11 @@ class StatusApi:
         if info is None:
             if self.merged.pending():
                 return None, [], "being written; try again in a moment"
-            return None, [], "no module with verdict ok is loaded"
+            return None, [], f"no module whose verdict is {SERVED_WORDS} is loaded"
         return str(info[0]), info[1], ""
+
+
+def _identity_state(record: dict[str, Any]) -> str:
+    ident = record.get("identity")
+    state = ident.get("state") if isinstance(ident, dict) else None
+    return state if isinstance(state, str) else "unverified"

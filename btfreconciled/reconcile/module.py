@@ -40,6 +40,9 @@ class ModuleResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase + "total"
     build_id: str | None = None  # GNU build id of the file (hex), to match the loaded module
     srcversion: str | None = None  # .modinfo srcversion, likewise
+    # which distilled-base sections the file carries: the kernel relocates .BTF.base itself
+    # (>= 6.11), never .BTF.base_expects alone; None when the file was not read
+    base_sections: list[str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -52,6 +55,7 @@ class ModuleResult:
             "module_sha256": self.module_sha256,
             "build_id": self.build_id,
             "srcversion": self.srcversion,
+            "base_sections": self.base_sections,
             "timings": {k: round(v, 6) for k, v in self.timings.items()},
         }
 
@@ -140,12 +144,14 @@ def reconcile_module_file(path: str, target: VmlinuxIndex, *, strict: str = "emb
     timings: dict[str, float] = {}
     sha = ""
     ident: tuple[str | None, str | None] = (None, None)
+    bases: list[str] | None = None
 
     def result(verdict: Verdict, summary: str, problems: list[Problem] | None = None,
                btf: bytes | None = None) -> ModuleResult:
         timings["total"] = time.perf_counter() - t0
         return ModuleResult(name, str(path), verdict, summary,
-                            [p.to_dict() for p in problems or []], btf, sha, timings, *ident)
+                            [p.to_dict() for p in problems or []], btf, sha, timings, *ident,
+                            bases)
 
     def error(summary: str) -> ModuleResult:
         p = Problem("error", ERROR, summary)
@@ -155,6 +161,8 @@ def reconcile_module_file(path: str, target: VmlinuxIndex, *, strict: str = "emb
         sections = read_btf_sections(path, max_size=max_bytes)
         sha = sections.sha256 or ""
         ident = (sections.build_id, sections.srcversion)
+        bases = [n for n, d in ((".BTF.base", sections.base),
+                                (".BTF.base_expects", sections.base_expects)) if d is not None]
     except ElfError as exc:
         with contextlib.suppress(OSError, ElfError):
             sha = sha256_file(path)
