@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     source = _find_source(args.image, root, version)
     if source is None:
         looked = ", ".join(str(p) for p in _candidates(root, version))
-        if version == os.uname().release:
+        if version == running_release():
             looked += f", {SYS_BTF}"
         return done(EXIT_NOTHING, "no-image",
                     f"nothing to do: no kernel image of {version} found (looked at {looked}); "
@@ -171,6 +171,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- inputs
+
+
+def running_release() -> str:
+    return os.uname().release
 
 
 def _check_version(version: str) -> str:
@@ -243,7 +247,7 @@ def _find_source(image: str | None, root: Path, version: str) -> Source | None:
     for candidate in _candidates(root, version):
         if candidate.exists():
             return _read_source(candidate)
-    if version == os.uname().release and SYS_BTF.exists():
+    if version == running_release() and SYS_BTF.exists():
         return _read_source(SYS_BTF)
     return None
 
@@ -285,7 +289,7 @@ def _check_release(source: Source, version: str, force: bool) -> None:
             raise CliError(f"{source.path}: this {source.kind} is kernel {source.release}, "
                            f"not {version}: refusing to give {version}'s modules its BTF")
         return
-    running = os.uname().release
+    running = running_release()
     if source.btf == _running_btf():
         if version == running:
             return
