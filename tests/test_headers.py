@@ -199,7 +199,19 @@ def test_refuses_headers_of_another_kernel(tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     root = make_root(tmp_path, image=bzimage(V), headers_release="6.99.2")
     rc, _, err = run(capsys, V, "--root", str(root))
-    assert rc == 2 and "kernel.release says '6.99.2', not '6.99.0-test'" in err
+    assert rc == 2 and "these headers are kernel '6.99.2', not '6.99.0-test'" in err
+
+
+def test_the_headers_release_is_uts_release(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Debian 12's headers: kernel.release "6.1.192", the kernel (and utsrelease.h)
+    "6.1.0-57-amd64"."""
+    root = make_root(tmp_path, image=bzimage(V), headers_release="6.99.192")
+    (build_dir(root) / "include/generated").mkdir()
+    (build_dir(root) / "include/generated/utsrelease.h").write_text(
+        f'#define UTS_RELEASE "{V}"\n')
+    rc, _, err = run(capsys, V, "--root", str(root))
+    assert rc == 0, err
 
 
 def test_raw_btf_image_needs_force_and_never_the_running_kernels(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -46,8 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "else /boot/vmlinuz-VERSION, /usr/lib/modules/VERSION/vmlinuz, a debug vmlinux "
             "(/usr/lib/debug/boot/vmlinux-VERSION, /usr/lib/debug/lib/modules/VERSION/"
             "vmlinux), or /sys/kernel/btf/vmlinux when VERSION is the running kernel. An "
-            "image whose release string is not the build directory's "
-            "include/config/kernel.release is refused. An existing vmlinux holding "
+            "image whose release string is not the headers' (UTS_RELEASE in "
+            "include/generated/utsrelease.h, else include/config/kernel.release) is "
+            "refused. An existing vmlinux holding "
             "VERSION's BTF (Debian 13 ships one) is left alone; one holding other BTF (a "
             "copy of the running kernel's /sys/kernel/btf/vmlinux) is replaced only with "
             "--force. The file written is marked as ours: --remove deletes only that."),
@@ -110,8 +112,9 @@ def run(args: argparse.Namespace) -> int:
     report.update(build_dir=str(build), vmlinux=str(target))
     headers_release = _headers_release(build)
     if headers_release != version:
-        raise CliError(f"{build}: include/config/kernel.release says {headers_release!r}, "
-                       f"not {version!r}: these are another kernel's headers")
+        raise CliError(f"{build}: these headers are kernel {headers_release!r}, not "
+                       f"{version!r} (include/generated/utsrelease.h, "
+                       "include/config/kernel.release)")
     existing = _existing(target)
 
     if args.remove:
@@ -219,19 +222,37 @@ def _build_dir(given: str | None, root: Path, version: str) -> Path | None:
 
 
 def _headers_release(build: Path) -> str:
-    release = build / "include/config/kernel.release"
+    """The release the headers were made for: UTS_RELEASE in include/generated/utsrelease.h
+    (what the kernel's own version string is made of), else include/config/kernel.release.
+    Debian 12's headers need the first: their kernel.release says "6.1.192" where the
+    kernel is "6.1.0-57-amd64"."""
+    uts = _read_small(build / "include/generated/utsrelease.h")
+    if uts is not None:
+        m = re.search(r'^#define UTS_RELEASE "([^"]*)"', uts, re.MULTILINE)
+        if m:
+            return m.group(1)
+    text = _read_small(build / "include/config/kernel.release")
+    if text is None:
+        raise CliError(f"{build}: not a kernel build directory (neither "
+                       "include/generated/utsrelease.h nor include/config/kernel.release)")
+    return text.strip()
+
+
+def _read_small(path: Path) -> str | None:
+    """A small regular file's text; None when it does not exist."""
     try:
-        fd = os.open(release, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with open(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise CliError(f"{release}: not a regular file")
-            text = f.read(4096)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise CliError(f"{build}: not a kernel build directory (no "
-                       "include/config/kernel.release)") from None
+        return None
     except OSError as e:
-        raise CliError(f"{release}: {e.strerror or e}") from None
-    return text.decode("utf-8", "replace").strip()
+        raise CliError(f"{path}: {e.strerror or e}") from None
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise CliError(f"{path}: not a regular file")
+        try:
+            return f.read(4096).decode("utf-8", "replace")
+        except OSError as e:
+            raise CliError(f"{path}: {e.strerror or e}") from None
 
 
 def _candidates(root: Path, version: str) -> list[Path]:
