@@ -73,26 +73,34 @@ def chroot_ok(cmd: str, **kw: bool) -> str:
 
 
 def build_fixtures(root_flags: dict[str, bool], headers: str, out: Path,
-                   make_args: str = "") -> dict[str, dict[str, bytes | None]]:
+                   make_args: str = "", *, expect_skip: bool = False
+                   ) -> dict[str, dict[str, bytes | None]]:
     """integration/modules built with Kbuild against `headers` (a path in the chroot) into
-    `out`; the sections of each .ko. Kbuild must not have skipped BTF."""
+    `out`; the sections of each .ko. Kbuild must not have skipped BTF (`expect_skip`: it
+    must have, the negative control for a headers directory without vmlinux)."""
     out.mkdir(parents=True)
     src = REPO / "integration" / "modules"
     for f in [src / "Kbuild", src / "Makefile", *src.glob("*.c")]:
         shutil.copy(f, out)
     log = chroot_ok(f"make -s -j2 -C {headers} M={out} {make_args} modules 2>&1",
                     **root_flags)
-    if "Skipping BTF generation" in log:
-        pytest.fail(f"Kbuild skipped BTF building against {headers}:\n{log[-2000:]}")
+    skipped = "Skipping BTF generation" in log
+    if skipped != expect_skip:
+        pytest.fail(f"Kbuild {'did not skip' if expect_skip else 'skipped'} BTF building "
+                    f"against {headers}:\n{log[-2000:]}")
     kos = sorted(out.glob("*.ko"))
     if {k.stem for k in kos} != set(toolchain.FIXTURE_MODULES):
-        pytest.fail(f"built {[k.name for k in kos]}, expected {toolchain.FIXTURE_MODULES}")
+        pytest.fail(f"built {[k.name for k in kos]} in {out}, expected "
+                    f"{toolchain.FIXTURE_MODULES}")
     return {k.name: sections_of(k) for k in kos}
 
 
-def headers_copy(root: Path, release: str, tmp_name: str) -> Path:
+def headers_copy(root: Path, release: str, tmp_name: str, flags: dict[str, bool],
+                 scratch: Path, make_args: str = "") -> Path:
     """A copy of the chroot's /usr/src/linux-headers-RELEASE without its vmlinux, next to
-    it (its scripts/tools links are relative), removed by the caller."""
+    it (its scripts/tools links are relative), removed by the caller. Debian's 7.x headers
+    name their own directory as KBUILD_OUTPUT in their Makefile: the copy names itself.
+    Proven to be Kbuild's objtree: without a vmlinux in it, Kbuild skips module BTF."""
     src = root / "usr/src" / f"linux-headers-{release}"
     if not (src / "include/config/kernel.release").is_file():
         pytest.fail(f"{src}: no kernel headers (vm/setup installs them)")
@@ -100,6 +108,16 @@ def headers_copy(root: Path, release: str, tmp_name: str) -> Path:
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(src, dst, symlinks=True,
                     ignore=lambda d, names: ["vmlinux"] if Path(d) == src else [])
+    try:
+        makefile = dst / "Makefile"
+        text = makefile.read_text()
+        makefile.write_text(text.replace(f"KBUILD_OUTPUT=/usr/src/{src.name}\n",
+                                         f"KBUILD_OUTPUT=/usr/src/{tmp_name}\n"))
+        build_fixtures(flags, f"/usr/src/{tmp_name}", scratch / "no-vmlinux", make_args,
+                       expect_skip=True)
+    except BaseException:
+        shutil.rmtree(dst, ignore_errors=True)
+        raise
     return dst
 
 
@@ -136,7 +154,7 @@ def test_612_ours_equals_the_full_vmlinux_and_debians(tc, scratch: Path,
     release = tc.kernel_release("6.12")
     root = tc.rootfs()
     image = image_of("6.12")
-    copy = headers_copy(root, release, f"btfr-headers-test-{os.getpid()}")
+    copy = headers_copy(root, release, f"btfr-headers-test-{os.getpid()}", {}, scratch)
     try:
         write_ours(tmp_path, release, image, copy)
         ours_file = copy / "vmlinux"
@@ -170,6 +188,36 @@ def test_612_ours_equals_the_full_vmlinux_and_debians(tc, scratch: Path,
         shutil.rmtree(copy, ignore_errors=True)
 
 
+def test_72_ours_equals_debians(tc, scratch: Path, tmp_path: Path) -> None:
+    """sid's 7.2: its headers ship a BTF-only vmlinux (kept as Debian ships it in the sid
+    root); Kbuild 7.2 distills with resolve_btfids --distill_base."""
+    release = tc.kernel_release("7.2")
+    root = tc.cache_root() / "rootfs" / "sid"
+    image = image_of("7.2")
+    shipped = root / "usr/src" / f"linux-headers-{release}" / "vmlinux"
+    make_args = "KCFLAGS=-DKF_TRUSTED_ARGS=0"  # as vm/setup builds the 7.2 fixtures
+    copy = headers_copy(root, release, f"btfr-headers-test-{os.getpid()}", {"sid": True},
+                        scratch, make_args)
+    try:
+        write_ours(tmp_path, release, image, copy)
+        want = (tc.kernel_dir("7.2") / "vmlinux.btf").read_bytes()
+        ours = read_btf_sections(copy / "vmlinux", digest=False).btf
+        assert ours == want
+        assert read_btf_sections(shipped, digest=False).btf == ours, \
+            "Debian's shipped 7.2 vmlinux holds other BTF than ours"
+        print(f"sizes: ours {(copy / 'vmlinux').stat().st_size}, Debian's "
+              f"{shipped.stat().st_size}", file=sys.stderr)
+        flags = {"sid": True}
+        built_ours = build_fixtures(flags, f"/usr/src/{copy.name}", scratch / "ours",
+                                    make_args)
+        built_debian = build_fixtures(flags, f"/usr/src/linux-headers-{release}",
+                                      scratch / "debian", make_args)
+        compare(built_ours, built_debian, "Debian's shipped vmlinux")
+        assert all(s[".BTF.base"] for s in built_ours.values())
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+
+
 # What bookworm's scripts/pahole-flags.sh gives pahole 1.24, without "-j": pahole 1.24's
 # parallel encoding orders a module's types by which thread finishes first, so two builds
 # against the same base are not byte for byte equal.
@@ -182,7 +230,8 @@ def test_61_ours_equals_the_full_vmlinux(tc, scratch: Path, tmp_path: Path) -> N
     release = tc.kernel_release("6.1")
     root = tc.cache_root() / "rootfs" / "bookworm"
     image = image_of("6.1")
-    copy = headers_copy(root, release, f"btfr-headers-test-{os.getpid()}")
+    copy = headers_copy(root, release, f"btfr-headers-test-{os.getpid()}",
+                        {"bookworm": True}, scratch, "RESOLVE_BTFIDS=true")
     full = root / "usr/src" / f"linux-headers-{release}"
     try:
         write_ours(tmp_path, release, image, copy)
