@@ -273,3 +273,23 @@ def test_headers_time_and_memory(tc, series: str, tmp_path: Path) -> None:
     print(f"\nheaders {series} ({release}): {secs:.2f} s, peak RSS {mb:.0f} MB, "
           f"vmlinux {size} bytes (.BTF {len(want)})", file=sys.stderr)
     assert mb < 400, f"peak RSS {mb:.0f} MB"
+
+
+def test_refuses_another_builds_image(tc, tmp_path: Path) -> None:
+    """The second 6.12 build's image (6.12.117 vs 6.12.118: same series, other types) for
+    the test kernel's headers: refused, nothing written; so is its vmlinux ELF."""
+    release = tc.kernel_release("6.12")
+    other = tc.kernel_dir("6.12-other")
+    other_release = (other / "release").read_text().strip()
+    assert other_release != release
+    build = tmp_path / "build"
+    (build / "include/config").mkdir(parents=True)
+    (build / "include/config/kernel.release").write_text(release + "\n")
+    for image, kind in ((other / "vmlinuz", "bzImage"), (other / "vmlinux", "vmlinux")):
+        r, _, _ = ctl(tmp_path, "headers", release, "--image", str(image),
+                      "--build-dir", str(build))
+        assert r.returncode == 2
+        assert r.stderr == (f"btfreconcilectl: error: {image}: this {kind} is kernel "
+                            f"{other_release}, not {release}: refusing to give {release}'s "
+                            "modules its BTF\n")
+        assert not (build / "vmlinux").exists()
