@@ -189,6 +189,24 @@ def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True,
     )
 
 
+def read_elf_sections(path: str | os.PathLike[str], names: set[str],
+                      max_size: int | None = None) -> dict[str, bytes]:
+    """The sections named `names` of an uncompressed ELF file (those it has), read with the
+    same bounds as read_btf_sections; never the whole file (a debug vmlinux is ~1 GiB)."""
+    p = Path(path)
+    cap = max_size or MAX_FILE_SIZE
+    fd, size = _open_regular(p)
+    with open(fd, "rb") as f:
+        try:
+            found = _plain_sections(_file_reader(f), size, set(names), cap)
+        except OSError:
+            found = None
+        if found is None:
+            f.seek(0)
+            found = _read_named_sections(p, _open_elf(p, f, size), size, set(names), cap)
+    return found
+
+
 def _read_kernel_image(p: Path, f: io.BufferedReader, size: int, cap: int,
                        max_size: int | None, digest: bool) -> BtfSections:
     """A bzImage (/boot/vmlinuz-*): only its vmlinux's .BTF, so callers treat it like a raw

@@ -23,11 +23,12 @@ from .errors import EXIT_ERROR, EXIT_OK, CliError, printable
 
 # Subcommand modules, in the order `--help` lists them.
 COMMANDS = ("dump", "inspect", "status", "daemonctl", "check", "doctor", "rescue",
-            "kernelcheck", "reconcile", "distill", "mincore")
+            "kernelcheck", "headers", "reconcile", "distill", "mincore")
 # Which module registers each subcommand name (daemonctl holds list/show/path).
 MODULE_OF = {"dump": "dump", "inspect": "inspect", "status": "status", "list": "daemonctl",
              "show": "daemonctl", "path": "daemonctl", "check": "check",
              "doctor": "doctor", "rescue": "rescue", "kernel-check": "kernelcheck",
+             "headers": "headers",
              "reconcile": "reconcile",
              "distill": "distill", "min-core-btf": "mincore"}
 
