@@ -157,3 +157,24 @@ def _object(tmp_path: Path) -> Path:
     obj = tmp_path / "mod.o"
     subprocess.run(["gcc", "-c", "-O1", "-o", obj, src], check=True)
     return obj
+
+
+def test_dump_of_an_invalid_vmlinux_file_writes_nothing(tmp_path: Path,
+                                                        vmlinux_bytes: bytes) -> None:
+    """A dump validates a file while its forked renderer works: a flaw anywhere, even in
+    the records the child renders, means exit 2, one line, and no output at all."""
+    b = load_base(VMLINUX)
+    words = bytearray(vmlinux_bytes)
+    hdr_len, type_off = struct.unpack_from("<I", words, 4)[0], struct.unpack_from("<I", words, 8)[0]
+    ptr_ids = [tid for tid in range(1, b.type_count) if b.kind_of(tid).name == "PTR"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for tid in (ptr_ids[0], ptr_ids[-1]):  # rendered by this process / by the child
+        bad = bytearray(words)
+        at = hdr_len + type_off + 4 * b._offs[tid - 1]
+        struct.pack_into("<I", bad, at, 1)  # a PTR with a name
+        f = tmp_path / "vmlinux.btf"
+        f.write_bytes(bytes(bad))
+        r = subprocess.run([sys.executable, "-m", "btfreconciled.cli.main", "dump", str(f)],
+                           capture_output=True, text=True, timeout=120, env=env)
+        one_line_error(r, str(f), f"[{tid}]", "PTR")
+        assert r.stdout == ""

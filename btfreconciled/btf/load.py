@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 from ..elf import BtfSections, read_btf_sections
@@ -73,6 +74,32 @@ def load_btf(
     if kernel and base is None:
         _kernel_bases.add(btf)
     return btf
+
+
+def load_btf_validating_later(
+    path: str | os.PathLike[str], *, base: Btf | None = None, sections: BtfSections,
+) -> tuple[Btf, Callable[[], None] | None]:
+    """load_btf's BTF parsed without its strict validation yet (and without the record scan),
+    with that validation as a function to call, or None when the bytes are the kernel's own.
+    For work that shows nothing until the check has passed (a dump rendering into memory in
+    another process); nothing from the BTF may be output or acted on before it has run.
+    The checks are exactly Btf.parse(validate=True)'s: the record scan, then validate_btf."""
+    if sections.btf is None:
+        raise BtfError("no .BTF section", source=str(path))
+    if is_kernel_verified(sections, base):
+        btf = load_btf(path, base=base, defer_scan=True, sections=sections)
+        return btf, None
+    source = f"{path}:.BTF" if sections.is_elf else str(path)
+    btf = Btf.parse(sections.btf, base=base, source=source, validate=False, defer_scan=True)
+
+    def check() -> None:
+        from .validate import validate_btf
+
+        if not btf.scanned:
+            btf._scan_records()
+        validate_btf(btf)
+
+    return btf, check
 
 
 def load_base(path: str | os.PathLike[str]) -> Btf:
