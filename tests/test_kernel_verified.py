@@ -178,3 +178,17 @@ def test_dump_of_an_invalid_vmlinux_file_writes_nothing(tmp_path: Path,
                            capture_output=True, text=True, timeout=120, env=env)
         one_line_error(r, str(f), f"[{tid}]", "PTR")
         assert r.stdout == ""
+
+
+def test_inspect_says_what_was_trusted(tmp_path: Path, vmlinux_bytes: bytes,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    copy = tmp_path / "vmlinux"
+    copy.write_bytes(vmlinux_bytes)
+    seen = {}
+    for f in (VMLINUX, copy):
+        capsys.readouterr()
+        assert ctl_main(["inspect", "--json", str(f)]) == 0
+        seen[f] = json.loads(capsys.readouterr().out)["validated"]
+    assert seen == {VMLINUX: False, copy: True}
