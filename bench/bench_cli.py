@@ -5,10 +5,8 @@
           job (bench/libbpf_bench.c batch: btf__parse(V), then btf__parse_split of every .ko
           under DIR). DIRs: the fixtures of each series (.BTF.base builds and their classic
           `plain/` twins), and the whole distilled Debian 6.1 tree (4,023 .ko).
-          Ours is timed twice: "cold", the first run against V (V is strictly validated and
-          a validated-marker is written: btf/markers.py, root only, in a private trust
-          directory given by $BTFRECONCILED_TRUST_DIR), and "warm", later runs that find the
-          marker and skip re-validating V. The same two ways for dump.
+          Every run of ours strictly validates V (a file, not the kernel's own
+          /sys/kernel/btf/vmlinux): nothing is remembered between runs. The same for dump.
   dump    `btfreconcilectl dump F [-B V]` vs `bpftool btf dump file F [-B V] format raw`
           (bpftool 7.5 / libbpf 1.5), output to /dev/null: the 6.12 vmlinux BTF file, and the
           largest module of the distilled 6.12 tree (decompressed: bpftool reads no .ko.xz)
@@ -25,7 +23,6 @@ import argparse
 import json
 import lzma
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -49,8 +46,8 @@ def ctl(*args: str) -> list[str]:
     return [sys.executable, "-m", "btfreconciled.cli.main", *args]
 
 
-def ctl_env(trust_dir: Path) -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(REPO), BTFRECONCILED_TRUST_DIR=str(trust_dir))
+def ctl_env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(REPO))
 
 
 def med(runs: list[tuple[float, float]]) -> tuple[float, float]:
@@ -58,44 +55,26 @@ def med(runs: list[tuple[float, float]]) -> tuple[float, float]:
 
 
 def check_case(label: str, d: Path, vml: Path, runs: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="btfr-trust-") as trust:
-        env = ctl_env(Path(trust))
-        cmd = ctl("check", str(d), "--vmlinux", str(vml))
-        lib_cmd = [*ctools.libbpf_bench(), "batch", str(vml), str(d)]
-        codes = (0, 1, 2)
-        cold = []
-        for _ in range(max(3, runs // 2)):
-            shutil.rmtree(trust)
-            os.mkdir(trust, 0o700)
-            cold.append(ctools.run_timed(cmd, env=env, ok_codes=codes))
-        ctools.run_timed(cmd, env=env, ok_codes=codes)  # leaves the marker for warm runs
-        r = ctools.interleaved({"lib": lib_cmd, "warm": cmd}, runs, env=env, ok_codes=codes)
+    cmd = ctl("check", str(d), "--vmlinux", str(vml))
+    lib_cmd = [*ctools.libbpf_bench(), "batch", str(vml), str(d)]
+    codes = (0, 1, 2)
+    r = ctools.interleaved({"lib": lib_cmd, "ours": cmd}, runs, env=ctl_env(), ok_codes=codes)
     n = len([p for p in d.rglob("*.ko")])
-    lib, warm, cold_m = med(r["lib"]), med(r["warm"]), med(cold)
-    return {"case": f"check {label}", "modules": n, "libbpf": lib, "ours_cold": cold_m,
-            "ours_warm": warm, "ratio_cold": cold_m[0] / lib[0],
-            "ratio_warm": warm[0] / lib[0], "loadavg": os.getloadavg()}
+    lib, ours = med(r["lib"]), med(r["ours"])
+    return {"case": f"check {label}", "modules": n, "libbpf": lib, "ours": ours,
+            "ratio": ours[0] / lib[0], "loadavg": os.getloadavg()}
 
 
 def dump_case(label: str, f: Path, base: Path | None, runs: int) -> dict[str, Any]:
     b = ["-B", str(base)] if base else []
     cmd = ctl("dump", str(f), *b)
-    with tempfile.TemporaryDirectory(prefix="btfr-trust-") as trust:
-        env = ctl_env(Path(trust))
-        cold = []
-        for _ in range(max(3, runs // 2)):
-            shutil.rmtree(trust)
-            os.mkdir(trust, 0o700)
-            cold.append(ctools.run_timed(cmd, env=env))
-        ctools.run_timed(cmd, env=env)  # leaves the marker for warm runs
-        r = ctools.interleaved({
-            "bpftool": [*ctools.bpftool(), "btf", "dump", "file", str(f), *b, "format", "raw"],
-            "ours": cmd,
-        }, runs, env=env)
-    lib, ours, ours_cold = med(r["bpftool"]), med(r["ours"]), med(cold)
-    return {"case": f"dump {label}", "bpftool": lib, "ours": ours, "ours_cold": ours_cold,
+    r = ctools.interleaved({
+        "bpftool": [*ctools.bpftool(), "btf", "dump", "file", str(f), *b, "format", "raw"],
+        "ours": cmd,
+    }, runs, env=ctl_env())
+    lib, ours = med(r["bpftool"]), med(r["ours"])
+    return {"case": f"dump {label}", "bpftool": lib, "ours": ours,
             "ratio_wall": ours[0] / lib[0], "ratio_cpu": ours[1] / lib[1],
-            "ratio_cold_wall": ours_cold[0] / lib[0], "ratio_cold_cpu": ours_cold[1] / lib[1],
             "loadavg": os.getloadavg()}
 
 
@@ -141,11 +120,9 @@ def report(results: list[dict[str, Any]]) -> str:
         if r["case"].startswith("check"):
             lines.append(
                 f"{r['case']:<44} {r['modules']:>5} .ko  libbpf {r['libbpf'][0] * 1e3:7.0f} ms"
-                f"  ours cold {r['ours_cold'][0] * 1e3:7.0f} ms ({r['ratio_cold']:.2f}x)"
-                f"  warm {r['ours_warm'][0] * 1e3:7.0f} ms ({r['ratio_warm']:.2f}x)"
+                f"  ours {r['ours'][0] * 1e3:7.0f} ms ({r['ratio']:.2f}x)"
                 f"  target <= {TARGET_CHECK}x: "
-                f"{'met' if r['ratio_cold'] <= TARGET_CHECK else 'MISSED'} cold, "
-                f"{'met' if r['ratio_warm'] <= TARGET_CHECK else 'MISSED'} warm"
+                f"{'met' if r['ratio'] <= TARGET_CHECK else 'MISSED'}"
                 f"  (load {r['loadavg'][0]:.1f})")
         else:
             met = r["ratio_wall"] <= TARGET_DUMP and r["ratio_cpu"] <= TARGET_DUMP
@@ -155,10 +132,6 @@ def report(results: list[dict[str, Any]]) -> str:
                 f"{r['ours'][1] * 1e3:6.0f} ms  ratio wall {r['ratio_wall']:.2f}x cpu "
                 f"{r['ratio_cpu']:.2f}x  target <= {TARGET_DUMP}x both: "
                 f"{'met' if met else 'MISSED'}  (load {r['loadavg'][0]:.1f})")
-            lines.append(
-                f"{'':<44} first run (validates; warm runs above trust the marker): wall "
-                f"{r['ours_cold'][0] * 1e3:6.0f} ms cpu {r['ours_cold'][1] * 1e3:6.0f} ms, "
-                f"ratio wall {r['ratio_cold_wall']:.2f}x cpu {r['ratio_cold_cpu']:.2f}x")
     return "\n".join(lines)
 
 

@@ -87,6 +87,11 @@ class BtfSections(NamedTuple):
     sha256: str | None  # of the file as stored on disk (compressed bytes); None if not asked
     build_id_note: bytes | None = None  # the .note.gnu.build-id section as it is
     modinfo: bytes | None = None  # .modinfo: NUL-separated key=value strings
+    # (st_dev, st_ino) of the open file the bytes were read from, for a file read whole as
+    # uncompressed raw BTF (the only form /sys/kernel/btf/* takes); None otherwise. Whether
+    # the kernel already verified these bytes is decided from this, never from the path
+    # (btf/load.py: is_kernel_verified).
+    raw_file_id: tuple[int, int] | None = None
 
     @property
     def build_id(self) -> str | None:
@@ -141,6 +146,7 @@ def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True,
     p = Path(path)
     cap = max_size or MAX_FILE_SIZE
     fd, size = _open_regular(p)
+    st = os.fstat(fd)
     with open(fd, "rb") as f:
         try:
             head = f.read(_HEAD_LEN)
@@ -186,6 +192,8 @@ def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True,
         sha256=_sha256(image.raw) if digest else None,
         build_id_note=found.get(BUILD_ID_SECTION),
         modinfo=found.get(MODINFO_SECTION),
+        raw_file_id=(st.st_dev, st.st_ino)
+        if image.compression is None and not image.is_elf else None,
     )
 
 

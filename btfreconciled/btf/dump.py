@@ -12,6 +12,7 @@ import errno
 import os
 import signal
 from array import array
+from collections.abc import Callable
 from typing import BinaryIO
 
 from .btf import Btf
@@ -258,9 +259,14 @@ CHUNK_TYPES = 2048
 # formatting work is even at 52-57% of the words (structs, whose member lines cost the most
 # per word, come first), and the child also runs the record scan, ~8% of the work.
 SPLIT_AT = 0.6
+# When this process must first validate the BTF (write_raw's `before_output`), it renders a
+# smaller first part. Measured on a 6.18 vmlinux (CPU time): validation 245 ms, formatting
+# everything 320 ms, the scan 40 ms; at 20% of the words both processes finish together.
+SPLIT_AT_AFTER_CHECK = 0.2
 
 
-def write_raw(btf: Btf, out: BinaryIO) -> None:
+def write_raw(btf: Btf, out: BinaryIO, *,
+              before_output: Callable[[], None] | None = None) -> None:
     """Write the raw dump to a binary stream. A large BTF (a vmlinux: ~300k lines, where
     formatting is the whole cost) is rendered by two processes: a forked child renders the
     later records into a memfd while this process renders and writes the first ones; the
@@ -268,14 +274,20 @@ def write_raw(btf: Btf, out: BinaryIO) -> None:
 
     Neither process needs the record scan to start: this one walks the words from the first
     record, and only the child, which must find where its records begin, scans (for a
-    parse(defer_scan=True), that is the first scan)."""
+    parse(defer_scan=True), that is the first scan).
+
+    `before_output` (strict validation of a BTF parsed unvalidated) runs in this process
+    before anything is written to `out`, while the child is already rendering into its
+    memfd; when it raises, the child is killed and `out` gets nothing."""
     w = btf.wire_words()
     strings = _Strings(btf)
     if (len(w) < PARALLEL_MIN_WORDS or (os.cpu_count() or 1) < 2 or not hasattr(os, "fork")
             or not hasattr(os, "memfd_create")):
+        if before_output is not None:
+            before_output()
         _render(btf, w, 0, len(w), btf.start_id, strings, out.write)
         return
-    split = int(len(w) * SPLIT_AT)
+    split = int(len(w) * (SPLIT_AT if before_output is None else SPLIT_AT_AFTER_CHECK))
     spill = os.memfd_create("btf-dump", os.MFD_CLOEXEC)
     failure_r, failure_w = os.pipe()
     try:
@@ -298,6 +310,8 @@ def write_raw(btf: Btf, out: BinaryIO) -> None:
         os.close(failure_w)
         failure_w = -1
         try:
+            if before_output is not None:
+                before_output()
             _render(btf, w, 0, split, btf.start_id, strings, out.write)
         except BaseException:
             os.kill(pid, signal.SIGKILL)

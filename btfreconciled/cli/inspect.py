@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
         from .errors import CliError
 
         raise CliError(f"{args.file}: no .BTF section")
-    validate = not is_kernel_verified(args.file)
     btf = load_for_dump(args.file, args.base, sections=sections)
+    validate = not is_kernel_verified(sections, btf.base)
     btf.build_index()
     elapsed = time.perf_counter() - t0
     kinds = Counter(Kind(btf.kind_of(tid)).name for tid in range(btf.start_id, btf.type_count))
