@@ -17,7 +17,10 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _GZIP_MAGIC = b"\x1f\x8b"
 _DECOMPRESS_CHUNK = 1 << 20  # small: the output grows in place, chunks are transient
 _XZ_FEED = 256 << 10
-_ZSTD_FEED = 8 << 10
+# zstd's decompressobj has no output bound and a 4-byte RLE block expands to 128 KiB: an
+# 8 KiB piece of a bomb gave 256 MiB in one call (on top of the payload buffer). 256 bytes
+# bound one call's output to 8 MiB; a real module decodes as fast (kimage.py measured it).
+_ZSTD_FEED = 256
 _NONZERO = re.compile(rb"[^\0]")
 
 
@@ -105,16 +108,18 @@ def _zstd():  # noqa: ANN202 - the zstandard module
 
 
 def _zstd_chunks(raw: bytes) -> Iterator[bytes]:
-    # decompressobj has no output bound, so feed it small input pieces: one zstd block
-    # (<= 128 KiB of output) needs at least a few input bytes, which bounds each call's
-    # output. Its eof flag is what tells a truncated frame apart (stream_reader does not).
+    # decompressobj has no output bound, so feed it small input pieces (_ZSTD_FEED): one
+    # zstd block (<= 128 KiB of output) needs at least 4 input bytes, which bounds each
+    # call's output. Its eof flag is what tells a truncated frame apart (stream_reader does
+    # not).
+    view = memoryview(raw)
     pos = 0
     while pos < len(raw):
         dec = _zstd().ZstdDecompressor().decompressobj()
         while not dec.eof:
             if pos >= len(raw):
                 raise EOFError("truncated stream")
-            piece = raw[pos:pos + _ZSTD_FEED]
+            piece = view[pos:pos + _ZSTD_FEED]
             pos += len(piece)
             yield dec.decompress(piece)
         pos -= len(dec.unused_data)
