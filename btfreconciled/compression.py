@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _GZIP_MAGIC = b"\x1f\x8b"
 _DECOMPRESS_CHUNK = 1 << 20  # small: the output grows in place, chunks are transient
 _XZ_FEED = 256 << 10
-_ZSTD_FEED = 8 << 10
+# zstd's decompressobj has no output bound, and a 4-byte RLE block expands to 128 KiB: a
+# fixed 8 KiB piece of a bomb gave 256 MiB in one call, on top of the payload buffer (and
+# the call joins its output, so twice that for a moment). The piece is sized to the room
+# left under the cap instead: one call's output, doubled, fits in half of what is left, so
+# the peak stays near the cap; 256 bytes (8 MiB of output) at least, 1 KiB at most (a real
+# 100 KB module decodes as fast in 1 KiB pieces as in 8 KiB ones, ~3x slower in 256 bytes).
+_ZSTD_EXPANSION = (128 << 10) // 4
+_ZSTD_FEED_MIN, _ZSTD_FEED_MAX = 256, 1 << 10
 _NONZERO = re.compile(rb"[^\0]")
 
 
@@ -41,9 +48,14 @@ def decompress(compression: str, raw: bytes, cap: int) -> bytearray:
     bomb never allocates its claimed size). A bytearray grown in place (realloc): no second
     copy of a 30 MiB module at any moment, unlike joining chunks or BytesIO.getvalue() after
     growth."""
+    out = bytearray()
+
+    def room() -> int:
+        return cap - len(out)
+
     try:
-        chunks = {"xz": _xz_chunks, "zst": _zstd_chunks, "gz": _gzip_chunks}[compression](raw)
-        out = bytearray()
+        chunks = {"xz": _xz_chunks, "zst": lambda r: _zstd_chunks(r, room),
+                  "gz": _gzip_chunks}[compression](raw)
         for chunk in chunks:
             if len(out) + len(chunk) > cap:
                 raise CompressionError(f"{compression} stream decompresses to more than "
@@ -104,17 +116,20 @@ def _zstd():  # noqa: ANN202 - the zstandard module
     return zstandard
 
 
-def _zstd_chunks(raw: bytes) -> Iterator[bytes]:
-    # decompressobj has no output bound, so feed it small input pieces: one zstd block
-    # (<= 128 KiB of output) needs at least a few input bytes, which bounds each call's
-    # output. Its eof flag is what tells a truncated frame apart (stream_reader does not).
+def _zstd_chunks(raw: bytes, room: Callable[[], int]) -> Iterator[bytes]:
+    # decompressobj has no output bound, so feed it input pieces sized to `room()`, the
+    # bytes left under the cap: one zstd block (<= 128 KiB of output) needs at least 4 input
+    # bytes, which bounds each call's output. Its eof flag is what tells a truncated frame
+    # apart (stream_reader and read_to_iter end quietly).
+    view = memoryview(raw)
     pos = 0
     while pos < len(raw):
         dec = _zstd().ZstdDecompressor().decompressobj()
         while not dec.eof:
             if pos >= len(raw):
                 raise EOFError("truncated stream")
-            piece = raw[pos:pos + _ZSTD_FEED]
+            feed = room() // (4 * _ZSTD_EXPANSION)
+            piece = view[pos:pos + max(_ZSTD_FEED_MIN, min(_ZSTD_FEED_MAX, feed))]
             pos += len(piece)
             yield dec.decompress(piece)
         pos -= len(dec.unused_data)

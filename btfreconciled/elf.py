@@ -47,6 +47,12 @@ _READ_SECTIONS = (*_BTF_SECTIONS, BUILD_ID_SECTION, MODINFO_SECTION)
 # never read whole: only its section headers and .BTF* sections, each within MAX_FILE_SIZE.
 MAX_FILE_SIZE = 256 << 20  # bytes read from one file (compressed module, raw BTF, a section)
 MAX_DECOMPRESSED_SIZE = 128 << 20  # a compressed module's payload
+# An uncompressed ELF is read by its headers and .BTF* sections only, but hashed whole: the
+# file itself is bounded too, by its fstat size before any byte is read or hashed (a sparse
+# file claims any size for free, and hashing 100 GiB of holes takes minutes). Modules are
+# held to MAX_FILE_SIZE (reconcile_module_file, the daemon's max_module_bytes); this bound
+# is for what else is read as ELF, such as a vmlinux with debug info (~1 GiB).
+MAX_ELF_SIZE = 2 << 30
 
 _ELF_MAGIC = b"\x7fELF"
 _BTF_MAGICS = (b"\x9f\xeb", b"\xeb\x9f")  # 0xeB9F little- and big-endian
@@ -138,13 +144,17 @@ class _Image(NamedTuple):
 
 
 def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True,
-                      max_size: int | None = None) -> BtfSections:
+                      max_size: int | None = None,
+                      max_file_size: int | None = None) -> BtfSections:
     """Read `.BTF`, `.BTF.base` and `.BTF.base_expects` from an ELF or raw BTF file;
     `digest=False` skips hashing the file (`sha256` is then None). Only regular files are
     read (a FIFO or device is refused without blocking); `max_size` (default MAX_FILE_SIZE)
-    bounds what is read from the file and what a compressed payload may decompress to."""
+    bounds what is read from the file and what a compressed payload may decompress to.
+    `max_file_size` bounds an uncompressed ELF file's own size (default: `max_size` when
+    given, else MAX_ELF_SIZE); a larger one is refused before anything is read."""
     p = Path(path)
     cap = max_size or MAX_FILE_SIZE
+    elf_cap = max_file_size or max_size or MAX_ELF_SIZE
     fd, size = _open_regular(p)
     st = os.fstat(fd)
     with open(fd, "rb") as f:
@@ -155,6 +165,7 @@ def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True,
         if head[:2] == b"MZ" and head[0x202:0x206] == b"HdrS":
             return _read_kernel_image(p, f, size, cap, max_size, digest)
         if _detect_compression(head) is None and head.startswith(_ELF_MAGIC):
+            _check_size(p, size, elf_cap)
             # pyelftools seeks to what it needs: headers and the .BTF* sections
             try:
                 found = _plain_sections(_file_reader(f), size, set(_READ_SECTIONS), cap)
@@ -164,12 +175,12 @@ def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True,
                 f.seek(0)
                 found = _read_named_sections(p, _open_elf(p, f, size), size,
                                              set(_READ_SECTIONS), cap)
-            sha = _sha256_stream(p, f) if digest else None
+            sha = _sha256_stream(p, f, elf_cap) if digest else None
             return BtfSections(p, None, found.get(BTF_SECTION), found.get(BTF_BASE_SECTION),
                                found.get(BTF_BASE_EXPECTS_SECTION), True, sha,
                                found.get(BUILD_ID_SECTION), found.get(MODINFO_SECTION))
-        if size > cap:  # st_size of sysfs files is 0 or 4096: only real files get here
-            raise ElfError(p, f"{size} bytes, larger than {cap}; refusing")
+        # st_size of sysfs files is 0 or 4096: only real files are refused here
+        _check_size(p, size, cap)
         f.seek(0)
         raw = _read_capped(p, f, cap)
     image = _image(p, raw, min(cap, MAX_DECOMPRESSED_SIZE) if max_size is None else cap)
@@ -221,11 +232,11 @@ def _read_kernel_image(p: Path, f: io.BufferedReader, size: int, cap: int,
     BTF file (is_elf False: no .BTF.base, not a module); `compression` says what it was."""
     from . import kimage
 
-    if size > cap:
-        raise ElfError(p, f"{size} bytes, larger than {cap}; refusing")
+    _check_size(p, size, cap)
     found = kimage.read_kernel_image_btf(
-        p, f, max_btf=cap, max_decompressed=max_size or kimage.MAX_DECOMPRESSED)
-    sha = _sha256_stream(p, f) if digest else None
+        p, f, max_btf=min(cap, kimage.MAX_BTF),
+        max_decompressed=max_size or kimage.MAX_DECOMPRESSED)
+    sha = _sha256_stream(p, f, cap) if digest else None
     return BtfSections(p, f"bzImage+{found.compression}", found.btf, None, None, False, sha)
 
 
@@ -237,12 +248,21 @@ def module_is_signed(path: str | os.PathLike[str]) -> bool:
     return _load(Path(path)).data.endswith(MODULE_SIGNATURE_MAGIC)
 
 
-def sha256_file(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> str:
-    """sha256 of a regular file's bytes as stored (never blocks on a FIFO or device)."""
+def sha256_file(path: str | os.PathLike[str], *, follow_symlinks: bool = True,
+                max_size: int = MAX_ELF_SIZE) -> str:
+    """sha256 of a regular file's bytes as stored (never blocks on a FIFO or device); a file
+    larger than `max_size` is refused (ElfError) before a byte is hashed."""
     p = Path(path)
-    fd, _ = _open_regular(p, follow_symlinks=follow_symlinks)
+    fd, size = _open_regular(p, follow_symlinks=follow_symlinks)
     with open(fd, "rb") as f:
-        return _sha256_stream(p, f)
+        _check_size(p, size, max_size)
+        return _sha256_stream(p, f, max_size)
+
+
+def _check_size(path: Path, size: int, limit: int) -> None:
+    """Refuse a file by its fstat size, before reading or hashing it."""
+    if size > limit:
+        raise ElfError(path, f"{size} bytes, larger than {limit}; refusing")
 
 
 def _sha256(data: bytes) -> str:
@@ -251,18 +271,29 @@ def _sha256(data: bytes) -> str:
     return sha256_hex(data)
 
 
-def _sha256_stream(path: Path, f: io.BufferedReader) -> str:
-    from .cache import sha256_stream
+def _sha256_stream(path: Path, f: io.BufferedReader, limit: int = MAX_ELF_SIZE) -> str:
+    """sha256 of the whole open file, refused once more than `limit` bytes came: a file
+    that grows while it is hashed (or a size that lied) never makes the work unbounded."""
+    import hashlib
 
+    h = hashlib.sha256()
+    total = 0
     try:
-        return sha256_stream(f)
+        f.seek(0)
+        while chunk := f.read(1 << 20):
+            total += len(chunk)
+            if total > limit:
+                raise ElfError(path, f"larger than {limit} bytes; refusing")
+            h.update(chunk)
     except OSError as e:
         raise ElfError(path, f"cannot read: {e.strerror or e}") from None
+    return h.hexdigest()
 
 
 def _load(path: Path) -> _Image:
-    fd, _ = _open_regular(path)
+    fd, size = _open_regular(path)
     with open(fd, "rb") as f:
+        _check_size(path, size, MAX_FILE_SIZE)
         raw = _read_capped(path, f, MAX_FILE_SIZE)
     image = _image(path, raw, MAX_DECOMPRESSED_SIZE)
     return image._replace(data=bytes(image.data))  # the writer slices it as bytes

@@ -57,6 +57,12 @@ MAX_DECOMPRESSED = 512 << 20
 # objects with BTF of their own). Past it, candidates are dropped and a second decode
 # answers instead: memory stays bounded whatever the input.
 _CANDIDATE_BUDGET = 64 << 20
+# The largest .BTF accepted from a kernel image (Debian's is ~6 MiB): a section table may
+# claim any size for a .BTF of compressed zeros, and the bytes kept for it are held, then
+# copied once into the answer. Checked against the section table before the range is kept.
+MAX_BTF = 64 << 20
+# The section names (a vmlinux's are ~400 bytes): kept on a second decode, so bounded too.
+_MAX_SHSTRTAB = 1 << 20
 _SHSTRTAB_WINDOW = 64 << 10
 _IN_CHUNK = 1 << 20  # compressed bytes read from the file at a time
 _OUT_CHUNK = 1 << 20  # bound on one decompressor call's output (zlib, lzma, bz2)
@@ -101,10 +107,12 @@ class KernelImageBtf(NamedTuple):
 
 
 def read_kernel_image_btf(path: str | os.PathLike[str], f: BinaryIO | None = None, *,
-                          max_btf: int = 256 << 20,
+                          max_btf: int = MAX_BTF,
                           max_decompressed: int = MAX_DECOMPRESSED) -> KernelImageBtf:
-    """The .BTF of bzImage `path` (read through `f`, an open file of it, when given)."""
+    """The .BTF of bzImage `path` (read through `f`, an open file of it, when given); a
+    .BTF larger than `max_btf` (at most MAX_BTF) is refused."""
     p = Path(path)
+    max_btf = min(max_btf, MAX_BTF)
     if f is None:
         fd, _ = _open_regular(p)  # a regular file, checked before anything is read
         with open(fd, "rb") as own:
@@ -499,6 +507,10 @@ class _ElfScan:
         if not 0 < shstrndx < len(headers):
             raise ElfError(self.path, f"vmlinux section name table index {shstrndx} out of "
                                       "range")
+        if headers[shstrndx].size > _MAX_SHSTRTAB:
+            raise ElfError(self.path, f"vmlinux section name table is "
+                                      f"{headers[shstrndx].size} bytes, more than "
+                                      f"{_MAX_SHSTRTAB}; refusing")
         for i, h in enumerate(headers):
             if h.type != _SHT_NOBITS and h.offset + h.size > total:
                 raise ElfError(self.path, f"truncated vmlinux: section [{i}] at {h.offset:#x} "

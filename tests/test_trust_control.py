@@ -247,7 +247,7 @@ def world() -> Iterator[FakeSystem]:
     subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
-def test_idle_and_slow_clients_time_out_and_the_64th_connection_is_the_last(world) -> None:
+def test_idle_and_slow_clients_time_out_and_the_65th_evicts_the_oldest_idle(world) -> None:
     p = _start(world, control_timeout=1.5)
     try:
         # _start's own ping connection is gone: only the asking one is open
@@ -255,12 +255,13 @@ def test_idle_and_slow_clients_time_out_and_the_64th_connection_is_the_last(worl
                         ["control_connections"] == 1, 10)
         time.sleep(0.3)  # and the asking one has closed too
         held = [_connect(world.socket) for _ in range(65)]
-        answers = [_read_line(s) for s in held]  # the refused one at once, the rest idle
+        answers = [_read_line(s) for s in held]  # the evicted one at once, the rest idle
         codes = [a.get("code") for a in answers]
-        assert codes.count("busy") == 1 and codes.count("timeout") == 64, answers
-        busy = answers[codes.index("busy")]
-        assert busy["ok"] is False
-        assert "too many control connections (64 open)" in busy["error"]
+        # the 65th took the slot of the oldest idle one
+        assert codes[0] == "evicted" and codes.count("timeout") == 64, answers
+        assert answers[0]["ok"] is False and "closed while idle" in answers[0]["error"]
+        for s in held:
+            s.close()
         # a dripping client: one byte every 0.3 s never completes a line in 1.5 s
         drip = _connect(world.socket)
         t0 = time.monotonic()
@@ -272,13 +273,50 @@ def test_idle_and_slow_clients_time_out_and_the_64th_connection_is_the_last(worl
             time.sleep(0.3)
         assert _read_line(drip)["code"] == "timeout"
         assert time.monotonic() - t0 < 6
+        drip.close()
         # slots free again: status answers and counts what happened
+        assert wait_for(lambda: _status_ok(world.socket), 10)
         st = request(world.socket, {"cmd": "status"})["stats"]
-        assert st["control_refused"] == 1 and st["control_timeouts"] == 65, st
-        for s in [*held, drip]:
-            s.close()
+        assert st["control_refused"] == 0 and st["control_evicted"] == 1, st
+        assert st["control_timeouts"] == 65, st
     finally:
         _stop(p)
+
+
+def test_status_answers_during_a_flood_of_idle_connections(world) -> None:
+    """2,000 idle connections of the same user: the oldest idle ones make room, so a real
+    `status` is answered at once (it waited 10 s for the idle ones to time out)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 4096)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+    p = _start(world, control_timeout=30)
+    held: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(held) < min(2000, want - 100) and time.monotonic() < deadline:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                s.connect(str(world.socket))
+            except BlockingIOError:  # the backlog is full: the daemon is accepting
+                s.close()
+                time.sleep(0.001)
+                continue
+            s.setblocking(True)
+            s.settimeout(10)
+            held.append(s)
+        t0 = time.monotonic()
+        answer = request(world.socket, {"cmd": "status"}, timeout=5)
+        took = time.monotonic() - t0
+        assert answer["ok"] is True, answer
+        assert took < 2, f"status took {took:.2f} s during the flood"
+        assert answer["stats"]["control_evicted"] > 1000, answer["stats"]
+        assert _read_line(held[0])["code"] == "evicted"  # told why it was closed
+    finally:
+        for s in held:
+            s.close()
+        _stop(p)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_accept_errors_back_off_log_once_and_status_answers_again(world) -> None:

@@ -176,7 +176,8 @@ class Results:
             return None
         # the same stat is not the same bytes: the record must name this file's sha256
         try:
-            if rec.get("module_sha256") != sha256_file(key[0]):
+            if rec.get("module_sha256") != sha256_file(key[0],
+                                                       max_size=self.cfg.max_module_bytes):
                 return None
         except ElfError:
             return None

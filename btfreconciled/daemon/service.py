@@ -26,12 +26,17 @@ from .events import FileWatcher, UeventListener
 from .notify import Notifier
 
 # Control socket limits (SPEC §10: the socket is untrusted input).
-MAX_CONNECTIONS = 64  # open at once; the next one gets _BUSY and is closed
+# Open at once. At the limit a new connection evicts the oldest idle one (waiting for a
+# request: an idle client holds nothing, and a flood of them must not lock out a real
+# `status`); only when none is idle does the new one get _BUSY and is closed.
+MAX_CONNECTIONS = 64
 _BACKLOG = 128
 _ACCEPT_BACKOFF_MIN, _ACCEPT_BACKOFF_MAX = 0.05, 1.0  # retrying accept() after EMFILE...
 _ACCEPT_LOG_INTERVAL = 60.0  # ...and reporting it at most once per this many seconds
 _BUSY = (b'{"ok": false, "error": "btfreconciled is busy: too many control connections '
          b'(%d open); try again", "code": "busy"}\n' % MAX_CONNECTIONS)
+_EVICTED = (b'{"ok": false, "error": "closed while idle: the daemon needed the slot for a '
+            b'new control connection", "code": "evicted"}\n')
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 # Settings that only take effect on restart (reload keeps the running value and says so).
@@ -58,7 +63,11 @@ class Service:
         self._listen_sock: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._connections: set[asyncio.Task[None]] = set()
-        self.control_stats = {"refused": 0, "timeouts": 0, "accept_errors": 0}
+        # connections waiting for a request, oldest first (insertion order), with their
+        # writer; evicted ones until their task has ended (they no longer hold a slot)
+        self._idle: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._evicted: set[asyncio.Task[None]] = set()
+        self.control_stats = {"refused": 0, "timeouts": 0, "accept_errors": 0, "evicted": 0}
         self._accept_logged = -_ACCEPT_LOG_INTERVAL
         self._accept_suppressed = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -363,7 +372,8 @@ class Service:
                 backoff = min(backoff * 2, _ACCEPT_BACKOFF_MAX)
                 continue
             backoff = _ACCEPT_BACKOFF_MIN
-            if len(self._connections) >= MAX_CONNECTIONS:
+            if len(self._connections) - len(self._evicted) >= MAX_CONNECTIONS \
+                    and not self._evict_idle():
                 self.control_stats["refused"] += 1
                 with contextlib.suppress(OSError):
                     conn.setblocking(False)
@@ -372,7 +382,28 @@ class Service:
                 continue
             task = loop.create_task(self._client(conn))
             self._connections.add(task)
-            task.add_done_callback(self._connections.discard)
+            task.add_done_callback(self._connection_done)
+            # sock_accept returns without yielding while connections wait in the backlog:
+            # let the new client read its request before the next accept, so that a burst
+            # of idle connections never evicts one whose request has already arrived
+            await asyncio.sleep(0)
+
+    def _evict_idle(self) -> bool:
+        """Close the oldest connection still waiting for a request; False if none is."""
+        for task, writer in self._idle.items():
+            del self._idle[task]
+            self._evicted.add(task)
+            self.control_stats["evicted"] += 1
+            with contextlib.suppress(Exception):
+                writer.write(_EVICTED)
+                writer.close()  # the client's readline then ends: its task finishes
+            return True
+        return False
+
+    def _connection_done(self, task: asyncio.Task[None]) -> None:
+        self._connections.discard(task)
+        self._evicted.discard(task)
+        self._idle.pop(task, None)
 
     def _log_accept_error(self, e: OSError) -> None:
         now = time.monotonic()
@@ -414,12 +445,20 @@ class Service:
         except OSError:
             conn.close()
             return
+        task = asyncio.current_task()
+        assert task is not None
         try:
             while True:
                 try:
                     # The whole line within the deadline: a silent or dripping client
-                    # cannot hold one of the MAX_CONNECTIONS slots for longer.
-                    line = await asyncio.wait_for(reader.readline(), timeout)
+                    # cannot hold one of the MAX_CONNECTIONS slots for longer; while it
+                    # waits, it is the first to go when the slots run out.
+                    if task not in self._evicted:
+                        self._idle[task] = writer
+                    try:
+                        line = await asyncio.wait_for(reader.readline(), timeout)
+                    finally:
+                        self._idle.pop(task, None)
                 except (ValueError, asyncio.LimitOverrunError):
                     writer.write(b'{"ok": false, "error": "request too long", '
                                  b'"code": "bad-request"}\n')
@@ -430,7 +469,7 @@ class Service:
                         "ok": False, "error": f"no complete request within {timeout:g} s",
                         "code": "timeout"}).encode() + b"\n")
                     break
-                if not line:
+                if not line or task in self._evicted:
                     break
                 if not line.strip():
                     continue

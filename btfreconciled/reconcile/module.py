@@ -13,7 +13,7 @@ from ..btf.btf import Btf
 from ..btf.errors import BtfError
 from ..btf.load import parse_btf
 from ..cache import module_name_of, normalize_module_name
-from ..elf import BtfSections, ElfError, read_btf_sections, sha256_file
+from ..elf import MAX_FILE_SIZE, BtfSections, ElfError, read_btf_sections, sha256_file
 from .diagnostics import ERROR, Problem
 from .fields import STRICT_CHOICES, check_fields, derive_base
 from .relocate import EMBEDDED_KERNEL, relocate
@@ -157,15 +157,18 @@ def reconcile_module_file(path: str, target: VmlinuxIndex, *, strict: str = "emb
         p = Problem("error", ERROR, summary)
         return result(Verdict.ERROR, summary, [p])
 
+    # a module file is never larger than this: refused by its size before it is read or
+    # hashed, so a sparse 100 GiB file costs no time
+    file_cap = max_bytes or MAX_FILE_SIZE
     try:
-        sections = read_btf_sections(path, max_size=max_bytes)
+        sections = read_btf_sections(path, max_size=max_bytes, max_file_size=file_cap)
         sha = sections.sha256 or ""
         ident = (sections.build_id, sections.srcversion)
         bases = [n for n, d in ((".BTF.base", sections.base),
                                 (".BTF.base_expects", sections.base_expects)) if d is not None]
     except ElfError as exc:
         with contextlib.suppress(OSError, ElfError):
-            sha = sha256_file(path)
+            sha = sha256_file(path, max_size=file_cap)
         return error(str(exc))
     except OSError as exc:
         return error(f"{path}: {exc.strerror or exc}")
