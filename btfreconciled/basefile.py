@@ -140,6 +140,16 @@ def parse_mark(note: bytes | None, little: bool) -> dict[str, str] | None:
     return dict(line.partition("=")[::2] for line in text.splitlines() if "=" in line)
 
 
+def no_btf_remedy(release: str) -> str:
+    """The one-line fix for an out-of-tree module built for kernel `release` without BTF
+    (Kbuild found no vmlinux in the build directory): give the build directory `release`'s
+    own BTF base, then build the module again."""
+    return (f"btfreconcilectl headers {release} (writes {release}'s BTF base into "
+            f"/lib/modules/{release}/build/vmlinux), then rebuild the module: dkms install "
+            f"--force MODULE/MODULE-VERSION -k {release}, or make against "
+            f"/lib/modules/{release}/build")
+
+
 # --------------------------------------------------------------------------- releases
 
 _RELEASE = re.compile(rb"\A[0-9][!-~]*\Z")  # printable, no spaces, starts like a version

@@ -1,0 +1,141 @@
+"""Modules with no BTF at all (Kbuild's "Skipping BTF generation ... due to unavailability of
+vmlinux"): the engine tells them from classic split BTF, the daemon gives them verdict
+`no-btf` with the remedy, and `doctor` names the state of the kernel's build directory.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from test_daemon import make_daemon  # noqa: E402
+from test_daemon_support import FakeSystem  # noqa: E402
+from test_reconcile import _elf, module, reparse, target_of, vmlinux  # noqa: E402
+
+from btfreconciled.cache import SERVED_VERDICTS  # noqa: E402
+from btfreconciled.daemon.control import handle_request  # noqa: E402
+from btfreconciled.daemon.engine import ReconcileEngine  # noqa: E402
+from btfreconciled.daemon.record import DAEMON_VERDICTS  # noqa: E402
+from btfreconciled.elfwrite import write_btf_sections  # noqa: E402
+from btfreconciled.reconcile.module import Verdict, reconcile_module_file  # noqa: E402
+
+RELEASE = "6.18.0-test"  # FakeSystem's kernel release
+
+
+@pytest.fixture
+def fs(tmp_path: Path) -> FakeSystem:
+    return FakeSystem(tmp_path)
+
+
+def codes(diags: list[dict]) -> list[str]:
+    return [d["code"] for d in diags]
+
+
+# ------------------------------------------------------------------ the engine
+
+
+def test_engine_tells_no_btf_from_classic_split_btf(tmp_path: Path) -> None:
+    target = target_of(vmlinux())
+    bare = tmp_path / "bare.ko"
+    bare.write_bytes(_elf(tmp_path).read_bytes())
+    res = reconcile_module_file(str(bare), target)
+    assert res.verdict is Verdict.NO_BASE and codes(res.diagnostics) == ["no-btf"]
+    assert "no .BTF section" in res.summary
+    classic = tmp_path / "classic.ko"
+    write_btf_sections(_elf(tmp_path), classic,
+                       {".BTF": module(reparse(vmlinux())).to_bytes()})
+    res = reconcile_module_file(str(classic), target)
+    assert res.verdict is Verdict.NO_BASE and codes(res.diagnostics) == ["no-base"]
+
+
+# ------------------------------------------------------------------ the daemon
+
+
+def test_no_btf_is_a_daemon_verdict_not_served() -> None:
+    assert "no-btf" in DAEMON_VERDICTS and "no-btf" not in SERVED_VERDICTS
+
+
+def _check_no_btf_record(rec: dict, name: str) -> None:
+    assert rec["verdict"] == "no-btf" and rec["engine_verdict"] == "no-base"
+    assert rec["btf"] is None and rec["btf_sha256"] is None
+    fix = (f"btfreconcilectl headers {RELEASE} (writes {RELEASE}'s BTF base into "
+           f"/lib/modules/{RELEASE}/build/vmlinux), then rebuild the module: dkms install "
+           f"--force MODULE/MODULE-VERSION -k {RELEASE}")
+    assert rec["summary"].startswith(f"{name}: the module has no BTF at all")
+    assert fix in rec["summary"]
+    diag = [d for d in rec["diagnostics"] if d["code"] == "no-btf"]
+    assert len(diag) == 1 and diag[0]["severity"] == "error"
+    assert diag[0]["remedy"].startswith(fix)
+
+
+def test_module_without_btf_gets_no_btf_with_the_remedy(fs: FakeSystem) -> None:
+    """The engine says no-base for it (no .BTF.base either); the daemon used to try a rescue
+    and publish no-base. Classic split BTF stays no-base."""
+    fs.add_file("bare", "NOBTF")
+    fs.add_file("plain", "NOBASE")
+    fs.add_file("good")
+    for m in ("bare", "plain", "good"):
+        fs.load(m)
+    d = make_daemon(fs)
+    try:
+        d.rescan("t")
+        assert d.wait_idle()
+        assert d.cache is not None
+        rec = d.cache.read_record("bare")
+        assert rec is not None
+        _check_no_btf_record(rec, "bare")
+        assert not d.cache.btf_path("bare").exists()
+        assert d.cache.read_record("plain")["verdict"] == "no-base"  # type: ignore[index]
+        # counted in status, the manifest and the one-line status
+        counts = d.counts()
+        assert counts["no-btf"] == 1 and counts["no-base"] == 1 and counts["ok"] == 1
+        assert handle_request(d, {"cmd": "status"})["counts"]["no-btf"] == 1
+        d.flush_manifest()
+        man = d.cache.read_manifest()
+        assert man and man["counts"]["no-btf"] == 1
+        assert man["modules"]["bare"]["verdict"] == "no-btf"
+        assert "1 no-btf" in d.status_line()
+        # not served: no path answer
+        assert "bare" not in {m["module"] for m in d.list_modules()
+                              if m["verdict"] in SERVED_VERDICTS}
+        # decided again the same way (the engine's result remembered, the policy reapplied)
+        d.on_event("add", "bare")
+        assert d.wait_idle()
+        _check_no_btf_record(d.cache.read_record("bare"), "bare")  # type: ignore[arg-type]
+    finally:
+        d.stop()
+
+
+def test_daemon_restart_decides_no_btf_again(fs: FakeSystem) -> None:
+    fs.add_file("bare", "NOBTF")
+    fs.load("bare")
+    for _ in range(2):
+        d = make_daemon(fs)
+        try:
+            d.rescan("t")
+            assert d.wait_idle()
+            assert d.cache is not None
+            _check_no_btf_record(d.cache.read_record("bare"), "bare")  # type: ignore[arg-type]
+            assert d.counts()["no-btf"] == 1
+        finally:
+            d.stop()
+
+
+def test_real_engine_module_without_btf_is_no_btf(fs: FakeSystem, tmp_path: Path) -> None:
+    """With the real engine: the file built by gcc alone has no .BTF section."""
+    (fs.mods / "bare.ko").write_bytes(_elf(tmp_path).read_bytes())
+    fs.load("bare")
+    d = make_daemon(fs, engine=ReconcileEngine())  # type: ignore[arg-type]
+    try:
+        d.rescan("t")
+        assert d.wait_idle()
+        assert d.cache is not None
+        rec = d.cache.read_record("bare")
+        assert rec is not None
+        _check_no_btf_record(rec, "bare")
+    finally:
+        d.stop()
