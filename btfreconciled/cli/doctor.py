@@ -44,7 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             " looked for among kernel files (vmlinuz-*, vmlinux*, *.btf) in the search"
             " directories, confirmed by the kernel's own checks. Also flags BTF that the"
             " kernel would accept though it was made for another build (it would bind to the"
-            " wrong types silently). Without MODULE: every loaded module whose BTF the kernel"
+            " wrong types silently). For a module with no BTF at all (Kbuild skipped it: no"
+            " vmlinux in the build directory): what the build directory of the kernel it"
+            " was built for (its vermagic) holds now, and how to get BTF:"
+            " `btfreconcilectl headers VERSION`, then a rebuild."
+            " Without MODULE: every loaded module whose BTF the kernel"
             " did not register (/sys/kernel/btf/<module> missing), with the kernel's log"
             " line when readable. Fix what it finds with `btfreconcilectl rescue`."),
         epilog="exit status: 0 fits, 1 does not fit (diagnosis printed), 2 error.",
