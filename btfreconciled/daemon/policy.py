@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..basefile import no_btf_remedy
 from ..cache import describe_os_error
 from ..elf import BUILD_ID_SECTION, note_build_id
 
@@ -314,6 +313,9 @@ def no_btf(name: str, record: dict[str, Any], release: str) -> dict[str, Any]:
     because the build directory of the kernel it was built for held no vmlinux. Nothing can
     be reconciled; the remedy is to give that kernel's build directory its BTF base and
     rebuild the module (the daemon's kernel: a loaded module was built for it)."""
+    # imported here: the client imports this module and must stay small
+    from ..basefile import no_btf_remedy
+
     fix = no_btf_remedy(release)
     summary = (f"{name}: the module has no BTF at all (no .BTF section: it was built with no "
                f"vmlinux in the kernel's build directory, Kbuild's 'Skipping BTF generation'); "
