@@ -140,6 +140,22 @@ def parse_mark(note: bytes | None, little: bool) -> dict[str, str] | None:
     return dict(line.partition("=")[::2] for line in text.splitlines() if "=" in line)
 
 
+def rebuild_hint(release: str) -> str:
+    """How to build an out-of-tree module for kernel `release` again (DKMS, or by hand)."""
+    return (f"rebuild the module: dkms install --force MODULE/MODULE-VERSION -k {release}, "
+            f"or make against /lib/modules/{release}/build")
+
+
+def no_btf_remedy(release: str, *, force: bool = False) -> str:
+    """The one-line fix for an out-of-tree module built for kernel `release` without BTF
+    (Kbuild found no vmlinux in the build directory): give the build directory `release`'s
+    own BTF base, then build the module again. `force`: a vmlinux holding other BTF is in
+    the way (`headers` replaces it only when told to)."""
+    return (f"btfreconcilectl headers {release}{' --force' if force else ''} (writes "
+            f"{release}'s BTF base into /lib/modules/{release}/build/vmlinux), then "
+            f"{rebuild_hint(release)}")
+
+
 # --------------------------------------------------------------------------- releases
 
 _RELEASE = re.compile(rb"\A[0-9][!-~]*\Z")  # printable, no spaces, starts like a version

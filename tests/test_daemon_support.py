@@ -146,6 +146,13 @@ class FakeEngine:
                                                   "size": 24, "why_not": "size 24 != 16"}],
                                   "embedded": True, "paths": ["struct obj.f -> struct foo"]}],
                               module_sha256=sha)
+        if word == b"NOBTF":  # no .BTF section at all: the real engine's result for it
+            return FakeResult(module_name, path, FakeVerdict.NO_BASE,
+                              f"{path}: no .BTF section: the module has no BTF at all, "
+                              "nothing to reconcile",
+                              diagnostics=[{"code": "no-btf", "severity": "info",
+                                            "summary": f"{path}: no .BTF section"}],
+                              module_sha256=sha, base_sections=[])
         if word in (b"NOBASE", b"CLASSIC"):
             return FakeResult(module_name, path, FakeVerdict.NO_BASE,
                               "no .BTF.base section: not split-distilled", module_sha256=sha)

@@ -9,6 +9,8 @@ import re
 import sys
 from pathlib import Path
 
+from ..basefile import no_btf_remedy, rebuild_hint
+from ..elf import ElfError, modinfo_value, read_btf_sections
 from ..kconfig import ALLOW_MISMATCH, REFUSE, config_files, find_policy
 from ..reconcile.doctor import (
     DEFAULT_SEARCH,
@@ -22,6 +24,7 @@ from ..reconcile.doctor import (
 )
 from ..reconcile.module import module_label
 from ..reconcile.target import SYSFS_VMLINUX, VmlinuxIndex
+from . import headers
 from .check import MODULE_SUFFIXES, find_modules, load_target
 from .errors import EXIT_ERROR, EXIT_OK, CliError, printable
 
@@ -41,7 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             " looked for among kernel files (vmlinuz-*, vmlinux*, *.btf) in the search"
             " directories, confirmed by the kernel's own checks. Also flags BTF that the"
             " kernel would accept though it was made for another build (it would bind to the"
-            " wrong types silently). Without MODULE: every loaded module whose BTF the kernel"
+            " wrong types silently). For a module with no BTF at all (Kbuild skipped it: no"
+            " vmlinux in the build directory): what the build directory of the kernel it"
+            " was built for (its vermagic) holds now, and how to get BTF:"
+            " `btfreconcilectl headers VERSION`, then a rebuild."
+            " Without MODULE: every loaded module whose BTF the kernel"
             " did not register (/sys/kernel/btf/<module> missing), with the kernel's log"
             " line when readable. Fix what it finds with `btfreconcilectl rescue`."),
         epilog="exit status: 0 fits, 1 does not fit (diagnosis printed), 2 error.",
@@ -59,6 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "modules.dep (repeatable; like the daemon's extra_module_dirs)")
     p.add_argument("--strict", choices=("off", "embedded", "all"), default="embedded",
                    help="field checks for .BTF.base modules (as `check`)")
+    p.add_argument("--root", metavar="DIR", default="/",
+                   help="for a module without BTF: look for the build directory and image of "
+                        "the kernel it was built for below DIR (as `headers`; default /)")
     p.add_argument("--json", action="store_true", help="one JSON document")
     p.set_defaults(handler=run)
 
@@ -198,8 +208,11 @@ def run(args: argparse.Namespace) -> int:
                       "--module-dir DIR)")
         results.append(d)
     tty = sys.stderr.isatty() and len(mods) > 1
+    states: dict[str, headers.BuildDirState] = {}
     for i, m in enumerate(mods, 1):
         d = diagnose(m, target, cands, strict=args.strict)
+        if d.kind == "no-btf":
+            _explain_no_btf(d, Path(args.root), states)
         results.append(d)
         if tty:
             print(f"\r[{i}/{len(mods)}] {printable(d.module[:50]):<50}", end="",
@@ -237,6 +250,47 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _vermagic_release(path: str) -> str | None:
+    """The kernel release a module file was built for: the first word of its .modinfo
+    vermagic ("6.1.0-57-amd64 SMP preempt mod_unload modversions")."""
+    try:
+        vermagic = modinfo_value(read_btf_sections(path, digest=False).modinfo, "vermagic")
+    except (OSError, ElfError):
+        return None
+    words = (vermagic or "").split()
+    return words[0] if words and words[0].isprintable() else None
+
+
+def _explain_no_btf(d: Diagnosis, root: Path, states: dict[str, headers.BuildDirState]
+                    ) -> None:
+    """A module with no BTF at all: what the build directory of the kernel it was built for
+    holds (Kbuild wrote no BTF because it had no vmlinux then), and the one-line fix for that
+    state. `states` keeps each release's answer for the run (reading an image costs
+    seconds)."""
+    release = _vermagic_release(d.path)
+    if release is None:
+        release = headers.running_release()
+        d.details.append(f"its .modinfo names no kernel (no vermagic): taking the running "
+                         f"kernel, {release}")
+    state = states.get(release)
+    if state is None:
+        state = states[release] = headers.build_dir_state(release, root)
+    d.built_for = release
+    d.build_dir = {"state": state.state, "detail": state.detail}
+    d.details.append(f"built for {release}; its build directory: {state.detail}")
+    if state.state == headers.NO_HEADERS:
+        d.fix = f"install the headers of {release}, then {no_btf_remedy(release)}"
+    elif state.state == headers.OTHER_BTF:
+        d.details.append("modules built against that vmlinux get BTF split against the wrong "
+                         "kernel's types")
+        d.fix = no_btf_remedy(release, force=True)
+    elif state.state == headers.RIGHT:
+        d.details.append("a vmlinux is there now: the module was built before it")
+        d.fix = rebuild_hint(release)
+    else:
+        d.fix = no_btf_remedy(release)
+
+
 def _print(results: list[Diagnosis], loaded_mode: bool) -> None:
     if not results:
         print("every loaded module's BTF is registered by the kernel" if loaded_mode
@@ -256,6 +310,8 @@ def _print(results: list[Diagnosis], loaded_mode: bool) -> None:
         if d.result == DOES_NOT_FIT and d.kind == "classic" and d.build:
             print(printable(f"  fix: btfreconcilectl rescue {d.path} --base {d.build} "
                             "--in-place"))
+        elif d.fix:
+            print(printable(f"  fix: {d.fix}"))
     if many:
         n_fit = sum(d.result == FITS for d in results)
         silent = sum(d.silent for d in results)

@@ -173,6 +173,61 @@ def run(args: argparse.Namespace) -> int:
                 f"{source.path} ({source.kind})")
 
 
+class BuildDirState(NamedTuple):
+    """What a kernel's build directory holds for Kbuild's module BTF (build_dir_state)."""
+
+    state: str  # no-headers | no-vmlinux | other-btf | right | unknown
+    detail: str  # one line saying so
+
+
+NO_HEADERS, NO_VMLINUX, OTHER_BTF, RIGHT, UNKNOWN = (
+    "no-headers", "no-vmlinux", "other-btf", "right", "unknown")
+
+
+def build_dir_state(version: str, root: Path = Path("/")) -> BuildDirState:
+    """Whether kernel `version`'s build directory (/lib/modules/VERSION/build below `root`)
+    has the vmlinux that gives out-of-tree modules their BTF, and whether that holds
+    `version`'s own BTF: the same check `headers` makes before writing, for `doctor` to say
+    why a module has none. Never raises: what cannot be told is state `unknown`."""
+    try:
+        where = _under(root, f"/lib/modules/{_check_version(version)}/build")
+        build = _build_dir(None, root, version)
+        if build is None:
+            return BuildDirState(NO_HEADERS, f"{where} does not exist: the headers of "
+                                              f"{version} are not installed")
+        target = build / "vmlinux"
+        shown = f"{where}/vmlinux" + ("" if build == where else f" ({target})")
+        existing = _existing(target)
+    except CliError as e:
+        return BuildDirState(UNKNOWN, str(e))
+    if existing is None:
+        return BuildDirState(NO_VMLINUX, f"no vmlinux in {where}"
+                                         + ("" if build == where else f" ({build})"))
+    if existing.btf is None:
+        return BuildDirState(OTHER_BTF, f"{shown} ({existing.kind}) holds no .BTF, not "
+                                        f"{version}'s BTF")
+    try:
+        source = _find_source(None, root, version)
+        why = f"no image of {version} found to compare it with (looked at " + \
+            ", ".join(str(p) for p in _candidates(root, version)) + ")"
+    except (CliError, ElfError) as e:
+        source, why = None, str(e)
+    if source is None:
+        if existing.ours:  # `headers` checked the image's release before writing it
+            return BuildDirState(RIGHT, f"{shown} was written by btfreconcilectl headers "
+                                        f"from {version}'s image")
+        return BuildDirState(UNKNOWN, f"{shown} is there, but whether it holds {version}'s "
+                                      f"BTF cannot be told: {why}")
+    if existing.btf == source.btf:
+        return BuildDirState(RIGHT, f"{shown} holds {version}'s BTF (the same as "
+                                    f"{source.path}'s)")
+    copied = existing.btf == _running_btf() and version != running_release()
+    hint = (f"the running kernel's ({running_release()}), copied from {SYS_BTF}" if copied
+            else "another kernel build's")
+    return BuildDirState(OTHER_BTF, f"{shown} holds BTF that is not {version}'s ({source.path}"
+                                    f" differs): it is {hint}")
+
+
 # --------------------------------------------------------------------------- inputs
 
 

@@ -52,10 +52,12 @@ from .policy import (
     absent_result,
     cross_check,
     identity,
+    is_without_btf,
     kernel_btf,
     kernel_dropped,
     kernel_mismatch,
     kernel_relocates,
+    no_btf,
     pending,
     registers_module_btf,
     undecided_note,
@@ -484,6 +486,10 @@ class Daemon(WorkQueue, Results, StatusApi):
             if ident != record.get("identity"):
                 record["identity"] = ident
                 on_disk = False
+        if is_without_btf(record):
+            # nothing the kernel could register, nothing to rescue: say how to get BTF
+            self._cc_tries.pop(job.name, None)
+            return no_btf(job.name, record, self.release), None, False
         if record["verdict"] == "no-base" and record.get("path"):
             return self._decide_classic(job.name, record, btf, on_disk, retry)
         if record["verdict"] != "ok" or btf is None:

@@ -17,6 +17,9 @@ Three checks stand between a reconciliation result and the cache:
   classic split module on its own build), a live module without ``/sys/kernel/btf/<m>`` means
   the kernel refused BTF we accepted: verdict ``kernel-dropped``, with the kernel's log line
   when one is found. While the module is still initialising the verdict is ``pending``.
+
+A module file with no ``.BTF`` at all (built where the kernel's build directory had no
+vmlinux) gets verdict ``no-btf``, with the remedy: that kernel's BTF base, then a rebuild.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ STALE_FILE = "stale-file"
 KERNEL_MISMATCH = "error"
 KERNEL_DROPPED = "kernel-dropped"  # the kernel refused (dropped) BTF that we accepted
 PENDING = "pending"  # waiting for the kernel to register the module's BTF (or not)
+NO_BTF = "no-btf"  # the module file has no .BTF at all (built with no vmlinux to split on)
 IN_KERNEL_RELOCATION = (6, 11)  # Linux reconciles .BTF.base modules itself from 6.11 on
 BASE_SECTION, EXPECTS_SECTION = ".BTF.base", ".BTF.base_expects"
+NO_BTF_CODE = "no-btf"  # the engine's diagnostic for a module file with no .BTF section
 UNDECIDED = "cross-check-undecided"  # diagnostic: whether the kernel refused could not be told
 
 
@@ -292,6 +297,34 @@ def pending(name: str, record: dict[str, Any], waiting_for: str, within: float
                f"decided within {within:g} s")
     rec = _overridden(record, PENDING, summary)
     rec["waiting_for"] = waiting_for
+    return rec
+
+
+def is_without_btf(record: dict[str, Any]) -> bool:
+    """Whether the engine found no .BTF section in the module file at all: its verdict is
+    no-base, told apart from classic split BTF (which has .BTF) by the diagnostic's code."""
+    return record.get("verdict") == "no-base" and any(
+        isinstance(d, dict) and d.get("code") == NO_BTF_CODE
+        for d in record.get("diagnostics") or [])
+
+
+def no_btf(name: str, record: dict[str, Any], release: str) -> dict[str, Any]:
+    """The record of a loaded module whose file has no BTF: Kbuild skipped BTF generation
+    because the build directory of the kernel it was built for held no vmlinux. Nothing can
+    be reconciled; the remedy is to give that kernel's build directory its BTF base and
+    rebuild the module (the daemon's kernel: a loaded module was built for it)."""
+    # imported here: the client imports this module and must stay small
+    from ..basefile import no_btf_remedy
+
+    fix = no_btf_remedy(release)
+    summary = (f"{name}: the module has no BTF at all (no .BTF section: it was built with no "
+               f"vmlinux in the kernel's build directory, Kbuild's 'Skipping BTF generation'); "
+               f"nothing to reconcile; fix: {fix}")
+    rec = _overridden(record, NO_BTF, summary)
+    rec["diagnostics"] = [
+        *(d for d in rec.get("diagnostics") or []
+          if not (isinstance(d, dict) and d.get("code") == NO_BTF_CODE)),
+        {"code": NO_BTF_CODE, "severity": "error", "summary": summary, "remedy": fix}]
     return rec
 
 

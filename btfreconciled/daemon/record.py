@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import SERVED_VERDICTS, Cache, sha256_hex
-from .policy import KERNEL_DROPPED, PENDING, STALE_FILE
+from .policy import KERNEL_DROPPED, NO_BTF, PENDING, STALE_FILE
 
 
 def _version() -> str:
@@ -32,7 +32,7 @@ RECORD_FORMAT = 1
 ENGINE_VERDICTS = ("ok", "incompatible", "no-base", "error")
 BUILTIN, NO_FILE = "builtin", "no-file"
 RESCUED = "rescued"  # classic split BTF, distilled against its build found on disk
-DAEMON_VERDICTS = (RESCUED, BUILTIN, NO_FILE, STALE_FILE, PENDING, KERNEL_DROPPED)
+DAEMON_VERDICTS = (RESCUED, BUILTIN, NO_FILE, STALE_FILE, PENDING, KERNEL_DROPPED, NO_BTF)
 # Only these verdicts' BTF goes to loaders (split file, `path`, merged files, all.btf);
 # README and `--help` name them in these words.
 SERVED_WORDS = " or ".join(SERVED_VERDICTS)

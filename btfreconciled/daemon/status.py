@@ -20,7 +20,7 @@ from .config import Config
 from .engine import Engine
 from .merged import MergedWriter
 from .modfind import ModuleIndex
-from .policy import KERNEL_DROPPED, PENDING
+from .policy import KERNEL_DROPPED, NO_BTF, PENDING
 from .record import (
     DAEMON_VERDICTS,
     ENGINE_VERDICTS,
@@ -132,7 +132,7 @@ class StatusApi:
         with self.lock:
             pending = len(self.pending) + len(self.busy)
         parts = [f"{c['ok']} ok", f"{c['incompatible']} incompatible", f"{c['no-base']} no-base"]
-        for v in ("error", KERNEL_DROPPED, PENDING):
+        for v in ("error", NO_BTF, KERNEL_DROPPED, PENDING):
             if c.get(v):
                 parts.append(f"{c[v]} {v}")
         tail = f"; {pending} queued" if pending else ""

@@ -37,7 +37,8 @@ class CandidateInfo:
 class Problem:
     """One rejection or warning.
 
-    code: unmapped | ambiguous | invalid-base | unmapped-string | field | no-base | error
+    code: unmapped | ambiguous | invalid-base | unmapped-string | field | no-base | no-btf |
+    error
     """
 
     code: str

@@ -109,6 +109,11 @@ class Diagnosis:
     kernel_rejects: bool = False
     shape: dict[str, Any] | None = None
     diagnostics: list[dict[str, Any]] = field(default_factory=list)
+    # no-btf: the kernel release the module was built for (its vermagic) and what that
+    # kernel's build directory holds (cli/doctor.py fills these in)
+    built_for: str | None = None
+    build_dir: dict[str, str] | None = None
+    fix: str | None = None  # the one-line remedy, when there is one
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

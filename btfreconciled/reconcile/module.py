@@ -20,6 +20,9 @@ from .relocate import EMBEDDED_KERNEL, relocate
 from .target import VmlinuxIndex
 from .wire import WireError
 
+# The diagnostic code of a module file with no .BTF section (verdict no-base).
+NO_BTF = "no-btf"
+
 
 class Verdict(enum.Enum):
     OK = "ok"
@@ -178,10 +181,15 @@ def reconcile_module_file(path: str, target: VmlinuxIndex, *, strict: str = "emb
         loaded = load_module(path, sections)
         timings["parse"] = time.perf_counter() - t
         if loaded is None:
-            what = "no .BTF section" if sections.btf is None else \
-                "no .BTF.base or .BTF.base_expects section"
-            p = Problem("no-base", "info", f"{path}: {what}: not split-distilled, nothing to"
-                                           " reconcile")
+            # the code tells a module without any BTF (built with no vmlinux in its build
+            # directory) from classic split BTF: the daemon gives the first its own verdict
+            if sections.btf is None:
+                p = Problem(NO_BTF, "info", f"{path}: no .BTF section: the module has no BTF"
+                                            " at all, nothing to reconcile")
+            else:
+                p = Problem("no-base", "info", f"{path}: no .BTF.base or .BTF.base_expects "
+                                               "section: not split-distilled, nothing to"
+                                               " reconcile")
             return result(Verdict.NO_BASE, p.summary, [p])
         t = time.perf_counter()
         rel = relocate(loaded.split, target, embedded_rule=embedded_rule, module=name,
