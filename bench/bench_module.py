@@ -170,7 +170,8 @@ def bench_set(label: str, vmlinux: Path, mods: list[Path], rounds: int) -> dict[
                 same_runs.append(same)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    lib = {p: statistics.median(r[p] for r in lib_runs) for p in paths
+    # the same middle sample on both sides (the lower one of two when the count is even)
+    lib = {p: sorted(r[p] for r in lib_runs)[(rounds - 1) // 2] for p in paths
            if all(p in r for r in lib_runs)}
     ours = {p: median_timing([r[p] for r in ours_runs]) for p in paths}
     names = [p for p in paths if p in lib and ours[p][1] == "ok"]
