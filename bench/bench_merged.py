@@ -11,7 +11,11 @@ so merged/all.btf holds vmlinux + N modules. Then, for each timed event, one mod
 merged writer rewrites merged/<m>.btf and all.btf in the background. Timed: uevent sent ->
 the module's record in the cache (what every other module waits behind), p50/p99 over all
 events; also how long all.btf takes to be rewritten (the writer's own measure), the daemon's
-CPU time (user+sys, all threads) and its RSS at peak (VmHWM).
+CPU time (user+sys, all threads) and its RSS at peak (VmHWM over the daemon's whole life,
+start-up included, never reset).
+
+`--check` fails when the p99 over every event (cold reloads, full reconciliation, as well as
+warm ones, where the daemon re-publishes what it remembers) or the peak RSS misses its target.
 
 For scale, `cat vmlinux.btf modules... > /dev/null`-style work is not a fair C reference here:
 the target is absolute (issue 9: event -> publish p99 <= 50 ms with 50 ok modules).
@@ -48,6 +52,7 @@ from bench_daemon import (  # noqa: E402
 )
 
 TARGET_P99_MS = 50.0
+TARGET_RSS_MB = 100.0
 
 
 def largest_modules(n: int) -> list[Path]:
@@ -63,10 +68,8 @@ def largest_modules(n: int) -> list[Path]:
 def _btf_size(path: str) -> int:
     from btfreconciled.elf import read_btf_sections
 
-    try:
-        return len(read_btf_sections(path, digest=False).btf or b"")
-    except Exception:  # noqa: BLE001 - a module we cannot read is simply not picked
-        return 0
+    # A Debian module we cannot read is a bug to see, not a module quietly left out.
+    return len(read_btf_sections(path, digest=False).btf or b"")
 
 
 def distill_into(src: Path, dst_dir: Path, vmlinux: str) -> Path:
@@ -110,9 +113,8 @@ def bench(w: MergedWorld, modules: list[Path], n_events: int) -> dict[str, Any]:
     try:
         kid = ask(w.socket, "status")["kernel"]["id"]
         # the start-up peak (the vmlinux index: the bench's copy of vmlinux is validated,
-        # /sys/kernel/btf/vmlinux is not) is reported apart; VmHWM restarts from here
+        # /sys/kernel/btf/vmlinux is not) is shown apart too; VmHWM keeps counting it
         startup_rss = rss(p.pid)
-        Path(f"/proc/{p.pid}/clear_refs").write_text("5")
         mdir = w.cache / kid / "modules"
         send = UeventSender().send
 
@@ -159,7 +161,9 @@ def bench(w: MergedWorld, modules: list[Path], n_events: int) -> dict[str, Any]:
             if not wait(rec.exists, 10):
                 raise SystemExit(f"{n}: not published within 10 s")
             lat[kind].append(time.perf_counter() - t1)
-        wait(all_done, 120, 0.01)
+        if not wait(all_done, 120, 0.01):
+            raise SystemExit(f"merged files not rewritten within 120 s of the last event: "
+                             f"{ask(w.socket, 'status')['merged']}")
         wall = time.perf_counter() - t_events
         cpu = _cpu(p.pid) - cpu0
         st = ask(w.socket, "status")
@@ -195,7 +199,8 @@ def main() -> int:
     ap.add_argument("--modules", type=int, default=50)
     ap.add_argument("--events", type=int, default=200)
     ap.add_argument("--json", metavar="FILE")
-    ap.add_argument("--check", action="store_true", help="exit 1 when the target is missed")
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 when a target (p99 over every event, peak RSS) is missed")
     ap.add_argument("--modes", default="modules,all,off",
                     help="merged_btf settings to run (default: modules,all,off)")
     ap.add_argument("--no-rescan", action="store_true",
@@ -239,7 +244,6 @@ def main() -> int:
     res = {"largest": [m.name for m in picked[:5]], "prepare_s": round(prep, 1), "runs": runs,
            "rescan": rescan, "loadavg": os.getloadavg()}
     m = runs[modes[0]]
-    warm_met = m["warm"]["p99_ms"] <= TARGET_P99_MS
     lines = [
         f"{m['modules']} largest Debian 6.12 modules (distilled; largest: "
         f"{', '.join(res['largest'])}), all ok; load average {res['loadavg'][0]:.1f}",
@@ -259,12 +263,12 @@ def main() -> int:
             f"{r['daemon_cpu_s']:>6}/{r['events_wall_s']:<6} "
             f"{r['rss']['VmRSS']:>6}/{r['rss']['VmHWM']:<6} {r['merged_dir_bytes'] / 1e6:>8.0f}")
     off = runs.get("off", m)
-    lines.append(f"target: warm event -> publish p99 <= {TARGET_P99_MS} ms with merged writing "
-                 f"on: {'met' if warm_met else 'MISSED'} ({m['warm']['p99_ms']} ms; without "
-                 f"merged writing {off['warm']['p99_ms']} ms)")
     all_p99 = m["all"]["p99_ms"]
-    lines.append(f"target: every event (warm and cold) -> publish p99 <= {TARGET_P99_MS} ms: "
-                 f"{'met' if all_p99 <= TARGET_P99_MS else 'MISSED'} ({all_p99} ms)")
+    p99_met = all_p99 <= TARGET_P99_MS
+    lines.append(f"target: every event (warm and cold) -> publish p99 <= {TARGET_P99_MS} ms "
+                 f"with merged_btf = {modes[0]}: {'met' if p99_met else 'MISSED'} ({all_p99} ms;"
+                 f" warm only {m['warm']['p99_ms']} ms; without merged writing "
+                 f"{off['all']['p99_ms']} ms)")
     if rescan:
         for ph in ("cold", "warm"):
             x = rescan[ph]
@@ -274,18 +278,19 @@ def main() -> int:
                          f"(VmHWM) {x['rss']['VmHWM']} MB")
     peak = max([r["rss"]["VmHWM"] for r in runs.values()]
                + ([rescan[ph]["rss"]["VmHWM"] for ph in ("cold", "warm")] if rescan else []))
-    lines.append(f"target: daemon peak RSS (VmHWM) <= 100 MB: "
-                 f"{'met' if peak <= 100 else 'MISSED'} ({peak} MB; start-up alone "
-                 f"{max(r['rss_startup']['VmHWM'] for r in runs.values())} MB, loading all "
-                 f"{len(picked)} and the events after it "
-                 f"{max(r['rss']['VmHWM'] for r in runs.values())} MB)")
+    rss_met = peak <= TARGET_RSS_MB
+    lines.append(f"target: daemon peak RSS (VmHWM, start-up included) <= {TARGET_RSS_MB} MB: "
+                 f"{'met' if rss_met else 'MISSED'} ({peak} MB; start-up alone "
+                 f"{max(r['rss_startup']['VmHWM'] for r in runs.values())} MB at the first "
+                 f"answer, {max(r['rss']['VmHWM'] for r in runs.values())} MB over the whole "
+                 f"event runs)")
     lines.append("cold reloads of these modules are bounded by reconciliation itself (amdgpu "
                  "and friends; see bench_module.py), not by merged writing: compare the "
                  "'off' row")
     print("\n".join(lines))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
-    return 1 if args.check and not warm_met else 0
+    return 1 if args.check and not (p99_met and rss_met) else 0
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ def _init(vmlinux: str, out: str, fields: bool) -> None:
 
 def _one(path: str) -> str | None:
     from btfreconciled.btf.btf import Btf
-    from btfreconciled.elf import read_btf_sections, write_btf_sections
+    from btfreconciled.elf import read_btf_sections
+    from btfreconciled.elfwrite import write_btf_sections
     from btfreconciled.reconcile.fields import FIELDS_EMBEDDED
     from btfreconciled.reconcile.rescue import distill_sections
 

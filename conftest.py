@@ -1,0 +1,161 @@
+"""Hooks for every test directory (tests/ and integration/): CI's rules and time budget.
+
+* ``BTFRECONCILED_REQUIRE_ORACLES=1`` (set by scripts/setup-and-test): a skipped test fails.
+  Tests skip where a tool or privilege they compare against is missing (``bpf()`` not
+  permitted, not root, ...); on a developer's laptop that is a convenience, in CI it would be
+  a test that silently checked nothing.  Skips from ``pytest.skip`` (in a test or a fixture),
+  ``skipif``/``skip`` marks and ``importorskip`` (also at module level) all count; ``xfail``
+  does not.
+* ``--file-times``: after the run, one line per test file (slowest first) with its summed
+  set-up + call + tear-down time, its number of tests and how many passed, failed, errored or
+  skipped, then the totals including the number of skips.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+
+import pytest
+
+REQUIRE_ORACLES = "BTFRECONCILED_REQUIRE_ORACLES"
+
+
+def _require_oracles() -> bool:
+    return os.environ.get(REQUIRE_ORACLES, "") not in ("", "0")
+
+
+def _skip_reason(longrepr: object) -> str:
+    # A skip's longrepr is (path, lineno, "Skipped: reason").
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        reason = str(longrepr[2])
+        return reason.removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def _fail_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    where = ""
+    if isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
+        where = f" ({report.longrepr[0]}:{report.longrepr[1]})"
+    report.outcome = "failed"
+    report.longrepr = (f"oracle or privilege missing in CI: {_skip_reason(report.longrepr)}"
+                       f"{where}; {REQUIRE_ORACLES}=1 makes a skip a failure")
+
+
+_SKIPS_FAILED = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+        item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport,
+                                                                      pytest.TestReport]:
+    report = yield
+    if report.skipped and not hasattr(report, "wasxfail") and _require_oracles():
+        _fail_skip(report)
+        item.config.stash[_SKIPS_FAILED] = item.config.stash.get(_SKIPS_FAILED, 0) + 1
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+        collector: pytest.Collector) -> Generator[None, pytest.CollectReport,
+                                                  pytest.CollectReport]:
+    report = yield
+    if report.skipped and _require_oracles():
+        _fail_skip(report)
+        cfg = collector.config
+        cfg.stash[_SKIPS_FAILED] = cfg.stash.get(_SKIPS_FAILED, 0) + 1
+    return report
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if _require_oracles():
+        return f"{REQUIRE_ORACLES}=1: a skipped test (missing oracle or privilege) fails"
+    return None
+
+
+# ------------------------------------------------------------------ time per test file
+# A test's outcome is its worst phase's: a failure in set-up or tear-down is an error.
+_RANK = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
+
+
+@dataclass
+class FileTimes:
+    seconds: float = 0.0
+    outcomes: dict[str, str] = field(default_factory=dict)  # nodeid -> worst outcome
+
+
+class FileTimer:
+    """Sums report durations per test file; prints the table when pytest is done."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.started = time.monotonic()
+        self.files: dict[str, FileTimes] = {}
+
+    def file(self, nodeid: str) -> FileTimes:
+        return self.files.setdefault(nodeid.split("::", 1)[0], FileTimes())
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        ft = self.file(report.nodeid)
+        ft.seconds += report.duration
+        if hasattr(report, "wasxfail"):
+            outcome = "passed"  # an expected failure (or a tolerated pass) is not a problem
+        elif report.failed:
+            outcome = "failed" if report.when == "call" else "error"
+        else:
+            outcome = report.outcome
+        old = ft.outcomes.get(report.nodeid, "passed")
+        ft.outcomes[report.nodeid] = max(old, outcome, key=_RANK.__getitem__)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.nodeid and not report.passed:
+            outcome = "error" if report.failed else "skipped"
+            self.file(report.nodeid).outcomes[report.nodeid] = outcome
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        # Runs after pytest's own summary line, so that the table ends the log.
+        tr = config.pluginmanager.get_plugin("terminalreporter")
+        if tr is None or not self.files:
+            return
+        w = tr.write_line
+        w("")
+        w("time per test file, slowest first (set-up + call + tear-down):")
+        totals = dict.fromkeys(_RANK, 0)
+        seconds = 0.0
+        for name, ft in sorted(self.files.items(), key=lambda kv: -kv[1].seconds):
+            counts = dict.fromkeys(_RANK, 0)
+            for outcome in ft.outcomes.values():
+                counts[outcome] += 1
+            for k, v in counts.items():
+                totals[k] += v
+            seconds += ft.seconds
+            w(f"{ft.seconds:8.1f} s {len(ft.outcomes):5d} tests  {_counts(counts):<28} {name}")
+        n = sum(totals.values())
+        w(f"{seconds:8.1f} s {n:5d} tests  {_counts(totals):<28} all {len(self.files)} files, "
+          f"pytest wall time {time.monotonic() - self.started:.0f} s")
+        note = ""
+        if _require_oracles():
+            note = (f" ({config.stash.get(_SKIPS_FAILED, 0)} skip(s) turned into failures by "
+                    f"{REQUIRE_ORACLES}=1)")
+        w(f"skipped: {totals['skipped']}{note}")
+
+
+def _counts(counts: dict[str, int]) -> str:
+    parts = [f"{counts['passed']} passed"]
+    parts += [f"{v} {'errors' if k == 'error' else k}" for k, v in counts.items()
+              if k != "passed" and v]
+    return ", ".join(parts)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--file-times", action="store_true", default=False,
+                     help="print the time, test count and outcomes of every test file, "
+                          "slowest first, at the end of the run")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--file-times"):
+        config.pluginmanager.register(FileTimer(config), "btfreconciled-file-times")
