@@ -286,9 +286,8 @@ def main() -> int:
                  f"answer, {max(r['rss']['VmHWM'] for r in runs.values())} MB over the whole "
                  f"event runs)")
     if off:
-        lines.append("cold reloads of these modules are bounded by reconciliation itself "
-                     "(amdgpu and friends; see bench_module.py) where the 'off' row, without "
-                     "merged writing, is as slow")
+        lines.append("the 'off' row is the same daemon and events without merged writing: "
+                     "what is left there is reconciliation itself (see bench_module.py)")
     print("\n".join(lines))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
