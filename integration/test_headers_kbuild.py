@@ -16,39 +16,25 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import toolchain  # noqa: E402
+from oracle_tools import ctl_hwm  # noqa: E402
 
 from btfreconciled.elf import read_btf_sections, read_elf_sections  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SECTIONS = (".BTF", ".BTF.base", ".BTF_ids")
-# btfreconcilectl in a child that reports its own peak RSS (VmHWM: ru_maxrss of a child
-# inherits the parent's high-water mark across fork + exec).
-CTL_HWM = [sys.executable, "-c",
-           "import os, sys\n"
-           "from btfreconciled.cli.main import main\n"
-           "try:\n    rc = main()\n"
-           "finally:\n"
-           "    hwm = next(ln for ln in open('/proc/self/status') if ln.startswith('VmHWM'))\n"
-           "    with open(os.environ['HWM_FILE'], 'w') as f:\n"
-           "        f.write(hwm.split()[1])\n"
-           "sys.exit(rc)"]
 
 
 def ctl(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, float, float]:
     """(result, seconds, peak RSS in MB) of `btfreconcilectl ARGS`."""
-    hwm = tmp_path / "hwm"
-    t0 = time.monotonic()
-    r = subprocess.run([*CTL_HWM, *args], capture_output=True, text=True, timeout=600,
-                       env=dict(os.environ, PYTHONPATH=str(REPO), HWM_FILE=str(hwm)))
-    return r, time.monotonic() - t0, int(hwm.read_text()) / 1024
+    return ctl_hwm(tmp_path, *args, timeout=600)
 
 
 def image_of(series: str) -> Path:

@@ -2,13 +2,39 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 VMLINUX = Path("/sys/kernel/btf/vmlinux")
+REPO = Path(__file__).resolve().parent.parent
+# btfreconcilectl in a child reporting its own peak RSS as VmHWM. Not ru_maxrss: Linux carries
+# the parent's high-water mark over fork/vfork + exec (a child of a 300 MB process reports
+# ru_maxrss >= 300 MB while its VmHWM is 9 MB), so late in the suite it would be pytest's.
+CTL_HWM = [sys.executable, "-c",
+           "import os, sys\n"
+           "from btfreconciled.cli.main import main\n"
+           "try:\n    rc = main()\n"
+           "finally:\n"
+           "    hwm = next(ln for ln in open('/proc/self/status') if ln.startswith('VmHWM'))\n"
+           "    with open(os.environ['HWM_FILE'], 'w') as f:\n"
+           "        f.write(hwm.split()[1])\n"
+           "sys.exit(rc)"]
+
+
+def ctl_hwm(tmp_path: Path, *args: str, timeout: float = 120
+            ) -> tuple[subprocess.CompletedProcess, float, float]:
+    """(result, seconds, the child's peak RSS in MB) of `btfreconcilectl ARGS`."""
+    hwm = tmp_path / "hwm"
+    t0 = time.monotonic()
+    r = subprocess.run([*CTL_HWM, *args], capture_output=True, text=True, timeout=timeout,
+                       env=dict(os.environ, PYTHONPATH=str(REPO), HWM_FILE=str(hwm)))
+    return r, time.monotonic() - t0, int(hwm.read_text()) / 1024
 
 
 def require_tool(name: str, package: str) -> str:

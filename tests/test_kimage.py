@@ -10,43 +10,17 @@ zstd, lz4, bzip2 and lzma (xz-utils) on PATH.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import struct
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from oracle_tools import ctl_hwm
 from test_untrusted_inputs import ctl, one_line_error
 
 from btfreconciled import kimage
 from btfreconciled.elf import ElfError, read_btf_sections
-
-REPO = Path(__file__).resolve().parent.parent
-# btfreconcilectl in a child reporting its own peak RSS as VmHWM. Not ru_maxrss: Linux carries
-# the parent's high-water mark over fork/vfork + exec (a child of a 300 MB process reports
-# ru_maxrss >= 300 MB while its VmHWM is 9 MB), so late in the suite it would be pytest's.
-CTL_HWM = [sys.executable, "-c",
-           "import os, sys\n"
-           "from btfreconciled.cli.main import main\n"
-           "try:\n    rc = main()\n"
-           "finally:\n"
-           "    hwm = next(ln for ln in open('/proc/self/status') if ln.startswith('VmHWM'))\n"
-           "    with open(os.environ['HWM_FILE'], 'w') as f:\n"
-           "        f.write(hwm.split()[1])\n"
-           "sys.exit(rc)"]
-
-
-def ctl_hwm(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, float, float]:
-    """(result, seconds, the child's peak RSS in MB)."""
-    hwm = tmp_path / "hwm"
-    t0 = time.monotonic()
-    r = subprocess.run([*CTL_HWM, *args], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, PYTHONPATH=str(REPO), HWM_FILE=str(hwm)))
-    return r, time.monotonic() - t0, int(hwm.read_text()) / 1024
-
 
 # One INT type "int": enough for `dump` to print something real.
 _TYPES = struct.pack("<III", 1, 1 << 24, 4) + struct.pack("<I", (1 << 24) | 32)
