@@ -173,6 +173,18 @@ def open_regular(path: str | os.PathLike[str]) -> tuple[int, os.stat_result]:
     return fd, st
 
 
+def _read_upto(fd: int, most: int) -> Iterator[bytes]:
+    """The descriptor's bytes in chunks, `most` at the most: one byte past a limit is how a
+    file that grew while it was read is told from one that fits."""
+    n = 0
+    while n < most:
+        chunk = os.read(fd, min(1 << 20, most - n))
+        if not chunk:
+            return
+        n += len(chunk)
+        yield chunk
+
+
 def read_capped(path: str | os.PathLike[str], limit: int) -> bytes:
     """A regular file's bytes (see :func:`open_regular`), refused with its name and size
     when bigger than `limit` (checked before reading, and again while reading)."""
@@ -181,13 +193,8 @@ def read_capped(path: str | os.PathLike[str], limit: int) -> bytes:
         if st.st_size > limit:
             raise CacheFileError(path, f"{st.st_size} bytes, more than the {limit} a cache "
                                  "file of this kind may have; refused")
-        chunks, n = [], 0
-        while n <= limit:
-            chunk = os.read(fd, min(1 << 20, limit + 1 - n))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            n += len(chunk)
+        chunks = list(_read_upto(fd, limit + 1))
+        n = sum(map(len, chunks))
     except OSError as e:
         raise CacheFileError(path, f"unreadable: {e.strerror or e}") from None
     finally:
@@ -225,10 +232,7 @@ def verify_file(path: str | os.PathLike[str], size: int, sha256: str) -> str | N
             return f"{st.st_size} bytes, not the {size} recorded"
         h = hashlib.sha256()
         n = 0
-        while n <= size:
-            chunk = os.read(fd, min(1 << 20, size + 1 - n))
-            if not chunk:
-                break
+        for chunk in _read_upto(fd, size + 1):
             h.update(chunk)
             n += len(chunk)
     except OSError as e:
