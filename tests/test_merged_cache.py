@@ -272,10 +272,14 @@ def test_let_events_first_waits_while_the_worker_is_busy(fs: FakeSystem, monkeyp
         t0 = time.monotonic()
         d._let_events_first()  # idle: returns at once
         assert time.monotonic() - t0 < 0.1
-        d.idle.clear()  # as _enqueue does when work arrives
-        t0 = time.monotonic()
-        d._let_events_first()
-        assert 0.25 <= time.monotonic() - t0 < 2  # waited, but bounded
+        # As _enqueue does when work arrives, under the queue's lock; holding it keeps the
+        # worker (woken by any notify meanwhile) from going idle again after its short
+        # quiet period, which made this test fail now and then on a busy machine.
+        with d.cond:
+            d.idle.clear()
+            t0 = time.monotonic()
+            d._let_events_first()
+            assert 0.25 <= time.monotonic() - t0 < 2  # waited, but bounded
     finally:
         d.idle.set()
         d.stop()
