@@ -3,6 +3,7 @@ client may hold (time, connections, fds, privileges) and the client trusts no an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -373,3 +374,69 @@ def test_rescan_stays_root_only_when_the_socket_is_opened_to_others(world) -> No
         assert request(world.socket, {"cmd": "rescan"})["ok"] is True  # root may
     finally:
         _stop(p)
+
+
+def _fill_backlog(path: str) -> list[socket.socket]:
+    """Connections to ``path`` until its (not accepting) listener's backlog is full."""
+    fillers: list[socket.socket] = []
+    while True:
+        f = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        f.setblocking(False)
+        try:
+            f.connect(path)
+        except BlockingIOError:
+            f.close()
+            return fillers
+        fillers.append(f)
+
+
+def test_the_client_waits_for_a_full_backlog_instead_of_failing(tmp_path) -> None:
+    """With its listen backlog full, an AF_UNIX connect under a timeout fails at once with
+    EAGAIN: the client used to report "Resource temporarily unavailable" (seen once in CI,
+    during the flood above).  It must wait, within its timeout, for the daemon to accept."""
+    path = str(tmp_path / "s")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(0)
+    fillers = _fill_backlog(path)
+    try:
+        assert fillers, "the backlog took no connection at all"
+
+        def serve() -> None:
+            time.sleep(0.3)
+            for _ in range(len(fillers) + 1):
+                c, _addr = srv.accept()
+                c.settimeout(5)
+                with contextlib.suppress(OSError):
+                    if c.recv(1 << 16):
+                        c.sendall(b'{"ok": true}\n')
+                    c.close()
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        for f in fillers:  # their requests are answered too, so the server moves on
+            f.setblocking(True)
+            f.sendall(b'{"cmd": "status"}\n')
+        assert request(path, {"cmd": "status"}, timeout=5) == {"ok": True}
+        t.join(5)
+    finally:
+        for f in fillers:
+            f.close()
+        srv.close()
+
+
+def test_the_client_gives_up_on_a_full_backlog_at_its_deadline(tmp_path) -> None:
+    path = str(tmp_path / "s")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(0)
+    fillers = _fill_backlog(path)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ClientError, match=r"did not answer within 0.5 s"):
+            request(path, {"cmd": "status"}, timeout=0.5)
+        assert time.monotonic() - t0 < 1.5
+    finally:
+        for f in fillers:
+            f.close()
+        srv.close()

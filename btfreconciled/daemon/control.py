@@ -157,6 +157,23 @@ DEFAULT_TIMEOUT = 30.0
 MAX_ANSWER = 64 * 1024 * 1024
 
 
+def _connect(s: socket.socket, p: str, remaining: Callable[[], float]) -> None:
+    """Connect, waiting while the daemon's listen backlog is full.
+
+    A socket with a timeout is non-blocking underneath, and an AF_UNIX connect to a full
+    backlog then fails at once with EAGAIN instead of waiting (as a blocking one would) for
+    the daemon to accept: retry until the caller's deadline."""
+    pause = 0.005
+    while True:
+        try:
+            s.connect(p)
+            return
+        except BlockingIOError:
+            time.sleep(min(pause, remaining()))
+            pause = min(pause * 2, 0.1)
+            s.settimeout(remaining())
+
+
 def request(path: str | os.PathLike[str], req: dict[str, Any],
             timeout: float = DEFAULT_TIMEOUT, *,
             max_answer: int = MAX_ANSWER) -> dict[str, Any]:
@@ -177,7 +194,7 @@ def request(path: str | os.PathLike[str], req: dict[str, Any],
     s.settimeout(timeout)
     try:
         try:
-            s.connect(p)
+            _connect(s, p, remaining)
         except FileNotFoundError:
             raise ClientError(f"btfreconciled is not running (no control socket at {p})") from None
         except ConnectionRefusedError:
