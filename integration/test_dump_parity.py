@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import malformed  # noqa: E402
 from oracle_tools import bpftool_raw  # noqa: E402
 
-from btfreconciled.btf import Btf  # noqa: E402
+from btfreconciled.btf.btf import Btf  # noqa: E402
 from btfreconciled.btf.dump import dump_raw  # noqa: E402
 from btfreconciled.elf import read_btf_sections  # noqa: E402
 

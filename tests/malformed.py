@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from btfreconciled.btf import Btf  # noqa: E402
+from btfreconciled.btf.btf import Btf  # noqa: E402
 from btfreconciled.btf.types import (  # noqa: E402
     Array,
     Const,

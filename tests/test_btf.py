@@ -12,8 +12,10 @@ from array import array
 import pytest
 from oracle_tools import VMLINUX, bpftool_raw
 
-from btfreconciled.btf import Btf, BtfError, Kind
+from btfreconciled.btf.btf import Btf
 from btfreconciled.btf.dump import PARALLEL_MIN_WORDS, dump_raw, write_raw
+from btfreconciled.btf.errors import BtfError
+from btfreconciled.btf.kinds import Kind
 from btfreconciled.btf.types import (
     Array,
     Const,

@@ -15,8 +15,9 @@ from array import array
 import malformed
 import pytest
 
-from btfreconciled.btf import Btf, BtfError
+from btfreconciled.btf.btf import Btf
 from btfreconciled.btf.dump import dump_raw
+from btfreconciled.btf.errors import BtfError
 from btfreconciled.btf.header import pack_header
 from btfreconciled.btf.types import Int, Ptr
 from btfreconciled.reconcile.relocate import serialize, serialize_parts

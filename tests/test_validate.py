@@ -21,8 +21,10 @@ import malformed
 import pytest
 from oracle_tools import VMLINUX
 
-from btfreconciled.btf import Btf, BtfError, Kind
 from btfreconciled.btf import validate as validate_mod
+from btfreconciled.btf.btf import Btf
+from btfreconciled.btf.errors import BtfError
+from btfreconciled.btf.kinds import Kind
 from btfreconciled.btf.types import Const, Func, FuncProto, Member, Param, Ptr, Struct, Typedef
 from btfreconciled.cli.main import main as cli_main
 

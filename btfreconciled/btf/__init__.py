@@ -1,7 +1,5 @@
-"""BTF: parsing, validation, writing and dumping (see include/uapi/linux/btf.h)."""
+"""BTF: parsing, validation, writing and dumping (see include/uapi/linux/btf.h).
 
-from .btf import Btf
-from .errors import BtfError
-from .kinds import Kind
-
-__all__ = ["Btf", "BtfError", "Kind"]
+Import from the modules (``btf.btf.Btf``, ``btf.errors.BtfError``, ``btf.kinds.Kind``): the
+package itself imports nothing, so that a command needing only the error class (every
+btfreconcilectl start) does not pay for the parser."""

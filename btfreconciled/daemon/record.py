@@ -13,20 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..cache import SERVED_VERDICTS, Cache, sha256_hex
 from .policy import KERNEL_DROPPED, NO_BTF, PENDING, STALE_FILE
 
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("btfreconciled")
-    except Exception:
-        return "0"
-
-
-VERSION = _version()
+VERSION = __version__
 RECORD_FORMAT = 1
 # Verdicts of the engine plus the daemon's own.
 ENGINE_VERDICTS = ("ok", "incompatible", "no-base", "error")
