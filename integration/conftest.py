@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -13,6 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import guest_session as guest_session_mod  # noqa: E402
 import toolchain  # noqa: E402
 
 
@@ -62,66 +59,31 @@ def fixtures_61(tc) -> Path:
     return tc.fixtures_dir("6.1")
 
 
-def _boot_and_load(tc, series: str, tmp_factory) -> dict:
-    """Boot ``series`` once, insmod every fixture (the .BTF.base build, then the plain
-    one), and save what the kernel made of them under verdicts/<release>/."""
-    fx = tc.fixtures_dir(series)
-    mods = list(tc.FIXTURE_MODULES)
-    out = tmp_factory.mktemp(f"vm-{series}")
-    guest_out = "/run/btfr-out"
-    cmd = ["integration/guest/load_fixtures.sh", guest_out,
-           "distilled", str(fx), *mods, "--", "plain", str(fx / "plain"), *mods]
-    res = tc.run_in_vm(series, cmd, timeout=400, rwdirs=[f"{guest_out}={out}"])
-    if res.returncode != 0 or not (out / "complete").exists():
-        raise RuntimeError(f"VM run for {series} failed (status {res.returncode}):\n"
-                           f"{res.stdout}\n{res.stderr}")
-    release = tc.kernel_release(series)
-    vd = tc.cache_root() / "verdicts" / release
-    tmp = vd.with_name(f"{vd.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(out, tmp)
-    summary = {"release": release, "uname": (out / "uname").read_text().strip(),
-               "modules": {}}
-    for phase in ("distilled", "plain"):
-        for m in mods:
-            d = out / phase
-            dmesg = (d / f"{m}.dmesg").read_text(errors="replace").splitlines()
-            summary["modules"].setdefault(m, {})[phase] = {
-                "insmod_status": int((d / f"{m}.insmod.rc").read_text()),
-                "sysfs_btf": (d / f"{m}.btf").exists(),
-                "sysfs_btf_size": (d / f"{m}.btf").stat().st_size if (d / f"{m}.btf").exists()
-                else None,
-                "bpftool_ko_status": int((d / f"{m}.ko.rc").read_text()),
-                "dmesg": [ln for ln in dmesg if "BTF" in ln or "BPF" in ln or "kfunc" in ln],
-            }
-            if phase == "distilled" and (d / f"{m}.btf").exists():
-                shutil.copyfile(d / f"{m}.btf", tmp / f"{m}.btf")
-    (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    # replace the previous verdicts as a whole (another session may be doing the same)
-    old = vd.with_name(f"{vd.name}.old{os.getpid()}")
-    with contextlib.suppress(FileNotFoundError):
-        vd.rename(old)
-    try:
-        tmp.rename(vd)
-    except OSError:  # someone else's verdicts landed in between: ours are as new
-        shutil.rmtree(vd, ignore_errors=True)
-        tmp.rename(vd)
-    shutil.rmtree(old, ignore_errors=True)
-    return {"release": release, "verdicts": vd, "out": out, "summary": summary,
-            "stdout": res.stdout, "stderr": res.stderr}
-
-
 @pytest.fixture(scope="session")
-def vm_boot(tc, tmp_path_factory):
-    """``vm_boot(series)``: the one boot of ``series`` per session (every fixture loaded,
-    verdicts saved); test modules share it, whichever asks first boots."""
+def guest_session(tc, tmp_path_factory):
+    """``guest_session(series)``: the one shared virtme boot of ``series`` per session (see
+    guest_session.py: every fixture through the kernel, then the daemon end to end);
+    whichever test asks first boots."""
     booted: dict[str, dict] = {}
 
     def boot(series: str) -> dict:
         if series not in booted:
-            booted[series] = _boot_and_load(tc, series, tmp_path_factory)
+            booted[series] = guest_session_mod.boot(tc, series, tmp_path_factory)
         return booted[series]
     return boot
+
+
+@pytest.fixture(scope="session")
+def vm_boot(guest_session):
+    """``vm_boot(series)``: what the kernel made of every fixture in the boot of ``series``
+    (verdicts saved under verdicts/<release>/)."""
+    return lambda series: guest_session(series)["kernel"]
+
+
+@pytest.fixture(scope="session")
+def daemon_guest(guest_session):
+    """``daemon_guest(series)``: the daemon's end-to-end run in the boot of ``series``."""
+    return lambda series: guest_session(series)["daemon"]
 
 
 @pytest.fixture(scope="session")

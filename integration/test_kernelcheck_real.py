@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import toolchain
-from test_daemon_vm import mutated_fixture
+from guest_session import mutated_fixture
 
 from btfreconciled.cli.main import main as ctl
 

@@ -30,28 +30,59 @@ from btfreconciled.btf.btf import Btf
 pytestmark = pytest.mark.vm
 
 MODS = toolchain.FIXTURE_MODULES
+SERIES = toolchain.SERIES
 GUEST_OUT = "/run/btfr-sd"
 FIXDIR = "/usr/local/lib/btfr-fixtures"
 # TCG on two shared cores: install + every check takes 4-7 minutes per kernel.
 VM_TIMEOUT = 1200
 
 
-@pytest.fixture(scope="module", params=toolchain.SERIES)
-def sd(request, tc, tmp_path_factory) -> dict:
+# The first kernel's boot installs as a user does (scripts/setup-and-run: install-deps'
+# pip, 2-4 minutes under TCG); the others restore the virtualenv it made and install the
+# unit with install-service, the rest of setup-and-run's service path (see the guest script).
+INSTALLING_SERIES = SERIES[0]
+VENV_SHARE = "/run/btfr-venv"
+
+
+@pytest.fixture(scope="module")
+def systemd_boots(tc, tmp_path_factory):
+    """``boot(series)``: the one systemd boot of ``series`` per module, the installing
+    kernel's first (the others need its virtualenv)."""
+    booted: dict[str, dict] = {}
+
+    def boot(series: str) -> dict:
+        if series not in booted:
+            if series != INSTALLING_SERIES:
+                boot(INSTALLING_SERIES)
+            booted[series] = run_systemd_guest(tc, series, tmp_path_factory,
+                                               booted.get(INSTALLING_SERIES))
+        return booted[series]
+    return boot
+
+
+@pytest.fixture(scope="module", params=SERIES)
+def sd(request, systemd_boots) -> dict:
     """One systemd boot of kernel ``series`` running systemd_service.sh (see its header)."""
-    series = request.param
+    return systemd_boots(request.param)
+
+
+def run_systemd_guest(tc, series: str, tmp_path_factory, installed: dict | None) -> dict:
     out = tmp_path_factory.mktemp(f"systemd-{series}")
     cmd = ["sh", "integration/guest/systemd_service.sh", GUEST_OUT,
            str(tc.fixtures_dir(series)), *MODS]
+    extra = ["--init", "systemd"]
+    if installed is not None:
+        cmd = ["env", f"VENV_TAR={VENV_SHARE}/venv.tar", *cmd]
+        extra += ["--rodir", f"{VENV_SHARE}={installed['out']}"]
     res = tc.run_in_vm(series, cmd, timeout=VM_TIMEOUT, rwdirs=[f"{GUEST_OUT}={out}"],
-                       extra_args=["--init", "systemd"])
+                       extra_args=extra)
     if res.returncode != 0 or not (out / "complete").exists():
-        extra = ""
+        logs = ""
         for name in ("setup-and-run.out", "journal-boot.txt"):
             if (out / name).exists():
-                extra += f"\n--- {name} ---\n{(out / name).read_text()[-4000:]}"
+                logs += f"\n--- {name} ---\n{(out / name).read_text()[-4000:]}"
         raise RuntimeError(f"systemd VM run for {series} failed (status {res.returncode}):\n"
-                           f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}{extra}")
+                           f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}{logs}")
     return {"out": out, "series": series, "release": tc.kernel_release(series),
             "stderr": res.stderr, "tc": tc}
 
@@ -93,6 +124,10 @@ def from_service(entries: list[dict]) -> list[dict]:
 def test_setup_and_run_takes_the_service_path(sd) -> None:
     out = read(sd, "setup-and-run.out")
     assert read(sd, "setup-and-run.rc").strip() == "0", out[-3000:]
+    kind = read(sd, "install.kind").strip()
+    assert kind == ("setup-and-run" if sd["series"] == INSTALLING_SERIES else "restored")
+    if kind == "setup-and-run":  # install-deps made the virtualenv, with the system's pip
+        assert "install-deps: creating the virtualenv /opt/btfreconciled" in out
     assert "no systemd on this host" not in out
     assert "install-service: installed /etc/systemd/system/btfreconciled.service" in out
     # it ends with the status of the service it started (netlink uevents, this kernel)

@@ -51,12 +51,13 @@ def test_hanging_guest_is_killed_at_timeout(tc, tmp_path):
     marker = tmp_path / "hang-marker"
     marker.mkdir()
     t0 = time.monotonic()
-    res = run(tc, "--timeout", "60", "--rwdir", f"/run/hang={marker}", "--", "sleep 1000",
+    # 20 s: the guest is still booting then, and the kill must work at any point
+    res = run(tc, "--timeout", "20", "--rwdir", f"/run/hang={marker}", "--", "sleep 1000",
               timeout=200)
     elapsed = time.monotonic() - t0
     assert res.returncode == 124
-    assert "did not finish within 60 s" in res.stderr
-    assert 55 < elapsed < 90
+    assert "did not finish within 20 s" in res.stderr
+    assert 19 < elapsed < 50
     # no QEMU left behind
     left = subprocess.run(["pgrep", "-f", str(marker)], capture_output=True, text=True)
     assert left.stdout.strip() == ""
@@ -91,12 +92,12 @@ def test_systemd_init_hanging_guest_is_killed_at_timeout(tc, tmp_path):
     marker = tmp_path / "hang-marker-systemd"
     marker.mkdir()
     t0 = time.monotonic()
-    res = run(tc, "--init", "systemd", "--timeout", "45", "--rwdir", f"/run/hang={marker}",
+    res = run(tc, "--init", "systemd", "--timeout", "20", "--rwdir", f"/run/hang={marker}",
               "--", "sleep 1000", timeout=200)
     elapsed = time.monotonic() - t0
     assert res.returncode == 124, res.stderr
-    assert "did not finish within 45 s" in res.stderr
-    assert 40 < elapsed < 75
+    assert "did not finish within 20 s" in res.stderr
+    assert 19 < elapsed < 50
     left = subprocess.run(["pgrep", "-f", str(marker)], capture_output=True, text=True)
     assert left.stdout.strip() == ""
 

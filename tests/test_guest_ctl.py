@@ -59,14 +59,17 @@ def test_ctl_answers_like_btfreconcilectl(tmp_path: Path, argv: list[str]) -> No
     assert (tmp_path / "err.txt").read_text() == want.stderr
 
 
-def test_ctl_in_a_command_substitution_and_settled(tmp_path: Path) -> None:
-    (tmp_path / "pending.json").write_text('{"pending": true}')
+def test_ctl_in_a_command_substitution_field_and_settled(tmp_path: Path) -> None:
+    (tmp_path / "pending.json").write_text('{"pending": true, "cross_check": {"result": "match"}}')
     (tmp_path / "done.json").write_text('{"pending": false}')
     got = run_sh(tmp_path, 'x=$(ctl --help | head -n 1); echo "[$x]"\n'
-                           "ctl settled pending.json; echo pending=$?\n"
-                           "ctl settled done.json; echo done=$?\n"
-                           "ctl settled missing.json; echo missing=$?")
+                           "settled pending.json; echo pending=$?\n"
+                           "settled done.json; echo done=$?\n"
+                           "settled missing.json; echo missing=$?\n"
+                           'echo "cc=$(ctl field pending.json cross_check.result)"\n'
+                           "ctl field done.json cross_check.result; echo nofield=$?")
     assert got.returncode == 0, got.stderr
     assert "[usage: btfreconcilectl" in got.stdout
     assert "pending=1" in got.stdout and "done=0" in got.stdout
     assert "missing=1" in got.stdout
+    assert "cc=match" in got.stdout and "nofield=1" in got.stdout

@@ -1,7 +1,7 @@
 # Sourced by guest scripts (sh): starts ctl_zygote.py and defines `ctl ARGS...`, which runs
 # `btfreconcilectl ARGS...` in a fork of that warm process (see its header for why) with
-# the caller's stdout, stderr and exit status; `ctl settled FILE` checks a `show --json`
-# record.  The call runs in the caller's directory but with the zygote's environment.
+# the caller's stdout, stderr and exit status; `ctl field FILE KEY[.KEY]` prints a field
+# of a JSON file, and `settled FILE` is true when a `show --json` record is not pending.  The call runs in the caller's directory but with the zygote's environment.
 # Needs REPO (the checkout) or runs from it.
 CTL_FIFO=$(mktemp -u /tmp/ctl-fifo.XXXXXX)
 mkfifo "$CTL_FIFO"
@@ -19,3 +19,4 @@ ctl() {
     rm -rf "$q"
     return "${rc:-125}"
 }
+settled() { [ "$(ctl field "$1" pending)" = false ]; }

@@ -12,9 +12,9 @@ imports are shared.  The real entry points are still exercised where that is the
 Protocol: the client makes a directory Q holding ``argv`` (NUL-separated arguments),
 ``cwd`` (its working directory) and a FIFO ``rc``, and writes Q's path as one line to the
 request FIFO.  The call's stdout and stderr go to Q/out and Q/err (the client copies them
-to its own), its exit status is written to Q/rc.  A second verb, ``settled FILE``, exits
-0 when the JSON record in FILE is no longer pending (the check a guest script otherwise
-spends a Python start on).
+to its own), its exit status is written to Q/rc.  A second verb, ``field FILE KEY[.KEY]``, prints
+one field of a JSON file (a record's ``pending``, ``verdict``): a check a guest script
+otherwise spends a Python start on.
 
 usage: python3 ctl_zygote.py REQUEST_FIFO
 """
@@ -30,12 +30,22 @@ from pathlib import Path
 from btfreconciled.cli.main import build_parser, main
 
 
+def field(path: str, dotted: str) -> int:
+    """Print one field of a JSON file (``cross_check.result``): strings as they are, other
+    values as JSON (``false``); status 1 when the file or the field is not there."""
+    try:
+        value = json.loads(Path(path).read_text())
+        for key in dotted.split("."):
+            value = value[key]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return 1
+    print(value if isinstance(value, str) else json.dumps(value))
+    return 0
+
+
 def run_call(argv: list[str]) -> int:
-    if argv[:1] == ["settled"]:
-        try:
-            return 1 if json.loads(Path(argv[1]).read_text())["pending"] else 0
-        except (OSError, ValueError, KeyError, IndexError, TypeError):
-            return 1
+    if argv[:1] == ["field"] and len(argv) == 3:
+        return field(argv[1], argv[2])
     try:
         return main(argv)
     except SystemExit as e:  # argparse's usage errors and --help

@@ -34,7 +34,9 @@ exec python3 -c 'import sys; from btfreconciled.cli.main import main; sys.exit(m
 EOF
 chmod 755 /tmp/bin/btfreconcilectl
 export PATH=/tmp/bin:$PATH
-ctl() { btfreconcilectl "$@"; }
+# the script's own calls go through one warm process (ctl.sh): a Python start is seconds
+# under TCG
+. ./integration/guest/ctl.sh
 uname -r > "$O/uname"
 
 unshare -n python3 -m btfreconciled.daemon.main --foreground --config "$O/btfreconciled.toml" \
@@ -48,15 +50,14 @@ until ctl status > /dev/null 2>&1; do
 done
 stamp daemon-up
 
-SETTLED='import json, sys; r = json.load(open(sys.argv[1])); sys.exit(r["pending"])'
 # wait_verdict MODULE OUTFILE [VERDICT [SECONDS]]: until the module's record is settled (and
-# has VERDICT); at most SECONDS (default 90: every `ctl` is a Python start under TCG)
+# has VERDICT); at most SECONDS (default 90)
 wait_verdict() {
     end=$(( $(date +%s) + ${4:-90} ))
     while :; do
-        if ctl show --json "$1" > "$2" 2>/dev/null && python3 -c "$SETTLED" "$2"; then
+        if ctl show --json "$1" > "$2" 2>/dev/null && settled "$2"; then
             [ -z "${3:-}" ] && return 0
-            python3 -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["verdict"] != sys.argv[2])' "$2" "$3" && return 0
+            [ "$(ctl field "$2" verdict)" = "$3" ] && return 0
         fi
         [ "$(date +%s)" -gt $end ] && { log "no verdict ${3:-} for $1"; return 1; }
         sleep 0.2
@@ -114,7 +115,7 @@ wait_verdict $M "$O/b.show.json" ok; echo $? > "$O/b.wait.rc"
 # the cross-check runs once the module is live: wait for it
 i=0
 end=$(( $(date +%s) + 60 ))
-until python3 -c 'import json, sys; sys.exit(json.load(open(sys.argv[1])).get("cross_check", {}).get("result") not in ("match", "mismatch"))' "$O/b.show.json"; do
+until case "$(ctl field "$O/b.show.json" cross_check.result)" in match|mismatch) true ;; *) false ;; esac; do
     [ "$(date +%s)" -gt $end ] && break
     sleep 0.1; ctl show --json $M > "$O/b.show.json" 2>/dev/null
 done
@@ -181,4 +182,5 @@ ctl list > "$O/list.txt" 2>&1
 dmesg > "$O/dmesg"
 kill -TERM $DPID; wait $DPID; echo $? > "$O/daemon.rc"
 stamp stopped
+kill $CTL_ZYGOTE
 echo done > "$O/complete"
