@@ -64,12 +64,18 @@ def guest_session(tc, tmp_path_factory):
     """``guest_session(series)``: the one shared virtme boot of ``series`` per session (see
     guest_session.py: every fixture through the kernel, then the daemon end to end);
     whichever test asks first boots."""
-    booted: dict[str, dict] = {}
+    booted: dict[str, dict | Exception] = {}
 
     def boot(series: str) -> dict:
         if series not in booted:
-            booted[series] = guest_session_mod.boot(tc, series, tmp_path_factory)
-        return booted[series]
+            try:
+                booted[series] = guest_session_mod.boot(tc, series, tmp_path_factory)
+            except Exception as e:  # every test of the kernel fails with it, none reboots
+                booted[series] = e
+        got = booted[series]
+        if isinstance(got, Exception):
+            raise RuntimeError(f"the shared boot of {series} failed: {got}") from got
+        return got
     return boot
 
 
