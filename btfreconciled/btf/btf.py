@@ -7,7 +7,6 @@ new types live beside the raw words, and `to_bytes` stitches the two back togeth
 
 from __future__ import annotations
 
-import sys
 from array import array
 from collections.abc import Iterator, Sequence
 from itertools import accumulate
@@ -23,6 +22,7 @@ from .kinds import (
     Kind,
 )
 from .layout import record_words
+from .record import NATIVE, cstr
 
 if TYPE_CHECKING:
     from .types import Type
@@ -41,7 +41,6 @@ def _codec():  # noqa: ANN202
     return _types
 
 
-_NATIVE = "<" if sys.byteorder == "little" else ">"
 # What _scan_records() sets, and a parse(defer_scan=True) leaves unset.
 _SCANNED = frozenset({"_offs", "_types", "_layout_locals"})
 
@@ -58,7 +57,7 @@ class Btf:
     ) -> None:
         self.base = base
         self.source = source
-        self.byte_order = byte_order or (base.byte_order if base else _NATIVE)
+        self.byte_order = byte_order or (base.byte_order if base else NATIVE)
         self.flags = 0
         self.hdr_extra = b""  # header bytes past the first 24 (layout_off/_len, zero tail)
         self.layout = b""  # the kind layout section (Linux 7.x), kept as it came
@@ -131,7 +130,7 @@ class Btf:
         words = array("I")
         with memoryview(data) as view:
             words.frombytes(view[hdr_len : hdr_len + h.type_len])
-        if order != _NATIVE:
+        if order != NATIVE:
             words.byteswap()
         self._words = words
         self._types_off = hdr_len  # byte offset of the type section, for messages
@@ -288,8 +287,7 @@ class Btf:
         s = self._strs
         if rel >= len(s):
             raise self._err(f"string offset {off:#x} past the end of the string section")
-        end = s.find(b"\0", rel)
-        return s[rel:end]
+        return cstr(s, rel)  # the section ends in a NUL (parse checks it; add_str keeps it)
 
     def name_of(self, off: int) -> str:
         """The string at offset `off` ('' for 0)."""
@@ -455,7 +453,7 @@ class Btf:
     def to_bytes(self, *, reencode: bool = False) -> bytes:
         """Serialise in this BTF's byte order; byte-exact for a parsed, unmodified BTF."""
         words = self.types_words(reencode=reencode)
-        if self.byte_order != _NATIVE:
+        if self.byte_order != NATIVE:
             words.byteswap()
         types = words.tobytes()
         strs = self._strs

@@ -45,6 +45,7 @@ from ..btf.kinds import (
     K_VOLATILE,
 )
 from ..btf.load import parse_btf
+from ..btf.record import COMPOSITE_KINDS
 from .relocate import serialize_parts
 from .wire import id_slots, kind_name, record_offsets, str_slots
 
@@ -173,7 +174,7 @@ def distill(src: Btf, *, source: str = "module") -> DistillResult:
                     f" {kind_name(k)} when creating distilled base BTF")
             needed.add(tid)
             bo = boffs[tid - 1]
-            if (k in (K_STRUCT, K_UNION)) and bwords[bo]:
+            if (k in COMPOSITE_KINDS) and bwords[bo]:
                 continue
             stack.append(tid)
 
@@ -217,7 +218,7 @@ def distill(src: Btf, *, source: str = "module") -> DistillResult:
                 if not adding_to_base:
                     continue
                 new = copy(dst, bwords, o, base_end(tid))
-            elif k in (K_STRUCT, K_UNION):
+            elif k in COMPOSITE_KINDS:
                 if adding_to_base:
                     if not named:
                         continue

@@ -12,21 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..btf.kinds import (
-    K_CONST,
-    K_RESTRICT,
-    K_STRUCT,
-    K_TYPE_TAG,
-    K_TYPEDEF,
-    K_UNION,
-    K_VOLATILE,
     NR_KINDS,
     Kind,
 )
 from ..btf.layout import LAYOUT, record_words
-
-# Kinds that chain to the next type when looking for an embedded composite.
-CHAIN_KINDS = frozenset({K_CONST, K_RESTRICT, K_VOLATILE, K_TYPEDEF, K_TYPE_TAG})
-COMPOSITE = frozenset({K_STRUCT, K_UNION})
 
 # By kind number, from the layout table: (the one fixed slot or None, all fixed slots, first
 # item slot or None, item stride); ids in libbpf's btf_field_iter order (FWD's size word
@@ -99,11 +88,5 @@ def kind_name(kind: int) -> str:
         return Kind(kind).name.lower()
     except ValueError:
         return f"kind{kind}"
-
-
-def cstr(strs: bytes, rel: int) -> bytes:
-    """The NUL-terminated string at `rel` in a string section."""
-    end = strs.find(b"\0", rel)
-    return strs[rel:] if end < 0 else strs[rel:end]
 
 

@@ -25,10 +25,10 @@ from .core import (
     _EFF_SPECIAL,
     ARRAY,
     BAD_MEMBER,
-    COMPOSITE,
     ENUM,
     ENUM64,
     FLOAT,
+    HOLDS_BY_VALUE,
     HUGE,
     INT,
     PTR,
@@ -182,7 +182,7 @@ class Composites:
             if not g.MT:
                 continue
             comp = dict(compress(zip(g.dl, g.rl, strict=True),
-                                 map(and_, map(COMPOSITE.__contains__, g.rk),
+                                 map(and_, map(HOLDS_BY_VALUE.__contains__, g.rk),
                                      map(start.__le__, g.rl))))
             if not comp:
                 continue
@@ -192,7 +192,7 @@ class Composites:
             dst += _g(comp, list(compress(g.MT, sel)))
         if self.arrays:
             RE = self.RE
-            sel = [k in COMPOSITE and r >= start for r, k in zip(RE, _g(KT, RE), strict=True)]
+            sel = [k in HOLDS_BY_VALUE and r >= start for r, k in zip(RE, _g(KT, RE), strict=True)]
             dst += compress(RE, sel)
             src += compress(self.ids(self.arrays[0]), sel)
         while src:  # peel nodes that no longer contain anything still in the graph
