@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import struct
 from array import array
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..btf.layout import LAYOUT, record_words
 from .wire import WireError, id_slots, str_slots
 
-if TYPE_CHECKING:
-    from .relocate import _Split
+
+class LaneSource(Protocol):
+    """What `_LaneIndex` reads of a prepared split BTF (relocate.py's `_Split`); a protocol
+    here, so that lanes.py does not import relocate.py, which imports it."""
+
+    words: array
+
+    def lane_masks(self) -> tuple[bytes, bytes]: ...
 
 
 # Per record shape (info word): bytes with 0x80000000 in the lanes that hold type ids, and
@@ -71,7 +77,7 @@ class _LaneIndex:
     output byte (tables built from the id/string maps), one big-integer addition, one
     to_bytes(). Lanes never carry into each other: every delta keeps its lane < 2**32."""
 
-    def __init__(self, sp: _Split, nr_dist: int, dsl: int) -> None:
+    def __init__(self, sp: LaneSource, nr_dist: int, dsl: int) -> None:
         self.ok = False
         mid_b, mstr_b = sp.lane_masks()
         self.nbytes = n = len(mid_b)
