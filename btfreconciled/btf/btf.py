@@ -22,7 +22,7 @@ from .kinds import (
     Kind,
 )
 from .layout import record_words
-from .record import NATIVE, cstr
+from .record import NATIVE, cstr, kind_of
 
 if TYPE_CHECKING:
     from .types import Type
@@ -155,7 +155,7 @@ class Btf:
                 step = get(w[i + 1])
                 if step is None:
                     info = w[i + 1]
-                    kind = (info >> 24) & 0x1F
+                    kind = kind_of(info)  # once per distinct info word, not per record
                     if kind == 0 or kind >= NR_KINDS:
                         raise self._err(f"unknown BTF kind {kind}", offset=self._byte(i),
                                         type_id=self.start_id + len(offs) - 1)
@@ -231,7 +231,7 @@ class Btf:
         t = self._types[local]
         if t is not None:
             return t.kind
-        return Kind((self._words[self._offs[local] + 1] >> 24) & 0x1F)
+        return Kind(kind_of(self._words[self._offs[local] + 1]))
 
     def name_off_of(self, type_id: int) -> int:
         local = type_id - self.start_id

@@ -146,6 +146,7 @@ def _format(btf: Btf, w: array, i: int, stop: int, tid: int, limit: int,  # noqa
         o = w[i]
         info = w[i + 1]
         st = w[i + 2]
+        # inline info-word fields (record.kind_of & co.): per record of a vmlinux
         kind = info >> 24 & 0x1F
         name = T[o:fi(Z, o)] if o else A
         i += 3

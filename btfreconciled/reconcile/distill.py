@@ -45,7 +45,7 @@ from ..btf.kinds import (
     K_VOLATILE,
 )
 from ..btf.load import parse_btf
-from ..btf.record import COMPOSITE_KINDS
+from ..btf.record import COMPOSITE_KINDS, kind_of
 from .relocate import serialize_parts
 from .wire import id_slots, kind_name, record_offsets, str_slots
 
@@ -156,7 +156,7 @@ def distill(src: Btf, *, source: str = "module") -> DistillResult:
     swords, soffs = sw.words, sw.offs
 
     def base_kind(tid: int) -> int:
-        return (bwords[boffs[tid - 1] + 1] >> 24) & 0x1F
+        return kind_of(bwords[boffs[tid - 1] + 1])
 
     # 1. which base types are needed (btf_add_distilled_type_ids)
     needed: set[int] = set()
@@ -212,7 +212,7 @@ def distill(src: Btf, *, source: str = "module") -> DistillResult:
         for tid in order:
             o = boffs[tid - 1]
             info = bwords[o + 1]
-            k = (info >> 24) & 0x1F
+            k = kind_of(info)
             named = bwords[o] != 0
             if k in (K_INT, K_FLOAT, K_FWD):
                 if not adding_to_base:

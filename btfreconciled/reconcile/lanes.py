@@ -11,6 +11,7 @@ from array import array
 from typing import Protocol
 
 from ..btf.layout import LAYOUT, record_words
+from ..btf.record import kind_of, vlen_of
 from .wire import WireError, id_slots, str_slots
 
 
@@ -32,11 +33,11 @@ _LANE_STR: dict[int, bytes] = {}
 def _lane_masks(info: int) -> None:
     """Fill _LANE_ID/_LANE_STR for one record shape (strided slice writes, no per-word
     Python: a 60000-value enum is one record)."""
-    kind = (info >> 24) & 0x1F
+    kind = kind_of(info)
     lay = LAYOUT.get(kind)  # type: ignore[call-overload]
     if lay is None:
         raise WireError(f"unknown BTF kind {kind}")
-    vlen = info & 0xFFFF
+    vlen = vlen_of(info)
     n = record_words(info)
     fake = [0] * min(n, 8)
     fake[1] = info & ~0xFFFF  # vlen 0: the fixed slots only

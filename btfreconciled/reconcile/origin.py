@@ -149,6 +149,7 @@ def _refs(words: array, offs: list[int]) -> list[Ref]:
     value = _ALL - _NOT_VALUE
     for o in offs:
         info = words[o + 1]
+        # inline info-word fields (record.kind_of & co.): a scan of every record
         kind = (info >> 24) & 0x1F
         vlen = info & 0xFFFF
         if kind == K_FUNC:
@@ -203,7 +204,7 @@ class _Layout:
     def __init__(self, words: array, offs: list[int]) -> None:
         self.words = words
         self.offs = offs
-        self.kinds = [(words[o + 1] >> 24) & 0x1F for o in offs]
+        self.kinds = [(words[o + 1] >> 24) & 0x1F for o in offs]  # kind_of, inline: per record
 
     def size(self, x: int, n: int, depth: int = 0) -> int | None:
         """Size of type x when it can be worked out from own types (x >= n)."""

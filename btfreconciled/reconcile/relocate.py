@@ -53,7 +53,7 @@ from ..btf.kinds import (
 from ..btf.layout import (
     INT_DATA,
 )
-from ..btf.record import COMPOSITE_KINDS, MODS_AND_TYPEDEF, NATIVE, cstr
+from ..btf.record import COMPOSITE_KINDS, MODS_AND_TYPEDEF, NATIVE, cstr, kflag_of, kind_of
 from .diagnostics import ERROR, CandidateInfo, Problem, expected_dict, type_label
 from .lanes import _LaneIndex, slot_masks
 from .target import Candidate, VmlinuxIndex
@@ -100,12 +100,12 @@ def dist_types_of(dist: Btf) -> list[DistType]:
     for o in offs:
         no = words[o]
         info = words[o + 1]
-        kind = (info >> 24) & 0x1F
+        kind = kind_of(info)
         name = b""
         if no and no < len(strs):
             name = cstr(strs, no)
         enc = (words[o + INT_DATA] >> 24) & 0x0F if kind == K_INT else 0
-        out.append(DistType(tid, kind, info >> 31, no, name, words[o + 2], enc))
+        out.append(DistType(tid, kind, kflag_of(info), no, name, words[o + 2], enc))
         tid += 1
     return out
 
@@ -137,14 +137,14 @@ class _Split:
 
     def kind(self, tid: int) -> int:
         if tid >= self.start:
-            return (self.words[self.offs[tid - self.start] + 1] >> 24) & 0x1F
+            return kind_of(self.words[self.offs[tid - self.start] + 1])
         return self.dist[tid - 1].kind if tid else 0
 
     def label(self, tid: int) -> str:
         if tid >= self.start:
             w = self.words
             o = self.offs[tid - self.start]
-            return type_label((w[o + 1] >> 24) & 0x1F, self.btf.name_of(w[o]))
+            return type_label(kind_of(w[o + 1]), self.btf.name_of(w[o]))
         return self.dist[tid - 1].label
 
 
@@ -180,6 +180,8 @@ def _embedded_forward(sp: _Split, targets: set[int], end: int) -> set[int]:
     add = member_types.update
     for o in offs[:n]:
         info = w[o + 1]
+        # inline info-word fields (record.kind_of & co.) here and below: this visits every
+        # split record, then every member type's chain
         k = (info >> 24) & 0x1F
         if k in COMPOSITE_KINDS and info & 0xFFFF:
             add(w[o + 4:o + 4 + 3 * (info & 0xFFFF):3])
@@ -248,7 +250,7 @@ def _embedded_reverse(sp: _Split, targets: set[int], end: int, want_paths: bool
                     o = offs[r]
                     rel = lane - o
                     info = w[o + 1]
-                    k = (info >> 24) & 0x1F
+                    k = kind_of(info)
                     tid = start + r
                     if k in COMPOSITE_KINDS:
                         if rel >= 4 and (rel - 4) % 3 == 0 and tid < end:

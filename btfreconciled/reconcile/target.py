@@ -13,7 +13,7 @@ from ..btf.btf import Btf
 from ..btf.errors import BtfError
 from ..btf.kinds import K_INT
 from ..btf.load import load_btf, parse_btf
-from ..btf.record import COMPOSITE_KINDS, MATCHABLE_KINDS
+from ..btf.record import COMPOSITE_KINDS, MATCHABLE_KINDS, kflag_of, kind_of
 from ..cache import sha256_hex
 from ..elf import read_btf_sections
 
@@ -84,10 +84,10 @@ class VmlinuxIndex:
             for tid in self.btf.layout_ids(name):
                 o = offs[tid - start]
                 info = words[o + 1]
-                kind = (info >> 24) & 0x1F
+                kind = kind_of(info)
                 if kind in MATCHABLE_KINDS:
                     enc = (words[o + 3] >> 24) & 0x0F if kind == K_INT else 0
-                    out.append(Candidate(tid, kind, words[o], words[o + 2], info >> 31, enc))
+                    out.append(Candidate(tid, kind, words[o], words[o + 2], kflag_of(info), enc))
             got = self._cands[name] = tuple(out)
         return got
 

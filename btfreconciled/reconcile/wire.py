@@ -16,6 +16,7 @@ from ..btf.kinds import (
     Kind,
 )
 from ..btf.layout import LAYOUT, record_words
+from ..btf.record import kind_of
 
 # By kind number, from the layout table: (the one fixed slot or None, all fixed slots, first
 # item slot or None, item stride); ids in libbpf's btf_field_iter order (FWD's size word
@@ -50,7 +51,7 @@ def record_offsets(words: Sequence[int]) -> list[int]:
         info = words[i + 1]
         step = get(info)
         if step is None:
-            kind = (info >> 24) & 0x1F
+            kind = kind_of(info)  # once per distinct info word
             if kind == 0 or kind >= NR_KINDS:
                 raise WireError(f"unknown BTF kind {kind} in record at word {i}")
             step = record_words(info)
@@ -73,6 +74,7 @@ def str_slots(words: Sequence[int], o: int) -> list[int]:
 
 def _slots(spec: list[_SlotSpec], words: Sequence[int], o: int) -> list[int]:
     info = words[o + 1]
+    # inline info-word fields (record.kind_of & co.): called per record by distill and merge
     one, fixed, at, stride = spec[(info >> 24) & 0x1F]
     vlen = info & 0xFFFF
     if at is None or not vlen:

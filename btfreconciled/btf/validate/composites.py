@@ -21,6 +21,7 @@ from ..layout import (
     MEMBER_TYPE,
     MEMBER_WORDS,
 )
+from ..record import kind_of, vlen_of
 from .core import (
     _EFF_SPECIAL,
     ARRAY,
@@ -220,10 +221,10 @@ class Composites:
     def embedding_via(self, a: int, b: int) -> str:
         """Which member (or the element) of local type a holds b by value."""
         w, o = self.w, self.offs[a - self.start]
-        kind = (w[o + 1] >> 24) & 0x1F
+        kind = kind_of(w[o + 1])
         if kind == ARRAY:
             return " element"
-        for j in range(w[o + 1] & 0xFFFF):
+        for j in range(vlen_of(w[o + 1])):
             p = o + ITEMS + MEMBER_WORDS * j
             t = w[p + MEMBER_TYPE]
             if t < self.T and self.RID[t] == b:

@@ -19,7 +19,7 @@ from operator import add, itemgetter
 from .. import kinds as _k
 from ..kinds import NR_KINDS, Kind
 from ..layout import NO_KFLAG, VLEN_ZERO
-from ..record import NATIVE
+from ..record import NATIVE, kflag_of, kind_of, vlen_of
 
 # Short names for Kind's plain-int values (kinds.K_*), like btf.c's BTF_KIND_*.
 (INT, PTR, ARRAY, STRUCT, UNION, ENUM, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC,
@@ -166,7 +166,7 @@ class Core:
                 return "?"
             return KIND_NAMES.get(kind, "?") + (f" '{_show(name.encode())}'" if name else "")
         o = self.offs[tid - self.start]
-        kind = (self.w[o + 1] >> 24) & 0x1F
+        kind = kind_of(self.w[o + 1])
         return KIND_NAMES.get(kind, f"kind {kind}") + self._label(self.w[o])
 
     def _ref(self, tid: int) -> str:
@@ -325,20 +325,20 @@ class Core:
         if tid < self.start:
             t = self.base.type(tid)
             return len(getattr(t, "members", getattr(t, "params", ())))
-        return self.infos[tid - self.start] & 0xFFFF
+        return vlen_of(self.infos[tid - self.start])
 
 
 def _info_problem(info: int) -> str | None:
     if info & ~INFO_MASK & U32_MAX:
         return (f"has info word {info:#010x} with reserved bits set (only kind_flag, kind "
                 "and vlen may be)")
-    kind = (info >> 24) & 0x1F
-    vlen = info & 0xFFFF
+    kind = kind_of(info)
+    vlen = vlen_of(info)
     if kind == FUNC and vlen > 1:
         return f"has linkage {vlen} (must be static (0) or global (1))"
     if vlen and kind in VLEN_ZERO:
         return f"has vlen {vlen} (must be 0)"
-    if info >> 31 and kind in NO_KFLAG:
+    if kflag_of(info) and kind in NO_KFLAG:
         return "has kind_flag set, which this kind does not allow"
     return None
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from itertools import repeat
 
 from ..kinds import Kind
-from ..record import MODS_AND_TYPEDEF
+from ..record import MODS_AND_TYPEDEF, vlen_of
 from .core import (
     _LONG_NAMES,
     ARRAY,
@@ -61,7 +61,7 @@ class Tables:
         w = self.w
         for local in self.loc(DATASEC):
             o = self.offs[local]
-            refs.update(filter(below, w[o + 3:o + 3 + 3 * (w[o + 1] & 0xFFFF):3]))
+            refs.update(filter(below, w[o + 3:o + 3 + 3 * vlen_of(w[o + 1]):3]))
         refs.discard(0)
         for b in sorted(refs):
             if b not in self.base_info:
