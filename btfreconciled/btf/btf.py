@@ -18,11 +18,9 @@ from .kinds import (
     LAYOUT_KINDS,
     MAX_NAME_OFFSET,
     MAX_TYPE,
-    NR_KINDS,
     Kind,
 )
-from .layout import record_words
-from .record import NATIVE, cstr, kind_of
+from .record import NATIVE, RecordScanError, cstr, kind_of, scan_records
 
 if TYPE_CHECKING:
     from .types import Type
@@ -137,43 +135,20 @@ class Btf:
 
     def _scan_records(self) -> None:
         """Find where each record starts; checks kinds and that records fit the section."""
-        w = self._words
-        n = len(w)
-        offs: list[int] = []
-        app = offs.append
-        # Records of the kinds the name index covers eagerly are marked by a negative step,
-        # so that the hot loop pays one comparison for it. The loop is the floor of load
-        # time for a 126k-type vmlinux; keep it this small.
-        step_of: dict[int, int] = {}
-        get = step_of.get
-        layout: list[int] = []
-        mark = layout.append
-        i = 0
+        n = len(self._words)
         try:
-            while i < n:
-                app(i)
-                step = get(w[i + 1])
-                if step is None:
-                    info = w[i + 1]
-                    kind = kind_of(info)  # once per distinct info word, not per record
-                    if kind == 0 or kind >= NR_KINDS:
-                        raise self._err(f"unknown BTF kind {kind}", offset=self._byte(i),
-                                        type_id=self.start_id + len(offs) - 1)
-                    step = record_words(info)
-                    if kind in LAYOUT_KINDS:
-                        step = -step
-                    step_of[info] = step
-                if step < 0:
-                    mark(len(offs) - 1)
-                    step = -step
-                i += step
-        except IndexError:  # w[i + 1] past the end: a record header cut short
-            raise self._err("type record header truncated", offset=self._byte(i),
-                            type_id=self.start_id + len(offs) - 1) from None
-        if i != n:
+            offs, layout = scan_records(self._words)
+        except RecordScanError as e:
+            tid = self.start_id + e.index
+            if e.what == "kind":
+                raise self._err(f"unknown BTF kind {e.kind}", offset=self._byte(e.at),
+                                type_id=tid) from None
+            if e.what == "header":
+                raise self._err("type record header truncated", offset=self._byte(e.at),
+                                type_id=tid) from None
             raise self._err(
-                f"type record needs {4 * (i - offs[-1])} bytes, only {4 * (n - offs[-1])} left",
-                offset=self._byte(offs[-1]), type_id=self.start_id + len(offs) - 1)
+                f"type record needs {4 * (e.end - e.at)} bytes, only {4 * (n - e.at)} left",
+                offset=self._byte(e.at), type_id=tid) from None
         if self.start_id + len(offs) - 1 > MAX_TYPE:
             raise self._err(f"too many types ({self.start_id + len(offs) - 1} > {MAX_TYPE})")
         self._offs = offs

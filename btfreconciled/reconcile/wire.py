@@ -11,12 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..btf.kinds import (
-    NR_KINDS,
-    Kind,
-)
-from ..btf.layout import LAYOUT, record_words
-from ..btf.record import kind_of
+from ..btf.kinds import Kind
+from ..btf.layout import LAYOUT
+from ..btf.record import RecordScanError, scan_records
 
 # By kind number, from the layout table: (the one fixed slot or None, all fixed slots, first
 # item slot or None, item stride); ids in libbpf's btf_field_iter order (FWD's size word
@@ -38,28 +35,14 @@ class WireError(ValueError):
 
 def record_offsets(words: Sequence[int]) -> list[int]:
     """Word offset of every record of a type section."""
-    n = len(words)
-    offs: list[int] = []
-    app = offs.append
-    steps: dict[int, int] = {}
-    get = steps.get
-    i = 0
-    while i < n:
-        app(i)
-        if i + 2 >= n:
-            raise WireError(f"type record at word {i} truncated")
-        info = words[i + 1]
-        step = get(info)
-        if step is None:
-            kind = kind_of(info)  # once per distinct info word
-            if kind == 0 or kind >= NR_KINDS:
-                raise WireError(f"unknown BTF kind {kind} in record at word {i}")
-            step = record_words(info)
-            steps[info] = step
-        i += step
-    if i != n:
-        raise WireError("last type record truncated")
-    return offs
+    try:
+        return scan_records(words)[0]
+    except RecordScanError as e:
+        if len(words) - e.at < 3:  # the 12-byte header itself is cut short
+            raise WireError(f"type record at word {e.at} truncated") from None
+        if e.what == "kind":
+            raise WireError(f"unknown BTF kind {e.kind} in record at word {e.at}") from None
+        raise WireError("last type record truncated") from None
 
 
 def id_slots(words: Sequence[int], o: int) -> list[int]:
