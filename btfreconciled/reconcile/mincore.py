@@ -39,7 +39,7 @@ from ..btf.btf import Btf
 from ..btf.errors import BtfError
 from ..btf.header import HEADER_SIZE_LAYOUT
 from ..btf.kinds import BTF_MAGIC, BTF_VERSION, HEADER_SIZE, Kind
-from ..btf.record import COMPOSITE_KINDS, MODIFIER_KINDS
+from ..btf.record import COMPOSITE_KINDS, MODS_AND_TYPEDEF
 from ..btf.types import (
     Composite,
     Enum,
@@ -154,7 +154,7 @@ class _TargetErr(_Err):
 def _skip(btf: Btf, tid: int) -> tuple[Type, int]:
     """skip_mods_and_typedefs(): the type and its id past modifiers and typedefs."""
     t = _type(btf, tid)
-    while t.kind in MODIFIER_KINDS or t.kind == Kind.TYPEDEF:
+    while t.kind in MODS_AND_TYPEDEF:
         tid = t.type  # type: ignore[attr-defined]
         t = _type(btf, tid)
     return t, tid
@@ -787,7 +787,7 @@ class Resolver:
         t = _type(tb, tid)
         self._mark(tid, False)
         for i in range(1, len(spec.raw)):
-            while t.kind in MODIFIER_KINDS or t.kind == Kind.TYPEDEF:
+            while t.kind in MODS_AND_TYPEDEF:
                 tid = t.type  # type: ignore[attr-defined]
                 t = _type(tb, tid)
             if isinstance(t, Composite):
