@@ -23,11 +23,11 @@ from .elf import (
     ElfError,
     _bytes_reader,
     _open_elf,
-    _open_regular,
     _plain_sections,
     _read_capped,
     _read_named_sections,
 )
+from .inputs import open_regular
 
 BTF_EXT_SECTION = ".BTF.ext"
 _BTF_EXT_MAGIC = 0xEB9F
@@ -82,7 +82,7 @@ def read_bpf_object(path: str | os.PathLike[str]) -> BpfObject:
     """The `.BTF` and CO-RE records of a BPF ELF object. ElfError (one line, naming the
     file and where) for anything that is not a readable ELF with `.BTF` and `.BTF.ext`."""
     p = Path(path)
-    fd, size = _open_regular(p)
+    fd, size = open_regular(p)
     with open(fd, "rb") as f:
         data = _read_capped(p, f, MAX_FILE_SIZE)
     if not data.startswith(_ELF_MAGIC):

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from .compression import CompressionError, decompress
 from .compression import detect as _detect_compression
-from .inputs import input_refusal
+from .inputs import ElfError, open_regular
 
 # pyelftools and cache (hashlib) are imported where they are used (as compression.py and elfwrite.py
 # do with zstandard, lzma, gzip, copy and tempfile): together they cost ~30 ms at start-up,
@@ -70,15 +70,6 @@ def _parse_errors() -> tuple[type[BaseException], ...]:
 
     return (ELFError, struct.error, ValueError, IndexError, KeyError, TypeError,
             AttributeError, AssertionError, OverflowError)
-
-
-class ElfError(Exception):
-    """A file could not be read or written as BTF-carrying ELF; message is one line."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        self.path = Path(path)
-        self.reason = " ".join(str(reason).split())  # one line, whatever the cause said
-        super().__init__(f"{self.path}: {self.reason}")
 
 
 # NamedTuples rather than dataclasses: `dataclasses` (with `inspect`) costs ~6 ms to import,
@@ -155,7 +146,7 @@ def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True,
     p = Path(path)
     cap = max_size or MAX_FILE_SIZE
     elf_cap = max_file_size or max_size or MAX_ELF_SIZE
-    fd, size = _open_regular(p)
+    fd, size = open_regular(p)
     st = os.fstat(fd)
     with open(fd, "rb") as f:
         try:
@@ -214,7 +205,7 @@ def read_elf_sections(path: str | os.PathLike[str], names: set[str],
     same bounds as read_btf_sections; never the whole file (a debug vmlinux is ~1 GiB)."""
     p = Path(path)
     cap = max_size or MAX_FILE_SIZE
-    fd, size = _open_regular(p)
+    fd, size = open_regular(p)
     with open(fd, "rb") as f:
         try:
             found = _plain_sections(_file_reader(f), size, set(names), cap)
@@ -253,7 +244,7 @@ def sha256_file(path: str | os.PathLike[str], *, follow_symlinks: bool = True,
     """sha256 of a regular file's bytes as stored (never blocks on a FIFO or device); a file
     larger than `max_size` is refused (ElfError) before a byte is hashed."""
     p = Path(path)
-    fd, size = _open_regular(p, follow_symlinks=follow_symlinks)
+    fd, size = open_regular(p, follow_symlinks=follow_symlinks)
     with open(fd, "rb") as f:
         _check_size(p, size, max_size)
         return _sha256_stream(p, f, max_size)
@@ -291,7 +282,7 @@ def _sha256_stream(path: Path, f: io.BufferedReader, limit: int = MAX_ELF_SIZE) 
 
 
 def _load(path: Path) -> _Image:
-    fd, size = _open_regular(path)
+    fd, size = open_regular(path)
     with open(fd, "rb") as f:
         _check_size(path, size, MAX_FILE_SIZE)
         raw = _read_capped(path, f, MAX_FILE_SIZE)
@@ -311,27 +302,6 @@ def _image(path: Path, raw: bytes, cap: int) -> _Image:
         what = "decompressed data" if compression else "file"
         raise ElfError(path, f"{what} is neither ELF nor BTF (magic {data[:4].hex()})")
     return _Image(path=path, raw=raw, compression=compression, data=data)
-
-
-def _open_regular(path: Path, *, follow_symlinks: bool = True) -> tuple[int, int]:
-    """(fd, size) of a regular file. O_NONBLOCK: opening a FIFO must not wait for a writer;
-    the type is then checked on the open descriptor (no stat-then-open race)."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-    if not follow_symlinks:
-        flags |= os.O_NOFOLLOW
-    try:
-        fd = os.open(path, flags)
-    except OSError as e:
-        raise ElfError(path, f"cannot read: {e.strerror or e}") from None
-    try:
-        st = os.fstat(fd)
-        why = input_refusal(st)
-        if why is not None:
-            raise ElfError(path, why)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, st.st_size
 
 
 def _read_capped(path: Path, f: io.BufferedReader, cap: int) -> bytes:

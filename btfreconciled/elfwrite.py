@@ -148,9 +148,9 @@ def _copy_exclusive(original: Path, backup: Path, dst: Path) -> None:
     """A copy of `original` created as `backup` with O_EXCL (an existing name, symlink or
     not, fails), with its owner and mode bits, fsynced."""
     from .cache import write_all
-    from .elf import _open_regular
+    from .inputs import open_regular
 
-    src_fd, _ = _open_regular(original, follow_symlinks=False)
+    src_fd, _ = open_regular(original, follow_symlinks=False)
     with open(src_fd, "rb") as src:
         try:
             fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import stat
+from pathlib import Path
 
 _KIND_OF_MODE = ((stat.S_ISDIR, "is a directory"), (stat.S_ISFIFO, "is a FIFO"),
                  (stat.S_ISCHR, "is a character device"), (stat.S_ISBLK, "is a block device"),
@@ -38,3 +39,33 @@ def input_refusal(st: os.stat_result) -> str | None:
         # also kernel files elsewhere (debugfs, another /proc instance) report size 0
         return "empty file (size 0): refusing to read it"
     return None
+
+
+class ElfError(Exception):
+    """A file could not be read or written as BTF-carrying ELF; message is one line."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = Path(path)
+        self.reason = " ".join(str(reason).split())  # one line, whatever the cause said
+        super().__init__(f"{self.path}: {self.reason}")
+
+
+def open_regular(path: Path, *, follow_symlinks: bool = True) -> tuple[int, int]:
+    """(fd, size) of a regular file. O_NONBLOCK: opening a FIFO must not wait for a writer;
+    the type is then checked on the open descriptor (no stat-then-open race)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise ElfError(path, f"cannot read: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        why = input_refusal(st)
+        if why is not None:
+            raise ElfError(path, why)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
-from .elf import ElfError, _open_regular
+from .inputs import ElfError, open_regular
 
 # How read_btf_sections recognises a bzImage: the PE/DOS stub and the boot header signature.
 BZIMAGE_PROBE_LEN = 0x206
@@ -114,7 +114,7 @@ def read_kernel_image_btf(path: str | os.PathLike[str], f: BinaryIO | None = Non
     p = Path(path)
     max_btf = min(max_btf, MAX_BTF)
     if f is None:
-        fd, _ = _open_regular(p)  # a regular file, checked before anything is read
+        fd, _ = open_regular(p)  # a regular file, checked before anything is read
         with open(fd, "rb") as own:
             return read_kernel_image_btf(p, own, max_btf=max_btf,
                                          max_decompressed=max_decompressed)

@@ -353,3 +353,22 @@ def test_layout_table_is_uapi_btf_h() -> None:
     strs = {k.name: LAYOUT[k].item_str for k in LAYOUT if LAYOUT[k].item_words}
     assert strs == {"STRUCT": 0, "UNION": 0, "ENUM": 0, "FUNC_PROTO": 0, "DATASEC": None,
                     "ENUM64": 0}
+
+
+def test_record_info_fields_and_kind_families() -> None:
+    """record.py's accessors are BTF_INFO_KIND/VLEN/KFLAG, and its families libbpf's
+    btf_is_composite and btf_is_mod (plus the typedef skip_mods_and_typedefs also skips)."""
+    from btfreconciled.btf import record
+
+    info = 1 << 31 | int(Kind.STRUCT) << 24 | 0xABCD
+    assert (record.kind_of(info), record.vlen_of(info), record.kflag_of(info)) == (
+        Kind.STRUCT, 0xABCD, 1)
+    assert record.kind_of(0x1F << 24) == 31  # past the last kind: for the caller to refuse
+    assert {k for k in Kind if record.is_composite(k)} == {Kind.STRUCT, Kind.UNION}
+    mods = {Kind.CONST, Kind.VOLATILE, Kind.RESTRICT, Kind.TYPE_TAG}
+    assert {k for k in Kind if record.is_modifier(k)} == mods
+    assert mods | {Kind.TYPEDEF} == record.MODS_AND_TYPEDEF
+    matchable = {Kind.INT, Kind.FLOAT, Kind.ENUM, Kind.ENUM64, Kind.FWD, Kind.STRUCT, Kind.UNION}
+    assert matchable == record.MATCHABLE_KINDS
+    assert record.cstr(b"\0ab\0cd", 1) == b"ab"
+    assert record.cstr(b"\0ab\0cd", 4) == b"cd"  # unterminated: to the end

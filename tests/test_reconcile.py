@@ -18,6 +18,7 @@ from split_compare import compare_split
 
 from btfreconciled.btf.btf import Btf
 from btfreconciled.btf.kinds import Kind
+from btfreconciled.btf.record import MODS_AND_TYPEDEF
 from btfreconciled.btf.types import (
     Array,
     Const,
@@ -57,7 +58,7 @@ from btfreconciled.reconcile.relocate import (
     dist_types_of,
     embedded_ids,
 )
-from btfreconciled.reconcile.wire import CHAIN_KINDS, id_slots, record_offsets, str_slots
+from btfreconciled.reconcile.wire import id_slots, record_offsets, str_slots
 
 SIGNED = 1
 
@@ -617,7 +618,7 @@ def _embedded_scan(sp: _Split, nr_dist: int, end: int, want_paths: bool
                 if next_id >= start:
                     no = offs[next_id - start]
                     k = (w[no + 1] >> 24) & 0x1F
-                    if k in CHAIN_KINDS:
+                    if k in MODS_AND_TYPEDEF:
                         next_id = w[no + 2]
                         continue
                     if k == Kind.ARRAY:

@@ -7,7 +7,6 @@ new types live beside the raw words, and `to_bytes` stitches the two back togeth
 
 from __future__ import annotations
 
-import sys
 from array import array
 from collections.abc import Iterator, Sequence
 from itertools import accumulate
@@ -19,10 +18,9 @@ from .kinds import (
     LAYOUT_KINDS,
     MAX_NAME_OFFSET,
     MAX_TYPE,
-    NR_KINDS,
     Kind,
 )
-from .layout import record_words
+from .record import NATIVE, RecordScanError, cstr, kind_of, scan_records
 
 if TYPE_CHECKING:
     from .types import Type
@@ -41,7 +39,6 @@ def _codec():  # noqa: ANN202
     return _types
 
 
-_NATIVE = "<" if sys.byteorder == "little" else ">"
 # What _scan_records() sets, and a parse(defer_scan=True) leaves unset.
 _SCANNED = frozenset({"_offs", "_types", "_layout_locals"})
 
@@ -58,7 +55,7 @@ class Btf:
     ) -> None:
         self.base = base
         self.source = source
-        self.byte_order = byte_order or (base.byte_order if base else _NATIVE)
+        self.byte_order = byte_order or (base.byte_order if base else NATIVE)
         self.flags = 0
         self.hdr_extra = b""  # header bytes past the first 24 (layout_off/_len, zero tail)
         self.layout = b""  # the kind layout section (Linux 7.x), kept as it came
@@ -131,50 +128,27 @@ class Btf:
         words = array("I")
         with memoryview(data) as view:
             words.frombytes(view[hdr_len : hdr_len + h.type_len])
-        if order != _NATIVE:
+        if order != NATIVE:
             words.byteswap()
         self._words = words
         self._types_off = hdr_len  # byte offset of the type section, for messages
 
     def _scan_records(self) -> None:
         """Find where each record starts; checks kinds and that records fit the section."""
-        w = self._words
-        n = len(w)
-        offs: list[int] = []
-        app = offs.append
-        # Records of the kinds the name index covers eagerly are marked by a negative step,
-        # so that the hot loop pays one comparison for it. The loop is the floor of load
-        # time for a 126k-type vmlinux; keep it this small.
-        step_of: dict[int, int] = {}
-        get = step_of.get
-        layout: list[int] = []
-        mark = layout.append
-        i = 0
+        n = len(self._words)
         try:
-            while i < n:
-                app(i)
-                step = get(w[i + 1])
-                if step is None:
-                    info = w[i + 1]
-                    kind = (info >> 24) & 0x1F
-                    if kind == 0 or kind >= NR_KINDS:
-                        raise self._err(f"unknown BTF kind {kind}", offset=self._byte(i),
-                                        type_id=self.start_id + len(offs) - 1)
-                    step = record_words(info)
-                    if kind in LAYOUT_KINDS:
-                        step = -step
-                    step_of[info] = step
-                if step < 0:
-                    mark(len(offs) - 1)
-                    step = -step
-                i += step
-        except IndexError:  # w[i + 1] past the end: a record header cut short
-            raise self._err("type record header truncated", offset=self._byte(i),
-                            type_id=self.start_id + len(offs) - 1) from None
-        if i != n:
+            offs, layout = scan_records(self._words)
+        except RecordScanError as e:
+            tid = self.start_id + e.index
+            if e.what == "kind":
+                raise self._err(f"unknown BTF kind {e.kind}", offset=self._byte(e.at),
+                                type_id=tid) from None
+            if e.what == "header":
+                raise self._err("type record header truncated", offset=self._byte(e.at),
+                                type_id=tid) from None
             raise self._err(
-                f"type record needs {4 * (i - offs[-1])} bytes, only {4 * (n - offs[-1])} left",
-                offset=self._byte(offs[-1]), type_id=self.start_id + len(offs) - 1)
+                f"type record needs {4 * (e.end - e.at)} bytes, only {4 * (n - e.at)} left",
+                offset=self._byte(e.at), type_id=tid) from None
         if self.start_id + len(offs) - 1 > MAX_TYPE:
             raise self._err(f"too many types ({self.start_id + len(offs) - 1} > {MAX_TYPE})")
         self._offs = offs
@@ -232,7 +206,7 @@ class Btf:
         t = self._types[local]
         if t is not None:
             return t.kind
-        return Kind((self._words[self._offs[local] + 1] >> 24) & 0x1F)
+        return Kind(kind_of(self._words[self._offs[local] + 1]))
 
     def name_off_of(self, type_id: int) -> int:
         local = type_id - self.start_id
@@ -288,8 +262,7 @@ class Btf:
         s = self._strs
         if rel >= len(s):
             raise self._err(f"string offset {off:#x} past the end of the string section")
-        end = s.find(b"\0", rel)
-        return s[rel:end]
+        return cstr(s, rel)  # the section ends in a NUL (parse checks it; add_str keeps it)
 
     def name_of(self, off: int) -> str:
         """The string at offset `off` ('' for 0)."""
@@ -455,7 +428,7 @@ class Btf:
     def to_bytes(self, *, reencode: bool = False) -> bytes:
         """Serialise in this BTF's byte order; byte-exact for a parsed, unmodified BTF."""
         words = self.types_words(reencode=reencode)
-        if self.byte_order != _NATIVE:
+        if self.byte_order != NATIVE:
             words.byteswap()
         types = words.tobytes()
         strs = self._strs

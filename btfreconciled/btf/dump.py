@@ -36,22 +36,20 @@ from .kinds import (
     K_INT,
     K_PTR,
     K_RESTRICT,
-    K_STRUCT,
     K_TYPE_TAG,
     K_TYPEDEF,
-    K_UNION,
     K_VAR,
     K_VOLATILE,
     MAX_TYPE,
     Kind,
 )
+from .record import COMPOSITE_KINDS
 
 # bpftool's btf_kind_str[]: the kind's name, "UNKNOWN" for 0.
 KIND_STR = ("UNKNOWN", *(k.name for k in Kind if k))
 _INT_ENC = {0: "(none)", INT_SIGNED: "SIGNED", INT_CHAR: "CHAR", INT_BOOL: "BOOL"}
 # Kinds printed alike (frozensets of plain ints: one test in the hot loop)
 _TYPE_ID_ONLY = frozenset({K_PTR, K_TYPEDEF, K_CONST, K_VOLATILE, K_RESTRICT, K_TYPE_TAG})
-_COMPOSITE = frozenset({K_STRUCT, K_UNION})
 _ENUMS = frozenset({K_ENUM, K_ENUM64})
 # FUNC linkage (in vlen) and VAR linkage share numbers and names
 _LINKAGE = {FUNC_STATIC: "static", FUNC_GLOBAL: "global", FUNC_EXTERN: "extern"}
@@ -148,6 +146,7 @@ def _format(btf: Btf, w: array, i: int, stop: int, tid: int, limit: int,  # noqa
         o = w[i]
         info = w[i + 1]
         st = w[i + 2]
+        # inline info-word fields (record.kind_of & co.): per record of a vmlinux
         kind = info >> 24 & 0x1F
         name = T[o:fi(Z, o)] if o else A
         i += 3
@@ -163,7 +162,7 @@ def _format(btf: Btf, w: array, i: int, stop: int, tid: int, limit: int,  # noqa
             i = end
         elif kind in _TYPE_ID_ONLY:
             emit(f"[{tid}] {KIND_STR[kind]} '{name}' type_id={st}")
-        elif kind in _COMPOSITE:
+        elif kind in COMPOSITE_KINDS:
             vlen = info & 0xFFFF
             end = i + 3 * vlen
             head = f"[{tid}] {KIND_STR[kind]} '{name}' size={st} vlen={vlen}"

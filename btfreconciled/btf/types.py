@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from .kinds import Kind
 from .layout import LAYOUT
+from .record import kflag_of, kind_of, vlen_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,9 +257,9 @@ def decode(words: Sequence[int], off: int) -> Type:
     name_off = words[off]
     info = words[off + 1]
     st = words[off + 2]
-    kind = (info >> 24) & 0x1F
-    kflag = info >> 31
-    vlen = info & 0xFFFF
+    kind = kind_of(info)
+    kflag = kflag_of(info)
+    vlen = vlen_of(info)
     p = off + 3
     if kind == Kind.INT:
         v = words[p]

@@ -45,6 +45,7 @@ from ..btf.kinds import (
     K_VOLATILE,
 )
 from ..btf.load import parse_btf
+from ..btf.record import COMPOSITE_KINDS, kind_of
 from .relocate import serialize_parts
 from .wire import id_slots, kind_name, record_offsets, str_slots
 
@@ -155,7 +156,7 @@ def distill(src: Btf, *, source: str = "module") -> DistillResult:
     swords, soffs = sw.words, sw.offs
 
     def base_kind(tid: int) -> int:
-        return (bwords[boffs[tid - 1] + 1] >> 24) & 0x1F
+        return kind_of(bwords[boffs[tid - 1] + 1])
 
     # 1. which base types are needed (btf_add_distilled_type_ids)
     needed: set[int] = set()
@@ -173,7 +174,7 @@ def distill(src: Btf, *, source: str = "module") -> DistillResult:
                     f" {kind_name(k)} when creating distilled base BTF")
             needed.add(tid)
             bo = boffs[tid - 1]
-            if (k in (K_STRUCT, K_UNION)) and bwords[bo]:
+            if (k in COMPOSITE_KINDS) and bwords[bo]:
                 continue
             stack.append(tid)
 
@@ -211,13 +212,13 @@ def distill(src: Btf, *, source: str = "module") -> DistillResult:
         for tid in order:
             o = boffs[tid - 1]
             info = bwords[o + 1]
-            k = (info >> 24) & 0x1F
+            k = kind_of(info)
             named = bwords[o] != 0
             if k in (K_INT, K_FLOAT, K_FWD):
                 if not adding_to_base:
                     continue
                 new = copy(dst, bwords, o, base_end(tid))
-            elif k in (K_STRUCT, K_UNION):
+            elif k in COMPOSITE_KINDS:
                 if adding_to_base:
                     if not named:
                         continue

@@ -45,14 +45,21 @@ from ..btf.layout import (
     MEMBER_TYPE,
     MEMBER_WORDS,
 )
+from ..btf.record import (
+    COMPOSITE_KINDS,
+    MATCHABLE_KINDS,
+    MODS_AND_TYPEDEF,
+    kflag_of,
+    kind_of,
+    vlen_of,
+)
 from .diagnostics import ERROR, WARNING, Problem, expected_dict, type_label
 from .distill import Builder, DistillResult
 from .target import VmlinuxIndex
-from .wire import CHAIN_KINDS, kind_name, record_offsets
+from .wire import kind_name, record_offsets
 
 STRICT_CHOICES = ("off", "embedded", "all")
 FIELDS_EMBEDDED, FIELDS_ALL = "embedded", "all"
-_DISTILLABLE = frozenset({K_INT, K_FLOAT, K_ENUM, K_ENUM64, K_FWD, K_STRUCT, K_UNION})
 
 
 _words_cache: weakref.WeakKeyDictionary[Btf, tuple[Any, list[int]]] = \
@@ -90,7 +97,7 @@ class _View:
         if not tid:
             return 0
         w, o = self.rec(tid)
-        return (w[o + 1] >> 24) & 0x1F
+        return kind_of(w[o + 1])
 
     def name(self, tid: int) -> str:
         if not tid:
@@ -104,8 +111,8 @@ class _View:
             if not tid:
                 return 0
             w, o = self.rec(tid)
-            k = (w[o + 1] >> 24) & 0x1F
-            if k in CHAIN_KINDS:
+            k = kind_of(w[o + 1])
+            if k in MODS_AND_TYPEDEF:
                 tid = w[o + 2]
                 continue
             return tid
@@ -128,7 +135,7 @@ def build_expects(src: Btf, dist: DistillResult, embedded_ids: set[int], mode: s
     conv: dict[int, int] = {old: i + 1 for i, old in enumerate(prefix)}
     fwds: dict[tuple[str, int], int] = {}
     record = set(embedded_ids) if mode == FIELDS_EMBEDDED else {
-        t for t in prefix if vm.kind(t) in (K_STRUCT, K_UNION)}
+        t for t in prefix if vm.kind(t) in COMPOSITE_KINDS}
 
     def s(tid: int) -> int:
         return out.add_str(vm.name(tid).encode("utf-8", "surrogateescape"))
@@ -138,8 +145,8 @@ def build_expects(src: Btf, dist: DistillResult, embedded_ids: set[int], mode: s
     for old in prefix:
         w, o = vm.rec(old)
         info = w[o + 1]
-        k = (info >> 24) & 0x1F
-        if k in (K_STRUCT, K_UNION):
+        k = kind_of(info)
+        if k in COMPOSITE_KINDS:
             new = out.add([s(old), k << 24, w[o + 2]])
             if old in record:
                 pending.append((old, new))
@@ -160,14 +167,14 @@ def build_expects(src: Btf, dist: DistillResult, embedded_ids: set[int], mode: s
             return conv[tid]
         w, o = vm.rec(tid)
         info = w[o + 1]
-        k = (info >> 24) & 0x1F
+        k = kind_of(info)
         named = w[o] != 0
         if k == K_PTR:
             tgt = vm.resolve(w[o + 2])
             tk = vm.kind(tgt)
             if tk in (K_STRUCT, K_UNION, K_FWD) and vm.name(tgt):
-                union = 1 if tk == K_UNION or (tk == K_FWD and vm.rec(tgt)[0][
-                    vm.rec(tgt)[1] + 1] >> 31) else 0
+                union = 1 if tk == K_UNION or (tk == K_FWD and kflag_of(vm.rec(tgt)[0][
+                    vm.rec(tgt)[1] + 1])) else 0
                 key = (vm.name(tgt), union)
                 f = fwds.get(key)
                 if f is None:
@@ -183,7 +190,7 @@ def build_expects(src: Btf, dist: DistillResult, embedded_ids: set[int], mode: s
             elem = member_type(w[o + ARRAY_TYPE])
             index = member_type(w[o + ARRAY_INDEX])
             new = out.add([0, K_ARRAY << 24, 0, elem, index, w[o + ARRAY_NELEMS]])
-        elif k in (K_STRUCT, K_UNION):
+        elif k in COMPOSITE_KINDS:
             new = out.add([s(tid), k << 24, w[o + 2]]) if named else _composite(tid)
         elif k in (K_ENUM, K_ENUM64):
             new = out.add([s(tid) if named else 0, K_ENUM << 24, w[o + 2]])
@@ -200,7 +207,7 @@ def build_expects(src: Btf, dist: DistillResult, embedded_ids: set[int], mode: s
         w, o = vm.rec(tid)
         info = w[o + 1]
         out_words: list[int] = []
-        for m in range(info & 0xFFFF):
+        for m in range(vlen_of(info)):
             p = o + ITEMS + MEMBER_WORDS * m
             mt = member_type(w[p + MEMBER_TYPE])
             no = w[p + MEMBER_NAME]
@@ -244,10 +251,10 @@ def derive_base(expects: Btf) -> bytes:
     out = Builder()
     for _tid, t in expects:
         k = int(t.kind)
-        if k not in _DISTILLABLE or not t.name_off:
+        if k not in MATCHABLE_KINDS or not t.name_off:
             break
         name = out.add_str(expects.str_bytes(t.name_off))
-        if k in (K_STRUCT, K_UNION):
+        if k in COMPOSITE_KINDS:
             out.add([name, k << 24, t.size])  # type: ignore[attr-defined]
         elif k in (K_ENUM, K_ENUM64):
             out.add([name, K_ENUM << 24, t.size])  # type: ignore[attr-defined]
@@ -290,7 +297,7 @@ def _shape(v: _View, tid: int, depth: int = 0) -> tuple:
     if not tid:
         return ("void",)
     w, o = v.rec(tid)
-    k = (w[o + 1] >> 24) & 0x1F
+    k = kind_of(w[o + 1])
     name = v.btf.name_of(w[o])
     if k == K_PTR:
         return ("ptr",)
@@ -327,8 +334,8 @@ def flatten(v: _View, tid: int) -> dict[str, FieldInfo]:
     def walk(t: int, base: int, depth: int) -> None:
         w, o = v.rec(t)
         info = w[o + 1]
-        kflag = info >> 31
-        for m in range(info & 0xFFFF):
+        kflag = kflag_of(info)
+        for m in range(vlen_of(info)):
             p = o + 3 + 3 * m
             raw = w[p + 2]
             off = (raw & 0xFFFFFF) if kflag else raw
@@ -336,7 +343,7 @@ def flatten(v: _View, tid: int) -> dict[str, FieldInfo]:
             mt = w[p + 1]
             name = v.btf.name_of(w[p])
             r = v.resolve(mt)
-            if not name and v.kind(r) in (K_STRUCT, K_UNION) and not v.name(r) and depth < 16:
+            if not name and v.kind(r) in COMPOSITE_KINDS and not v.name(r) and depth < 16:
                 walk(r, base + off, depth + 1)
                 continue
             key = name or f"(anon@{base + off})"
@@ -384,8 +391,8 @@ def check_fields(expects: Btf, target: VmlinuxIndex, id_map: dict[int, int],
     for tid, o in enumerate(eoffs, expects.start_id):
         # named structs/unions with members, read from the words (no Type objects)
         info = ew[o + 1]
-        k = (info >> 24) & 0x1F
-        if k not in (K_STRUCT, K_UNION) or not ew[o] or not info & 0xFFFF:
+        k = kind_of(info)
+        if k not in COMPOSITE_KINDS or not ew[o] or not vlen_of(info):
             continue
         size = ew[o + 2]
         name_b = expects.str_bytes(ew[o])

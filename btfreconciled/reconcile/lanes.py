@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import struct
 from array import array
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..btf.layout import LAYOUT, record_words
+from ..btf.record import kind_of, vlen_of
 from .wire import WireError, id_slots, str_slots
 
-if TYPE_CHECKING:
-    from .relocate import _Split
+
+class LaneSource(Protocol):
+    """What `_LaneIndex` reads of a prepared split BTF (relocate.py's `_Split`); a protocol
+    here, so that lanes.py does not import relocate.py, which imports it."""
+
+    words: array
+
+    def lane_masks(self) -> tuple[bytes, bytes]: ...
 
 
 # Per record shape (info word): bytes with 0x80000000 in the lanes that hold type ids, and
@@ -26,11 +33,11 @@ _LANE_STR: dict[int, bytes] = {}
 def _lane_masks(info: int) -> None:
     """Fill _LANE_ID/_LANE_STR for one record shape (strided slice writes, no per-word
     Python: a 60000-value enum is one record)."""
-    kind = (info >> 24) & 0x1F
+    kind = kind_of(info)
     lay = LAYOUT.get(kind)  # type: ignore[call-overload]
     if lay is None:
         raise WireError(f"unknown BTF kind {kind}")
-    vlen = info & 0xFFFF
+    vlen = vlen_of(info)
     n = record_words(info)
     fake = [0] * min(n, 8)
     fake[1] = info & ~0xFFFF  # vlen 0: the fixed slots only
@@ -71,7 +78,7 @@ class _LaneIndex:
     output byte (tables built from the id/string maps), one big-integer addition, one
     to_bytes(). Lanes never carry into each other: every delta keeps its lane < 2**32."""
 
-    def __init__(self, sp: _Split, nr_dist: int, dsl: int) -> None:
+    def __init__(self, sp: LaneSource, nr_dist: int, dsl: int) -> None:
         self.ok = False
         mid_b, mstr_b = sp.lane_masks()
         self.nbytes = n = len(mid_b)

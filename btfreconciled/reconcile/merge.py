@@ -25,10 +25,9 @@ from ..btf.btf import Btf
 from ..btf.errors import BtfError
 from ..btf.header import Header, parse_header
 from ..btf.kinds import BTF_MAGIC, BTF_VERSION, HEADER_SIZE, MAX_NAME_OFFSET, MAX_TYPE
+from ..btf.record import NATIVE
 from .lanes import slot_masks
 from .wire import id_slots, str_slots
-
-_NATIVE = "<" if sys.byteorder == "little" else ">"
 
 
 class MergeError(Exception):
@@ -95,7 +94,7 @@ def shift_references(words: array, offs: list[int], nr_base: int, id_shift: int,
 
 
 def _wire_bytes(words: array, byte_order: str) -> memoryview:
-    if byte_order != _NATIVE:
+    if byte_order != NATIVE:
         words = array("I", words)
         words.byteswap()
     return memoryview(words).cast("B")

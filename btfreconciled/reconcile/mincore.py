@@ -39,6 +39,7 @@ from ..btf.btf import Btf
 from ..btf.errors import BtfError
 from ..btf.header import HEADER_SIZE_LAYOUT
 from ..btf.kinds import BTF_MAGIC, BTF_VERSION, HEADER_SIZE, Kind
+from ..btf.record import COMPOSITE_KINDS, MODS_AND_TYPEDEF
 from ..btf.types import (
     Composite,
     Enum,
@@ -50,9 +51,7 @@ from ..btf.types import (
 )
 
 _SCANF_INT = re.compile(r"\s*([+-]?\d+)")
-_MODS = frozenset({Kind.CONST, Kind.VOLATILE, Kind.RESTRICT, Kind.TYPE_TAG})
 _ANY_ENUM = frozenset({Kind.ENUM, Kind.ENUM64})
-_COMPOSITE = frozenset({Kind.STRUCT, Kind.UNION})
 _SPEC_MAX_LEN = 64  # BPF_CORE_SPEC_MAX_LEN
 _MAX_RESOLVE_DEPTH = 32
 _U32_MAX = 0xFFFFFFFF
@@ -155,7 +154,7 @@ class _TargetErr(_Err):
 def _skip(btf: Btf, tid: int) -> tuple[Type, int]:
     """skip_mods_and_typedefs(): the type and its id past modifiers and typedefs."""
     t = _type(btf, tid)
-    while t.kind in _MODS or t.kind == Kind.TYPEDEF:
+    while t.kind in MODS_AND_TYPEDEF:
         tid = t.type  # type: ignore[attr-defined]
         t = _type(btf, tid)
     return t, tid
@@ -327,7 +326,7 @@ def _fields_compat(lb: Btf, lid: int, tb: Btf, tid: int) -> bool:
     while True:
         lt, lid = _skip(lb, lid)
         tt, tid = _skip(tb, tid)
-        if lt.kind in _COMPOSITE and tt.kind in _COMPOSITE:
+        if lt.kind in COMPOSITE_KINDS and tt.kind in COMPOSITE_KINDS:
             return True
         if not _kind_compat(lt.kind, tt.kind):
             return False
@@ -424,7 +423,7 @@ def _types_match(lb: Btf, lid: int, tb: Btf, tid: int, behind_ptr: bool = False,
                 return False
             return all(any(_names_match(lb, lv.name_off, tb, tv.name_off) for tv in tt.values)
                        for lv in lt.values)
-        if lk in _COMPOSITE:
+        if lk in COMPOSITE_KINDS:
             if behind_ptr:
                 if lk == tk:
                     return True
@@ -788,7 +787,7 @@ class Resolver:
         t = _type(tb, tid)
         self._mark(tid, False)
         for i in range(1, len(spec.raw)):
-            while t.kind in _MODS or t.kind == Kind.TYPEDEF:
+            while t.kind in MODS_AND_TYPEDEF:
                 tid = t.type  # type: ignore[attr-defined]
                 t = _type(tb, tid)
             if isinstance(t, Composite):

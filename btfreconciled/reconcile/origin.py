@@ -23,7 +23,6 @@ candidate vmlinux is the module's build when its type count and string length ar
 from __future__ import annotations
 
 import struct
-import sys
 from array import array
 from dataclasses import dataclass, field
 
@@ -67,9 +66,9 @@ from ..btf.layout import (
     SECINFO_TYPE,
     SECINFO_WORDS,
 )
+from ..btf.record import COMPOSITE_KINDS, NATIVE
 from .wire import WireError, record_offsets, str_slots
 
-_NATIVE = "<" if sys.byteorder == "little" else ">"
 # what cannot be held by value (a member, an array element, a variable, a parameter): no
 # size, or not a data type at all
 _NOT_VALUE = frozenset({K_FUNC, K_FUNC_PROTO, K_VAR, K_DATASEC, K_DECL_TAG, K_FWD})
@@ -132,7 +131,7 @@ def _sections(data: bytes, source: str) -> tuple[array, bytes]:
         raise OriginError(f"{source}: BTF sections run past the end of the data")
     words = array("I")
     words.frombytes(data[t0:t0 + type_len])
-    if order != _NATIVE:
+    if order != NATIVE:
         words.byteswap()
     return words, data[s0:s0 + str_len]
 
@@ -150,6 +149,7 @@ def _refs(words: array, offs: list[int]) -> list[Ref]:
     value = _ALL - _NOT_VALUE
     for o in offs:
         info = words[o + 1]
+        # inline info-word fields (record.kind_of & co.): a scan of every record
         kind = (info >> 24) & 0x1F
         vlen = info & 0xFFFF
         if kind == K_FUNC:
@@ -164,7 +164,7 @@ def _refs(words: array, offs: list[int]) -> list[Ref]:
         elif kind == K_ARRAY:
             add((words[o + ARRAY_TYPE], value, None, None))
             add((words[o + ARRAY_INDEX], frozenset({K_INT}), None, None))
-        elif kind in (K_STRUCT, K_UNION):
+        elif kind in COMPOSITE_KINDS:
             size = words[o + 2]
             kflag = info >> 31
             first, stop = o + ITEMS, o + ITEMS + MEMBER_WORDS * vlen
@@ -204,7 +204,7 @@ class _Layout:
     def __init__(self, words: array, offs: list[int]) -> None:
         self.words = words
         self.offs = offs
-        self.kinds = [(words[o + 1] >> 24) & 0x1F for o in offs]
+        self.kinds = [(words[o + 1] >> 24) & 0x1F for o in offs]  # kind_of, inline: per record
 
     def size(self, x: int, n: int, depth: int = 0) -> int | None:
         """Size of type x when it can be worked out from own types (x >= n)."""

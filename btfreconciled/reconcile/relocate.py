@@ -53,14 +53,14 @@ from ..btf.kinds import (
 from ..btf.layout import (
     INT_DATA,
 )
+from ..btf.record import COMPOSITE_KINDS, MODS_AND_TYPEDEF, NATIVE, cstr, kflag_of, kind_of
 from .diagnostics import ERROR, CandidateInfo, Problem, expected_dict, type_label
 from .lanes import _LaneIndex, slot_masks
 from .target import Candidate, VmlinuxIndex
-from .wire import CHAIN_KINDS, WireError, id_slots, kind_name, str_slots
+from .wire import WireError, id_slots, kind_name, str_slots
 
 EMBEDDED_KERNEL = "kernel"
 EMBEDDED_LIBBPF_1_5 = "libbpf-1.5"
-_NATIVE = "<" if sys.byteorder == "little" else ">"
 _DIST_KINDS = frozenset({K_INT, K_FLOAT, K_ENUM, K_STRUCT, K_UNION, K_FWD})
 _MAX_PATHS = 4
 
@@ -100,13 +100,12 @@ def dist_types_of(dist: Btf) -> list[DistType]:
     for o in offs:
         no = words[o]
         info = words[o + 1]
-        kind = (info >> 24) & 0x1F
+        kind = kind_of(info)
         name = b""
         if no and no < len(strs):
-            end = strs.find(b"\0", no)
-            name = strs[no:end] if end >= 0 else strs[no:]
+            name = cstr(strs, no)
         enc = (words[o + INT_DATA] >> 24) & 0x0F if kind == K_INT else 0
-        out.append(DistType(tid, kind, info >> 31, no, name, words[o + 2], enc))
+        out.append(DistType(tid, kind, kflag_of(info), no, name, words[o + 2], enc))
         tid += 1
     return out
 
@@ -138,14 +137,14 @@ class _Split:
 
     def kind(self, tid: int) -> int:
         if tid >= self.start:
-            return (self.words[self.offs[tid - self.start] + 1] >> 24) & 0x1F
+            return kind_of(self.words[self.offs[tid - self.start] + 1])
         return self.dist[tid - 1].kind if tid else 0
 
     def label(self, tid: int) -> str:
         if tid >= self.start:
             w = self.words
             o = self.offs[tid - self.start]
-            return type_label((w[o + 1] >> 24) & 0x1F, self.btf.name_of(w[o]))
+            return type_label(kind_of(w[o + 1]), self.btf.name_of(w[o]))
         return self.dist[tid - 1].label
 
 
@@ -181,8 +180,10 @@ def _embedded_forward(sp: _Split, targets: set[int], end: int) -> set[int]:
     add = member_types.update
     for o in offs[:n]:
         info = w[o + 1]
+        # inline info-word fields (record.kind_of & co.) here and below: this visits every
+        # split record, then every member type's chain
         k = (info >> 24) & 0x1F
-        if k in (K_STRUCT, K_UNION) and info & 0xFFFF:
+        if k in COMPOSITE_KINDS and info & 0xFFFF:
             add(w[o + 4:o + 4 + 3 * (info & 0xFFFF):3])
     nr_types = start + len(offs)
     marked: set[int] = set()
@@ -192,7 +193,7 @@ def _embedded_forward(sp: _Split, targets: set[int], end: int) -> set[int]:
                 break
             o = offs[x - start]
             k = (w[o + 1] >> 24) & 0x1F
-            if k in CHAIN_KINDS:
+            if k in MODS_AND_TYPEDEF:
                 x = w[o + 2]
             elif k == K_ARRAY:
                 x = w[o + 3]
@@ -249,9 +250,9 @@ def _embedded_reverse(sp: _Split, targets: set[int], end: int, want_paths: bool
                     o = offs[r]
                     rel = lane - o
                     info = w[o + 1]
-                    k = (info >> 24) & 0x1F
+                    k = kind_of(info)
                     tid = start + r
-                    if k in (K_STRUCT, K_UNION):
+                    if k in COMPOSITE_KINDS:
                         if rel >= 4 and (rel - 4) % 3 == 0 and tid < end:
                             marked.add(d)
                             if not want_paths:
@@ -263,7 +264,7 @@ def _embedded_reverse(sp: _Split, targets: set[int], end: int, want_paths: bool
                             if len(lst) >= _MAX_PATHS:  # later hits would add nothing
                                 done = True
                                 break
-                    elif ((k in CHAIN_KINDS and rel == 2) or (k == K_ARRAY and rel == 3)) \
+                    elif ((k in MODS_AND_TYPEDEF and rel == 2) or (k == K_ARRAY and rel == 3)) \
                             and tid not in seen:
                         seen.add(tid)
                         work.append(tid)
@@ -278,7 +279,7 @@ def embedded_ids(split: Btf) -> tuple[set[int], dict[int, list[str]]]:
     if dist_btf is None:
         raise ValueError("embedded_ids() needs split BTF")
     sp = prepare(split)
-    comps = {d.id for d in sp.dist if d.kind in (K_STRUCT, K_UNION)}
+    comps = {d.id for d in sp.dist if d.kind in COMPOSITE_KINDS}
     return _embedded(sp, comps, split.type_count, True)
 
 
@@ -301,7 +302,7 @@ def _match(d: DistType, target: VmlinuxIndex, embedded: bool
             if c.size != d.size:
                 misses.append((c, f"size {c.size} != {d.size}"))
                 continue
-        elif (bk in (K_STRUCT, K_UNION) and target.composites_named(c.name_off) > 1
+        elif (bk in COMPOSITE_KINDS and target.composites_named(c.name_off) > 1
               and c.size != d.size):
             misses.append((c, f"size {c.size} != {d.size} (several {kind_name(bk)}s of"
                               " this name: size decides)"))
@@ -333,7 +334,7 @@ def _match(d: DistType, target: VmlinuxIndex, embedded: bool
             if bk != K_ENUM and bk != K_ENUM64:
                 misses.append((c, "not an enum"))
                 continue
-        elif dk in (K_STRUCT, K_UNION):
+        elif dk in COMPOSITE_KINDS:
             if embedded and not hits and c.size != d.size:
                 misses.append((c, f"size {c.size} != {d.size} and the module embeds it"))
                 continue
@@ -387,7 +388,7 @@ def relocate(split: Btf, target: VmlinuxIndex, *, embedded_rule: str = EMBEDDED_
     nr_split = nr_types - nr_dist
     scan_end = nr_types if embedded_rule == EMBEDDED_KERNEL else nr_split
     # Embedding only matters for a distilled struct/union that vmlinux has in another size.
-    comps = {d.id for d in dist if d.kind in (K_STRUCT, K_UNION)}
+    comps = {d.id for d in dist if d.kind in COMPOSITE_KINDS}
     needed = {d.id for d in dist if d.id in comps
               and any(c.size != d.size for c in target.candidates(d.name))}
     need = bool(needed)
@@ -406,7 +407,7 @@ def relocate(split: Btf, target: VmlinuxIndex, *, embedded_rule: str = EMBEDDED_
     str_map: dict[int, tuple[int, int]] = {}  # dist name_off -> (target id, target name_off)
     # void takes part in libbpf's name search with the empty name
     for c in target.candidates(b""):
-        if c.kind == K_FWD or (c.kind in (K_STRUCT, K_UNION)
+        if c.kind == K_FWD or (c.kind in COMPOSITE_KINDS
                                and target.composites_named(c.name_off) < 2) or c.size == 0:
             problems.append(Problem("invalid-base", ERROR,
                                     f"{module}: vmlinux type [{c.id}] has an empty name and"
@@ -433,7 +434,7 @@ def relocate(split: Btf, target: VmlinuxIndex, *, embedded_rule: str = EMBEDDED_
             continue
         size = None if d.kind == K_FWD else d.size
         diag_embedded()
-        emb = d.id in embedded_all if d.kind in (K_STRUCT, K_UNION) else None
+        emb = d.id in embedded_all if d.kind in COMPOSITE_KINDS else None
         if not hits:
             cands = [_candidate_info(c, target, why) for c, why in misses]
             if not cands and diagnose:
@@ -537,7 +538,7 @@ def serialize(btf: Btf, words: array) -> bytes:
 
 def serialize_parts_raw(btf: Btf, types_host: bytes) -> bytes:
     """Like serialize(), from the type words as host-order bytes."""
-    if btf.byte_order != _NATIVE:
+    if btf.byte_order != NATIVE:
         w = array("I")
         w.frombytes(types_host)
         return serialize(btf, w)
@@ -547,10 +548,10 @@ def serialize_parts_raw(btf: Btf, types_host: bytes) -> bytes:
     return hdr + types_host + btf.layout + strs
 
 
-def serialize_parts(words: array, strs: bytes, *, byte_order: str = _NATIVE, flags: int = 0,
+def serialize_parts(words: array, strs: bytes, *, byte_order: str = NATIVE, flags: int = 0,
                     hdr_extra: bytes = b"", layout: bytes = b"") -> bytes:
     """A BTF blob: header, type words (given in host order), layout section, strings."""
-    if byte_order != _NATIVE:
+    if byte_order != NATIVE:
         words = array("I", words)
         words.byteswap()
     types = words.tobytes()

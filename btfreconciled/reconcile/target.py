@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 
 from ..btf.btf import Btf
 from ..btf.errors import BtfError
-from ..btf.kinds import K_ENUM, K_ENUM64, K_FLOAT, K_FWD, K_INT, K_STRUCT, K_UNION
+from ..btf.kinds import K_INT
 from ..btf.load import load_btf, parse_btf
+from ..btf.record import COMPOSITE_KINDS, MATCHABLE_KINDS, kflag_of, kind_of
 from ..cache import sha256_hex
 from ..elf import read_btf_sections
 
 SYSFS_VMLINUX = "/sys/kernel/btf/vmlinux"
 # Kinds btf_relocate.c considers in the base (everything else is skipped).
-_MATCHABLE = frozenset({K_INT, K_FLOAT, K_ENUM, K_ENUM64, K_FWD, K_STRUCT, K_UNION})
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +84,10 @@ class VmlinuxIndex:
             for tid in self.btf.layout_ids(name):
                 o = offs[tid - start]
                 info = words[o + 1]
-                kind = (info >> 24) & 0x1F
-                if kind in _MATCHABLE:
+                kind = kind_of(info)
+                if kind in MATCHABLE_KINDS:
                     enc = (words[o + 3] >> 24) & 0x0F if kind == K_INT else 0
-                    out.append(Candidate(tid, kind, words[o], words[o + 2], info >> 31, enc))
+                    out.append(Candidate(tid, kind, words[o], words[o + 2], kflag_of(info), enc))
             got = self._cands[name] = tuple(out)
         return got
 
@@ -97,6 +97,6 @@ class VmlinuxIndex:
         if n is None:
             # every type with this name offset has its name, so is among its candidates
             n = sum(1 for c in self.candidates(self.btf.str_bytes(name_off))
-                    if c.name_off == name_off and c.kind in (K_STRUCT, K_UNION))
+                    if c.name_off == name_off and c.kind in COMPOSITE_KINDS)
             self._composites[name_off] = n
         return n

@@ -11,22 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..btf.kinds import (
-    K_CONST,
-    K_RESTRICT,
-    K_STRUCT,
-    K_TYPE_TAG,
-    K_TYPEDEF,
-    K_UNION,
-    K_VOLATILE,
-    NR_KINDS,
-    Kind,
-)
-from ..btf.layout import LAYOUT, record_words
-
-# Kinds that chain to the next type when looking for an embedded composite.
-CHAIN_KINDS = frozenset({K_CONST, K_RESTRICT, K_VOLATILE, K_TYPEDEF, K_TYPE_TAG})
-COMPOSITE = frozenset({K_STRUCT, K_UNION})
+from ..btf.kinds import Kind
+from ..btf.layout import LAYOUT
+from ..btf.record import RecordScanError, scan_records
 
 # By kind number, from the layout table: (the one fixed slot or None, all fixed slots, first
 # item slot or None, item stride); ids in libbpf's btf_field_iter order (FWD's size word
@@ -48,28 +35,14 @@ class WireError(ValueError):
 
 def record_offsets(words: Sequence[int]) -> list[int]:
     """Word offset of every record of a type section."""
-    n = len(words)
-    offs: list[int] = []
-    app = offs.append
-    steps: dict[int, int] = {}
-    get = steps.get
-    i = 0
-    while i < n:
-        app(i)
-        if i + 2 >= n:
-            raise WireError(f"type record at word {i} truncated")
-        info = words[i + 1]
-        step = get(info)
-        if step is None:
-            kind = (info >> 24) & 0x1F
-            if kind == 0 or kind >= NR_KINDS:
-                raise WireError(f"unknown BTF kind {kind} in record at word {i}")
-            step = record_words(info)
-            steps[info] = step
-        i += step
-    if i != n:
-        raise WireError("last type record truncated")
-    return offs
+    try:
+        return scan_records(words)[0]
+    except RecordScanError as e:
+        if len(words) - e.at < 3:  # the 12-byte header itself is cut short
+            raise WireError(f"type record at word {e.at} truncated") from None
+        if e.what == "kind":
+            raise WireError(f"unknown BTF kind {e.kind} in record at word {e.at}") from None
+        raise WireError("last type record truncated") from None
 
 
 def id_slots(words: Sequence[int], o: int) -> list[int]:
@@ -84,6 +57,7 @@ def str_slots(words: Sequence[int], o: int) -> list[int]:
 
 def _slots(spec: list[_SlotSpec], words: Sequence[int], o: int) -> list[int]:
     info = words[o + 1]
+    # inline info-word fields (record.kind_of & co.): called per record by distill and merge
     one, fixed, at, stride = spec[(info >> 24) & 0x1F]
     vlen = info & 0xFFFF
     if at is None or not vlen:
@@ -99,11 +73,5 @@ def kind_name(kind: int) -> str:
         return Kind(kind).name.lower()
     except ValueError:
         return f"kind{kind}"
-
-
-def cstr(strs: bytes, rel: int) -> bytes:
-    """The NUL-terminated string at `rel` in a string section."""
-    end = strs.find(b"\0", rel)
-    return strs[rel:] if end < 0 else strs[rel:end]
 
 

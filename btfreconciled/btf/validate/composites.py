@@ -21,14 +21,15 @@ from ..layout import (
     MEMBER_TYPE,
     MEMBER_WORDS,
 )
+from ..record import kind_of, vlen_of
 from .core import (
     _EFF_SPECIAL,
     ARRAY,
     BAD_MEMBER,
-    COMPOSITE,
     ENUM,
     ENUM64,
     FLOAT,
+    HOLDS_BY_VALUE,
     HUGE,
     INT,
     PTR,
@@ -182,7 +183,7 @@ class Composites:
             if not g.MT:
                 continue
             comp = dict(compress(zip(g.dl, g.rl, strict=True),
-                                 map(and_, map(COMPOSITE.__contains__, g.rk),
+                                 map(and_, map(HOLDS_BY_VALUE.__contains__, g.rk),
                                      map(start.__le__, g.rl))))
             if not comp:
                 continue
@@ -192,7 +193,7 @@ class Composites:
             dst += _g(comp, list(compress(g.MT, sel)))
         if self.arrays:
             RE = self.RE
-            sel = [k in COMPOSITE and r >= start for r, k in zip(RE, _g(KT, RE), strict=True)]
+            sel = [k in HOLDS_BY_VALUE and r >= start for r, k in zip(RE, _g(KT, RE), strict=True)]
             dst += compress(RE, sel)
             src += compress(self.ids(self.arrays[0]), sel)
         while src:  # peel nodes that no longer contain anything still in the graph
@@ -220,10 +221,10 @@ class Composites:
     def embedding_via(self, a: int, b: int) -> str:
         """Which member (or the element) of local type a holds b by value."""
         w, o = self.w, self.offs[a - self.start]
-        kind = (w[o + 1] >> 24) & 0x1F
+        kind = kind_of(w[o + 1])
         if kind == ARRAY:
             return " element"
-        for j in range(w[o + 1] & 0xFFFF):
+        for j in range(vlen_of(w[o + 1])):
             p = o + ITEMS + MEMBER_WORDS * j
             t = w[p + MEMBER_TYPE]
             if t < self.T and self.RID[t] == b:

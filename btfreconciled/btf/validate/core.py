@@ -19,6 +19,7 @@ from operator import add, itemgetter
 from .. import kinds as _k
 from ..kinds import NR_KINDS, Kind
 from ..layout import NO_KFLAG, VLEN_ZERO
+from ..record import NATIVE, kflag_of, kind_of, vlen_of
 
 # Short names for Kind's plain-int values (kinds.K_*), like btf.c's BTF_KIND_*.
 (INT, PTR, ARRAY, STRUCT, UNION, ENUM, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC,
@@ -36,12 +37,12 @@ U32_MAX = 0xFFFFFFFF
 MAX_CHAIN = 32  # btf_check_type_tags' chain_limit
 HUGE = 1 << 40  # an "effective size" that never fits: sends a member to the exact check
 
-MODS = frozenset({TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG})
 REFS = (PTR, TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG)
 SOURCE_ONLY = frozenset({VAR, DECL_TAG, DATASEC})
 NOSIZE = frozenset({VOID, FWD, FUNC, FUNC_PROTO, DECL_TAG})
 SIZED = frozenset({INT, PTR, ARRAY, STRUCT, UNION, ENUM, ENUM64, FLOAT})
-COMPOSITE = frozenset({STRUCT, UNION, ARRAY})
+# What holds other types by value, so can contain itself (btf_struct_resolve/btf_array_resolve).
+HOLDS_BY_VALUE = frozenset({STRUCT, UNION, ARRAY})
 # What a modifier or pointer may not point at (the kernel accepts a FUNC target only when
 # it happens to have resolved that FUNC first; no compiler emits one).
 BAD_REF_TARGET = SOURCE_ONLY | {FUNC}
@@ -75,7 +76,6 @@ _VLEN_ZERO_TOP = bytes(0xFF if c & 0x1F in VLEN_ZERO else 0 for c in range(256))
 _FUNC_TOP = bytes(0xFF if c & 0x1F == FUNC else 0 for c in range(256))
 _ABOVE_1 = bytes(0xFF if c > 1 else 0 for c in range(256))
 _LONG = b"x" * 513
-_NATIVE = "<" if sys.byteorder == "little" else ">"
 _LONG_NAMES = (b"long", b"long int", b"unsigned long", b"long unsigned int")
 
 
@@ -166,7 +166,7 @@ class Core:
                 return "?"
             return KIND_NAMES.get(kind, "?") + (f" '{_show(name.encode())}'" if name else "")
         o = self.offs[tid - self.start]
-        kind = (self.w[o + 1] >> 24) & 0x1F
+        kind = kind_of(self.w[o + 1])
         return KIND_NAMES.get(kind, f"kind {kind}") + self._label(self.w[o])
 
     def _ref(self, tid: int) -> str:
@@ -192,7 +192,7 @@ class Core:
     # ------------------------------------------------------------ driver
     def run(self) -> None:
         btf = self.btf
-        if btf.byte_order != _NATIVE and btf.hdr_extra:
+        if btf.byte_order != NATIVE and btf.hdr_extra:
             # libbpf's btf_parse_hdr: the other byte order only with the 24-byte header.
             raise btf._err(f"BTF in non-native byte order with a {24 + len(btf.hdr_extra)}"
                            "-byte header (libbpf only swaps the 24-byte header)", offset=4)
@@ -325,20 +325,20 @@ class Core:
         if tid < self.start:
             t = self.base.type(tid)
             return len(getattr(t, "members", getattr(t, "params", ())))
-        return self.infos[tid - self.start] & 0xFFFF
+        return vlen_of(self.infos[tid - self.start])
 
 
 def _info_problem(info: int) -> str | None:
     if info & ~INFO_MASK & U32_MAX:
         return (f"has info word {info:#010x} with reserved bits set (only kind_flag, kind "
                 "and vlen may be)")
-    kind = (info >> 24) & 0x1F
-    vlen = info & 0xFFFF
+    kind = kind_of(info)
+    vlen = vlen_of(info)
     if kind == FUNC and vlen > 1:
         return f"has linkage {vlen} (must be static (0) or global (1))"
     if vlen and kind in VLEN_ZERO:
         return f"has vlen {vlen} (must be 0)"
-    if info >> 31 and kind in NO_KFLAG:
+    if kflag_of(info) and kind in NO_KFLAG:
         return "has kind_flag set, which this kind does not allow"
     return None
 

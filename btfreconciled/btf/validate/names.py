@@ -5,6 +5,7 @@ btf_name_valid_section with lib/ctype.c's Latin-1 classes; libbpf: btf_validate_
 from __future__ import annotations
 
 from ..layout import LAYOUT
+from ..record import vlen_of
 from .core import (
     _IDCLASS,
     _IDENT_RE,
@@ -142,7 +143,7 @@ class Names:
                 continue
             lay = LAYOUT[kind]  # type: ignore[index]
             first = o + lay.first_item + lay.item_str
-            for j, p in enumerate(range(first, first + lay.item_words * (w[o + 1] & 0xFFFF),
+            for j, p in enumerate(range(first, first + lay.item_words * vlen_of(w[o + 1]),
                                         lay.item_words)):
                 if w[p] in bad:
                     n = j + 1 if kind == FUNC_PROTO else j  # parameters count from 1

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from itertools import compress
 
+from ..record import MODS_AND_TYPEDEF
 from .core import (
     BAD_REF_TARGET,
     FUNC,
     MAX_CHAIN,
-    MODS,
     PTR,
     REFS,
     TYPE_TAG,
@@ -95,7 +95,7 @@ class Refs:
         if not MX:
             return
         KT, start = self.KT, self.start
-        exits = ({y for y in filter(start.__gt__, MY) if KT[y] in MODS}
+        exits = ({y for y in filter(start.__gt__, MY) if KT[y] in MODS_AND_TYPEDEF}
                  if self.base is not None else set())
         X = MX + list(exits)
         Y = MY + [-1] * len(exits)

@@ -13,6 +13,7 @@ from ..layout import (
     SECINFO_WORDS,
     VAR_LINKAGE,
 )
+from ..record import vlen_of
 from .core import (
     _SECTION_RE,
     DATASEC,
@@ -59,7 +60,7 @@ class Sections:
             if not raw or not _SECTION_RE.fullmatch(raw):
                 self.fail_local(local, "needs a section name of 1 to 512 printable characters")
             last_end = total = 0
-            for j in range(w[o + 1] & 0xFFFF):
+            for j in range(vlen_of(w[o + 1])):
                 p = o + ITEMS + SECINFO_WORDS * j
                 vt, off, sz = w[p + SECINFO_TYPE], w[p + SECINFO_OFFSET], w[p + SECINFO_SIZE]
                 what = f"entry {j}"
@@ -112,7 +113,7 @@ class Sections:
         w, KT, SW, RID, SIZE = self.w, self.KT, self.SW, self.RID, self.SIZE
         for local in self.loc(DATASEC):
             o = self.offs[local]
-            for j in range(w[o + 1] & 0xFFFF):
+            for j in range(vlen_of(w[o + 1])):
                 p = o + ITEMS + SECINFO_WORDS * j
                 vt = w[p + SECINFO_TYPE]
                 if KT[vt] != VAR:

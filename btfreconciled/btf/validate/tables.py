@@ -7,6 +7,7 @@ from __future__ import annotations
 from itertools import repeat
 
 from ..kinds import Kind
+from ..record import MODS_AND_TYPEDEF, vlen_of
 from .core import (
     _LONG_NAMES,
     ARRAY,
@@ -18,7 +19,6 @@ from .core import (
     FUNC,
     HUGE,
     INT,
-    MODS,
     PTR,
     REFS,
     SIZED,
@@ -61,7 +61,7 @@ class Tables:
         w = self.w
         for local in self.loc(DATASEC):
             o = self.offs[local]
-            refs.update(filter(below, w[o + 3:o + 3 + 3 * (w[o + 1] & 0xFFFF):3]))
+            refs.update(filter(below, w[o + 3:o + 3 + 3 * vlen_of(w[o + 1]):3]))
         refs.discard(0)
         for b in sorted(refs):
             if b not in self.base_info:
@@ -95,7 +95,7 @@ class Tables:
             KT[x] = kind
             SW[x] = getattr(t, "size", getattr(t, "type", 0))
             path.append(x)
-            if kind not in MODS or x == 0:
+            if kind not in MODS_AND_TYPEDEF or x == 0:
                 break
             x = t.type
         r = path[-1]
@@ -126,7 +126,7 @@ class Tables:
             if kind == ARRAY:
                 nelems *= t.nelems
                 tid = t.type
-            elif kind in MODS or kind == VAR:
+            elif kind in MODS_AND_TYPEDEF or kind == VAR:
                 tid = t.type
             else:
                 return 0
