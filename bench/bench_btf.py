@@ -35,8 +35,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from btfreconciled.btf import Btf, Kind
-from btfreconciled.btf import dump as dump_mod
+# the checkout's package, not an installed copy: a benchmark measures the code beside it
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from btfreconciled.btf import dump as dump_mod  # noqa: E402
+from btfreconciled.btf.btf import Btf  # noqa: E402
+from btfreconciled.btf.kinds import Kind  # noqa: E402
 
 
 def median_time(fn, runs: int) -> float:  # noqa: ANN001

@@ -26,8 +26,11 @@ import sys
 import time
 from pathlib import Path
 
-from btfreconciled.btf import Btf
-from btfreconciled.btf import validate as V
+# the checkout's package, not an installed copy: a benchmark measures the code beside it
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from btfreconciled.btf import validate as V  # noqa: E402
+from btfreconciled.btf.btf import Btf  # noqa: E402
 
 
 def libbpf():
