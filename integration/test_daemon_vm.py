@@ -363,6 +363,29 @@ def test_61_modread_reads_module_struct_through_merged_btf(guest_61) -> None:
     check_modread_read(out, "modread.all", 31339)
 
 
+def check_minimized(g: dict) -> None:
+    """`min-core-btf` on the guest, from the running vmlinux and btfr_loader's BTF in the
+    daemon's cache: a few hundred bytes that libbpf takes as btf_custom_path and that hold
+    the module struct's real layout, so modread reads the counter the guest wrote."""
+    out = g["out"]
+    assert read(out, "mincore.rc").strip() == "0", read(out, "mincore.err")
+    small = (out / "modread.min.btf").stat().st_size
+    split = (out / "btfr_loader.ours.btf").stat().st_size  # the module's split BTF alone
+    assert small < 4096, small
+    print(f"\n{g['series']}: minimized BTF for modread {small} bytes "
+          f"(btfr_loader's split BTF alone {split} bytes)")
+    check_modread_read(out, "modread.min", 31342)
+
+
+def test_modread_reads_through_the_minimized_btf(guest_relocating) -> None:
+    check_minimized(guest_relocating)
+
+
+def test_61_modread_reads_through_the_minimized_btf(guest_61) -> None:
+    """6.1 rejected the module's BTF: the minimized file is all libbpf has for its struct."""
+    check_minimized(guest_61)
+
+
 def test_61_modread_with_kernel_btf_fails_at_core_relocation(guest_61) -> None:
     """The negative control: the same program without our file cannot be loaded."""
     rc, stdout, stderr = loader_run(guest_61["out"], "modread.kernel")

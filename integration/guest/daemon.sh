@@ -118,6 +118,13 @@ run_loader() {
 run_loader modread.default 31337 $MODREAD --timeout 60
 run_loader modread.kernel 31338 $MODREAD --kernel-btf --timeout 60
 run_loader modread.all 31339 $MODREAD --btf "$(cat $O/all.merged.path)" --timeout 60
+# the minimized BTF (issue 21): only the types modread.bpf.o's CO-RE relocations need, cut
+# from the running vmlinux and btfr_loader's reconciled BTF in the daemon's cache
+ctl min-core-btf "$(dirname "$MODREAD")/modread.bpf.o" --module btfr_loader \
+    --cache-dir /tmp/btfr-cache -o /tmp/modread.min.btf > $O/mincore.out 2> $O/mincore.err
+echo $? > $O/mincore.rc
+[ -f /tmp/modread.min.btf ] && cp /tmp/modread.min.btf $O/modread.min.btf
+run_loader modread.min 31342 $MODREAD --btf /tmp/modread.min.btf --timeout 60
 if [ "$BPFTRACE" = yes ]; then
     BT='kprobe:btfr_loader_poke {
         printf("counter=%u\n", ((struct btfr_loader_state *)arg0)->counter); exit(); }'
