@@ -9,6 +9,13 @@
 * ``--file-times``: after the run, one line per test file (slowest first) with its summed
   set-up + call + tear-down time, its number of tests and how many passed, failed, errored or
   skipped, then the totals including the number of skips.
+* Under pytest-xdist with ``--dist loadfile`` (as scripts/setup-and-test runs the suite) a
+  test file is one unit of work, so that its module fixtures (a whole tree's parse) are built
+  once, on one worker; and the files of the ``guest_files`` ini option (pyproject.toml) are
+  one unit together: their guests share boots (``guest_session``) and must not compete with
+  each other for the two cores under TCG, while the CPU-bound tree tests run beside them.
+  A test that boots a guest (the ``vm`` mark, or ``guest_session``) in a file not listed
+  there stops the collection with the file's name.
 """
 
 from __future__ import annotations
@@ -35,16 +42,22 @@ def _skip_reason(longrepr: object) -> str:
     return str(longrepr)
 
 
+_MISSING = "oracle or privilege missing in CI: "
+
+
 def _fail_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
     where = ""
     if isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
         where = f" ({report.longrepr[0]}:{report.longrepr[1]})"
     report.outcome = "failed"
-    report.longrepr = (f"oracle or privilege missing in CI: {_skip_reason(report.longrepr)}"
+    report.longrepr = (f"{_MISSING}{_skip_reason(report.longrepr)}"
                        f"{where}; {REQUIRE_ORACLES}=1 makes a skip a failure")
 
 
-_SKIPS_FAILED = pytest.StashKey[int]()
+def _was_skip(report: pytest.TestReport | pytest.CollectReport) -> bool:
+    # Told by the text: under xdist the report was made on a worker, and only the report
+    # (its longrepr serialised as text) reaches the process that prints the summary.
+    return report.failed and str(report.longrepr).startswith(_MISSING)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -54,7 +67,6 @@ def pytest_runtest_makereport(
     report = yield
     if report.skipped and not hasattr(report, "wasxfail") and _require_oracles():
         _fail_skip(report)
-        item.config.stash[_SKIPS_FAILED] = item.config.stash.get(_SKIPS_FAILED, 0) + 1
     return report
 
 
@@ -65,8 +77,6 @@ def pytest_make_collect_report(
     report = yield
     if report.skipped and _require_oracles():
         _fail_skip(report)
-        cfg = collector.config
-        cfg.stash[_SKIPS_FAILED] = cfg.stash.get(_SKIPS_FAILED, 0) + 1
     return report
 
 
@@ -94,11 +104,13 @@ class FileTimer:
         self.config = config
         self.started = time.monotonic()
         self.files: dict[str, FileTimes] = {}
+        self.skips_failed = 0
 
     def file(self, nodeid: str) -> FileTimes:
         return self.files.setdefault(nodeid.split("::", 1)[0], FileTimes())
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.skips_failed += _was_skip(report)
         ft = self.file(report.nodeid)
         ft.seconds += report.duration
         if hasattr(report, "wasxfail"):
@@ -111,6 +123,7 @@ class FileTimer:
         ft.outcomes[report.nodeid] = max(old, outcome, key=_RANK.__getitem__)
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        self.skips_failed += _was_skip(report)
         if report.nodeid and not report.passed:
             outcome = "error" if report.failed else "skipped"
             self.file(report.nodeid).outcomes[report.nodeid] = outcome
@@ -138,7 +151,7 @@ class FileTimer:
           f"pytest wall time {time.monotonic() - self.started:.0f} s")
         note = ""
         if _require_oracles():
-            note = (f" ({config.stash.get(_SKIPS_FAILED, 0)} skip(s) turned into failures by "
+            note = (f" ({self.skips_failed} skip(s) turned into failures by "
                     f"{REQUIRE_ORACLES}=1)")
         w(f"skipped: {totals['skipped']}{note}")
 
@@ -151,11 +164,50 @@ def _counts(counts: dict[str, int]) -> str:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini("guest_files", type="linelist", default=[],
+                  help="test files whose tests boot guests: one unit of work under xdist "
+                       "(--dist loadfile), so that they share boots and never run two "
+                       "guests at once")
     parser.addoption("--file-times", action="store_true", default=False,
                      help="print the time, test count and outcomes of every test file, "
                           "slowest first, at the end of the run")
 
 
+GUEST_UNIT = "guest files"
+
+
+def _boots(item: pytest.Item) -> bool:
+    return bool(item.get_closest_marker("vm")) or "guest_session" in getattr(
+        item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    guest_files = set(config.getini("guest_files"))
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        if _boots(item) and path not in guest_files:
+            raise pytest.UsageError(
+                f"{path} boots a guest ({item.name}) but is not in the guest_files ini option "
+                f"(pyproject.toml): under xdist it would boot beside the other guests")
+
+
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: absent when xdist is not installed
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    guest_files = set(config.getini("guest_files"))
+
+    class GuestFilesTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return GUEST_UNIT if path in guest_files else path
+
+    return GuestFilesTogether(config, log)
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    if config.getoption("--file-times"):
+    # Under xdist the controller sees every worker's reports: the table is made there only.
+    if config.getoption("--file-times") and not hasattr(config, "workerinput"):
         config.pluginmanager.register(FileTimer(config), "btfreconciled-file-times")

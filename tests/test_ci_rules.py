@@ -59,7 +59,8 @@ def run_pytest(tmp_path: Path, require: str | None, *args: str) -> subprocess.Co
     env = {k: v for k, v in os.environ.items() if k != "BTFRECONCILED_REQUIRE_ORACLES"}
     if require is not None:
         env["BTFRECONCILED_REQUIRE_ORACLES"] = require
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+    verbosity = [] if "-v" in args else ["-q"]
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *verbosity,
                            "-rA", *args, str(tmp_path)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
 
@@ -118,7 +119,58 @@ def test_file_times_table(tmp_path: Path) -> None:
     assert res.stdout.splitlines()[-1] == "skipped: 4", res.stdout
 
 
+BOOTING = '''
+import os
+import pytest
+
+@pytest.fixture(scope="session")
+def guest_session():
+    return os.environ["PYTEST_XDIST_WORKER"]
+
+@pytest.mark.vm
+def test_marked_vm():
+    print("worker", os.environ["PYTEST_XDIST_WORKER"])
+
+def test_shares_the_guest(guest_session):
+    print("worker", guest_session)
+'''
+
+
+GUEST_FILES = "test_boot0.py\ntest_boot1.py\ntest_boot2.py"
+
+
+def test_file_times_and_units_under_xdist(tmp_path: Path) -> None:
+    """scripts/setup-and-test runs the suite on two xdist workers: the table and the skip count
+    are the controller's (made from the workers' reports), a test file stays on one worker,
+    and the guest files' tests all run on the same worker."""
+    for i in range(3):
+        (tmp_path / f"test_boot{i}.py").write_text(BOOTING)
+    res = run_pytest(tmp_path, "1", "-n", "2", "--dist", "loadfile", "--file-times", "-v",
+                     "-o", "markers=vm: boots a guest", "-o", f"guest_files={GUEST_FILES}")
+    out = res.stdout
+    lines = out.splitlines()
+    head = lines.index("time per test file, slowest first (set-up + call + tear-down):")
+    assert len(lines[head + 1:]) == 7, out  # five files, the total, the skip count
+    assert re.search(r"\s14 tests  9 passed, 3 failed, 2 errors\s+all 5 files", out), out
+    assert lines[-1] == ("skipped: 0 (4 skip(s) turned into failures by "
+                         "BTFRECONCILED_REQUIRE_ORACLES=1)"), out
+    booted = re.findall(r"\[(gw\d)\] .*PASSED test_boot\d\.py::test_\w+", out)
+    assert len(booted) == 6 and len(set(booted)) == 1, out
+    for name in ("test_skipping.py", "test_slow.py"):
+        on = set(re.findall(rf"\[(gw\d)\] .*{name}::", out))
+        assert len(on) == 1, (name, out)
+
+
 def test_setup_and_test_requires_oracles_and_prints_the_table() -> None:
     script = (ROOT / "scripts" / "setup-and-test").read_text()
     assert "export BTFRECONCILED_REQUIRE_ORACLES=1" in script
-    assert re.search(r"pytest -ra --file-times", script)
+    assert re.search(r"pytest -n \S+ --dist loadfile -ra --file-times", script)
+
+
+def test_a_guest_test_outside_the_guest_files_stops_the_collection(tmp_path: Path) -> None:
+    (tmp_path / "test_boot0.py").write_text(BOOTING)
+    res = run_pytest(tmp_path, "1", "-o", "markers=vm: boots a guest",
+                     "-o", "guest_files=test_boot1.py")
+    assert res.returncode == 4, res.stdout + res.stderr
+    assert ("test_boot0.py boots a guest (test_marked_vm) but is not in the guest_files ini "
+            "option") in res.stderr, res.stderr
