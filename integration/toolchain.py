@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 VM_DIR = REPO / "vm"
 # Kernels with a systemd VM boot (test_systemd_vm.py).
-SERIES = ("6.12", "6.1")
+SERIES = ("6.12", "6.1", "7.2")
 # Kernels that relocate a module's .BTF.base themselves (Linux >= 6.11): /sys/kernel/btf/<m>
 # must equal ours.  Each gets one fixture-loading boot and one daemon boot per session.
 RELOCATING_SERIES = ("6.12", "7.2")
