@@ -78,6 +78,12 @@ def modread_binary() -> Path:
     return cache_root() / "examples" / "modread" / "modread"
 
 
+def ciliumread_binary() -> Path:
+    """examples/ciliumread built by vm/setup (step cilium-example): a static Go binary
+    with modread.bpf.o embedded, so it runs in the chroot and in the VMs alike."""
+    return cache_root() / "examples" / "ciliumread" / "ciliumread"
+
+
 def conflict_dir(series: str = "6.12") -> Path:
     """``conflict/<release>``: btfr_dup_a.ko and btfr_dup_b.ko (each defines ``struct
     btfr_dup``, x at a different offset) and dupread.bpf.o (reads btfr_dup.x by CO-RE)."""
