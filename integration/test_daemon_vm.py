@@ -166,16 +166,11 @@ def check_modread_read(out: Path, name: str, value: int) -> None:
     assert stdout == f"attached\ncounter={value}\noffset={LOADER_COUNTER_OFFSET}\n", stderr
 
 
-# cilium/ebpf 0.11 without KernelTypes: CO-RE against the kernel's vmlinux BTF only
-# (btf.CORERelocate -> kernelSpec(), /sys/kernel/btf/vmlinux; module BTF is never read), so
-# btfr_loader_state is not found, the relocation is poisoned with `call 0xbad2310`
-# (COREFixup.Apply's badRelo) and the kernel's verifier rejects the call.  The message is
-# ciliumread's prefix, then cilium/ebpf's ("program NAME: load program: ERRNO: " + the
-# verifier log's last line + how many lines it left out).
+# cilium/ebpf 0.11 without KernelTypes relocates against the kernel's vmlinux BTF only
+# (btf.CORERelocate -> kernelSpec(): module BTF is never read), so btfr_loader_state is not
+# found and the load fails at the poisoned relocation (see toolchain.CILIUM_POISONED).
 CILIUM_POISONED = re.compile(
-    r"ciliumread: cannot load the BPF program \(CO-RE against the kernel's vmlinux BTF\): "
-    r"program modread_poke: load program: invalid argument: "
-    r"invalid func unknown#195896080 \(\d+ line\(s\) omitted\)")
+    toolchain.CILIUM_POISONED.format(target=re.escape("the kernel's vmlinux BTF")))
 
 
 def check_cilium(g: dict) -> None:
