@@ -89,7 +89,7 @@ def boot(tc, series: str, tmp_factory) -> dict[str, dict]:
     # bpftrace (~20 s per run under TCG) only where the kernel has no module BTF of its
     # own: that is where a second loader reading the merged file proves something
     daemon_cmd = ["sh", "integration/guest/daemon.sh", DAEMON_OUT, str(tc.modread_binary()),
-                  "yes" if series == "6.1" else "no", *mods]
+                  str(tc.ciliumread_binary()), "yes" if series == "6.1" else "no", *mods]
     script = f"{shlex.join(kernel_cmd)}; {shlex.join(daemon_cmd)}"
     res = tc.run_in_vm(series, script, timeout=TIMEOUT,
                        rwdirs=[f"{KERNEL_OUT}={kout}", f"{DAEMON_OUT}={dout}"])

@@ -16,8 +16,11 @@ The merged files (`btfreconcilectl path --merged [MODULE]`: vmlinux + module as 
 standalone BTF, for loaders) must dump, with no base, as the running vmlinux followed by
 libbpf's relocation of the `.ko`.  Real loaders then read `btfr_loader_state.counter` through
 a CO-RE relocation on the module's struct: examples/modread (libbpf 1.5, `btf_custom_path`)
-with our file and with the kernel's own BTF, and on 6.1 bpftrace 0.23 (`BPFTRACE_BTF`).  On
-6.1 the kernel has no BTF for the module, so the kernel-BTF runs are the negative control.
+with our file and with the kernel's own BTF, examples/ciliumread (cilium/ebpf 0.11,
+`ProgramOptions.KernelTypes`) with our file and without, and on 6.1 bpftrace 0.23
+(`BPFTRACE_BTF`).  On 6.1 the kernel has no BTF for the module, so the kernel-BTF runs are
+the negative control; cilium/ebpf 0.11 reads no module BTF at all, so without our file it
+fails on every kernel.
 
 Then `btfr_embed` is replaced by a build distilled against a mutated vmlinux (struct
 work_struct grown by 8 bytes) and reloaded: the daemon must report it incompatible, with the
@@ -161,6 +164,27 @@ def check_modread_read(out: Path, name: str, value: int) -> None:
     # the CO-RE relocation found the module's real layout, and the program read the value
     # the guest had just written into btfr_loader_state.counter
     assert stdout == f"attached\ncounter={value}\noffset={LOADER_COUNTER_OFFSET}\n", stderr
+
+
+# cilium/ebpf 0.11 without KernelTypes relocates against the kernel's vmlinux BTF only
+# (btf.CORERelocate -> kernelSpec(): module BTF is never read), so btfr_loader_state is not
+# found and the load fails at the poisoned relocation (see toolchain.CILIUM_POISONED).
+CILIUM_POISONED = re.compile(
+    toolchain.CILIUM_POISONED.format(target=re.escape("the kernel's vmlinux BTF")))
+
+
+def check_cilium(g: dict) -> None:
+    """examples/ciliumread: the same CO-RE program loaded by cilium/ebpf reads the counter
+    with the merged file as KernelTypes, and cannot be loaded without it."""
+    out = g["out"]
+    check_modread_read(out, "cilium.merged", 31343)  # same output format as modread
+    rc, stdout, stderr = loader_run(out, "cilium.kernel")
+    assert rc == 1 and stdout == "", (rc, stdout, stderr)  # never attached
+    # one line, and it is cilium/ebpf's own diagnosis (a cilium/ebpf that reads module BTF,
+    # 0.12 or later, would load here on 6.12 and 7.2: then this expectation is the one to
+    # revisit, per kernel)
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and CILIUM_POISONED.fullmatch(lines[0]), stderr
 
 
 def renumbered(dump: str, first: int, shift: int) -> str:
@@ -311,6 +335,13 @@ def test_modread_same_value_with_kernel_and_merged_btf(guest_relocating) -> None
     check_modread_read(out, "modread.all", 31339)  # merged/all.btf
 
 
+def test_ciliumread_reads_through_merged_btf_only(guest_relocating) -> None:
+    """/sys/kernel/btf/btfr_loader exists here, but cilium/ebpf 0.11 does not look at it:
+    the merged file is its only way to the module's struct, on every kernel."""
+    assert (guest_relocating["out"] / "btfr_loader.kernel.btf").exists()
+    check_cilium(guest_relocating)
+
+
 def test_incompatible_loader_has_no_merged_btf(guest_relocating) -> None:
     if toolchain.allows_btf_mismatch(guest_relocating["series"]):
         check_incompatible_loader(guest_relocating)
@@ -396,6 +427,10 @@ def test_61_modread_with_kernel_btf_fails_at_core_relocation(guest_61) -> None:
             "counter") in stderr
     assert stderr.splitlines()[-1] == ("modread: cannot load the BPF program (CO-RE against "
                                        "the kernel's BTF): Invalid argument")
+
+
+def test_61_ciliumread_reads_through_merged_btf_only(guest_61) -> None:
+    check_cilium(guest_61)
 
 
 def test_61_bpftrace_reads_module_struct_through_merged_btf(guest_61) -> None:

@@ -78,6 +78,23 @@ def modread_binary() -> Path:
     return cache_root() / "examples" / "modread" / "modread"
 
 
+def ciliumread_binary() -> Path:
+    """examples/ciliumread built by vm/setup (step cilium-example): a static Go binary
+    with modread.bpf.o embedded, so it runs in the chroot and in the VMs alike."""
+    return cache_root() / "examples" / "ciliumread" / "ciliumread"
+
+
+# What ciliumread prints when cilium/ebpf 0.11 relocates modread.bpf.o against BTF without
+# btfr_loader_state: it poisons the relocation with `call 0xbad2310` (195896080,
+# COREFixup.Apply's badRelo) and the kernel's verifier rejects that call; the message is
+# ciliumread's prefix, then cilium/ebpf's own ("program NAME: load program: ERRNO: " + the
+# verifier log's last line + how many lines it left out).  TARGET: "the kernel's vmlinux
+# BTF" without --btf (0.11 never reads module BTF), or the --btf file.
+CILIUM_POISONED = (r"ciliumread: cannot load the BPF program \(CO-RE against {target}\): "
+                   r"program modread_poke: load program: invalid argument: "
+                   r"invalid func unknown#195896080 \(\d+ line\(s\) omitted\)")
+
+
 def conflict_dir(series: str = "6.12") -> Path:
     """``conflict/<release>``: btfr_dup_a.ko and btfr_dup_b.ko (each defines ``struct
     btfr_dup``, x at a different offset) and dupread.bpf.o (reads btfr_dup.x by CO-RE)."""

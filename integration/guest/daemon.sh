@@ -3,11 +3,12 @@
 # header for what and why), run by integration/guest_session.py in each kernel's one boot.
 # Asserts nothing itself; every observation becomes a file in OUT, OUT/complete last.
 #
-# usage: daemon.sh OUT MODREAD yes|no MODULE...
+# usage: daemon.sh OUT MODREAD CILIUMREAD yes|no MODULE...
 #   OUT holds mods/<MODULE>.ko, mods/btfr_embed.mutated, mods/btfr_loader.mutated and
-#   btfreconciled.toml (prepared on the host); MODREAD is examples/modread; yes runs bpftrace.
+#   btfreconciled.toml (prepared on the host); MODREAD is examples/modread, CILIUMREAD
+#   examples/ciliumread (the cilium/ebpf loader); yes runs bpftrace.
 set -u
-O=$1; MODREAD=$2; BPFTRACE=$3; shift 3
+O=$1; MODREAD=$2; CILIUMREAD=$3; BPFTRACE=$4; shift 4
 MODS="$*"
 # btfreconcilectl through one warm, forked-per-call process (integration/guest/ctl.sh): the
 # script makes ~50 calls, and a Python start plus imports is 3-5 s each under TCG
@@ -125,6 +126,11 @@ ctl min-core-btf "$(dirname "$MODREAD")/modread.bpf.o" --module btfr_loader \
 echo $? > $O/mincore.rc
 [ -f /tmp/modread.min.btf ] && cp /tmp/modread.min.btf $O/modread.min.btf
 run_loader modread.min 31342 $MODREAD --btf /tmp/modread.min.btf --timeout 60
+# cilium/ebpf (Go, Debian's 0.11): the same program, CO-RE types from
+# ProgramOptions.KernelTypes = the merged file; without it cilium/ebpf takes the kernel's
+# vmlinux BTF only (0.11 never reads module BTF), which is the negative control
+run_loader cilium.merged 31343 $CILIUMREAD --btf "$(cat $O/btfr_loader.merged.path)" --timeout 60
+run_loader cilium.kernel 31344 $CILIUMREAD --timeout 60
 if [ "$BPFTRACE" = yes ]; then
     BT='kprobe:btfr_loader_poke {
         printf("counter=%u\n", ((struct btfr_loader_state *)arg0)->counter); exit(); }'
