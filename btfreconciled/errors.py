@@ -54,3 +54,6 @@ class ErrorCode(enum.Enum):
     PENDING = "pending"  # the module is being processed: worth asking again
     UNKNOWN_MODULE = "unknown-module"
     INTERNAL = "internal"  # a bug answering one request
+    BUSY = "busy"  # too many control connections: try again
+    EVICTED = "evicted"  # an idle connection closed to make room for a new one
+    TIMEOUT = "timeout"  # no complete request in time
