@@ -26,6 +26,7 @@ class ErrorCode(enum.Enum):
     BTF_BAD_HEADER = "btf-bad-header"  # version, flags, hdr_len, section placement, byte order
     BTF_BAD_STRINGS = "btf-bad-strings"  # string section or a string offset
     BTF_UNKNOWN_KIND = "btf-unknown-kind"
+    BTF_RECORD_OVERRUN = "btf-record-overrun"  # a record's vlen runs past the type section
     BTF_TOO_MANY_TYPES = "btf-too-many-types"
     BTF_BAD_TYPE_ID = "btf-bad-type-id"  # a reference past the last type id
     BTF_LOOP = "btf-loop"  # a reference loop, or a type that contains itself by value

@@ -152,7 +152,8 @@ class Btf:
                                 type_id=tid, code=ErrorCode.BTF_TRUNCATED) from None
             raise self._err(
                 f"type record needs {4 * (e.end - e.at)} bytes, only {4 * (n - e.at)} left",
-                offset=self._byte(e.at), type_id=tid, code=ErrorCode.BTF_TRUNCATED) from None
+                offset=self._byte(e.at), type_id=tid,
+                code=ErrorCode.BTF_RECORD_OVERRUN) from None
         if self.start_id + len(offs) - 1 > MAX_TYPE:
             raise self._err(f"too many types ({self.start_id + len(offs) - 1} > {MAX_TYPE})",
                             code=ErrorCode.BTF_TOO_MANY_TYPES)
