@@ -32,6 +32,13 @@ class ErrorCode(enum.Enum):
     BTF_LOOP = "btf-loop"  # a reference loop, or a type that contains itself by value
     BTF_INVALID = "btf-invalid"  # anything else the kernel's verifier or libbpf rejects
 
+    # ---- inputs.py, elf.py, kimage.py, elfwrite.py: files read or rewritten (ElfError)
+    INPUT_UNREADABLE = "input-unreadable"  # cannot open or read it: missing, permissions, I/O
+    INPUT_NOT_REGULAR = "input-not-regular"  # a FIFO, device, directory, /proc or empty file
+    INPUT_TOO_LARGE = "input-too-large"  # over a size bound, before or after decompression
+    ELF_INVALID = "elf-invalid"  # truncated, corrupt, not ELF or BTF, or not rewritable so
+    ELF_WRITE_FAILED = "elf-write-failed"  # writing the new file or its backup failed
+
     # ---- reconcile/rescue.py: a classic module that cannot be rescued (RescueError)
     RESCUE_NO_BTF = "rescue-no-btf"  # the module has no .BTF
     RESCUE_ALREADY_DISTILLED = "rescue-already-distilled"  # it carries .BTF.base already
