@@ -31,6 +31,7 @@ class ErrorCode(enum.Enum):
     BTF_BAD_TYPE_ID = "btf-bad-type-id"  # a reference past the last type id
     BTF_LOOP = "btf-loop"  # a reference loop, or a type that contains itself by value
     BTF_INVALID = "btf-invalid"  # anything else the kernel's verifier or libbpf rejects
+    BTF_NO_RELOCATE = "btf-no-relocate"  # valid, but does not relocate onto the base given
 
     # ---- inputs.py, elf.py, kimage.py, elfwrite.py: files read or rewritten (ElfError)
     INPUT_UNREADABLE = "input-unreadable"  # cannot open or read it: missing, permissions, I/O

@@ -103,3 +103,23 @@ def test_rescue_that_does_not_reconcile_has_its_code(tmp_path: Path, old: Btf) -
                     module="my_mod")
     assert e.value.code is ErrorCode.RESCUE_NO_RECONCILE
     assert "does not reconcile onto" in str(e.value)  # the message says so too
+
+
+def test_a_daemon_record_of_an_unreadable_module_carries_its_error_code(tmp_path: Path,
+                                                                         old: Btf) -> None:
+    """The record (modules/<m>.json, `show --json`) keeps the error diagnostic's
+    error_code: a program tells a missing file from a corrupt one without reading words."""
+    from btfreconciled.daemon.record import result_record
+    from btfreconciled.reconcile.module import reconcile_module_file
+
+    target = VmlinuxIndex(old)
+    junk = tmp_path / "junk.ko"
+    junk.write_bytes(b"\x7fELF" + b"\x01" * 60)
+    for path, code in ((tmp_path / "gone.ko", ErrorCode.INPUT_UNREADABLE),
+                       (junk, ErrorCode.ELF_INVALID)):
+        res = reconcile_module_file(str(path), target)
+        rec = result_record(path.stem, res, path, ("k",), 0.0, kernel_id="k", release="r",
+                            strict="embedded", cache=None)
+        assert rec["verdict"] == "error"
+        (diag,) = rec["diagnostics"]
+        assert diag["code"] == "error" and diag["error_code"] == code.value, diag
