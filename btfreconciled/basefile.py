@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from .elf import ElfError
+from .errors import ErrorCode
 
 MARK_SECTION = ".note.btfreconciled"
 MARK_OWNER = b"btfreconciled"
@@ -175,7 +176,8 @@ def bzimage_release(path: Path, setup: bytes) -> str | None:
             f.seek(pointer + 0x200)
             text = f.read(256)
     except OSError as e:
-        raise ElfError(path, f"cannot read: {e.strerror or e}") from None
+        raise ElfError(path, f"cannot read: {e.strerror or e}",
+                       ErrorCode.INPUT_UNREADABLE) from None
     first = text.split(b"\0", 1)[0].split(b" ", 1)[0]
     return first.decode("ascii") if _RELEASE.match(first) else None
 
@@ -188,7 +190,8 @@ def vmlinux_release(path: Path) -> str | None:
             start, end = _rodata_range(f)
             return _scan_banner(f, start, end)
     except OSError as e:
-        raise ElfError(path, f"cannot read: {e.strerror or e}") from None
+        raise ElfError(path, f"cannot read: {e.strerror or e}",
+                       ErrorCode.INPUT_UNREADABLE) from None
 
 
 def _rodata_range(f: BinaryIO) -> tuple[int, int]:

@@ -29,7 +29,12 @@ _NONZERO = re.compile(rb"[^\0]")
 
 
 class CompressionError(ValueError):
-    """A stream that is corrupt or decompresses past its bound; message is one line."""
+    """A stream that is corrupt or decompresses past its bound; message is one line.
+    `too_large` tells the bound from corruption (the reader's ElfError code)."""
+
+    def __init__(self, message: str, *, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.too_large = too_large
 
 
 def detect(raw: bytes) -> str | None:
@@ -59,7 +64,7 @@ def decompress(compression: str, raw: bytes, cap: int) -> bytearray:
         for chunk in chunks:
             if len(out) + len(chunk) > cap:
                 raise CompressionError(f"{compression} stream decompresses to more than "
-                                       f"{cap} bytes; refusing")
+                                       f"{cap} bytes; refusing", too_large=True)
             out += chunk
         return out
     except (_lzma().LZMAError, zlib.error, _zstd().ZstdError, EOFError) as e:

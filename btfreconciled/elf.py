@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 from .compression import CompressionError, decompress
 from .compression import detect as _detect_compression
+from .errors import ErrorCode
 from .inputs import ElfError, open_regular
 
 # pyelftools and cache (hashlib) are imported where they are used (as compression.py and elfwrite.py
@@ -152,7 +153,8 @@ def read_btf_sections(path: str | os.PathLike[str], *, digest: bool = True,
         try:
             head = f.read(_HEAD_LEN)
         except OSError as e:
-            raise ElfError(p, f"cannot read: {e.strerror or e}") from None
+            raise ElfError(p, f"cannot read: {e.strerror or e}",
+                           ErrorCode.INPUT_UNREADABLE) from None
         if head[:2] == b"MZ" and head[0x202:0x206] == b"HdrS":
             return _read_kernel_image(p, f, size, cap, max_size, digest)
         if _detect_compression(head) is None and head.startswith(_ELF_MAGIC):
@@ -253,7 +255,8 @@ def sha256_file(path: str | os.PathLike[str], *, follow_symlinks: bool = True,
 def _check_size(path: Path, size: int, limit: int) -> None:
     """Refuse a file by its fstat size, before reading or hashing it."""
     if size > limit:
-        raise ElfError(path, f"{size} bytes, larger than {limit}; refusing")
+        raise ElfError(path, f"{size} bytes, larger than {limit}; refusing",
+                       ErrorCode.INPUT_TOO_LARGE)
 
 
 def _sha256(data: bytes) -> str:
@@ -274,10 +277,12 @@ def _sha256_stream(path: Path, f: io.BufferedReader, limit: int = MAX_ELF_SIZE) 
         while chunk := f.read(1 << 20):
             total += len(chunk)
             if total > limit:
-                raise ElfError(path, f"larger than {limit} bytes; refusing")
+                raise ElfError(path, f"larger than {limit} bytes; refusing",
+                               ErrorCode.INPUT_TOO_LARGE)
             h.update(chunk)
     except OSError as e:
-        raise ElfError(path, f"cannot read: {e.strerror or e}") from None
+        raise ElfError(path, f"cannot read: {e.strerror or e}",
+                       ErrorCode.INPUT_UNREADABLE) from None
     return h.hexdigest()
 
 
@@ -292,12 +297,13 @@ def _load(path: Path) -> _Image:
 
 def _image(path: Path, raw: bytes, cap: int) -> _Image:
     if not raw:
-        raise ElfError(path, "empty file")
+        raise ElfError(path, "empty file", ErrorCode.INPUT_NOT_REGULAR)
     compression = _detect_compression(raw)
     try:
         data = raw if compression is None else decompress(compression, raw, cap)
     except CompressionError as e:
-        raise ElfError(path, str(e)) from None
+        raise ElfError(path, str(e), ErrorCode.INPUT_TOO_LARGE if e.too_large
+                       else ErrorCode.ELF_INVALID) from None
     if not (data.startswith(_ELF_MAGIC) or data[:2] in _BTF_MAGICS):
         what = "decompressed data" if compression else "file"
         raise ElfError(path, f"{what} is neither ELF nor BTF (magic {data[:4].hex()})")
@@ -313,17 +319,21 @@ def _read_capped(path: Path, f: io.BufferedReader, cap: int) -> bytes:
         while True:
             chunk = f.read1(1 << 20)
             if chunk is None:
-                raise ElfError(path, "reading would block: not a plain file")
+                raise ElfError(path, "reading would block: not a plain file",
+                               ErrorCode.INPUT_NOT_REGULAR)
             if not chunk:
                 break
             total += len(chunk)
             if total > cap:
-                raise ElfError(path, f"larger than {cap} bytes; refusing")
+                raise ElfError(path, f"larger than {cap} bytes; refusing",
+                               ErrorCode.INPUT_TOO_LARGE)
             chunks.append(chunk)
     except BlockingIOError:
-        raise ElfError(path, "reading would block: not a plain file") from None
+        raise ElfError(path, "reading would block: not a plain file",
+                       ErrorCode.INPUT_NOT_REGULAR) from None
     except OSError as e:
-        raise ElfError(path, f"cannot read: {e.strerror or e}") from None
+        raise ElfError(path, f"cannot read: {e.strerror or e}",
+                       ErrorCode.INPUT_UNREADABLE) from None
     return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
 
@@ -345,7 +355,8 @@ def _open_elf(path: Path, stream: BinaryIO, size: int) -> ELFFile:
 def _read_error(path: Path, e: OSError) -> ElfError:
     if e.errno == errno.EINVAL:
         return ElfError(path, "truncated or corrupt ELF: an offset is out of range")
-    return ElfError(path, f"cannot read: {e.strerror or e}")
+    return ElfError(path, f"cannot read: {e.strerror or e}",
+                    ErrorCode.INPUT_UNREADABLE)
 
 
 def _check_section_table(path: Path, elf: ELFFile, size: int) -> None:

@@ -47,6 +47,7 @@ from .elf import (
     _parse_errors,
     _read_named_sections,
 )
+from .errors import ErrorCode
 
 # pyelftools, copy and cache (tempfile) are imported where they are used (see elf.py).
 if TYPE_CHECKING:
@@ -130,17 +131,20 @@ def _make_backup(original: Path, backup: Path, dst: Path) -> None:
         # another file system (dst is a symlink into one), or links not allowed there
         if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP,
                            errno.EOPNOTSUPP, errno.ENOSYS):
-            raise ElfError(dst, f"cannot create backup {backup}: {e.strerror or e}") from None
+            raise ElfError(dst, f"cannot create backup {backup}: {e.strerror or e}",
+                           ErrorCode.ELF_WRITE_FAILED) from None
         _copy_exclusive(original, backup, dst)
     try:
         st = os.lstat(backup)
         if not stat.S_ISREG(st.st_mode):  # `original` was swapped for something else
-            raise ElfError(dst, f"backup {backup}: {original} is no longer a regular file")
+            raise ElfError(dst, f"backup {backup}: {original} is no longer a regular file",
+                           ErrorCode.ELF_WRITE_FAILED)
         fsync_dir(backup.parent if str(backup.parent) else Path("."))
     except BaseException as e:
         _remove_backup(backup)
         if isinstance(e, OSError):
-            raise ElfError(dst, f"cannot create backup {backup}: {e.strerror or e}") from None
+            raise ElfError(dst, f"cannot create backup {backup}: {e.strerror or e}",
+                           ErrorCode.ELF_WRITE_FAILED) from None
         raise
 
 
@@ -158,7 +162,8 @@ def _copy_exclusive(original: Path, backup: Path, dst: Path) -> None:
         except FileExistsError:
             raise _backup_exists(dst, backup) from None
         except OSError as e:
-            raise ElfError(dst, f"cannot create backup {backup}: {e.strerror or e}") from None
+            raise ElfError(dst, f"cannot create backup {backup}: {e.strerror or e}",
+                           ErrorCode.ELF_WRITE_FAILED) from None
         try:
             with open(fd, "wb", buffering=0) as out:
                 while chunk := src.read(1 << 20):
@@ -169,8 +174,8 @@ def _copy_exclusive(original: Path, backup: Path, dst: Path) -> None:
         except BaseException as e:
             _remove_backup(backup)
             if isinstance(e, OSError):
-                raise ElfError(dst, f"cannot create backup {backup}: {e.strerror or e}") \
-                    from None
+                raise ElfError(dst, f"cannot create backup {backup}: {e.strerror or e}",
+                               ErrorCode.ELF_WRITE_FAILED) from None
             raise
 
 
@@ -185,7 +190,7 @@ def _output_target(dst: Path) -> Path:
     try:
         return output_target(dst)
     except OutputError as e:
-        raise ElfError(dst, e.reason) from None
+        raise ElfError(dst, e.reason, ErrorCode.ELF_WRITE_FAILED) from None
 
 
 def _rewritten_payload(src: Path, sections: Mapping[str, bytes | None],
@@ -436,13 +441,15 @@ def _verify_written(tmp: Path, dst: Path, compression: str | None,
         elf = _open_elf(tmp, io.BytesIO(image.data), len(image.data))
         found = _read_named_sections(tmp, elf, len(image.data), set(sections))
     except ElfError as e:  # name the destination, not our temporary file
-        raise ElfError(dst, f"verification failed: {e.reason}") from None
+        raise ElfError(dst, f"verification failed: {e.reason}",
+                       ErrorCode.ELF_WRITE_FAILED) from None
     if image.compression != compression:
         raise ElfError(dst, f"verification failed: compression {image.compression} "
-                            f"instead of {compression}")
+                            f"instead of {compression}", ErrorCode.ELF_WRITE_FAILED)
     for name, contents in sections.items():
         if found.get(name) != (None if contents is None else bytes(contents)):
-            raise ElfError(dst, f"verification failed: section {name} not as requested")
+            raise ElfError(dst, f"verification failed: section {name} not as requested",
+                           ErrorCode.ELF_WRITE_FAILED)
 
 
 def _owner_and_mode(src: Path, target: Path) -> tuple[int, int, int] | None:
@@ -484,7 +491,8 @@ def _atomic_write(dst: Path, target: Path, payload: bytes | bytearray,
     except ElfError:
         raise
     except OSError as e:
-        raise ElfError(dst, f"cannot write: {e.strerror or e}") from None
+        raise ElfError(dst, f"cannot write: {e.strerror or e}",
+                       ErrorCode.ELF_WRITE_FAILED) from None
 
 
 def _copy_owner_and_mode(fd: int, like: tuple[int, int, int] | None) -> None:

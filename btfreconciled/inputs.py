@@ -15,6 +15,8 @@ import os
 import stat
 from pathlib import Path
 
+from .errors import ErrorCode
+
 _KIND_OF_MODE = ((stat.S_ISDIR, "is a directory"), (stat.S_ISFIFO, "is a FIFO"),
                  (stat.S_ISCHR, "is a character device"), (stat.S_ISBLK, "is a block device"),
                  (stat.S_ISSOCK, "is a socket"))
@@ -42,12 +44,20 @@ def input_refusal(st: os.stat_result) -> str | None:
 
 
 class ElfError(Exception):
-    """A file could not be read or written as BTF-carrying ELF; message is one line."""
+    """A file could not be read or written as BTF-carrying ELF; message is one line, `code`
+    (errors.py) says whether the file could not be read, was refused (not a regular file,
+    too large), is not valid, or could not be written."""
 
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], reason: str,
+                 code: ErrorCode = ErrorCode.ELF_INVALID) -> None:
         self.path = Path(path)
         self.reason = " ".join(str(reason).split())  # one line, whatever the cause said
+        self.code = code
         super().__init__(f"{self.path}: {self.reason}")
+
+    def __reduce__(self) -> tuple:
+        # Exception's default would call ElfError(message): keep path, reason and code
+        return (type(self), (self.path, self.reason, self.code))
 
 
 def open_regular(path: Path, *, follow_symlinks: bool = True) -> tuple[int, int]:
@@ -59,12 +69,13 @@ def open_regular(path: Path, *, follow_symlinks: bool = True) -> tuple[int, int]
     try:
         fd = os.open(path, flags)
     except OSError as e:
-        raise ElfError(path, f"cannot read: {e.strerror or e}") from None
+        raise ElfError(path, f"cannot read: {e.strerror or e}",
+                       ErrorCode.INPUT_UNREADABLE) from None
     try:
         st = os.fstat(fd)
         why = input_refusal(st)
         if why is not None:
-            raise ElfError(path, why)
+            raise ElfError(path, why, ErrorCode.INPUT_NOT_REGULAR)
     except BaseException:
         os.close(fd)
         raise

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
+from .errors import ErrorCode
 from .inputs import ElfError, open_regular
 
 # How read_btf_sections recognises a bzImage: the PE/DOS stub and the boot header signature.
@@ -129,7 +130,8 @@ def read_kernel_image_btf(path: str | os.PathLike[str], f: BinaryIO | None = Non
                               f"{magic.hex()}; expected gzip, xz, zstd, lz4, bzip2 or lzma)")
         image = _Image(p, f, start, length, compression, max_decompressed)
     except OSError as e:
-        raise ElfError(p, f"cannot read: {e.strerror or e}") from None
+        raise ElfError(p, f"cannot read: {e.strerror or e}",
+                       ErrorCode.INPUT_UNREADABLE) from None
     first = _ElfScan(p, max_btf, scan=True)
     total = image.decode(first.feed)
     elf = first.finish(total)
@@ -202,7 +204,8 @@ class _Image:
                 total += len(chunk)
                 if total > self.cap:
                     raise ElfError(self.path, f"{self.compression} payload decompresses to more "
-                                              f"than {self.cap} bytes; refusing")
+                                              f"than {self.cap} bytes; refusing",
+                                   ErrorCode.INPUT_TOO_LARGE)
                 pending.append(chunk)
                 pending_len += len(chunk)
                 if pending_len >= _COALESCE:
@@ -219,7 +222,8 @@ class _Image:
         except _decoder_errors() as e:
             raise ElfError(self.path, f"corrupt {self.compression} payload: {e}") from None
         except OSError as e:
-            raise ElfError(self.path, f"cannot read: {e.strerror or e}") from None
+            raise ElfError(self.path, f"cannot read: {e.strerror or e}",
+                           ErrorCode.INPUT_UNREADABLE) from None
         if pending:
             sink(b"".join(pending))
         if self.left:
@@ -536,7 +540,7 @@ class _ElfScan:
                 raise ElfError(self.path, f"vmlinux .BTF is {h.size} bytes, too small for BTF")
             if h.size > self.max_btf:
                 raise ElfError(self.path, f"vmlinux .BTF is {h.size} bytes, more than "
-                                          f"{self.max_btf}; refusing")
+                                          f"{self.max_btf}; refusing", ErrorCode.INPUT_TOO_LARGE)
         return _ElfTables(self.path, headers, shstrndx, True, btf_index)
 
     def _shstrtab(self, h: _SectionHeader) -> bytes | None:

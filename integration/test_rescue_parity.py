@@ -18,6 +18,7 @@ import pytest
 from test_libbpf_parity import harness, run_harness  # noqa: F401 - the session fixture
 
 from btfreconciled.elf import BTF_BASE_SECTION, BTF_SECTION, read_btf_sections
+from btfreconciled.errors import ErrorCode
 from btfreconciled.reconcile import EMBEDDED_LIBBPF_1_5, VmlinuxIndex
 from btfreconciled.reconcile.doctor import Candidates
 from btfreconciled.reconcile.rescue import RescueError, rescue_onto
@@ -47,7 +48,7 @@ def _ours(job: tuple[int, str]) -> tuple[int, str, bool, tuple[str, str, str] | 
         r = rescue_onto(path, _st["target"], _st["cands"], module=f"m{i}",
                         embedded_rule=EMBEDDED_LIBBPF_1_5)
     except RescueError as e:
-        if "does not reconcile onto" not in str(e):
+        if e.code is not ErrorCode.RESCUE_NO_RECONCILE:
             return i, path, True, f"FAIL: {e}"
         return i, path, True, "rejected"
     s = r.distilled.sections

@@ -51,6 +51,7 @@ from btfreconciled.btf.types import (  # noqa: E402
     VarSecinfo,
     Volatile,
 )
+from btfreconciled.errors import ErrorCode  # noqa: E402
 
 HDR = struct.Struct("<HBBIIIII")  # magic version flags hdr_len type_off type_len str_off str_len
 
@@ -61,6 +62,81 @@ class Case:
     data: bytes
     # a fragment the error message must contain (None: any BtfError will do)
     expect: str | None = None
+
+
+# The failure class (BtfError.code) of the cases that have one of their own, by case name;
+# every other case is ErrorCode.BTF_INVALID: what else the verifier rejects.
+CODES: dict[str, ErrorCode] = {
+    # btf-bad-magic
+    'bad magic': ErrorCode.BTF_BAD_MAGIC,
+    'zero magic': ErrorCode.BTF_BAD_MAGIC,
+    # btf-bad-header
+    'bad version': ErrorCode.BTF_BAD_HEADER,
+    'nonzero flags': ErrorCode.BTF_BAD_HEADER,
+    'hdr_len below 24': ErrorCode.BTF_BAD_HEADER,
+    'extended header not zero': ErrorCode.BTF_BAD_HEADER,
+    'layout section misaligned': ErrorCode.BTF_BAD_HEADER,
+    'layout length not a multiple of 4': ErrorCode.BTF_BAD_HEADER,
+    'gap between types and layout': ErrorCode.BTF_BAD_HEADER,
+    'layout section overlapping the types': ErrorCode.BTF_BAD_HEADER,
+    'gap between layout and strings': ErrorCode.BTF_BAD_HEADER,
+    'layout section past the end': ErrorCode.BTF_BAD_HEADER,
+    'layout section after the strings': ErrorCode.BTF_BAD_HEADER,
+    'sections overlap': ErrorCode.BTF_BAD_HEADER,
+    'gap between sections': ErrorCode.BTF_BAD_HEADER,
+    'trailing data after strings': ErrorCode.BTF_BAD_HEADER,
+    'strings shorter than the data': ErrorCode.BTF_BAD_HEADER,
+    'type_len not a multiple of 4': ErrorCode.BTF_BAD_HEADER,
+    'type section misaligned': ErrorCode.BTF_BAD_HEADER,
+    'strings before types': ErrorCode.BTF_BAD_HEADER,
+    'other byte order with a 32-byte header': ErrorCode.BTF_BAD_HEADER,
+    # btf-truncated
+    'hdr_len past the end': ErrorCode.BTF_TRUNCATED,
+    'hdr_len huge': ErrorCode.BTF_TRUNCATED,
+    'string section past the end': ErrorCode.BTF_TRUNCATED,
+    'record header cut': ErrorCode.BTF_TRUNCATED,
+    # btf-bad-strings
+    'unterminated string section': ErrorCode.BTF_BAD_STRINGS,
+    'string section without leading NUL': ErrorCode.BTF_BAD_STRINGS,
+    'empty string section': ErrorCode.BTF_BAD_STRINGS,
+    'header only': ErrorCode.BTF_BAD_STRINGS,
+    'type name offset past the end': ErrorCode.BTF_BAD_STRINGS,
+    'member name offset past the end': ErrorCode.BTF_BAD_STRINGS,
+    'param name offset past the end': ErrorCode.BTF_BAD_STRINGS,
+    'enumerator name offset past the end': ErrorCode.BTF_BAD_STRINGS,
+    'INT name offset past the end': ErrorCode.BTF_BAD_STRINGS,
+    # btf-unknown-kind
+    'unknown kind 20': ErrorCode.BTF_UNKNOWN_KIND,
+    'kind 0': ErrorCode.BTF_UNKNOWN_KIND,
+    # btf-record-overrun
+    'vlen overflow (struct)': ErrorCode.BTF_RECORD_OVERRUN,
+    'vlen overflow (proto)': ErrorCode.BTF_RECORD_OVERRUN,
+    # btf-bad-type-id
+    'member type past the end': ErrorCode.BTF_BAD_TYPE_ID,
+    'PTR target past the end': ErrorCode.BTF_BAD_TYPE_ID,
+    'TYPEDEF target past the end': ErrorCode.BTF_BAD_TYPE_ID,
+    'ARRAY element past the end': ErrorCode.BTF_BAD_TYPE_ID,
+    'ARRAY index past the end': ErrorCode.BTF_BAD_TYPE_ID,
+    'param type past the end': ErrorCode.BTF_BAD_TYPE_ID,
+    'return type past the end': ErrorCode.BTF_BAD_TYPE_ID,
+    'FUNC type past the end': ErrorCode.BTF_BAD_TYPE_ID,
+    'VAR type past the end': ErrorCode.BTF_BAD_TYPE_ID,
+    'DATASEC entry past the end': ErrorCode.BTF_BAD_TYPE_ID,
+    'DECL_TAG target past the end': ErrorCode.BTF_BAD_TYPE_ID,
+    'TYPE_TAG target one past the end': ErrorCode.BTF_BAD_TYPE_ID,
+    # btf-loop
+    'reference loop CONST -> TYPEDEF -> CONST': ErrorCode.BTF_LOOP,
+    'TYPEDEF to itself': ErrorCode.BTF_LOOP,
+    'pointer loop PTR -> VOLATILE -> PTR': ErrorCode.BTF_LOOP,
+    'struct containing itself through an array': ErrorCode.BTF_LOOP,
+    'struct containing itself through a typedef': ErrorCode.BTF_LOOP,
+    'struct and union containing each other': ErrorCode.BTF_LOOP,
+    'struct containing itself through a const seen first from a pointer': ErrorCode.BTF_LOOP,
+}
+
+
+def code_of(case: Case) -> ErrorCode:
+    return CODES.get(case.name, ErrorCode.BTF_INVALID)
 
 
 class Built:

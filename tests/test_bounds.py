@@ -36,6 +36,7 @@ from btfreconciled.elf import (
     read_btf_sections,
     sha256_file,
 )
+from btfreconciled.errors import ErrorCode
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
 HUGE = 100 << 30  # sparse: costs no disk
@@ -73,10 +74,12 @@ def test_sparse_huge_module_is_refused_by_its_size(tmp_path: Path, module: Path,
     big = _sparse(tmp_path / "xt_huge.ko", data)
     with _within(5):
         for kw in ({}, {"digest": False}):
-            with pytest.raises(ElfError, match=f"{HUGE} bytes, larger than"):
+            with pytest.raises(ElfError, match=f"{HUGE} bytes, larger than") as e:
                 read_btf_sections(big, **kw)
-        with pytest.raises(ElfError, match=f"{HUGE} bytes, larger than {MAX_ELF_SIZE}"):
+            assert e.value.code is ErrorCode.INPUT_TOO_LARGE
+        with pytest.raises(ElfError, match=f"{HUGE} bytes, larger than {MAX_ELF_SIZE}") as e:
             sha256_file(big)
+        assert e.value.code is ErrorCode.INPUT_TOO_LARGE
     r, dt, _ = ctl("check", str(big), "--vmlinux", VMLINUX, timeout=20)
     assert r.returncode == 2, r
     assert f"xt_huge.ko: {HUGE} bytes, larger than {MAX_FILE_SIZE}; refusing" in r.stderr, r
@@ -212,8 +215,9 @@ def test_bzimage_claiming_a_huge_btf_is_refused_in_bounded_memory(tmp_path: Path
     path = _bzimage_claiming_btf(tmp_path, 250 << 20)
     assert path.stat().st_size < 100_000
     with pytest.raises(ElfError, match=f"vmlinux .BTF is {250 << 20} bytes, more than "
-                                       f"{kimage.MAX_BTF}; refusing"):
+                                       f"{kimage.MAX_BTF}; refusing") as e:
         read_btf_sections(path)
+    assert e.value.code is ErrorCode.INPUT_TOO_LARGE
     for cmd in (["dump", str(path)], ["inspect", str(path)],
                 ["check", str(path), "--vmlinux", str(path)]):
         r, dt, peak = ctl(*cmd, timeout=60)

@@ -41,6 +41,7 @@ from btfreconciled.btf.types import (
     VarSecinfo,
     Volatile,
 )
+from btfreconciled.errors import ErrorCode
 
 
 def byteswap_btf(data: bytes) -> bytes:
@@ -130,6 +131,7 @@ def test_write_raw_worker_failures_reach_the_caller(vmlinux_bytes: bytes, monkey
     with pytest.raises(BtfError) as err:
         write_raw(lazy, io.BytesIO())
     assert err.value.type_id == len(eager) and "unknown BTF kind 31" in str(err.value)
+    assert err.value.code is ErrorCode.BTF_UNKNOWN_KIND
 
     def full(fd: int, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -300,8 +302,9 @@ def test_deferred_scan_reports_bad_records_on_first_use() -> None:
     data = bytearray(_all_kinds_btf().to_bytes())
     struct.pack_into("<I", data, 24 + 4, 0x1F << 24)  # first record: kind 31
     lazy = Btf.parse(bytes(data), validate=False, defer_scan=True)
-    with pytest.raises(BtfError, match="unknown BTF kind 31"):
+    with pytest.raises(BtfError, match="unknown BTF kind 31") as err:
         len(lazy)
+    assert err.value.code is ErrorCode.BTF_UNKNOWN_KIND
 
 
 def test_replace_keeps_other_records_exact(vmlinux_bytes: bytes) -> None:

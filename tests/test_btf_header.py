@@ -20,6 +20,7 @@ from btfreconciled.btf.dump import dump_raw
 from btfreconciled.btf.errors import BtfError
 from btfreconciled.btf.header import pack_header
 from btfreconciled.btf.types import Int, Ptr
+from btfreconciled.errors import ErrorCode
 from btfreconciled.reconcile.relocate import serialize, serialize_parts
 
 GOOD = malformed.valid_blob()
@@ -116,7 +117,8 @@ def test_big_endian_layout_section() -> None:
     data = (struct.pack(">HBBIIIIIII", *h[:3], 32, 0, tl, tl + len(LAYOUT), h[7], tl,
                         len(LAYOUT)) + be_plain[24:24 + tl] + LAYOUT + be_plain[24 + tl:])
     # libbpf 1.7 swaps only 24-byte headers: the validator says so (validate.run)
-    with pytest.raises(BtfError, match="non-native byte order"):
+    with pytest.raises(BtfError, match="non-native byte order") as err:
         Btf.parse(data, source="be.btf")
+    assert err.value.code is ErrorCode.BTF_BAD_HEADER
     btf = Btf.parse(data, source="be.btf", validate=False)
     assert btf.byte_order == ">" and btf.layout == LAYOUT and btf.to_bytes() == data

@@ -706,7 +706,8 @@ def test_the_client_imports_none_of_the_daemons_machinery() -> None:
     assert set(r.stdout.split()) <= {
         "btfreconciled", "btfreconciled.cache", "btfreconciled.client",
         "btfreconciled.compression", "btfreconciled.elf", "btfreconciled.daemon",
-        "btfreconciled.daemon.policy", "btfreconciled.inputs"}, r.stdout
+        "btfreconciled.daemon.policy", "btfreconciled.inputs",
+        "btfreconciled.errors"}, r.stdout  # (errors.py: the ErrorCode enum, imports only enum)
 
 
 # --------------------------------------------------------------------- btfreconcilectl

@@ -26,6 +26,7 @@ from btfreconciled.elf import (
     read_btf_sections,
 )
 from btfreconciled.elfwrite import write_btf_sections
+from btfreconciled.errors import ErrorCode
 
 C_SOURCE = """
 extern int ext_counter;
@@ -379,6 +380,7 @@ def test_in_place_failure_on_replace_leaves_original(module: Path,
     with pytest.raises(ElfError, match="No space left") as err:
         write_btf_sections(module, module, {".BTF.base": b"z" * 64})
     assert_one_line(err.value, module)
+    assert err.value.code is ErrorCode.ELF_WRITE_FAILED
     assert module.read_bytes() == before
     assert sorted(p.name for p in module.parent.iterdir() if p.name.startswith(".")) == []
 
@@ -407,6 +409,7 @@ def test_verification_failure_publishes_nothing(module: Path, tmp_path: Path,
     with pytest.raises(ElfError, match="verification failed") as err:
         write_btf_sections(module, out, {".BTF.base": b"zzzz"})
     assert_one_line(err.value, out)
+    assert err.value.code is ErrorCode.ELF_WRITE_FAILED
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
@@ -535,10 +538,14 @@ def test_write_errors(module: Path, tmp_path: Path) -> None:
         with pytest.raises(ElfError, match=match) as err:
             write_btf_sections(src, out, request)
         assert_one_line(err.value, src)
+        # a missing input is told from one we refuse to rewrite by its code
+        assert err.value.code is (ErrorCode.INPUT_UNREADABLE if not src.exists()
+                                  else ErrorCode.ELF_INVALID), (err.value.code, match)
         assert not out.exists()
     with pytest.raises(ElfError, match="no such directory") as err:
         write_btf_sections(module, tmp_path / "no-dir" / "x.ko", {".BTF.base": b"x"})
     assert_one_line(err.value, tmp_path / "no-dir" / "x.ko")
+    assert err.value.code is ErrorCode.ELF_WRITE_FAILED
 
 
 # ----------------------------------------------------------------------------- crafted ELF

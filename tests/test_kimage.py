@@ -21,6 +21,7 @@ from test_untrusted_inputs import ctl, one_line_error
 
 from btfreconciled import kimage
 from btfreconciled.elf import ElfError, read_btf_sections
+from btfreconciled.errors import ErrorCode
 
 # One INT type "int": enough for `dump` to print something real.
 _TYPES = struct.pack("<III", 1, 1 << 24, 4) + struct.pack("<I", (1 << 24) | 32)
@@ -312,8 +313,9 @@ def test_decompression_bomb_beyond_the_cap(tmp_path: Path) -> None:
                             shell=True, capture_output=True, check=True).stdout
     path = write(tmp_path, make_bzimage(stream + struct.pack("<I", 64 + (600 << 20))))
     assert path.stat().st_size < 100_000
-    with pytest.raises(ElfError, match=f"decompresses to more than {1 << 20} bytes"):
+    with pytest.raises(ElfError, match=f"decompresses to more than {1 << 20} bytes") as e:
         read_btf_sections(path, max_size=1 << 20)  # max_size also bounds the decompression
+    assert e.value.code is ErrorCode.INPUT_TOO_LARGE
     r, seconds, peak_mb = ctl_hwm(tmp_path, "inspect", str(path))
     one_line_error(r, str(path), f"zstd payload decompresses to more than {512 << 20} bytes")
     print(f"bomb: refused in {seconds:.2f} s, child peak RSS {peak_mb:.0f} MB")

@@ -520,8 +520,11 @@ def test_module_file_verdicts_never_raise(tmp_path, built):
     junk.write_bytes(b"\x7fELF" + b"\x01" * 60)
     r = reconcile_module_file(str(junk), target)
     assert r.verdict is Verdict.ERROR and str(junk) in r.summary and "\n" not in r.summary
+    # the diagnostic's error_code says which failure it is (README: diagnostics)
+    assert r.diagnostics[0]["error_code"] == "elf-invalid", r.diagnostics
     missing = reconcile_module_file(str(tmp_path / "nope.ko"), target)
     assert missing.verdict is Verdict.ERROR
+    assert missing.diagnostics[0]["error_code"] == "input-unreadable", missing.diagnostics
     plain = _elf(tmp_path)
     assert reconcile_module_file(str(plain), target).verdict is Verdict.NO_BASE
     ko = _module_file(tmp_path, built)
@@ -529,6 +532,7 @@ def test_module_file_verdicts_never_raise(tmp_path, built):
     write_btf_sections(ko, bad, {".BTF.base": b"\x9f\xeb\x01\x00garbage"})
     r = reconcile_module_file(str(bad), target)
     assert r.verdict is Verdict.ERROR and ".BTF.base" in r.summary
+    assert r.diagnostics[0]["error_code"] == "btf-truncated", r.diagnostics
     ok = reconcile_module_file(str(ko), target)
     assert ok.verdict is Verdict.OK and ok.module == "my_mod"
     j = ok.to_json()

@@ -117,6 +117,36 @@ def test_a_daemon_of_another_version_answering_only_ok(fake, capsys, verb) -> No
     assert "is missing" in err
 
 
+def _answers(*objs: Any) -> Callable[[socket.socket, bytes], None]:
+    """Answers `objs` in turn, one per connection; the last one from then on."""
+    todo = list(objs)
+
+    def serve(conn: socket.socket, _req: bytes) -> None:
+        obj = todo.pop(0) if len(todo) > 1 else todo[0]
+        conn.sendall(json.dumps(obj).encode() + b"\n")
+    return serve
+
+
+_OK_PATH = {"ok": True, "module": "m", "verdict": "ok", "summary": "s", "btf": "/c/m.btf"}
+
+
+def test_path_waits_on_the_pending_code(fake, capsys) -> None:
+    """`path --wait` asks again while the daemon's answer has code "pending"."""
+    sock = fake(_answers({"ok": False, "error": "module m is being processed", "code": "pending"},
+                         _OK_PATH))
+    assert ctl(["--socket", str(sock), "path", "m", "--wait", "10"]) == 0
+    assert capsys.readouterr().out == "/c/m.btf\n"
+
+
+def test_path_decides_by_the_code_not_the_words(fake, capsys) -> None:
+    """Another code with the same words is a refusal: one line, exit 2, no waiting."""
+    sock = fake(_answers({"ok": False, "error": "module m is being processed",
+                          "code": "unknown-module"}, _OK_PATH))
+    t0 = time.monotonic()
+    err = _one_line_error(capsys, ["--socket", str(sock), "path", "m", "--wait", "10"])
+    assert "module m is being processed" in err and time.monotonic() - t0 < 5
+
+
 WRONG = [
     (["status"], {"daemon": "x"}),
     (["status"], {"daemon": {"version": "9", "pid": "1", "uptime": 1, "events": "poll"},

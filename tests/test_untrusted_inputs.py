@@ -21,6 +21,7 @@ from test_elf import FAKE_BTF, module  # noqa: F401 - the gcc-made module fixtur
 
 from btfreconciled.elf import ElfError, read_btf_sections, sha256_file
 from btfreconciled.elfwrite import write_btf_sections
+from btfreconciled.errors import ErrorCode
 
 REPO = Path(__file__).resolve().parent.parent
 # btfreconcilectl in a child that records its own peak RSS in a file: VmHWM of its own
@@ -59,10 +60,12 @@ def one_line_error(r: subprocess.CompletedProcess, *words: str) -> None:
 def test_fifo_named_like_a_module_is_refused_without_blocking(tmp_path: Path) -> None:
     fifo = tmp_path / "xt_FIFO.ko"
     os.mkfifo(fifo)
-    with pytest.raises(ElfError, match="is a FIFO, not a regular file"):
+    with pytest.raises(ElfError, match="is a FIFO, not a regular file") as e:
         read_btf_sections(fifo)
-    with pytest.raises(ElfError, match="is a FIFO"):
+    assert e.value.code is ErrorCode.INPUT_NOT_REGULAR
+    with pytest.raises(ElfError, match="is a FIFO") as e:
         sha256_file(fifo)
+    assert e.value.code is ErrorCode.INPUT_NOT_REGULAR
     for cmd in (["check", str(fifo), "--vmlinux", "/sys/kernel/btf/vmlinux"],
                 ["dump", str(fifo)], ["inspect", str(fifo)]):
         r, dt, _ = ctl(*cmd)
@@ -82,8 +85,9 @@ def test_directory_with_a_fifo_module_checks_the_rest(tmp_path: Path, module: Pa
 
 @pytest.mark.parametrize("dev", ["/dev/zero", "/dev/null"])
 def test_devices_are_refused(dev: str) -> None:
-    with pytest.raises(ElfError, match="is a character device"):
+    with pytest.raises(ElfError, match="is a character device") as e:
         read_btf_sections(dev)
+    assert e.value.code is ErrorCode.INPUT_NOT_REGULAR
     r, dt, _ = ctl("dump", dev)
     one_line_error(r, dev, "character device")
     assert dt < 10

@@ -27,6 +27,7 @@ from btfreconciled.btf.errors import BtfError
 from btfreconciled.btf.kinds import Kind
 from btfreconciled.btf.types import Const, Func, FuncProto, Member, Param, Ptr, Struct, Typedef
 from btfreconciled.cli.main import main as cli_main
+from btfreconciled.errors import ErrorCode
 
 HAND = list(malformed.hand_crafted())
 TRUNC = list(malformed.truncations())
@@ -129,13 +130,20 @@ def kernel() -> Kernel:
     return k
 
 
-def parse_error(data: bytes, source: str = "bad.btf", base: Btf | None = None) -> str | None:
-    """None if `data` validates, else the one-line BtfError text."""
+def parse_failure(data: bytes, source: str = "bad.btf", base: Btf | None = None
+                  ) -> BtfError | None:
+    """None if `data` validates, else the BtfError."""
     try:
         Btf.parse(data, base=base, source=source, validate=True)
     except BtfError as exc:
-        return str(exc)
+        return exc
     return None
+
+
+def parse_error(data: bytes, source: str = "bad.btf", base: Btf | None = None) -> str | None:
+    """None if `data` validates, else the one-line BtfError text."""
+    exc = parse_failure(data, source, base)
+    return None if exc is None else str(exc)
 
 
 def assert_one_line_error(msg: str | None, source: str = "bad.btf") -> None:
@@ -169,10 +177,14 @@ def test_corpus_names_are_unique() -> None:
 # ---------------------------------------------------------------- hand-crafted cases
 @pytest.mark.parametrize("case", HAND, ids=[c.name for c in HAND])
 def test_hand_crafted_is_rejected_with_a_one_line_error(case: malformed.Case) -> None:
-    msg = parse_error(case.data)
+    exc = parse_failure(case.data)
+    assert exc is not None, "accepted"
+    msg = str(exc)
     assert_one_line_error(msg)
-    if case.expect:
+    if case.expect:  # the message says what is wrong, in words
         assert case.expect in msg, msg
+    # the failure class, for programs (malformed.CODES)
+    assert exc.code is malformed.code_of(case), (exc.code, msg)
 
 
 def test_we_reject_everything_libbpf_rejects(libbpf: Libbpf) -> None:
@@ -252,7 +264,9 @@ def test_messages_say_what_and_where() -> None:
 # ---------------------------------------------------------------- truncated and random
 @pytest.mark.parametrize("case", TRUNC, ids=[c.name for c in TRUNC])
 def test_every_truncation_is_rejected(case: malformed.Case, libbpf: Libbpf) -> None:
-    assert_one_line_error(parse_error(case.data))
+    exc = parse_failure(case.data)
+    assert_one_line_error(None if exc is None else str(exc))
+    assert exc is not None and exc.code is ErrorCode.BTF_TRUNCATED, exc
     assert not libbpf.accepts(case.data)
 
 
@@ -374,6 +388,10 @@ def test_split_btf_referring_to_base_validates(base: Btf, libbpf: Libbpf) -> Non
     assert btf.to_bytes() == data
 
 
+SPLIT_CODES = {"base id past the end": ErrorCode.BTF_BAD_TYPE_ID,
+               "loop across split types": ErrorCode.BTF_LOOP}
+
+
 @pytest.mark.parametrize("what", ["base id past the end", "member embeds a base FWD",
                                   "FUNC to a base INT", "base struct too big for its slot",
                                   "bad name in split strings", "loop across split types"])
@@ -397,9 +415,11 @@ def test_split_btf_errors(base: Btf, what: str) -> None:
             c = s.add(Const(0, 0, s.type_count + 1))
             s.add(Typedef(s.add_str("t"), 0, c))
 
-    msg = parse_error(_split(base, build), source="mod.btf", base=base)
+    exc = parse_failure(_split(base, build), source="mod.btf", base=base)
+    msg = None if exc is None else str(exc)
     assert_one_line_error(msg, "mod.btf")
     assert "type [" in msg
+    assert exc is not None and exc.code is SPLIT_CODES.get(what, ErrorCode.BTF_INVALID), exc
 
 
 def test_split_btf_on_running_vmlinux(vmlinux: bytes) -> None:

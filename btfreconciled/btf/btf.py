@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from itertools import accumulate
 from typing import TYPE_CHECKING
 
+from ..errors import ErrorCode
 from .errors import BtfError
 from .header import pack_header, parse_header
 from .kinds import (
@@ -101,8 +102,9 @@ class Btf:
             validate_btf(btf)
         return btf
 
-    def _err(self, msg: str, *, offset: int | None = None, type_id: int | None = None) -> BtfError:
-        return BtfError(msg, source=self.source, offset=offset, type_id=type_id)
+    def _err(self, msg: str, *, offset: int | None = None, type_id: int | None = None,
+             code: ErrorCode = ErrorCode.BTF_INVALID) -> BtfError:
+        return BtfError(msg, source=self.source, offset=offset, type_id=type_id, code=code)
 
     def _parse_header_and_sections(self, data: bytes) -> None:
         # header and section placement: header.py (the 32-byte header of Linux 7.x too)
@@ -114,11 +116,13 @@ class Btf:
         strs = data[hdr_len + str_off : size]
         if self.base is None and (not strs or strs[0] != 0):
             raise self._err("string section does not start with a NUL byte",
-                            offset=hdr_len + str_off)
+                            offset=hdr_len + str_off, code=ErrorCode.BTF_BAD_STRINGS)
         if strs and strs[-1] != 0:
-            raise self._err("string section is not NUL-terminated", offset=size - 1)
+            raise self._err("string section is not NUL-terminated", offset=size - 1,
+                            code=ErrorCode.BTF_BAD_STRINGS)
         if str_len and self.start_str_off + str_len - 1 > MAX_NAME_OFFSET:
-            raise self._err(f"string section too large ({str_len} bytes)", offset=20)
+            raise self._err(f"string section too large ({str_len} bytes)", offset=20,
+                            code=ErrorCode.BTF_BAD_STRINGS)
         self.flags = h.flags
         self.hdr_extra = h.extra
         self.layout = data[hdr_len + h.layout_off : hdr_len + h.layout_off + h.layout_len]
@@ -142,15 +146,17 @@ class Btf:
             tid = self.start_id + e.index
             if e.what == "kind":
                 raise self._err(f"unknown BTF kind {e.kind}", offset=self._byte(e.at),
-                                type_id=tid) from None
+                                type_id=tid, code=ErrorCode.BTF_UNKNOWN_KIND) from None
             if e.what == "header":
                 raise self._err("type record header truncated", offset=self._byte(e.at),
-                                type_id=tid) from None
+                                type_id=tid, code=ErrorCode.BTF_TRUNCATED) from None
             raise self._err(
                 f"type record needs {4 * (e.end - e.at)} bytes, only {4 * (n - e.at)} left",
-                offset=self._byte(e.at), type_id=tid) from None
+                offset=self._byte(e.at), type_id=tid,
+                code=ErrorCode.BTF_RECORD_OVERRUN) from None
         if self.start_id + len(offs) - 1 > MAX_TYPE:
-            raise self._err(f"too many types ({self.start_id + len(offs) - 1} > {MAX_TYPE})")
+            raise self._err(f"too many types ({self.start_id + len(offs) - 1} > {MAX_TYPE})",
+                            code=ErrorCode.BTF_TOO_MANY_TYPES)
         self._offs = offs
         self._layout_locals = layout
         self._types = [None] * len(offs)
@@ -223,7 +229,7 @@ class Btf:
     def add(self, t: Type) -> int:
         """Append a type; returns its id."""
         if self.type_count > MAX_TYPE:
-            raise self._err("too many types")
+            raise self._err("too many types", code=ErrorCode.BTF_TOO_MANY_TYPES)
         self._types.append(t)
         if t.name_off:
             name = self.str_bytes(t.name_off)
@@ -261,7 +267,8 @@ class Btf:
         rel = off - self.start_str_off
         s = self._strs
         if rel >= len(s):
-            raise self._err(f"string offset {off:#x} past the end of the string section")
+            raise self._err(f"string offset {off:#x} past the end of the string section",
+                            code=ErrorCode.BTF_BAD_STRINGS)
         return cstr(s, rel)  # the section ends in a NUL (parse checks it; add_str keeps it)
 
     def name_of(self, off: int) -> str:

@@ -23,13 +23,14 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..errors import ErrorCode
 from .errors import BtfError
 from .kinds import BTF_MAGIC, BTF_VERSION, HEADER_SIZE
 
 HEADER_SIZE_LAYOUT = 32  # struct btf_header with layout_off, layout_len (Linux 7.x)
 LAYOUT_ENTRY_SIZE = 4  # struct btf_layout
 
-ErrFn = Callable[..., BtfError]  # (msg, *, offset) -> BtfError naming the source
+ErrFn = Callable[..., BtfError]  # (msg, *, offset, code) -> BtfError naming the source
 
 
 @dataclass(frozen=True)
@@ -51,62 +52,77 @@ def parse_header(data: bytes, err: ErrFn, *, base_order: str | None = None) -> H
     `base_order` is the base BTF's byte order for a split BTF (they must agree)."""
     size = len(data)
     if size < 4:
-        raise err(f"too short for a BTF header ({size} bytes)", offset=0)
+        raise err(f"too short for a BTF header ({size} bytes)", offset=0,
+                  code=ErrorCode.BTF_TRUNCATED)
     (magic_le,) = struct.unpack_from("<H", data, 0)
     if magic_le == BTF_MAGIC:
         order = "<"
     elif magic_le == 0x9FEB:
         order = ">"
     else:
-        raise err(f"bad BTF magic {magic_le:#06x} (expected 0xeb9f)", offset=0)
+        raise err(f"bad BTF magic {magic_le:#06x} (expected 0xeb9f)", offset=0,
+                  code=ErrorCode.BTF_BAD_MAGIC)
     if base_order is not None and order != base_order:
-        raise err("split BTF byte order differs from its base", offset=0)
+        raise err("split BTF byte order differs from its base", offset=0,
+                  code=ErrorCode.BTF_BAD_HEADER)
     if size < HEADER_SIZE:
-        raise err(f"truncated BTF header ({size} of {HEADER_SIZE} bytes)", offset=0)
+        raise err(f"truncated BTF header ({size} of {HEADER_SIZE} bytes)", offset=0,
+                  code=ErrorCode.BTF_TRUNCATED)
     _, version, flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(
         order + "HBBIIIII", data, 0)
     if version != BTF_VERSION:
-        raise err(f"unsupported BTF version {version}", offset=2)
+        raise err(f"unsupported BTF version {version}", offset=2, code=ErrorCode.BTF_BAD_HEADER)
     if flags:
-        raise err(f"unsupported BTF header flags {flags:#x}", offset=3)
+        raise err(f"unsupported BTF header flags {flags:#x}", offset=3,
+                  code=ErrorCode.BTF_BAD_HEADER)
     if hdr_len < HEADER_SIZE:
-        raise err(f"hdr_len {hdr_len} is shorter than the 24-byte header", offset=4)
+        raise err(f"hdr_len {hdr_len} is shorter than the 24-byte header", offset=4,
+                  code=ErrorCode.BTF_BAD_HEADER)
     if hdr_len > size:
-        raise err(f"hdr_len {hdr_len} runs past the end of the data ({size})", offset=4)
+        raise err(f"hdr_len {hdr_len} runs past the end of the data ({size})", offset=4,
+                  code=ErrorCode.BTF_TRUNCATED)
     tail = data[HEADER_SIZE_LAYOUT:hdr_len]
     if tail.strip(b"\0"):
         at = HEADER_SIZE_LAYOUT + next(i for i, b in enumerate(tail) if b)
         raise err(f"unsupported non-zero byte in the BTF header at {at} (past the 32 bytes "
-                  "Linux 7.x knows)", offset=at)
+                  "Linux 7.x knows)", offset=at, code=ErrorCode.BTF_BAD_HEADER)
     layout_off = layout_len = 0
     if hdr_len >= HEADER_SIZE_LAYOUT:
         layout_off, layout_len = struct.unpack_from(order + "II", data, HEADER_SIZE)
     if type_off % 4:
-        raise err(f"type section offset {type_off} is not 4-byte aligned", offset=8)
+        raise err(f"type section offset {type_off} is not 4-byte aligned", offset=8,
+                  code=ErrorCode.BTF_BAD_HEADER)
     if type_len % 4:
-        raise err(f"type section length {type_len} is not a multiple of 4", offset=12)
+        raise err(f"type section length {type_len} is not a multiple of 4", offset=12,
+                  code=ErrorCode.BTF_BAD_HEADER)
     if type_off != 0:
-        raise err(f"type section starts at {type_off}, not right after the header", offset=8)
+        raise err(f"type section starts at {type_off}, not right after the header", offset=8,
+                  code=ErrorCode.BTF_BAD_HEADER)
     strings_at = type_off + type_len
     if layout_len:
         if layout_off % 4:
-            raise err(f"layout section offset {layout_off} is not 4-byte aligned", offset=24)
+            raise err(f"layout section offset {layout_off} is not 4-byte aligned", offset=24,
+                      code=ErrorCode.BTF_BAD_HEADER)
         if layout_len % LAYOUT_ENTRY_SIZE:
             raise err(f"layout section length {layout_len} is not a multiple of "
-                      f"{LAYOUT_ENTRY_SIZE} (struct btf_layout)", offset=28)
+                      f"{LAYOUT_ENTRY_SIZE} (struct btf_layout)", offset=28,
+                      code=ErrorCode.BTF_BAD_HEADER)
         if layout_off != strings_at:
             raise err(f"layout section at {layout_off} does not follow the type section "
-                      f"({type_off}+{type_len})", offset=24)
+                      f"({type_off}+{type_len})", offset=24, code=ErrorCode.BTF_BAD_HEADER)
         strings_at = layout_off + layout_len
         if str_off != strings_at:
             raise err(f"string section at {str_off} does not follow the layout section "
-                      f"({layout_off}+{layout_len})", offset=16)
+                      f"({layout_off}+{layout_len})", offset=16, code=ErrorCode.BTF_BAD_HEADER)
     elif str_off != strings_at:
         raise err(f"string section at {str_off} does not follow the type section "
-                  f"({type_off}+{type_len})", offset=16)
+                  f"({type_off}+{type_len})", offset=16, code=ErrorCode.BTF_BAD_HEADER)
     if hdr_len + str_off + str_len != size:
+        # a header that promises more than the data holds: the data was cut short
+        end_code = (ErrorCode.BTF_TRUNCATED if hdr_len + str_off + str_len > size
+                    else ErrorCode.BTF_BAD_HEADER)
         raise err(f"sections end at {hdr_len + str_off + str_len} but the data is {size} bytes",
-                  offset=20)
+                  offset=20, code=end_code)
     return Header(order, flags, hdr_len, type_len, str_off, str_len, layout_off, layout_len,
                   bytes(data[HEADER_SIZE:hdr_len]))
 

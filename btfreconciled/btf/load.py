@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..elf import BtfSections, read_btf_sections
+from ..errors import ErrorCode
 from .btf import Btf
 from .errors import BtfError
 
@@ -64,7 +65,7 @@ def load_btf(
     if sections is None:
         sections = read_btf_sections(path, digest=False)
     if sections.btf is None:
-        raise BtfError("no .BTF section", source=str(path))
+        raise BtfError("no .BTF section", source=str(path), code=ErrorCode.BTF_MISSING)
     source = f"{path}:.BTF" if sections.is_elf else str(path)
     kernel = is_kernel_verified(sections, base)
     if validate is None:
@@ -85,7 +86,7 @@ def load_btf_validating_later(
     another process); nothing from the BTF may be output or acted on before it has run.
     The checks are exactly Btf.parse(validate=True)'s: the record scan, then validate_btf."""
     if sections.btf is None:
-        raise BtfError("no .BTF section", source=str(path))
+        raise BtfError("no .BTF section", source=str(path), code=ErrorCode.BTF_MISSING)
     if is_kernel_verified(sections, base):
         btf = load_btf(path, base=base, defer_scan=True, sections=sections)
         return btf, None

@@ -11,6 +11,7 @@ from typing import Any
 from ..cache import SERVED_VERDICTS
 from ..daemon.policy import PENDING, identity_text
 from ..daemon.record import DAEMON_VERDICTS, ENGINE_VERDICTS, SERVED_WORDS
+from ..errors import ErrorCode
 from .answers import LIST, PATH_ALL, PATH_MODULE, SHOW
 from .errors import CliError, printable
 from .status import add_socket_option, ask, print_json, write_lines
@@ -210,7 +211,7 @@ def run_path(args: argparse.Namespace) -> int:
             resp = lookup(args)
         except CliError as e:
             # "being processed" is an answer worth waiting for, like "being written"
-            if "is being processed" not in str(e) or time.monotonic() >= deadline:
+            if e.code is not ErrorCode.PENDING or time.monotonic() >= deadline:
                 raise
         else:
             if resp["path"] or not resp["retry"] or time.monotonic() >= deadline:

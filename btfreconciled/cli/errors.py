@@ -4,11 +4,20 @@ Kept out of main.py: `python -m btfreconciled.cli.main` runs main.py as __main__
 subcommand importing `.main` would get a second copy whose CliError the first never catches.
 """
 
+from __future__ import annotations
+
+from ..errors import ErrorCode
+
 EXIT_OK, EXIT_INCOMPATIBLE, EXIT_ERROR = 0, 1, 2
 
 
 class CliError(Exception):
-    """A user-facing failure: printed as one line, exit status 2."""
+    """A user-facing failure: printed as one line, exit status 2. `code` is the daemon's
+    code for a refused request (errors.py), for a command that waits on some of them."""
+
+    def __init__(self, message: str, code: ErrorCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _escapes() -> dict[int, str]:

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 from .. import basefile
 from ..cache import sha256_hex, unlink_durable
 from ..elf import ElfError, read_btf_sections, read_elf_sections
+from ..errors import ErrorCode
 from ..kimage import BZIMAGE_PROBE_LEN, is_bzimage
 from .errors import EXIT_INCOMPATIBLE, EXIT_OK, CliError
 
@@ -333,7 +334,8 @@ def _read_source(path: Path) -> Source:
         with open(path, "rb") as f:
             head = f.read(BZIMAGE_PROBE_LEN + 0x40)
     except OSError as e:
-        raise ElfError(path, f"cannot read: {e.strerror or e}") from None
+        raise ElfError(path, f"cannot read: {e.strerror or e}",
+                       ErrorCode.INPUT_UNREADABLE) from None
     sections = read_btf_sections(path, digest=False)
     if sections.btf is None:
         raise ElfError(path, "has no .BTF section: the kernel was built without "

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..daemon.config import DEFAULT_SOCKET
 from ..daemon.control import ClientError, request
+from ..errors import ErrorCode
 from .answers import STATUS, check
 from .errors import CliError, printable
 
@@ -38,11 +39,20 @@ def ask(args: argparse.Namespace, req: dict[str, Any], shape: Any = None) -> dic
     if resp.get("ok") is not True:
         error = resp.get("error")
         raise CliError(_one_line(error) if isinstance(error, str) and error.strip()
-                       else "the daemon refused the request")
+                       else "the daemon refused the request", _code(resp.get("code")))
     resp.pop("ok", None)
     if shape is not None:
         check(resp, shape, "answer")
     return resp
+
+
+def _code(value: Any) -> ErrorCode | None:
+    """The answer's "code" as an ErrorCode; None for one we do not know (another version of
+    the daemon, or a peer that is not one)."""
+    try:
+        return ErrorCode(value)
+    except ValueError:
+        return None
 
 
 def _one_line(text: str, limit: int = 500) -> str:

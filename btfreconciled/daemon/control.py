@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import CacheError, check_module_name
+from ..errors import ErrorCode
 
 MAX_REQUEST = 64 * 1024
 COMMANDS = ("status", "list", "show", "path", "rescan", "ping")
@@ -30,9 +31,10 @@ def _may_change_state(uid: int | None) -> bool:
 
 
 class ControlError(Exception):
-    """A request cannot be answered (unknown command, unknown module, ...)."""
+    """A request cannot be answered (unknown command, unknown module, ...); `code` goes out
+    as the answer's "code", the one thing a client decides on."""
 
-    def __init__(self, message: str, code: str = "bad-request") -> None:
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.BAD_REQUEST) -> None:
         super().__init__(message)
         self.code = code
 
@@ -65,7 +67,7 @@ def handle_request(daemon: Any, req: Any, *, extra_stats: StatsHook | None = Non
         # socket_mode/socket_group open the socket to a group for reading the state; what
         # costs the daemon work stays with root (and the daemon's own user).
         raise ControlError(f"{cmd}: permission denied (only root may ask for it)",
-                           "permission-denied")
+                           ErrorCode.PERMISSION_DENIED)
     if cmd == "rescan":
         return {"ok": True, "queued": daemon.rescan("request")}
     merged = req.get("merged", False)
@@ -86,7 +88,8 @@ def handle_request(daemon: Any, req: Any, *, extra_stats: StatsHook | None = Non
     if rec is None:
         pending = daemon.is_pending(name)
         what = "is being processed" if pending else "is not loaded (not in /sys/module)"
-        raise ControlError(f"module {name} {what}", "pending" if pending else "unknown-module")
+        raise ControlError(f"module {name} {what}",
+                           ErrorCode.PENDING if pending else ErrorCode.UNKNOWN_MODULE)
     if cmd == "show":
         return {"ok": True, "record": rec}
     # path
@@ -104,12 +107,13 @@ def answer_line(daemon: Any, line: bytes, *, extra_stats: StatsHook | None = Non
         req = json.loads(line)
         resp = handle_request(daemon, req, extra_stats=extra_stats, peer_uid=peer_uid)
     except ValueError as e:
-        resp = {"ok": False, "error": f"invalid JSON request: {e}", "code": "bad-request"}
+        resp = {"ok": False, "error": f"invalid JSON request: {e}",
+                "code": ErrorCode.BAD_REQUEST.value}
     except ControlError as e:
-        resp = {"ok": False, "error": str(e), "code": e.code}
+        resp = {"ok": False, "error": str(e), "code": e.code.value}
     except Exception as e:  # a bug answering one request never kills the daemon
         resp = {"ok": False, "error": f"internal error: {type(e).__name__}: {e}",
-                "code": "internal"}
+                "code": ErrorCode.INTERNAL.value}
     return (json.dumps(resp, sort_keys=False) + "\n").encode()
 
 

@@ -50,6 +50,7 @@ from ..cache import (
     verify_file,
     write_all,
 )
+from ..errors import ErrorCode
 from ..reconcile.merge import MergedLayout, MergeError, Split, write_merged
 
 QUIET = 0.1  # seconds without changes before writing
@@ -371,7 +372,8 @@ class MergedWriter:
         def read() -> bytes:
             data = self._read_split(name, sha)
             if data is None:
-                raise _Changed(f"{name}: its published BTF changed while all.btf was written")
+                raise _Changed(f"{name}: its published BTF changed while all.btf was written",
+                               ErrorCode.MERGE_CHANGED)
             return data
         return read
 

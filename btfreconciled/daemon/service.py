@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import CacheError
+from ..errors import ErrorCode
 from . import config as config_mod
 from . import logs
 from .config import Config, ConfigError
@@ -33,10 +34,11 @@ MAX_CONNECTIONS = 64
 _BACKLOG = 128
 _ACCEPT_BACKOFF_MIN, _ACCEPT_BACKOFF_MAX = 0.05, 1.0  # retrying accept() after EMFILE...
 _ACCEPT_LOG_INTERVAL = 60.0  # ...and reporting it at most once per this many seconds
-_BUSY = (b'{"ok": false, "error": "btfreconciled is busy: too many control connections '
-         b'(%d open); try again", "code": "busy"}\n' % MAX_CONNECTIONS)
-_EVICTED = (b'{"ok": false, "error": "closed while idle: the daemon needed the slot for a '
-            b'new control connection", "code": "evicted"}\n')
+_BUSY = json.dumps({"ok": False, "error": "btfreconciled is busy: too many control "
+                   f"connections ({MAX_CONNECTIONS} open); try again",
+                   "code": ErrorCode.BUSY.value}).encode() + b"\n"
+_EVICTED = json.dumps({"ok": False, "error": "closed while idle: the daemon needed the slot for "
+                      "a new control connection", "code": ErrorCode.EVICTED.value}).encode() + b"\n"
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 # Settings that only take effect on restart (reload keeps the running value and says so).
@@ -460,14 +462,15 @@ class Service:
                     finally:
                         self._idle.pop(task, None)
                 except (ValueError, asyncio.LimitOverrunError):
-                    writer.write(b'{"ok": false, "error": "request too long", '
-                                 b'"code": "bad-request"}\n')
+                    writer.write(json.dumps({"ok": False, "error": "request too long",
+                                             "code": ErrorCode.BAD_REQUEST.value}).encode()
+                                 + b"\n")
                     break
                 except TimeoutError:
                     self.control_stats["timeouts"] += 1
                     writer.write(json.dumps({
                         "ok": False, "error": f"no complete request within {timeout:g} s",
-                        "code": "timeout"}).encode() + b"\n")
+                        "code": ErrorCode.TIMEOUT.value}).encode() + b"\n")
                     break
                 if not line or task in self._evicted:
                     break

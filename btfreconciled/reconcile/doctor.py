@@ -24,6 +24,7 @@ from typing import Any
 from ..btf.btf import Btf
 from ..btf.errors import BtfError
 from ..elf import ElfError, read_btf_sections
+from ..errors import ErrorCode
 from .module import Verdict, module_label, reconcile_module_file
 from .origin import OriginError, SplitShape, check_base, infer_shape
 from .target import VmlinuxIndex
@@ -81,10 +82,12 @@ class Candidates:
                 try:
                     sec = read_btf_sections(c.path, digest=False)
                     if sec.btf is None:
-                        raise BtfError("no .BTF section", source=str(c.path))
+                        raise BtfError("no .BTF section", source=str(c.path),
+                                       code=ErrorCode.BTF_MISSING)
                     c.btf = Btf.parse(sec.btf, source=str(c.path), validate=False)
                     if c.btf.base is not None:  # pragma: no cover - parse gives base BTF
-                        raise BtfError("split BTF, not a vmlinux", source=str(c.path))
+                        raise BtfError("split BTF, not a vmlinux", source=str(c.path),
+                                       code=ErrorCode.BTF_NOT_BASE)
                 except (ElfError, BtfError, OSError) as e:
                     c.error = str(e)
             if c.btf is not None:

@@ -26,12 +26,22 @@ from ..btf.errors import BtfError
 from ..btf.header import Header, parse_header
 from ..btf.kinds import BTF_MAGIC, BTF_VERSION, HEADER_SIZE, MAX_NAME_OFFSET, MAX_TYPE
 from ..btf.record import NATIVE
+from ..errors import ErrorCode
 from .lanes import slot_masks
 from .wire import id_slots, str_slots
 
 
 class MergeError(Exception):
-    """A module's BTF cannot be merged onto this vmlinux; the message is one line."""
+    """A module's BTF cannot be merged onto this vmlinux; the message is one line, `code`
+    (errors.py) which failure it is."""
+
+    def __init__(self, message: str, code: ErrorCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def __reduce__(self) -> tuple:
+        # keeps the code when a worker process hands the error over
+        return (type(self), (str(self), self.code))
 
 
 @dataclass(frozen=True)
@@ -123,7 +133,7 @@ def write_merged(write: Callable[[Any], Any], vmlinux: Btf,
     `between` runs before each module (the daemon lets its event path go first there)."""
     if vmlinux.base is not None:
         raise MergeError(f"{vmlinux.source}: the base of a merged BTF must be a vmlinux BTF, "
-                         "not split BTF")
+                         "not split BTF", ErrorCode.MERGE_BASE_NOT_VMLINUX)
     nr_base = vmlinux.type_count
     str_base = vmlinux.str_end
     heads: list[Header] = []
@@ -133,14 +143,15 @@ def write_merged(write: Callable[[Any], Any], vmlinux: Btf,
             heads.append(parse_header(data, _header_error(name),
                                       base_order=vmlinux.byte_order))
         except BtfError as e:
-            raise MergeError(f"{name}: not split BTF on {vmlinux.source}: {e}") from None
+            raise MergeError(f"{name}: not split BTF on {vmlinux.source}: {e}",
+                             ErrorCode.MERGE_NOT_SPLIT) from None
         del data
     vtypes = _wire_bytes(vmlinux.wire_words(), vmlinux.byte_order)
     type_len = len(vtypes) + sum(h.type_len for h in heads)
     str_len = str_base + sum(h.str_len for h in heads)
     if str_len - 1 > MAX_NAME_OFFSET:
         raise MergeError(f"merged BTF strings would end at {str_len} bytes (the limit is "
-                         f"{MAX_NAME_OFFSET + 1})")
+                         f"{MAX_NAME_OFFSET + 1})", ErrorCode.MERGE_TOO_MANY_STRINGS)
     write(struct.pack(vmlinux.byte_order + "HBBIIIII", BTF_MAGIC, BTF_VERSION, 0, HEADER_SIZE,
                       0, type_len, type_len, str_len))
     write(vtypes)
@@ -158,15 +169,16 @@ def write_merged(write: Callable[[Any], Any], vmlinux: Btf,
         try:
             if callable(split) and parse_header(data, _header_error(name)) != h:
                 raise MergeError(f"{name}: its split BTF changed while the merged BTF was "
-                                 "written")
+                                 "written", ErrorCode.MERGE_CHANGED)
             mod = Btf.parse(data, base=vmlinux, source=name, validate=False)
         except BtfError as e:
-            raise MergeError(f"{name}: not split BTF on {vmlinux.source}: {e}") from None
+            raise MergeError(f"{name}: not split BTF on {vmlinux.source}: {e}",
+                             ErrorCode.MERGE_NOT_SPLIT) from None
         words, offs = mod.wire_records()
         count = len(offs)
         if next_id + count - 1 > MAX_TYPE:
             raise MergeError(f"merged BTF would have more than {MAX_TYPE} types (the limit) "
-                             f"with {name}")
+                             f"with {name}", ErrorCode.MERGE_TOO_MANY_TYPES)
         if next_id != nr_base or next_str != str_base:
             words = shift_references(words, offs, nr_base, next_id - nr_base, str_base,
                                      next_str - str_base)
@@ -190,8 +202,8 @@ def write_merged(write: Callable[[Any], Any], vmlinux: Btf,
 
 
 def _header_error(name: str) -> Callable[..., BtfError]:
-    def err(msg: str, *, offset: int) -> BtfError:
-        return BtfError(msg, source=name, offset=offset)
+    def err(msg: str, *, offset: int, code: ErrorCode) -> BtfError:
+        return BtfError(msg, source=name, offset=offset, code=code)
     return err
 
 

@@ -14,6 +14,7 @@ from ..btf.errors import BtfError
 from ..btf.load import parse_btf
 from ..cache import module_name_of, normalize_module_name
 from ..elf import MAX_FILE_SIZE, BtfSections, ElfError, read_btf_sections, sha256_file
+from ..errors import ErrorCode
 from .diagnostics import ERROR, Problem
 from .fields import STRICT_CHOICES, check_fields, derive_base
 from .relocate import EMBEDDED_KERNEL, relocate
@@ -129,7 +130,7 @@ def module_btf(path: str | Path, base: Btf | VmlinuxIndex | None, *, base_path: 
         n = len(rel.problems) - 1
         more = f" (and {n} more problem{'s' if n > 1 else ''})" if n > 0 else ""
         raise BtfError(f"does not relocate onto {target.path}: {first}{more}",
-                       source=f"{path}:.BTF")
+                       source=f"{path}:.BTF", code=ErrorCode.BTF_NO_RELOCATE)
     return Btf.parse(rel.data, base=target.btf,
                      source=f"{path}:.BTF relocated onto {target.path}", validate=False)
 
@@ -156,8 +157,11 @@ def reconcile_module_file(path: str, target: VmlinuxIndex, *, strict: str = "emb
                             [p.to_dict() for p in problems or []], btf, sha, timings, *ident,
                             bases)
 
-    def error(summary: str) -> ModuleResult:
-        p = Problem("error", ERROR, summary)
+    def error(summary: str, code: ErrorCode | None = None) -> ModuleResult:
+        # the failure class goes out as the diagnostic's "error_code" (README), for a
+        # program reading the record; none for a failure with no class (a bug)
+        p = Problem("error", ERROR, summary,
+                    details={"error_code": code.value} if code is not None else {})
         return result(Verdict.ERROR, summary, [p])
 
     # a module file is never larger than this: refused by its size before it is read or
@@ -172,9 +176,9 @@ def reconcile_module_file(path: str, target: VmlinuxIndex, *, strict: str = "emb
     except ElfError as exc:
         with contextlib.suppress(OSError, ElfError):
             sha = sha256_file(path, max_size=file_cap)
-        return error(str(exc))
+        return error(str(exc), exc.code)
     except OSError as exc:
-        return error(f"{path}: {exc.strerror or exc}")
+        return error(f"{path}: {exc.strerror or exc}", ErrorCode.INPUT_UNREADABLE)
     timings["read"] = time.perf_counter() - t0
     try:
         t = time.perf_counter()
@@ -195,8 +199,10 @@ def reconcile_module_file(path: str, target: VmlinuxIndex, *, strict: str = "emb
         rel = relocate(loaded.split, target, embedded_rule=embedded_rule, module=name,
                        want_embedded=loaded.expects is not None)
         timings["relocate"] = time.perf_counter() - t
-    except (BtfError, WireError) as exc:
-        return error(str(exc) if isinstance(exc, BtfError) else f"{path}: {exc}")
+    except BtfError as exc:
+        return error(str(exc), exc.code)
+    except WireError as exc:
+        return error(f"{path}: {exc}", ErrorCode.BTF_INVALID)
     except Exception as exc:  # noqa: BLE001 - never raise for bad module input
         return error(f"{path}: cannot reconcile: {type(exc).__name__}: {exc}")
 

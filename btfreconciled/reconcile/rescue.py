@@ -21,6 +21,7 @@ from ..elf import (
     BtfSections,
     read_btf_sections,
 )
+from ..errors import ErrorCode
 from .distill import DistillError, distill
 from .doctor import Candidates
 from .fields import build_expects
@@ -30,12 +31,24 @@ from .target import VmlinuxIndex
 
 
 class RescueError(Exception):
-    """The module cannot be rescued; the message is one line saying why."""
+    """The module cannot be rescued; the message is one line saying why, `code` (errors.py)
+    which reason it is."""
+
+    def __init__(self, message: str, code: ErrorCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def __reduce__(self) -> tuple:
+        # keeps the code when a worker process hands the error over
+        return (type(self), (str(self), self.code))
 
 
 class CorruptBtf(RescueError):
     """The module's .BTF is malformed: an error in the file rather than a reason a sound
     module cannot be rescued."""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.RESCUE_CORRUPT_BTF) -> None:
+        super().__init__(message, code)
 
 
 @dataclass
@@ -53,7 +66,7 @@ def distill_sections(src: Btf, *, fields: str | None, source: str) -> Distilled:
     try:
         res = distill(src, source=source)
     except DistillError as e:
-        raise RescueError(str(e)) from None
+        raise RescueError(str(e), ErrorCode.RESCUE_DISTILL_FAILED) from None
     sections: dict[str, bytes | None] = {BTF_SECTION: res.split.to_bytes(),
                                          BTF_BASE_SECTION: res.base.to_bytes(),
                                          BTF_BASE_EXPECTS_SECTION: None}
@@ -81,9 +94,10 @@ def find_build(path: str | Path, sections: BtfSections, candidates: Candidates,
     p = str(path)
     if sections.btf is None:
         raise RescueError(f"{p}: no .BTF section: nothing to rescue (the module was built "
-                          "without BTF)")
+                          "without BTF)", ErrorCode.RESCUE_NO_BTF)
     if sections.base is not None:
-        raise RescueError(f"{p}: already carries .BTF.base: nothing to rescue")
+        raise RescueError(f"{p}: already carries .BTF.base: nothing to rescue",
+                          ErrorCode.RESCUE_ALREADY_DISTILLED)
     try:
         shape = infer_shape(sections.btf, f"{p}:.BTF")
     except OriginError as e:
@@ -91,7 +105,8 @@ def find_build(path: str | Path, sections: BtfSections, candidates: Candidates,
     if base is not None:
         fit = check_base(sections.btf, shape, base, source=f"{p}:.BTF", base_name=base_path)
         if not fit.fits:
-            raise RescueError(f"{base_path} is not this module's build: {fit.reason}")
+            raise RescueError(f"{base_path} is not this module's build: {fit.reason}",
+                              ErrorCode.RESCUE_NOT_THE_BUILD)
         return Build(base_path, base)
     for c in candidates.loaded():
         assert c.btf is not None
@@ -99,7 +114,8 @@ def find_build(path: str | Path, sections: BtfSections, candidates: Candidates,
                 sections.btf, shape, c.btf, source=f"{p}:.BTF").fits:
             return Build(str(c.path), c.btf)
     raise RescueError(f"{p}: built against {shape.describe()}; none of the "
-                      f"{len(candidates.items)} kernel files searched is that build")
+                      f"{len(candidates.items)} kernel files searched is that build",
+                      ErrorCode.RESCUE_NO_BUILD)
 
 
 @dataclass
@@ -127,7 +143,8 @@ def rescue_onto(path: str | Path, target: VmlinuxIndex, candidates: Candidates, 
     if not rel.ok or rel.data is None:
         why = rel.problems[0].summary if rel.problems else "relocation failed"
         raise RescueError(f"{module}: distilled against its build {build.path}, but it does "
-                          f"not reconcile onto {target.path}: {why}")
+                          f"not reconcile onto {target.path}: {why}",
+                          ErrorCode.RESCUE_NO_RECONCILE)
     return Rescued(build.path, rel.data, d,
                    f"{module}: classic split BTF for another build ({build.path}); distilled "
                    f"against it and reconciled onto {target.path}: {d.split_types} types")

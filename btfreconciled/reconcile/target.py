@@ -16,6 +16,7 @@ from ..btf.load import load_btf, parse_btf
 from ..btf.record import COMPOSITE_KINDS, MATCHABLE_KINDS, kflag_of, kind_of
 from ..cache import sha256_hex
 from ..elf import read_btf_sections
+from ..errors import ErrorCode
 
 SYSFS_VMLINUX = "/sys/kernel/btf/vmlinux"
 # Kinds btf_relocate.c considers in the base (everything else is skipped).
@@ -49,7 +50,7 @@ class VmlinuxIndex:
     def __post_init__(self) -> None:
         if self.btf.base is not None:
             raise BtfError("the target must be a base BTF (vmlinux), not split BTF",
-                           source=self.btf.source)
+                           source=self.btf.source, code=ErrorCode.BTF_NOT_BASE)
         self.btf.build_index()
 
     @classmethod

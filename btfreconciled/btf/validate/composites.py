@@ -10,6 +10,7 @@ from bisect import bisect_right
 from itertools import chain, compress, repeat
 from operator import add, and_, gt, le, not_
 
+from ...errors import ErrorCode
 from ..layout import (
     ARRAY_INDEX,
     ARRAY_NELEMS,
@@ -82,7 +83,8 @@ class Composites:
             r, j, p = g.where(i)
             what = f"member {j}{self._label(MN[i])}"
             msg = self.past_end(what, MT[i]) if MT[i] else f"{what} is void (type [0])"
-            self.fail_local(locs[r], msg, p + MEMBER_TYPE)
+            self.fail_local(locs[r], msg, p + MEMBER_TYPE,
+                            ErrorCode.BTF_BAD_TYPE_ID if MT[i] else ErrorCode.BTF_INVALID)
         BO = MO if not kflag else list(map((0xFFFFFF).__and__, MO))
         if kind == UNION:
             if any(BO):

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from itertools import accumulate, compress
 from operator import add, itemgetter
 
+from ...errors import ErrorCode
 from .. import kinds as _k
 from ..kinds import NR_KINDS, Kind
 from ..layout import NO_KFLAG, VLEN_ZERO
@@ -175,15 +176,17 @@ class Core:
             return f"[{tid}]"
         return f"[{tid}] {self._desc(tid)}"
 
-    def fail(self, tid: int, msg: str, word: int | None = None) -> None:
+    def fail(self, tid: int, msg: str, word: int | None = None,
+             code: ErrorCode = ErrorCode.BTF_INVALID) -> None:
         local = tid - self.start
         if word is None:
             word = self.offs[local] if 0 <= local < self.n else 0
         raise self.btf._err(f"{self._desc(tid)} {msg}", offset=self.btf._byte(word),
-                            type_id=tid)
+                            type_id=tid, code=code)
 
-    def fail_local(self, local: int, msg: str, word: int | None = None) -> None:
-        self.fail(self.start + local, msg, word)
+    def fail_local(self, local: int, msg: str, word: int | None = None,
+                   code: ErrorCode = ErrorCode.BTF_INVALID) -> None:
+        self.fail(self.start + local, msg, word, code)
 
     def past_end(self, what: str, ref: int) -> str:
         lead = f"{what} " if what else ""
@@ -195,7 +198,8 @@ class Core:
         if btf.byte_order != NATIVE and btf.hdr_extra:
             # libbpf's btf_parse_hdr: the other byte order only with the 24-byte header.
             raise btf._err(f"BTF in non-native byte order with a {24 + len(btf.hdr_extra)}"
-                           "-byte header (libbpf only swaps the 24-byte header)", offset=4)
+                           "-byte header (libbpf only swaps the 24-byte header)", offset=4,
+                           code=ErrorCode.BTF_BAD_HEADER)
         if not self.n:
             return
         for name in self.phases:
@@ -282,7 +286,7 @@ class Core:
         if max(names) >= end:
             local = _first(map(end.__le__, names))
             self.fail_local(local, f"has name offset {names[local]:#x} past the end of the "
-                            f"strings ({end:#x})")
+                            f"strings ({end:#x})", code=ErrorCode.BTF_BAD_STRINGS)
 
     def check_bound(self, values, locs, what: str, zero_ok: bool = True,  # noqa: ANN001
                     word=None) -> None:  # noqa: ANN001
@@ -295,7 +299,8 @@ class Core:
             i = _first(map(T.__le__, values)) if max(values) >= T else values.index(0)
             ref = values[i]
             msg = self.past_end(what, ref) if ref >= T else f"{what} is void (type [0])"
-            self.fail_local(locs[i], msg, word(i) if word else None)
+            self.fail_local(locs[i], msg, word(i) if word else None,
+                            ErrorCode.BTF_BAD_TYPE_ID if ref >= T else ErrorCode.BTF_INVALID)
 
     def check_item_names(self, it: _Items, col, what: str, required: bool) -> None:  # noqa: ANN001
         """Names of members/enumerators: present if required, and identifiers (that they
@@ -309,7 +314,8 @@ class Core:
             end = self.str_end
             why = "has no name" if not col[bad] else (
                 f"has name offset {col[bad]:#x} past the end of the strings ({end:#x})")
-            self.fail_local(it.locs[r], f"{what} {n} {why}", p)
+            self.fail_local(it.locs[r], f"{what} {n} {why}", p,
+                            ErrorCode.BTF_BAD_STRINGS if col[bad] else ErrorCode.BTF_INVALID)
 
         if required and 0 in col:
             fail(col.index(0))

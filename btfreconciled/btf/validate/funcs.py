@@ -8,6 +8,7 @@ from bisect import bisect_right
 from itertools import compress
 from operator import itemgetter, not_
 
+from ...errors import ErrorCode
 from ..layout import ITEMS, PARAM_NAME, PARAM_TYPE, PARAM_WORDS
 from .core import (
     FUNC,
@@ -74,14 +75,16 @@ class Funcs:
                 p.cols.append((group, j, v, PN, PT))
                 def fail(i: int, group=group, j=j, ofs=ofs, PN=PN, at=at_name) -> None:
                     self.fail_local(group[i], f"parameter {j + 1} has name offset {PN[i]:#x} "
-                                    f"past the end of the strings ({end:#x})", ofs[i] + at)
+                                    f"past the end of the strings ({end:#x})", ofs[i] + at,
+                                    ErrorCode.BTF_BAD_STRINGS)
 
                 self.idents.append((PN, False, fail))
                 distinct = set(PT)
                 if max(distinct) >= T:
                     i = _first(map(T.__le__, PT))
                     self.fail_local(group[i], self.past_end(
-                        f"parameter {j + 1}{self._label(PN[i])}", PT[i]), ofs[i] + at_type)
+                        f"parameter {j + 1}{self._label(PN[i])}", PT[i]), ofs[i] + at_type,
+                        ErrorCode.BTF_BAD_TYPE_ID)
                 if 0 in distinct:  # a void parameter: only the last, unnamed one (varargs)
                     for i in _positions(PT, 0):
                         if j != v - 1:

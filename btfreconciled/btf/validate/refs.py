@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from itertools import compress
 
+from ...errors import ErrorCode
 from ..record import MODS_AND_TYPEDEF
 from .core import (
     BAD_REF_TARGET,
@@ -87,7 +88,7 @@ class Refs:
         nxt = loop[1:] + loop[:1]
         text = " -> ".join(self._ref(a) + (via(a, b) if via else "")
                            for a, b in zip(loop, nxt, strict=True))
-        self.fail(first, f"{what}: {text} -> [{first}]")
+        self.fail(first, f"{what}: {text} -> [{first}]", code=ErrorCode.BTF_LOOP)
 
     def check_chains(self, MX: list[int], MY: list[int]) -> None:
         """Modifier chains: at most 32 links, TYPE_TAGs only at the start (as

@@ -4,6 +4,7 @@ btf_decl_tag_check_meta, btf_decl_tag_resolve)."""
 
 from __future__ import annotations
 
+from ...errors import ErrorCode
 from ..layout import (
     DECL_TAG_COMPONENT,
     ITEMS,
@@ -66,7 +67,8 @@ class Sections:
                 what = f"entry {j}"
                 if not vt or vt >= T:
                     self.fail_local(local, self.past_end(what, vt) if vt else
-                                    f"{what} is void (type [0])", p + SECINFO_TYPE)
+                                    f"{what} is void (type [0])", p + SECINFO_TYPE,
+                                    ErrorCode.BTF_BAD_TYPE_ID if vt else ErrorCode.BTF_INVALID)
                 if off < last_end or off >= size:
                     self.fail_local(local, f"{what} at offset {off} overlaps the previous "
                                     f"entry (which ends at {last_end}) or lies outside the "
@@ -93,7 +95,8 @@ class Sections:
                 self.fail_local(local, f"has component_idx {idx - (1 << 32)} (must be >= -1)",
                                 o + DECL_TAG_COMPONENT)
             if w[o + 2] >= self.T:
-                self.fail_local(local, self.past_end("", w[o + 2]), o + 2)
+                self.fail_local(local, self.past_end("", w[o + 2]), o + 2,
+                                ErrorCode.BTF_BAD_TYPE_ID)
 
     def resolve_vars(self) -> None:
         """Mirrors btf_var_resolve."""
