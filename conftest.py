@@ -191,6 +191,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 f"(pyproject.toml): under xdist it would boot beside the other guests")
 
 
+# A test may also ask for a guest at run time (request.getfixturevalue), which the collection
+# check above cannot see: the fixture's set-up is checked against the test that asked.
+_RUNNING = pytest.StashKey[pytest.Item]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[
+        None, object, object]:
+    item.config.stash[_RUNNING] = item
+    try:
+        return (yield)
+    finally:
+        del item.config.stash[_RUNNING]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[object],
+                         request: pytest.FixtureRequest) -> None:
+    if fixturedef.argname != "guest_session":
+        return
+    item = request.config.stash.get(_RUNNING, None)
+    path = item.nodeid.split("::", 1)[0] if item else "?"
+    if path not in set(request.config.getini("guest_files")):
+        raise pytest.UsageError(
+            f"{path} boots a guest (guest_session, asked for at run time) but is not in the "
+            f"guest_files ini option (pyproject.toml): under xdist it would boot it again")
+
+
 @pytest.hookimpl(optionalhook=True)  # xdist's hook: absent when xdist is not installed
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
     if config.getoption("dist") != "loadfile":

@@ -174,3 +174,21 @@ def test_a_guest_test_outside_the_guest_files_stops_the_collection(tmp_path: Pat
     assert res.returncode == 4, res.stdout + res.stderr
     assert ("test_boot0.py boots a guest (test_marked_vm) but is not in the guest_files ini "
             "option") in res.stderr, res.stderr
+
+
+def test_a_guest_asked_for_at_run_time_outside_the_guest_files_fails(tmp_path: Path) -> None:
+    """request.getfixturevalue("guest_session") escapes the collection check: the fixture's
+    set-up names the file instead (a second boot on another xdist worker otherwise)."""
+    (tmp_path / "test_late.py").write_text(
+        "import pytest\n\n@pytest.fixture(scope='session')\ndef guest_session():\n"
+        "    return 'booted'\n\ndef test_late(request):\n"
+        "    assert request.getfixturevalue('guest_session') == 'booted'\n")
+    res = run_pytest(tmp_path, "1", "-o", "markers=vm: boots a guest",
+                     "-o", "guest_files=test_boot0.py", "-k", "test_late")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert ("test_late.py boots a guest (guest_session, asked for at run time) but is not in "
+            "the guest_files ini option") in res.stdout, res.stdout
+    (tmp_path / "test_late.py").rename(tmp_path / "test_boot0.py")
+    res = run_pytest(tmp_path, "1", "-o", "markers=vm: boots a guest",
+                     "-o", "guest_files=test_boot0.py", "-k", "test_late")
+    assert res.returncode == 0 and "1 passed" in res.stdout, res.stdout
