@@ -147,7 +147,7 @@ def test_scan_sysfs(fs: FakeSystem) -> None:
     fs.load("a")
     fs.builtin("kernel")
     fs.load("b")
-    (fs.sysfs / "module" / "b" / "initstate").write_text("going\n")
+    fs.put(fs.sysfs / "module" / "b" / "initstate", "going\n")
     assert scan_sysfs(fs.sysfs) == {"a": "loadable", "kernel": "builtin", "b": "going"}
 
 
@@ -302,9 +302,8 @@ def test_cross_check_with_kernel_btf(fs: FakeSystem) -> None:
     fs.add_file("diff")
     for n in ("same", "diff"):
         fs.load(n)
-    (fs.sysfs / "kernel" / "btf" / "same").write_bytes(
-        expected_btf((fs.mods / "same.ko").read_bytes()))
-    (fs.sysfs / "kernel" / "btf" / "diff").write_bytes(b"something else")
+    fs.kernel_btf("same", expected_btf((fs.mods / "same.ko").read_bytes()))
+    fs.kernel_btf("diff", b"something else")
     d = make_daemon(fs, release="6.12.57+deb13-amd64")
     try:
         d.rescan("t")
@@ -318,7 +317,7 @@ def test_cross_check_with_kernel_btf(fs: FakeSystem) -> None:
     # when its BTF appears
     fs.add_file("slow")
     fs.load("slow")
-    (fs.sysfs / "module" / "slow" / "initstate").write_text("coming\n")
+    fs.put(fs.sysfs / "module" / "slow" / "initstate", "coming\n")
     d = make_daemon(fs, release="6.12.57+deb13-amd64")
     try:
         d.on_event("add", "slow")
@@ -327,9 +326,8 @@ def test_cross_check_with_kernel_btf(fs: FakeSystem) -> None:
         assert first["verdict"] == "pending" and "cross_check" not in first, first
         assert not d.cache.btf_path("slow").exists()  # type: ignore
         time.sleep(0.3)
-        (fs.sysfs / "kernel" / "btf" / "slow").write_bytes(
-            expected_btf((fs.mods / "slow.ko").read_bytes()))
-        (fs.sysfs / "module" / "slow" / "initstate").write_text("live\n")
+        fs.kernel_btf("slow", expected_btf((fs.mods / "slow.ko").read_bytes()))
+        fs.put(fs.sysfs / "module" / "slow" / "initstate", "live\n")
         assert wait_for(lambda: (d.cache.read_record("slow") or {})  # type: ignore
                         .get("cross_check", {}).get("result") == "match", 5)
         assert d.wait_idle()

@@ -205,6 +205,16 @@ class FakeSystem:
         self.mods.mkdir()
         self.cache.mkdir()
 
+    def put(self, path: Path, data: bytes | str) -> None:
+        """Replace a sysfs file in one step: the kernel creates its files with their content,
+        and a daemon polling beside a truncate-then-write would read an empty file."""
+        tmp = self.root / f".put-{path.name}"
+        if isinstance(data, str):
+            tmp.write_text(data)
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, path)
+
     def add_file(self, name: str, word: str = "OK", payload: str = "") -> Path:
         p = self.mods / f"{name}.ko"
         p.write_text(f"{word} {name} {payload}")
@@ -213,7 +223,7 @@ class FakeSystem:
     def load(self, name: str) -> None:
         d = self.sysfs / "module" / name
         d.mkdir(exist_ok=True)
-        (d / "initstate").write_text("live\n")
+        self.put(d / "initstate", "live\n")
 
     def loaded_build_id(self, name: str, build_id: str) -> None:
         """The loaded module's /sys/module/<m>/notes/.note.gnu.build-id (a GNU note)."""
@@ -229,10 +239,10 @@ class FakeSystem:
     def coming(self, name: str) -> None:
         """Loaded and still initialising (initstate "coming")."""
         self.load(name)
-        (self.sysfs / "module" / name / "initstate").write_text("coming\n")
+        self.put(self.sysfs / "module" / name / "initstate", "coming\n")
 
     def kernel_btf(self, name: str, data: bytes) -> None:
-        (self.sysfs / "kernel" / "btf" / name).write_bytes(data)
+        self.put(self.sysfs / "kernel" / "btf" / name, data)
 
     def builtin(self, name: str) -> None:
         (self.sysfs / "module" / name).mkdir(exist_ok=True)

@@ -218,7 +218,7 @@ def test_module_still_initialising_is_pending_then_decided(fs: FakeSystem,
         assert d.published_btf("slow") is None
         # the kernel registers its BTF, the module goes live: decided, ok
         fs.kernel_btf("slow", ours(fs, "slow"))
-        (fs.sysfs / "module" / "slow" / "initstate").write_text("live\n")
+        fs.put(fs.sysfs / "module" / "slow" / "initstate", "live\n")
         assert wait_for(lambda: d.show("slow")["verdict"] == "ok", 5)
         assert d.show("slow")["cross_check"]["result"] == "match"
         assert d.cache.btf_path("slow").read_bytes() == ours(fs, "slow")
@@ -244,7 +244,7 @@ def test_classic_module_still_initialising_is_pending(fs: FakeSystem,
         assert wait_for(lambda: d.show("classic") is not None)
         assert d.cache.read_record("classic")["verdict"] == "pending"
         fs.kernel_btf("classic", b"the kernel registered it")
-        (fs.sysfs / "module" / "classic" / "initstate").write_text("live\n")
+        fs.put(fs.sysfs / "module" / "classic" / "initstate", "live\n")
         assert wait_for(lambda: d.show("classic")["verdict"] == "no-base", 5)
     finally:
         d.stop()
