@@ -22,7 +22,6 @@ btf_update_distilled_type_ids, btf__distill_base), kept exactly:
 
 from __future__ import annotations
 
-import weakref
 from array import array
 from dataclasses import dataclass, field
 
@@ -58,31 +57,6 @@ _TO_SPLIT = frozenset({K_ARRAY, K_TYPEDEF, K_PTR, K_CONST, K_RESTRICT, K_VOLATIL
 
 class DistillError(ValueError):
     """btf__distill_base() would fail (-EINVAL) on this input."""
-
-
-class _Words:
-    __slots__ = ("words", "offs", "start")
-
-    def __init__(self, btf: Btf) -> None:
-        self.words, self.offs = btf.wire_records()
-        self.start = btf.start_id
-
-    def record(self, tid: int) -> array:
-        o = self.offs[tid - self.start]
-        nxt = self.offs[tid - self.start + 1] if tid - self.start + 1 < len(self.offs) \
-            else len(self.words)
-        return self.words[o:nxt]
-
-
-_base_cache: weakref.WeakKeyDictionary[Btf, _Words] = weakref.WeakKeyDictionary()
-
-
-def _words_of_base(btf: Btf) -> _Words:
-    w = _base_cache.get(btf)
-    if w is None:
-        w = _Words(btf)
-        _base_cache[btf] = w
-    return w
 
 
 class Builder:
@@ -143,23 +117,68 @@ class DistillResult:
 
 
 def distill(src: Btf, *, source: str = "module") -> DistillResult:
-    """btf__distill_base(src): `src` is split BTF whose base is the full vmlinux."""
-    old_base = src.base
-    if old_base is None:
-        raise DistillError(f"{source}: distilling needs split BTF (a module's .BTF on its"
-                           " vmlinux)")
-    bw = _words_of_base(old_base)
-    sw = _Words(src)
-    split_start = src.start_id
-    n = src.type_count
-    bwords, boffs = bw.words, bw.offs
-    swords, soffs = sw.words, sw.offs
+    """btf__distill_base(src): `src` is split BTF whose base is the full vmlinux. The phases
+    are libbpf's, in its order."""
+    d = _Distill.of(src, source)
+    _add_distilled_type_ids(d)
+    new_base = Builder()
+    _add_distilled_types(d, new_base)
+    new_split = Builder(new_base)
+    _add_split_types(d, new_split)
+    _add_distilled_types(d, new_split)
+    _update_distilled_type_ids(d, new_base, new_split)
+    base_btf = new_base.to_btf(None, f"{source}:.BTF.base")
+    split_btf = new_split.to_btf(base_btf, f"{source}:.BTF")
+    return DistillResult(base_btf, split_btf, d.needed, d.id_map)
 
-    def base_kind(tid: int) -> int:
-        return kind_of(bwords[boffs[tid - 1] + 1])
 
-    # 1. which base types are needed (btf_add_distilled_type_ids)
-    needed: set[int] = set()
+@dataclass
+class _Distill:
+    """libbpf's struct btf_distill: the input's records and what the phases decide."""
+
+    src: Btf
+    source: str
+    bwords: array  # the full base's records (host order) and each one's word offset
+    boffs: list[int]
+    swords: array  # the split's own records
+    soffs: list[int]
+    split_start: int
+    needed: set[int] = field(default_factory=set)  # base ids the split needs, ...
+    order: list[int] = field(default_factory=list)  # ... in base-id order
+    id_map: dict[int, int] = field(default_factory=dict)  # base id -> id in the new BTFs
+    str_map: dict[int, int] = field(default_factory=dict)  # btf_rewrite_str's str_off_map
+
+    @classmethod
+    def of(cls, src: Btf, source: str) -> _Distill:
+        if src.base is None:
+            raise DistillError(f"{source}: distilling needs split BTF (a module's .BTF on its"
+                               " vmlinux)")
+        bwords, boffs = src.base.wire_records()
+        swords, soffs = src.wire_records()
+        return cls(src, source, bwords, boffs, swords, soffs, src.start_id)
+
+    def base_end(self, tid: int) -> int:
+        return self.boffs[tid] if tid < len(self.boffs) else len(self.bwords)
+
+    def copy(self, dst: Builder, words: array, o: int, end: int) -> int:
+        """btf_add_type: the record as it is, its strings added to `dst` (ids unchanged)."""
+        rec = words[o:end]
+        str_map = self.str_map
+        for pos in str_slots(words, o):
+            off = words[pos]
+            if not off:
+                continue
+            new = str_map.get(off)
+            if new is None:
+                new = str_map[off] = dst.add_str(self.src.str_bytes(off))
+            rec[pos - o] = new
+        return dst.add(rec)
+
+
+def _add_distilled_type_ids(d: _Distill) -> None:
+    """btf_add_distilled_type_ids: every base type a split type refers to, and what those
+    refer to, except the members of named structs/unions."""
+    bwords, boffs, needed, split_start = d.bwords, d.boffs, d.needed, d.split_start
     stack: list[int] = []
 
     def visit(words: array, o: int) -> None:
@@ -167,97 +186,72 @@ def distill(src: Btf, *, source: str = "module") -> DistillResult:
             tid = words[pos]
             if not tid or tid >= split_start or tid in needed:
                 continue
-            k = base_kind(tid)
+            bo = boffs[tid - 1]
+            k = kind_of(bwords[bo + 1])
             if k not in _ALLOWED:
                 raise DistillError(
-                    f"{source}: unexpected reference to base type [{tid}] of kind"
+                    f"{d.source}: unexpected reference to base type [{tid}] of kind"
                     f" {kind_name(k)} when creating distilled base BTF")
             needed.add(tid)
-            bo = boffs[tid - 1]
-            if (k in COMPOSITE_KINDS) and bwords[bo]:
-                continue
-            stack.append(tid)
+            if not (k in COMPOSITE_KINDS and bwords[bo]):
+                stack.append(tid)
 
-    for o in soffs:
-        visit(swords, o)
+    for o in d.soffs:
+        visit(d.swords, o)
         while stack:
-            tid = stack.pop()
-            visit(bwords, boffs[tid - 1])
-    order = sorted(needed)
+            visit(bwords, boffs[stack.pop() - 1])
+    d.order = sorted(needed)
 
-    # string rewriting shared by both passes (btf_rewrite_str's str_off_map)
-    str_cache: dict[int, int] = {}
-    src_str = src.str_bytes
 
-    def copy(dst: Builder, words: array, o: int, end: int) -> int:
-        rec = words[o:end]
-        for pos in str_slots(words, o):
-            off = words[pos]
-            if not off:
+def _add_distilled_types(d: _Distill, dst: Builder) -> None:
+    """btf_add_distilled_types: run once into the new base (INT FLOAT FWD as they are, named
+    composites and enums as empty shells) and once into the new split (anonymous composites
+    and enums, and every other kind, whole). libbpf tells the two apart by start_id == 1."""
+    adding_to_base = dst.start_id == 1
+    bwords, boffs = d.bwords, d.boffs
+    for tid in d.order:
+        o = boffs[tid - 1]
+        k = kind_of(bwords[o + 1])
+        named = bwords[o] != 0
+        if k in (K_INT, K_FLOAT, K_FWD):
+            whole = adding_to_base
+        elif k in COMPOSITE_KINDS or k in (K_ENUM, K_ENUM64):
+            if adding_to_base and named:
+                d.id_map[tid] = dst.add(_shell(d, dst, tid, k))
                 continue
-            new = str_cache.get(off)
-            if new is None:
-                new = dst.add_str(src_str(off))
-                str_cache[off] = new
-            rec[pos - o] = new
-        return dst.add(rec)
+            whole = not adding_to_base and not named
+        elif k in _TO_SPLIT:
+            whole = not adding_to_base
+        else:  # pragma: no cover - refused by _add_distilled_type_ids
+            raise DistillError(f"{d.source}: unexpected kind {kind_name(k)} of [{tid}]")
+        if whole:
+            d.id_map[tid] = d.copy(dst, bwords, o, d.base_end(tid))
 
-    def base_end(tid: int) -> int:
-        return boffs[tid] if tid < len(boffs) else len(bwords)
 
-    id_map: dict[int, int] = {}
+def _shell(d: _Distill, dst: Builder, tid: int, k: int) -> list[int]:
+    """A named struct/union as a vlen-0 type of its size; a named enum/enum64 as a vlen-0
+    ENUM (btf__add_enum, which takes sizes 1, 2, 4 and 8 only)."""
+    o = d.boffs[tid - 1]
+    size = d.bwords[o + 2]
+    if k not in COMPOSITE_KINDS:
+        if not size or size & (size - 1) or size > 8:
+            raise DistillError(f"{d.source}: enum [{tid}] has size {size}, which"
+                               " btf__add_enum() refuses")
+        k = K_ENUM
+    return [dst.add_str(d.src.str_bytes(d.bwords[o])), k << 24, size]
 
-    def add_types(dst: Builder) -> None:
-        adding_to_base = dst.start_id == 1
-        for tid in order:
-            o = boffs[tid - 1]
-            info = bwords[o + 1]
-            k = kind_of(info)
-            named = bwords[o] != 0
-            if k in (K_INT, K_FLOAT, K_FWD):
-                if not adding_to_base:
-                    continue
-                new = copy(dst, bwords, o, base_end(tid))
-            elif k in COMPOSITE_KINDS:
-                if adding_to_base:
-                    if not named:
-                        continue
-                    new = dst.add([dst.add_str(src_str(bwords[o])), k << 24, bwords[o + 2]])
-                else:
-                    if named:
-                        continue
-                    new = copy(dst, bwords, o, base_end(tid))
-            elif k in (K_ENUM, K_ENUM64):
-                if adding_to_base:
-                    if not named:
-                        continue
-                    size = bwords[o + 2]
-                    if not size or size & (size - 1) or size > 8:
-                        raise DistillError(f"{source}: enum [{tid}] has size {size}, which"
-                                           " btf__add_enum() refuses")
-                    new = dst.add([dst.add_str(src_str(bwords[o])), K_ENUM << 24, size])
-                else:
-                    if named:
-                        continue
-                    new = copy(dst, bwords, o, base_end(tid))
-            elif k in _TO_SPLIT:
-                if adding_to_base:
-                    continue
-                new = copy(dst, bwords, o, base_end(tid))
-            else:  # pragma: no cover - filtered in step 1
-                raise DistillError(f"{source}: unexpected kind {kind_name(k)} of [{tid}]")
-            id_map[tid] = new
 
-    # 2. the distilled base
-    new_base = Builder()
-    add_types(new_base)
-    # 3. the new split: all split types, then the needed types that did not go to the base
-    new_split = Builder(new_base)
+def _add_split_types(d: _Distill, dst: Builder) -> None:
+    """The split's own types, in their order, before the needed base types it takes."""
+    swords, soffs = d.swords, d.soffs
     for i, o in enumerate(soffs):
-        end = soffs[i + 1] if i + 1 < len(soffs) else len(swords)
-        copy(new_split, swords, o, end)
-    add_types(new_split)
-    # 4. renumber (every type of the new split, base types included, like libbpf)
+        d.copy(dst, swords, o, soffs[i + 1] if i + 1 < len(soffs) else len(swords))
+
+
+def _update_distilled_type_ids(d: _Distill, new_base: Builder, new_split: Builder) -> None:
+    """btf_update_distilled_type_ids: needed base ids become their new ids, split ids move
+    down by the types the base lost; over every type of both, like libbpf."""
+    split_start, id_map = d.split_start, d.id_map
     diff = split_start - new_base.type_count
     for b in (new_base, new_split):
         w = b.words
@@ -269,7 +263,3 @@ def distill(src: Btf, *, source: str = "module") -> DistillResult:
                     w[pos] = m
                 elif v >= split_start:
                     w[pos] = v - diff
-    base_btf = new_base.to_btf(None, f"{source}:.BTF.base")
-    split_btf = new_split.to_btf(base_btf, f"{source}:.BTF")
-    del n
-    return DistillResult(base_btf, split_btf, needed, id_map)
