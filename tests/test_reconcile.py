@@ -51,11 +51,10 @@ from btfreconciled.reconcile import (
 from btfreconciled.reconcile.fields import FIELDS_ALL, FIELDS_EMBEDDED, build_expects
 from btfreconciled.reconcile.relocate import _MAX_PATHS as MAX_PATHS
 from btfreconciled.reconcile.relocate import (
+    PreparedSplit,
     _embedded,
     _embedded_reverse,
     _rewrite,
-    _Split,
-    dist_types_of,
     embedded_ids,
 )
 from btfreconciled.reconcile.wire import id_slots, record_offsets, str_slots
@@ -596,7 +595,7 @@ def test_module_without_anonymous_base_refs_comes_back_identical_in_dump():
     assert dump_raw(back) == dump_raw(orig)
 
 
-def _embedded_scan(sp: _Split, nr_dist: int, end: int, want_paths: bool
+def _embedded_scan(sp: PreparedSplit, nr_dist: int, end: int, want_paths: bool
                    ) -> tuple[set[int], dict[int, list[str]]]:
     """libbpf's btf_mark_embedded_composite_type_ids over split ids [nr_dist, end), walked
     forwards as the C code does: the reference the product's _embedded_reverse must equal."""
@@ -644,7 +643,7 @@ def _embedded_scan(sp: _Split, nr_dist: int, end: int, want_paths: bool
 @pytest.mark.parametrize("embed", ["value", "typedef-array", "pointer"])
 def test_reverse_embedded_search_equals_libbpf_forward_walk(embed, built):
     for split in (_struct_module(embed)[1], distill(built[1]).split):
-        sp = _Split(split, dist_types_of(split.base))
+        sp = PreparedSplit(split)
         comps = {d.id for d in sp.dist if d.kind in (4, 5)}
         fwd = _embedded_scan(sp, split.base.type_count, split.type_count, True)
         rev = _embedded_reverse(sp, comps, split.type_count, True)
@@ -693,10 +692,10 @@ def test_lane_index_relocation_equals_plain_loop(n_ints):
     dist = distill(reparse(s, base))
     # a target where the same ints sit elsewhere and their names at other offsets
     target = target_of(vm(reversed(range(n_ints))))
-    fast = Btf.parse(dist.split.to_bytes(), base=dist.base, validate=False)
-    assert prepare(fast).lanes is not None and prepare(fast).lanes.ok
-    assert prepare(fast).lanes.wide == (n_ints > 253)
-    slow = Btf.parse(dist.split.to_bytes(), base=dist.base, validate=False)
-    prepare(slow).lanes = None
+    fast = prepare(Btf.parse(dist.split.to_bytes(), base=dist.base, validate=False))
+    assert fast.lanes is not None and fast.lanes.ok
+    assert fast.lanes.wide == (n_ints > 253)
+    slow = prepare(Btf.parse(dist.split.to_bytes(), base=dist.base, validate=False))
+    slow.lanes = None
     a, b = relocate(fast, target), relocate(slow, target)
     assert a.ok and b.ok and a.data == b.data

@@ -16,7 +16,7 @@ from .wire import WireError, id_slots, str_slots
 
 
 class LaneSource(Protocol):
-    """What `_LaneIndex` reads of a prepared split BTF (relocate.py's `_Split`); a protocol
+    """What `_LaneIndex` reads of a prepared split BTF (relocate.py's `PreparedSplit`); a protocol
     here, so that lanes.py does not import relocate.py, which imports it."""
 
     words: array

@@ -33,7 +33,6 @@ every problem instead of stopping at the first.
 from __future__ import annotations
 
 import sys
-import weakref
 from array import array
 from bisect import bisect_right
 from dataclasses import dataclass, field
@@ -110,25 +109,23 @@ def dist_types_of(dist: Btf) -> list[DistType]:
     return out
 
 
-class _Split:
-    """The module's split types as words, with kind/next lookups across split and base."""
+class PreparedSplit:
+    """A module's split types indexed for relocation: record offsets, kind/label lookups
+    across split and distilled base, and the lane code plane the rewrite uses (libbpf builds
+    its type-offset index at parse time likewise). Whoever relocates one module several times
+    keeps this and passes it instead of the Btf; nothing else holds on to it."""
 
-    def __init__(self, split: Btf, dist: list[DistType]) -> None:
-        # weak: _split_cache is keyed by this Btf, and a strong reference from the value
-        # would keep every module ever prepared (its words, lanes) alive for good
-        self._btf = weakref.ref(split)
+    def __init__(self, split: Btf) -> None:
+        if split.base is None:
+            raise ValueError("prepare() needs split BTF")
+        self.btf = split
         self.words, self.offs = split.wire_records()
         self.start = split.start_id
-        self.dist = dist
-
-    _masks: tuple[bytes, bytes] | None = None
-    lanes: _LaneIndex | None = None
-
-    @property
-    def btf(self) -> Btf:
-        split = self._btf()
-        assert split is not None, "a _Split outlived its Btf"
-        return split
+        self.dist = dist_types_of(split.base)
+        self._masks: tuple[bytes, bytes] | None = None
+        self.lanes: _LaneIndex | None = None
+        if len(self.offs) > 64 and sys.byteorder == "little":
+            self.lanes = _LaneIndex(self, split.base.type_count, split.base.str_end)
 
     def lane_masks(self) -> tuple[bytes, bytes]:
         if self._masks is None:
@@ -148,25 +145,12 @@ class _Split:
         return self.dist[tid - 1].label
 
 
-_split_cache: weakref.WeakKeyDictionary[Btf, _Split] = weakref.WeakKeyDictionary()
+def prepare(split: Btf | PreparedSplit) -> PreparedSplit:
+    """`split` indexed for relocation (see PreparedSplit)."""
+    return split if isinstance(split, PreparedSplit) else PreparedSplit(split)
 
 
-def prepare(split: Btf) -> _Split:
-    """Index a parsed module split BTF for relocation (record offsets, which words are ids
-    and strings, and the lane code plane used by the rewrite). Done once per parsed module,
-    like libbpf's type-offset index at parse time; relocate() calls it when needed."""
-    sp = _split_cache.get(split)
-    if sp is None:
-        if split.base is None:
-            raise ValueError("prepare() needs split BTF")
-        sp = _Split(split, dist_types_of(split.base))
-        if len(sp.offs) > 64 and sys.byteorder == "little":
-            sp.lanes = _LaneIndex(sp, split.base.type_count, split.base.str_end)
-        _split_cache[split] = sp
-    return sp
-
-
-def _embedded_forward(sp: _Split, targets: set[int], end: int) -> set[int]:
+def _embedded_forward(sp: PreparedSplit, targets: set[int], end: int) -> set[int]:
     """Which of the distilled structs/unions `targets` a split STRUCT/UNION member (of split
     ids below `end`) embeds: the distinct member types of all those records, gathered with
     one slice per record, each followed through CONST/VOLATILE/RESTRICT/TYPEDEF/TYPE_TAG/
@@ -204,7 +188,7 @@ def _embedded_forward(sp: _Split, targets: set[int], end: int) -> set[int]:
     return marked
 
 
-def _embedded(sp: _Split, targets: set[int], end: int, want_paths: bool
+def _embedded(sp: PreparedSplit, targets: set[int], end: int, want_paths: bool
               ) -> tuple[set[int], dict[int, list[str]]]:
     """_embedded_reverse's answer: the marking in one forward pass, then the member paths
     (wanted for messages) searched backwards for the marked types only."""
@@ -214,7 +198,7 @@ def _embedded(sp: _Split, targets: set[int], end: int, want_paths: bool
     return _embedded_reverse(sp, marked, end, True)
 
 
-def _embedded_reverse(sp: _Split, targets: set[int], end: int, want_paths: bool
+def _embedded_reverse(sp: PreparedSplit, targets: set[int], end: int, want_paths: bool
                       ) -> tuple[set[int], dict[int, list[str]]]:
     """The same marking as libbpf's forward walk, found backwards: for each distilled struct/union
     in `targets`, the split CONST/VOLATILE/RESTRICT/TYPEDEF/TYPE_TAG/ARRAY types that lead to
@@ -272,15 +256,12 @@ def _embedded_reverse(sp: _Split, targets: set[int], end: int, want_paths: bool
     return marked, paths
 
 
-def embedded_ids(split: Btf) -> tuple[set[int], dict[int, list[str]]]:
+def embedded_ids(split: Btf | PreparedSplit) -> tuple[set[int], dict[int, list[str]]]:
     """Distilled ids of the base structs/unions split BTF embeds by value (every split type
     scanned), with up to four member paths each (`struct my_dev.work -> struct work_struct`)."""
-    dist_btf = split.base
-    if dist_btf is None:
-        raise ValueError("embedded_ids() needs split BTF")
     sp = prepare(split)
     comps = {d.id for d in sp.dist if d.kind in COMPOSITE_KINDS}
-    return _embedded(sp, comps, split.type_count, True)
+    return _embedded(sp, comps, sp.btf.type_count, True)
 
 
 def _candidate_info(c: Candidate, target: VmlinuxIndex, why: str) -> CandidateInfo:
@@ -365,132 +346,198 @@ def _validate_dist(dist: list[DistType], module: str) -> list[Problem]:
     return []
 
 
-def relocate(split: Btf, target: VmlinuxIndex, *, embedded_rule: str = EMBEDDED_KERNEL,
-             module: str = "module", diagnose: bool = True,
-             want_embedded: bool = False) -> RelocateResult:
-    """Relocate `split` (whose base is the module's distilled base) onto `target`.
+def relocate(split: Btf | PreparedSplit, target: VmlinuxIndex, *,
+             embedded_rule: str = EMBEDDED_KERNEL, module: str = "module",
+             diagnose: bool = True, want_embedded: bool = False) -> RelocateResult:
+    """Relocate `split` (whose base is the module's distilled base) onto `target`: libbpf's
+    btf_relocate() phases, in its order.
 
     `want_embedded`: always fill RelocateResult.embedded (the field checks need it); else it
     is only computed when it can change a match or a problem is reported. `diagnose=False`
     skips the extra work that only makes messages better."""
-    dist_btf = split.base
-    if dist_btf is None or dist_btf.base is not None:
-        raise ValueError("relocate() needs split BTF whose base is a distilled base BTF")
-    sp = prepare(split)
-    dist = sp.dist
-    nr_dist = dist_btf.type_count
-    problems = _validate_dist(dist, module)
-    if problems:
-        return RelocateResult(False, None, problems, {}, dist, set())
     if embedded_rule not in (EMBEDDED_KERNEL, EMBEDDED_LIBBPF_1_5):
         raise ValueError(f"unknown embedded rule {embedded_rule!r}")
-    nr_types = split.type_count
-    nr_split = nr_types - nr_dist
-    scan_end = nr_types if embedded_rule == EMBEDDED_KERNEL else nr_split
-    # Embedding only matters for a distilled struct/union that vmlinux has in another size.
-    comps = {d.id for d in dist if d.kind in COMPOSITE_KINDS}
-    needed = {d.id for d in dist if d.id in comps
-              and any(c.size != d.size for c in target.candidates(d.name))}
-    need = bool(needed)
-    embedded_all: set[int] = set()
-    paths: dict[int, list[str]] = {}
-    if want_embedded:  # (the member paths only when a problem is reported: below)
-        embedded_all, _ = _embedded(sp, comps, nr_types, False)
-    if want_embedded and scan_end >= nr_types:
-        embedded = embedded_all & needed
-    elif need:
-        embedded, _ = _embedded(sp, needed, scan_end, False)
-    else:
-        embedded = set()
+    r = _Relocation.of(prepare(split), target, module, diagnose)
+    r.problems = _validate_distilled_base(r)
+    if r.problems:
+        return r.result(False)
+    _mark_embedded(r, embedded_rule, want_embedded)
+    _map_distilled_base(r)
+    if r.problems:
+        return r.result(False)
+    data = _rewrite_type_ids_and_strs(r)
+    return r.result(data is not None, data)
 
-    id_map: dict[int, int] = {}
-    str_map: dict[int, tuple[int, int]] = {}  # dist name_off -> (target id, target name_off)
+
+@dataclass
+class _Relocation:
+    """libbpf's struct btf_relocate: the prepared module, the target, and what the phases
+    decide."""
+
+    sp: PreparedSplit
+    target: VmlinuxIndex
+    module: str
+    diagnose: bool
+    problems: list[Problem] = field(default_factory=list)
+    comps: set[int] = field(default_factory=set)  # distilled struct/union ids
+    embedded: set[int] = field(default_factory=set)  # those the matching must treat so
+    embedded_all: set[int] = field(default_factory=set)  # all embedded ones, when known
+    paths: dict[int, list[str]] = field(default_factory=dict)  # member paths, for messages
+    diagnosed: bool = False  # embedded_all and paths found with the paths
+    id_map: dict[int, int] = field(default_factory=dict)  # distilled id -> target id
+    # distilled name offset -> (target id, target name offset), the highest id wins
+    str_map: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, sp: PreparedSplit, target: VmlinuxIndex, module: str,
+           diagnose: bool) -> _Relocation:
+        dist_btf = sp.btf.base
+        if dist_btf is None or dist_btf.base is not None:
+            raise ValueError("relocate() needs split BTF whose base is a distilled base BTF")
+        comps = {d.id for d in sp.dist if d.kind in COMPOSITE_KINDS}
+        return cls(sp, target, module, diagnose, comps=comps, diagnosed=not diagnose)
+
+    @property
+    def nr_dist(self) -> int:
+        return len(self.sp.dist) + 1  # the distilled base's type count, void included
+
+    def find_paths(self) -> None:
+        """Every embedded struct/union with its member paths, once, for a problem's text."""
+        if not self.diagnosed:
+            self.embedded_all, self.paths = _embedded(self.sp, self.comps,
+                                                      self.sp.btf.type_count, True)
+            self.diagnosed = True
+
+    def result(self, ok: bool, data: bytes | None = None) -> RelocateResult:
+        return RelocateResult(ok, data, self.problems, self.id_map, self.sp.dist,
+                              self.embedded_all, self.paths)
+
+
+def _validate_distilled_base(r: _Relocation) -> list[Problem]:
+    """btf_relocate_validate_distilled_base: named INT FLOAT ENUM STRUCT UNION FWD only."""
+    for d in r.sp.dist:
+        if d.kind not in _DIST_KINDS:
+            return [Problem("invalid-base", ERROR,
+                            f"{r.module}: .BTF.base type [{d.id}] has kind {kind_name(d.kind)},"
+                            " which a distilled base may not contain",
+                            expected_dict(d.id, d.kind, d.name.decode(errors="replace"), None))]
+        if not d.name_off:
+            return [Problem("invalid-base", ERROR,
+                            f"{r.module}: .BTF.base type [{d.id}] ({kind_name(d.kind)}) is"
+                            " anonymous; a distilled base holds named types only",
+                            expected_dict(d.id, d.kind, "", d.size))]
+    return []
+
+
+def _mark_embedded(r: _Relocation, embedded_rule: str, want_embedded: bool) -> None:
+    """btf_mark_embedded_composite_type_ids, only where it can matter: a distilled
+    struct/union that vmlinux has in another size (or everything, when asked)."""
+    sp, target = r.sp, r.target
+    nr_types = sp.btf.type_count
+    # libbpf 1.5.0 stops the scan at the split type count (see the module docstring)
+    scan_end = nr_types if embedded_rule == EMBEDDED_KERNEL else nr_types - r.nr_dist
+    needed = {d.id for d in sp.dist if d.id in r.comps
+              and any(c.size != d.size for c in target.candidates(d.name))}
+    if want_embedded:  # (the member paths only when a problem is reported)
+        r.embedded_all, _ = _embedded(sp, r.comps, nr_types, False)
+    if want_embedded and scan_end >= nr_types:
+        r.embedded = r.embedded_all & needed
+    elif needed:
+        r.embedded, _ = _embedded(sp, needed, scan_end, False)
+
+
+def _map_distilled_base(r: _Relocation) -> None:
+    """btf_relocate_map_distilled_base: each distilled type to the one compatible vmlinux
+    type, every problem collected instead of stopping at the first."""
+    target, module = r.target, r.module
     # void takes part in libbpf's name search with the empty name
     for c in target.candidates(b""):
         if c.kind == K_FWD or (c.kind in COMPOSITE_KINDS
                                and target.composites_named(c.name_off) < 2) or c.size == 0:
-            problems.append(Problem("invalid-base", ERROR,
-                                    f"{module}: vmlinux type [{c.id}] has an empty name and"
-                                    " maps to the distilled void type"))
+            r.problems.append(Problem("invalid-base", ERROR,
+                                      f"{module}: vmlinux type [{c.id}] has an empty name and"
+                                      " maps to the distilled void type"))
             break
-    diagnosed = not diagnose
-
-    def diag_embedded() -> None:
-        nonlocal embedded_all, paths, diagnosed
-        if not diagnosed:
-            embedded_all, paths = _embedded(sp, comps, nr_types, True)
-            diagnosed = True
-
-    for d in dist:
-        is_emb = d.id in embedded
-        hits, misses = _match(d, target, is_emb)
-        name = d.name.decode("utf-8", "replace")
+    for d in r.sp.dist:
+        hits, misses = _match(d, target, d.id in r.embedded)
         if len(hits) == 1:
             c = hits[0]
-            id_map[d.id] = c.id
-            prev = str_map.get(d.name_off)
+            r.id_map[d.id] = c.id
+            prev = r.str_map.get(d.name_off)
             if prev is None or prev[0] < c.id:
-                str_map[d.name_off] = (c.id, c.name_off)
-            continue
-        size = None if d.kind == K_FWD else d.size
-        diag_embedded()
-        emb = d.id in embedded_all if d.kind in COMPOSITE_KINDS else None
-        if not hits:
-            cands = [_candidate_info(c, target, why) for c, why in misses]
-            if not cands and diagnose:
-                cands = _other_kinds(target, d)
-            what = "no type of that name" if not misses else "no compatible type"
-            summary = f"{module}: {d.label}"
-            if size is not None and d.kind != K_FWD:
-                summary += f" (size {d.size})"
-            summary += f" expected by the module: vmlinux has {what}"
-            if misses:
-                summary += " (" + "; ".join(
-                    f"[{c.id}] {type_label(c.kind, name)} {why}" for c, why in misses[:3]) + ")"
-            problems.append(Problem("unmapped", ERROR, summary,
-                                    expected_dict(d.id, d.kind, name, size), cands, emb,
-                                    paths.get(d.id, [])))
+                r.str_map[d.name_off] = (c.id, c.name_off)
         else:
-            cands = [_candidate_info(c, target, "") for c in hits]
-            ids = ", ".join(str(c.id) for c in hits)
-            summary = (f"{module}: {d.label} (size {d.size}) is ambiguous: vmlinux has"
-                       f" {len(hits)} equally good candidates (ids {ids})")
-            problems.append(Problem("ambiguous", ERROR, summary,
-                                    expected_dict(d.id, d.kind, name, size), cands, emb,
-                                    paths.get(d.id, [])))
-    if problems:
-        return RelocateResult(False, None, problems, id_map, dist, embedded_all, paths)
+            r.find_paths()
+            r.problems.append(_unmapped(r, d, misses) if not hits else _ambiguous(r, d, hits))
 
-    # Rewrite type ids, then string offsets, of every split record.
-    shift = target.type_count - nr_dist
-    dmap = [0] * nr_dist
-    for k, v in id_map.items():
-        dmap[k] = v
+
+def _unmapped(r: _Relocation, d: DistType, misses: list[tuple[Candidate, str]]) -> Problem:
+    name = d.name.decode("utf-8", "replace")
+    size = None if d.kind == K_FWD else d.size
+    cands = [_candidate_info(c, r.target, why) for c, why in misses]
+    if not cands and r.diagnose:
+        cands = _other_kinds(r.target, d)
+    what = "no type of that name" if not misses else "no compatible type"
+    summary = f"{r.module}: {d.label}"
+    if size is not None:
+        summary += f" (size {d.size})"
+    summary += f" expected by the module: vmlinux has {what}"
+    if misses:
+        summary += " (" + "; ".join(
+            f"[{c.id}] {type_label(c.kind, name)} {why}" for c, why in misses[:3]) + ")"
+    return Problem("unmapped", ERROR, summary, expected_dict(d.id, d.kind, name, size), cands,
+                   _embedded_flag(r, d), r.paths.get(d.id, []))
+
+
+def _ambiguous(r: _Relocation, d: DistType, hits: list[Candidate]) -> Problem:
+    name = d.name.decode("utf-8", "replace")
+    size = None if d.kind == K_FWD else d.size
+    ids = ", ".join(str(c.id) for c in hits)
+    summary = (f"{r.module}: {d.label} (size {d.size}) is ambiguous: vmlinux has"
+               f" {len(hits)} equally good candidates (ids {ids})")
+    return Problem("ambiguous", ERROR, summary, expected_dict(d.id, d.kind, name, size),
+                   [_candidate_info(c, r.target, "") for c in hits], _embedded_flag(r, d),
+                   r.paths.get(d.id, []))
+
+
+def _embedded_flag(r: _Relocation, d: DistType) -> bool | None:
+    return d.id in r.embedded_all if d.kind in COMPOSITE_KINDS else None
+
+
+def _rewrite_type_ids_and_strs(r: _Relocation) -> bytes | None:
+    """btf_relocate_rewrite_type_id + btf_relocate_rewrite_strs over every split record:
+    split ids move by (target types - distilled types), distilled ids become their matches;
+    string offsets past the distilled strings move by (target - distilled string size), the
+    others become the name offsets of the matched vmlinux types. None (with a problem) when
+    a distilled string names no distilled type."""
+    sp, split = r.sp, r.sp.btf
+    dist_btf = split.base
+    assert dist_btf is not None
+    nr_dist = r.nr_dist
+    id_shift = r.target.type_count - nr_dist
+    dist_ids = [0] * nr_dist  # distilled id -> target id
+    for k, v in r.id_map.items():
+        dist_ids[k] = v
     dist_str_len = dist_btf.str_end
-    smap = {k: v[1] for k, v in str_map.items()}
-    sshift = target.str_len - dist_str_len
+    dist_strs = {k: v[1] for k, v in r.str_map.items()}
+    str_shift = r.target.str_len - dist_str_len
     out = None
     if sp.lanes is not None and sp.lanes.ok:
-        out = sp.lanes.apply(dmap, shift, sshift, smap)
-    if isinstance(out, int):
-        bad: int | None = out
-    elif out is not None:
-        bad = None
-        return RelocateResult(True, serialize_parts_raw(split, out), [], id_map, dist,
-                              embedded_all, paths)
-    else:
+        out = sp.lanes.apply(dist_ids, id_shift, str_shift, dist_strs)
+    if isinstance(out, bytes):
+        return serialize_parts_raw(split, out)
+    bad = out
+    if bad is None:  # the lanes cannot take this one: slot by slot
         w = array("I", sp.words)
-        bad = _rewrite(w, sp.offs, nr_dist, shift, dmap, dist_str_len, sshift, smap)
-    if bad is not None:
-        s = dist_btf.name_of(bad)
-        problems.append(Problem(
-            "unmapped-string", ERROR,
-            f"{module}: string '{s}' [offset {bad}] of the module's types is in the"
-            " distilled base but names no distilled type, so it cannot be mapped"))
-        return RelocateResult(False, None, problems, id_map, dist, embedded_all, paths)
-    return RelocateResult(True, serialize(split, w), [], id_map, dist, embedded_all, paths)
-
-
+        bad = _rewrite(w, sp.offs, nr_dist, id_shift, dist_ids, dist_str_len, str_shift,
+                       dist_strs)
+        if bad is None:
+            return serialize(split, w)
+    r.problems.append(Problem(
+        "unmapped-string", ERROR,
+        f"{r.module}: string '{dist_btf.name_of(bad)}' [offset {bad}] of the module's types is"
+        " in the distilled base but names no distilled type, so it cannot be mapped"))
+    return None
 def _rewrite(w: array, offs: list[int], nr_dist: int, shift: int, dmap: list[int],
              dsl: int, sshift: int, smap: dict[int, int]) -> int | None:
     """Rewrite ids and string offsets of the records at `offs` in place, one slot at a time
