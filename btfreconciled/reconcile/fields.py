@@ -16,7 +16,6 @@ same bit offset, bitfield size and a compatible type.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -62,18 +61,6 @@ STRICT_CHOICES = ("off", "embedded", "all")
 FIELDS_EMBEDDED, FIELDS_ALL = "embedded", "all"
 
 
-_words_cache: weakref.WeakKeyDictionary[Btf, tuple[Any, list[int]]] = \
-    weakref.WeakKeyDictionary()
-
-
-def _words(b: Btf) -> tuple[Any, list[int]]:
-    got = _words_cache.get(b)
-    if got is None:
-        got = b.wire_records()
-        _words_cache[b] = got
-    return got
-
-
 class _View:
     """Word-level reads of one Btf (and its bases) by type id."""
 
@@ -82,7 +69,7 @@ class _View:
         chain = []
         b: Btf | None = btf
         while b is not None:
-            w, offs = _words(b)
+            w, offs = b.wire_records()
             chain.append((b.start_id, w, offs))
             b = b.base
         self.chain = chain
@@ -126,107 +113,121 @@ def build_expects(src: Btf, dist: DistillResult, embedded_ids: set[int], mode: s
     `embedded_ids`: original vmlinux ids of the named structs/unions the module embeds;
     `mode` FIELDS_EMBEDDED records those, FIELDS_ALL every named struct/union it references.
     """
-    vm = _View(src)
-    base = dist.base
-    out = Builder()
-    # ids of the distilled base in original vmlinux terms, in distilled order
-    by_new = {new: old for old, new in dist.id_map.items() if new < base.type_count}
-    prefix: list[int] = [by_new[i] for i in range(1, base.type_count)]
-    conv: dict[int, int] = {old: i + 1 for i, old in enumerate(prefix)}
-    fwds: dict[tuple[str, int], int] = {}
+    w = _ExpectsWriter(_View(src), dist)
     record = set(embedded_ids) if mode == FIELDS_EMBEDDED else {
-        t for t in prefix if vm.kind(t) in COMPOSITE_KINDS}
+        t for t in w.prefix if w.vm.kind(t) in COMPOSITE_KINDS}
+    pending = w.write_prefix(record)
+    filled = {new: w.members_of(old) for old, new in pending}
+    return w.with_members(filled).to_bytes()
 
-    def s(tid: int) -> int:
-        return out.add_str(vm.name(tid).encode("utf-8", "surrogateescape"))
 
-    pending: list[tuple[int, int]] = []  # (vmlinux id, expects id) composites to fill
-    # 1. the distilled-base-shaped prefix; recorded composites get members in pass 2
-    for old in prefix:
-        w, o = vm.rec(old)
-        info = w[o + 1]
-        k = kind_of(info)
-        if k in COMPOSITE_KINDS:
-            new = out.add([s(old), k << 24, w[o + 2]])
-            if old in record:
-                pending.append((old, new))
-        elif k in (K_ENUM, K_ENUM64):
-            out.add([s(old), K_ENUM << 24, w[o + 2]])
-        elif k == K_INT:
-            out.add([s(old), info, w[o + 2], w[o + INT_DATA]])
-        else:  # FLOAT, FWD
-            out.add([s(old), info, w[o + 2]])
-    # a sentinel anonymous type ends the distilled-base prefix
-    out.add([0, K_PTR << 24, 0])
+class _ExpectsWriter:
+    """The section under construction: vmlinux ids (of the module's build) -> expects ids."""
 
-    def member_type(tid: int) -> int:
+    def __init__(self, vm: _View, dist: DistillResult) -> None:
+        self.vm = vm
+        self.out = Builder()
+        base = dist.base
+        # the distilled base in original vmlinux ids, in distilled order
+        by_new = {new: old for old, new in dist.id_map.items() if new < base.type_count}
+        self.prefix: list[int] = [by_new[i] for i in range(1, base.type_count)]
+        self.conv: dict[int, int] = {old: i + 1 for i, old in enumerate(self.prefix)}
+        self.fwds: dict[tuple[str, int], int] = {}  # (name, is union) -> FWD id
+
+    def name(self, tid: int) -> int:
+        return self.out.add_str(self.vm.name(tid).encode("utf-8", "surrogateescape"))
+
+    def write_prefix(self, record: set[int]) -> list[tuple[int, int]]:
+        """One type per distilled-base type, members dropped, then a sentinel anonymous PTR
+        that ends the prefix. Returns the (vmlinux id, expects id) of the composites in
+        `record`, whose members with_members() puts back."""
+        pending = []
+        vm, out = self.vm, self.out
+        for old in self.prefix:
+            w, o = vm.rec(old)
+            info = w[o + 1]
+            k = kind_of(info)
+            if k in COMPOSITE_KINDS:
+                new = out.add([self.name(old), k << 24, w[o + 2]])
+                if old in record:
+                    pending.append((old, new))
+            elif k in (K_ENUM, K_ENUM64):
+                out.add([self.name(old), K_ENUM << 24, w[o + 2]])
+            elif k == K_INT:
+                out.add([self.name(old), info, w[o + 2], w[o + INT_DATA]])
+            else:  # FLOAT, FWD
+                out.add([self.name(old), info, w[o + 2]])
+        out.add([0, K_PTR << 24, 0])
+        return pending
+
+    def member_type(self, tid: int) -> int:
+        """The expects id standing for member type `tid` (modifiers and typedefs resolved
+        away), added on first use."""
+        vm, out = self.vm, self.out
         tid = vm.resolve(tid)
         if not tid:
             return 0
-        if tid in conv:
-            return conv[tid]
+        if tid in self.conv:
+            return self.conv[tid]
         w, o = vm.rec(tid)
         info = w[o + 1]
         k = kind_of(info)
         named = w[o] != 0
         if k == K_PTR:
-            tgt = vm.resolve(w[o + 2])
-            tk = vm.kind(tgt)
-            if tk in (K_STRUCT, K_UNION, K_FWD) and vm.name(tgt):
-                union = 1 if tk == K_UNION or (tk == K_FWD and kflag_of(vm.rec(tgt)[0][
-                    vm.rec(tgt)[1] + 1])) else 0
-                key = (vm.name(tgt), union)
-                f = fwds.get(key)
-                if f is None:
-                    f = out.add([s(tgt), union << 31 | K_FWD << 24, 0])
-                    fwds[key] = f
-                pointee = f
-            elif tk in (K_INT, K_FLOAT, K_ENUM, K_ENUM64) and vm.name(tgt):
-                pointee = member_type(tgt)
-            else:
-                pointee = 0
-            new = out.add([0, K_PTR << 24, pointee])
+            new = out.add([0, K_PTR << 24, self.pointee(w[o + 2])])
         elif k == K_ARRAY:
-            elem = member_type(w[o + ARRAY_TYPE])
-            index = member_type(w[o + ARRAY_INDEX])
+            elem = self.member_type(w[o + ARRAY_TYPE])
+            index = self.member_type(w[o + ARRAY_INDEX])
             new = out.add([0, K_ARRAY << 24, 0, elem, index, w[o + ARRAY_NELEMS]])
         elif k in COMPOSITE_KINDS:
-            new = out.add([s(tid), k << 24, w[o + 2]]) if named else _composite(tid)
+            new = out.add([self.name(tid), k << 24, w[o + 2]]) if named else \
+                out.add([0, info, w[o + 2], *self.members_of(tid)])
         elif k in (K_ENUM, K_ENUM64):
-            new = out.add([s(tid) if named else 0, K_ENUM << 24, w[o + 2]])
+            new = out.add([self.name(tid) if named else 0, K_ENUM << 24, w[o + 2]])
         elif k == K_INT:
-            new = out.add([s(tid), info, w[o + 2], w[o + INT_DATA]])
+            new = out.add([self.name(tid), info, w[o + 2], w[o + INT_DATA]])
         elif k in (K_FLOAT, K_FWD):
-            new = out.add([s(tid), info, w[o + 2]])
+            new = out.add([self.name(tid), info, w[o + 2]])
         else:  # FUNC_PROTO etc. are never member types by value
             return 0
-        conv[tid] = new
+        self.conv[tid] = new
         return new
 
-    def members_of(tid: int) -> list[int]:
+    def pointee(self, tid: int) -> int:
+        """A pointer's target: a FWD for a named struct/union, the type itself for a named
+        int/float/enum, else void."""
+        vm = self.vm
+        tgt = vm.resolve(tid)
+        tk = vm.kind(tgt)
+        if tk in (K_STRUCT, K_UNION, K_FWD) and vm.name(tgt):
+            w, o = vm.rec(tgt)
+            union = 1 if tk == K_UNION or (tk == K_FWD and kflag_of(w[o + 1])) else 0
+            key = (vm.name(tgt), union)
+            f = self.fwds.get(key)
+            if f is None:
+                f = self.fwds[key] = self.out.add([self.name(tgt), union << 31 | K_FWD << 24, 0])
+            return f
+        if tk in (K_INT, K_FLOAT, K_ENUM, K_ENUM64) and vm.name(tgt):
+            return self.member_type(tgt)
+        return 0
+
+    def members_of(self, tid: int) -> list[int]:
+        vm, out = self.vm, self.out
         w, o = vm.rec(tid)
-        info = w[o + 1]
-        out_words: list[int] = []
-        for m in range(vlen_of(info)):
+        words: list[int] = []
+        for m in range(vlen_of(w[o + 1])):
             p = o + ITEMS + MEMBER_WORDS * m
-            mt = member_type(w[p + MEMBER_TYPE])
+            mt = self.member_type(w[p + MEMBER_TYPE])
             no = w[p + MEMBER_NAME]
-            name = out.add_str(vm.btf.str_bytes(no)) if no else 0
-            out_words += (name, mt, w[p + MEMBER_OFFSET])
-        return out_words
+            words += (out.add_str(vm.btf.str_bytes(no)) if no else 0, mt, w[p + MEMBER_OFFSET])
+        return words
 
-    def _composite(tid: int) -> int:
-        w, o = vm.rec(tid)
-        info = w[o + 1]
-        mem = members_of(tid)
-        return out.add([0, info, w[o + 2], *mem])
-
-    # 2. member lists of the recorded composites, written as later full copies would be
-    #    impossible to splice into the prefix; so the prefix record is rebuilt in place.
-    filled: dict[int, list[int]] = {}
-    for old, new in pending:
-        filled[new] = members_of(old)
-    if filled:
+    def with_members(self, filled: dict[int, list[int]]) -> Builder:
+        """The section with the recorded composites' members put back into their prefix
+        records (rebuilt: records cannot grow in place)."""
+        out = self.out
+        if not filled:
+            return out
         rebuilt = Builder()
         rebuilt.strs = out.strs
         rebuilt.lookup = out.lookup
@@ -241,8 +242,7 @@ def build_expects(src: Btf, dist: DistillResult, embedded_ids: set[int], mode: s
                     rec[1] |= 1 << 31  # bitfield offsets
                 rec += mem
             rebuilt.add(rec)
-        out = rebuilt
-    return out.to_bytes()
+        return rebuilt
 
 
 def derive_base(expects: Btf) -> bytes:
@@ -354,20 +354,42 @@ def flatten(v: _View, tid: int) -> dict[str, FieldInfo]:
     return out
 
 
-# vmlinux structs/unions flattened once per target: every module that records, say,
-# struct work_struct compares against the same vmlinux layout
-_target_layouts: weakref.WeakKeyDictionary[Btf, dict[int, dict[str, FieldInfo]]] = \
-    weakref.WeakKeyDictionary()
-
-
-def _target_layout(tv: _View, vid: int) -> dict[str, FieldInfo]:
-    memo = _target_layouts.get(tv.btf)
-    if memo is None:
-        memo = _target_layouts[tv.btf] = {}
-    got = memo.get(vid)
+def _target_layout(target: VmlinuxIndex, tv: _View, vid: int) -> dict[str, FieldInfo]:
+    got = target.flat_layouts.get(vid)
     if got is None:
-        got = memo[vid] = flatten(tv, vid)
+        got = target.flat_layouts[vid] = flatten(tv, vid)
     return got
+
+
+def _compare_members(label: str, exp: dict[str, FieldInfo], have: dict[str, FieldInfo]
+                     ) -> list[dict[str, Any]]:
+    """Each recorded member against vmlinux's: gone, moved, bitfield resized, type changed."""
+    mismatches: list[dict[str, Any]] = []
+    for mname, e in exp.items():
+        h = have.get(mname)
+        if h is None:
+            mismatches.append({"member": mname, "problem": "missing",
+                               "old_offset": e.bit_offset, "old_size": e.bitfield_size,
+                               "text": f"{label}.{mname}: gone (was at bit {e.bit_offset},"
+                                       f" {e.type_text})"})
+            continue
+        if h.bit_offset != e.bit_offset or h.bitfield_size != e.bitfield_size:
+            what = "moved" if h.bit_offset != e.bit_offset else "bitfield size changed"
+            sz = (f", bitfield size {e.bitfield_size} -> {h.bitfield_size}"
+                  if h.bitfield_size != e.bitfield_size else "")
+            mismatches.append({"member": mname, "problem": what,
+                               "old_offset": e.bit_offset, "new_offset": h.bit_offset,
+                               "old_size": e.bitfield_size, "new_size": h.bitfield_size,
+                               "text": f"{label}.{mname}: {what}: bit offset"
+                                       f" {e.bit_offset} -> {h.bit_offset}{sz}"
+                                       f" ({e.type_text})"})
+        if not _compatible(e.shape, h.shape):
+            mismatches.append({"member": mname, "problem": "type changed",
+                               "old_offset": e.bit_offset, "new_offset": h.bit_offset,
+                               "old_type": e.type_text, "new_type": h.type_text,
+                               "text": f"{label}.{mname}: type changed: {e.type_text}"
+                                       f" -> {h.type_text}"})
+    return mismatches
 
 
 def _compatible(a: tuple, b: tuple) -> bool:
@@ -387,7 +409,7 @@ def check_fields(expects: Btf, target: VmlinuxIndex, id_map: dict[int, int],
     ev = _View(expects)
     tv = _View(target.btf)
     problems: list[Problem] = []
-    ew, eoffs = _words(expects)
+    ew, eoffs = expects.wire_records()
     for tid, o in enumerate(eoffs, expects.start_id):
         # named structs/unions with members, read from the words (no Type objects)
         info = ew[o + 1]
@@ -407,33 +429,9 @@ def check_fields(expects: Btf, target: VmlinuxIndex, id_map: dict[int, int],
         is_emb = d is not None and d in embedded
         severity = ERROR if strict == "all" or (strict == "embedded" and is_emb) else WARNING
         exp = flatten(ev, tid)
-        have = _target_layout(tv, vid)
-        mismatches: list[dict[str, Any]] = []
+        have = _target_layout(target, tv, vid)
         label = type_label(k, name)
-        for mname, e in exp.items():
-            h = have.get(mname)
-            if h is None:
-                mismatches.append({"member": mname, "problem": "missing",
-                                   "old_offset": e.bit_offset, "old_size": e.bitfield_size,
-                                   "text": f"{label}.{mname}: gone (was at bit {e.bit_offset},"
-                                           f" {e.type_text})"})
-                continue
-            if h.bit_offset != e.bit_offset or h.bitfield_size != e.bitfield_size:
-                what = "moved" if h.bit_offset != e.bit_offset else "bitfield size changed"
-                sz = (f", bitfield size {e.bitfield_size} -> {h.bitfield_size}"
-                      if h.bitfield_size != e.bitfield_size else "")
-                mismatches.append({"member": mname, "problem": what,
-                                   "old_offset": e.bit_offset, "new_offset": h.bit_offset,
-                                   "old_size": e.bitfield_size, "new_size": h.bitfield_size,
-                                   "text": f"{label}.{mname}: {what}: bit offset"
-                                           f" {e.bit_offset} -> {h.bit_offset}{sz}"
-                                           f" ({e.type_text})"})
-            if not _compatible(e.shape, h.shape):
-                mismatches.append({"member": mname, "problem": "type changed",
-                                   "old_offset": e.bit_offset, "new_offset": h.bit_offset,
-                                   "old_type": e.type_text, "new_type": h.type_text,
-                                   "text": f"{label}.{mname}: type changed: {e.type_text}"
-                                           f" -> {h.type_text}"})
+        mismatches = _compare_members(label, exp, have)
         if not mismatches:
             continue
         first = mismatches[0]["text"]

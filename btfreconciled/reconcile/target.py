@@ -8,6 +8,7 @@ we look each expected type up by name instead.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..btf.btf import Btf
 from ..btf.errors import BtfError
@@ -46,6 +47,9 @@ class VmlinuxIndex:
     # ~40 ms and ~18 MB that the daemon then holds for good.
     _cands: dict[bytes, tuple[Candidate, ...]] = field(default_factory=dict, repr=False)
     _composites: dict[int, int] = field(default_factory=dict, repr=False)
+    # vmlinux structs/unions flattened by fields.check_fields, once per target: every module
+    # that records, say, struct work_struct compares against the same layout
+    flat_layouts: dict[int, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.btf.base is not None:
