@@ -149,73 +149,66 @@ def parse_mode(where: str, value: Any) -> int:
     return mode
 
 
+@dataclass(frozen=True)
+class _Range:
+    """A number key: its type, the range it must be in, and how the error names the range."""
+
+    integer: bool  # int only; else int or float, stored as float
+    low: float
+    high: float | None
+    says: str
+
+
+_NUMBERS = {
+    "poll_interval": _Range(False, 0.05, 3600, "is out of range (0.05-3600)"),
+    "control_timeout": _Range(False, 0.1, 3600, "is out of range (0.1-3600)"),
+    "module_timeout": _Range(False, 0.1, 3600, "is out of range (0.1-3600)"),
+    "max_module_bytes": _Range(True, 1 << 20, 4 << 30, "is out of range (1 MiB - 4 GiB)"),
+    "netlink_rcvbuf": _Range(True, 4096, None, "is too small (>= 4096)"),
+}
+_CHOICES = {"strict": STRICT_POLICIES, "log_format": LOG_FORMATS, "log_level": LOG_LEVELS,
+            "events": EVENT_SOURCES, "merged_btf": MERGED_CHOICES}
+_BOOLS = {"gc", "watch_files", "accept_user_uevents"}
+_STRINGS = {"socket_group", "release"}
+
+
 def apply(cfg: Config, data: dict[str, Any], where: str) -> Config:
     """Apply the keys of ``data`` (parsed TOML) to ``cfg``; unknown keys are errors."""
     base = cfg.source.parent if cfg.source else Path.cwd()
     for key, value in data.items():
-        if key in _PATH_KEYS:
-            p = Path(_want(where, key, value, str))
-            setattr(cfg, key, p if p.is_absolute() else base / p)
-        elif key == "extra_module_dirs":
-            _want(where, key, value, list)
-            dirs = []
-            for v in value:
-                p = Path(_want(where, key, v, str))
-                dirs.append(p if p.is_absolute() else base / p)
-            cfg.extra_module_dirs = dirs
-        elif key == "socket_mode":
-            cfg.socket_mode = parse_mode(where, value)
-        elif key == "socket_group":
-            cfg.socket_group = _want(where, key, value, str)
-        elif key == "strict":
-            cfg.strict = _choice(where, key, value, STRICT_POLICIES)
-        elif key == "log_format":
-            cfg.log_format = _choice(where, key, value, LOG_FORMATS)
-        elif key == "log_level":
-            cfg.log_level = _choice(where, key, value, LOG_LEVELS)
-        elif key == "events":
-            cfg.events = _choice(where, key, value, EVENT_SOURCES)
-        elif key == "poll_interval":
-            v = float(_want(where, key, value, (int, float)))
-            if not 0.05 <= v <= 3600:
-                raise ConfigError(f"{where}: poll_interval: {value!r} is out of range (0.05-3600)")
-            cfg.poll_interval = v
-        elif key == "control_timeout":
-            v = float(_want(where, key, value, (int, float)))
-            if not 0.1 <= v <= 3600:
-                raise ConfigError(f"{where}: control_timeout: {value!r} is out of range "
-                                  "(0.1-3600)")
-            cfg.control_timeout = v
-        elif key == "search_dirs":
-            dirs = _want(where, key, value, list)
-            if not all(isinstance(d, str) for d in dirs):
-                raise ConfigError(f"{where}: search_dirs: expected a list of directories")
-            cfg.search_dirs = [Path(d) for d in dirs]
-        elif key == "max_module_bytes":
-            v = _want(where, key, value, int)
-            if not 1 << 20 <= v <= 4 << 30:
-                raise ConfigError(f"{where}: max_module_bytes: {value!r} is out of range "
-                                  "(1 MiB - 4 GiB)")
-            cfg.max_module_bytes = v
-        elif key == "module_timeout":
-            v = float(_want(where, key, value, (int, float)))
-            if not 0.1 <= v <= 3600:
-                raise ConfigError(f"{where}: module_timeout: {value!r} is out of range (0.1-3600)")
-            cfg.module_timeout = v
-        elif key == "merged_btf":
-            cfg.merged_btf = _choice(where, key, value, MERGED_CHOICES)
-        elif key in ("gc", "watch_files", "accept_user_uevents"):
-            setattr(cfg, key, _want(where, key, value, bool))
-        elif key == "release":
-            cfg.release = _want(where, key, value, str)
-        elif key == "netlink_rcvbuf":
-            v = _want(where, key, value, int)
-            if v < 4096:
-                raise ConfigError(f"{where}: netlink_rcvbuf: {value!r} is too small (>= 4096)")
-            cfg.netlink_rcvbuf = v
-        else:
-            raise ConfigError(f"{where}: unknown key {key!r}")
+        setattr(cfg, key, _value(key, value, where, base))
     return cfg
+
+
+def _value(key: str, value: Any, where: str, base: Path) -> Any:
+    """The checked value of config key `key` (relative paths are taken from `base`)."""
+    if key in _PATH_KEYS:
+        p = Path(_want(where, key, value, str))
+        return p if p.is_absolute() else base / p
+    if key in _NUMBERS:
+        r = _NUMBERS[key]
+        v = _want(where, key, value, int) if r.integer else \
+            float(_want(where, key, value, (int, float)))
+        if not (r.low <= v and (r.high is None or v <= r.high)):  # (NaN fails too)
+            raise ConfigError(f"{where}: {key}: {value!r} {r.says}")
+        return v
+    if key in _CHOICES:
+        return _choice(where, key, value, _CHOICES[key])
+    if key in _BOOLS:
+        return _want(where, key, value, bool)
+    if key in _STRINGS:
+        return _want(where, key, value, str)
+    if key == "socket_mode":
+        return parse_mode(where, value)
+    if key == "extra_module_dirs":
+        paths = [Path(_want(where, key, v, str)) for v in _want(where, key, value, list)]
+        return [p if p.is_absolute() else base / p for p in paths]
+    if key == "search_dirs":
+        dirs = _want(where, key, value, list)
+        if not all(isinstance(d, str) for d in dirs):
+            raise ConfigError(f"{where}: search_dirs: expected a list of directories")
+        return [Path(d) for d in dirs]
+    raise ConfigError(f"{where}: unknown key {key!r}")
 
 
 def load(path: str | os.PathLike[str] | None, *, required: bool) -> Config:
