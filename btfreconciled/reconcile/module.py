@@ -17,7 +17,7 @@ from ..elf import MAX_FILE_SIZE, BtfSections, ElfError, read_btf_sections, sha25
 from ..errors import ErrorCode
 from .diagnostics import ERROR, Problem
 from .fields import STRICT_CHOICES, check_fields, derive_base
-from .relocate import EMBEDDED_KERNEL, relocate
+from .relocate import EMBEDDED_KERNEL, RelocateResult, relocate
 from .target import VmlinuxIndex
 from .wire import WireError
 
@@ -143,47 +143,71 @@ def reconcile_module_file(path: str, target: VmlinuxIndex, *, strict: str = "emb
     unreadable or corrupt files give verdict ERROR with a one-line summary."""
     if strict not in STRICT_CHOICES:
         raise ValueError(f"strict must be one of {', '.join(STRICT_CHOICES)}")
-    t0 = time.perf_counter()
-    name = module_name or module_label(path)
-    timings: dict[str, float] = {}
-    sha = ""
-    ident: tuple[str | None, str | None] = (None, None)
-    bases: list[str] | None = None
+    run = _Run(module_name or module_label(path), str(path), time.perf_counter())
+    sections = _read(run, max_bytes)
+    if isinstance(sections, ModuleResult):
+        return sections
+    got = _relocate(run, sections, target, embedded_rule)
+    if isinstance(got, ModuleResult):
+        return got
+    return _judge(run, *got, target, strict)
 
-    def result(verdict: Verdict, summary: str, problems: list[Problem] | None = None,
+
+@dataclass
+class _Run:
+    """One reconcile_module_file call: what its result will carry, filled as it goes."""
+
+    name: str
+    path: str
+    t0: float
+    timings: dict[str, float] = field(default_factory=dict)
+    sha: str = ""
+    ident: tuple[str | None, str | None] = (None, None)  # build id, srcversion
+    bases: list[str] | None = None  # which base sections the file carries
+
+    def result(self, verdict: Verdict, summary: str, problems: list[Problem] | None = None,
                btf: bytes | None = None) -> ModuleResult:
-        timings["total"] = time.perf_counter() - t0
-        return ModuleResult(name, str(path), verdict, summary,
-                            [p.to_dict() for p in problems or []], btf, sha, timings, *ident,
-                            bases)
+        self.timings["total"] = time.perf_counter() - self.t0
+        return ModuleResult(self.name, self.path, verdict, summary,
+                            [p.to_dict() for p in problems or []], btf, self.sha,
+                            self.timings, *self.ident, self.bases)
 
-    def error(summary: str, code: ErrorCode | None = None) -> ModuleResult:
+    def error(self, summary: str, code: ErrorCode | None = None) -> ModuleResult:
         # the failure class goes out as the diagnostic's "error_code" (README), for a
         # program reading the record; none for a failure with no class (a bug)
         p = Problem("error", ERROR, summary,
                     details={"error_code": code.value} if code is not None else {})
-        return result(Verdict.ERROR, summary, [p])
+        return self.result(Verdict.ERROR, summary, [p])
 
+
+def _read(run: _Run, max_bytes: int | None) -> BtfSections | ModuleResult:
+    path = run.path
     # a module file is never larger than this: refused by its size before it is read or
     # hashed, so a sparse 100 GiB file costs no time
     file_cap = max_bytes or MAX_FILE_SIZE
     try:
         sections = read_btf_sections(path, max_size=max_bytes, max_file_size=file_cap)
-        sha = sections.sha256 or ""
-        ident = (sections.build_id, sections.srcversion)
-        bases = [n for n, d in ((".BTF.base", sections.base),
-                                (".BTF.base_expects", sections.base_expects)) if d is not None]
     except ElfError as exc:
         with contextlib.suppress(OSError, ElfError):
-            sha = sha256_file(path, max_size=file_cap)
-        return error(str(exc), exc.code)
+            run.sha = sha256_file(path, max_size=file_cap)
+        return run.error(str(exc), exc.code)
     except OSError as exc:
-        return error(f"{path}: {exc.strerror or exc}", ErrorCode.INPUT_UNREADABLE)
-    timings["read"] = time.perf_counter() - t0
+        return run.error(f"{path}: {exc.strerror or exc}", ErrorCode.INPUT_UNREADABLE)
+    run.sha = sections.sha256 or ""
+    run.ident = (sections.build_id, sections.srcversion)
+    run.bases = [n for n, d in ((".BTF.base", sections.base),
+                                (".BTF.base_expects", sections.base_expects)) if d is not None]
+    run.timings["read"] = time.perf_counter() - run.t0
+    return sections
+
+
+def _relocate(run: _Run, sections: BtfSections, target: VmlinuxIndex, embedded_rule: str
+              ) -> tuple[LoadedModule, RelocateResult] | ModuleResult:
+    path = run.path
     try:
         t = time.perf_counter()
         loaded = load_module(path, sections)
-        timings["parse"] = time.perf_counter() - t
+        run.timings["parse"] = time.perf_counter() - t
         if loaded is None:
             # the code tells a module without any BTF (built with no vmlinux in its build
             # directory) from classic split BTF: the daemon gives the first its own verdict
@@ -194,38 +218,43 @@ def reconcile_module_file(path: str, target: VmlinuxIndex, *, strict: str = "emb
                 p = Problem("no-base", "info", f"{path}: no .BTF.base or .BTF.base_expects "
                                                "section: not split-distilled, nothing to"
                                                " reconcile")
-            return result(Verdict.NO_BASE, p.summary, [p])
+            return run.result(Verdict.NO_BASE, p.summary, [p])
         t = time.perf_counter()
-        rel = relocate(loaded.split, target, embedded_rule=embedded_rule, module=name,
+        rel = relocate(loaded.split, target, embedded_rule=embedded_rule, module=run.name,
                        want_embedded=loaded.expects is not None)
-        timings["relocate"] = time.perf_counter() - t
+        run.timings["relocate"] = time.perf_counter() - t
     except BtfError as exc:
-        return error(str(exc), exc.code)
+        return run.error(str(exc), exc.code)
     except WireError as exc:
-        return error(f"{path}: {exc}", ErrorCode.BTF_INVALID)
+        return run.error(f"{path}: {exc}", ErrorCode.BTF_INVALID)
     except Exception as exc:  # noqa: BLE001 - never raise for bad module input
-        return error(f"{path}: cannot reconcile: {type(exc).__name__}: {exc}")
+        return run.error(f"{path}: cannot reconcile: {type(exc).__name__}: {exc}")
+    return loaded, rel
 
+
+def _judge(run: _Run, loaded: LoadedModule, rel: RelocateResult, target: VmlinuxIndex,
+           strict: str) -> ModuleResult:
+    """The verdict: relocation's problems, then the field checks of .BTF.base_expects."""
     problems = list(rel.problems)
     if any(p.code == "invalid-base" for p in problems):
-        return result(Verdict.ERROR, problems[0].summary, problems)
+        return run.result(Verdict.ERROR, problems[0].summary, problems)
     if loaded.expects is not None and rel.ok:
         t = time.perf_counter()
         try:
             dist_names = {(d.kind, d.name): d.id for d in rel.dist_types}
             problems += check_fields(loaded.expects, target, rel.id_map, dist_names,
-                                     rel.embedded, strict, name)
+                                     rel.embedded, strict, run.name)
         except Exception as exc:  # noqa: BLE001
-            return error(f"{path}:.BTF.base_expects: cannot check fields:"
-                         f" {type(exc).__name__}: {exc}")
-        timings["fields"] = time.perf_counter() - t
+            return run.error(f"{run.path}:.BTF.base_expects: cannot check fields:"
+                             f" {type(exc).__name__}: {exc}")
+        run.timings["fields"] = time.perf_counter() - t
     errors = [p for p in problems if p.severity == ERROR]
     if errors:
         n = len(errors) - 1
         more = f" (and {n} more problem{'s' if n > 1 else ''})" if n else ""
-        return result(Verdict.INCOMPATIBLE, errors[0].summary + more, problems)
+        return run.result(Verdict.INCOMPATIBLE, errors[0].summary + more, problems)
     n_types = len(loaded.split)
     warn = f"; {len(problems)} warning{'s' if len(problems) > 1 else ''}" if problems else ""
-    summary = (f"{name}: compatible with {target.path}: {n_types} module types reconciled,"
+    summary = (f"{run.name}: compatible with {target.path}: {n_types} module types reconciled,"
                f" {len(rel.dist_types)} expected base types matched{warn}")
-    return result(Verdict.OK, summary, problems, rel.data)
+    return run.result(Verdict.OK, summary, problems, rel.data)
