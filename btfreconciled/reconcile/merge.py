@@ -134,18 +134,8 @@ def write_merged(write: Callable[[Any], Any], vmlinux: Btf,
     if vmlinux.base is not None:
         raise MergeError(f"{vmlinux.source}: the base of a merged BTF must be a vmlinux BTF, "
                          "not split BTF", ErrorCode.MERGE_BASE_NOT_VMLINUX)
-    nr_base = vmlinux.type_count
-    str_base = vmlinux.str_end
-    heads: list[Header] = []
-    for name, split in modules:
-        data = split() if callable(split) else split
-        try:
-            heads.append(parse_header(data, _header_error(name),
-                                      base_order=vmlinux.byte_order))
-        except BtfError as e:
-            raise MergeError(f"{name}: not split BTF on {vmlinux.source}: {e}",
-                             ErrorCode.MERGE_NOT_SPLIT) from None
-        del data
+    nr_base, str_base = vmlinux.type_count, vmlinux.str_end
+    heads = _module_headers(vmlinux, modules)
     vtypes = _wire_bytes(vmlinux.wire_words(), vmlinux.byte_order)
     type_len = len(vtypes) + sum(h.type_len for h in heads)
     str_len = str_base + sum(h.str_len for h in heads)
@@ -165,31 +155,12 @@ def write_merged(write: Callable[[Any], Any], vmlinux: Btf,
     for (name, split), h in zip(modules, heads, strict=True):
         if between is not None:
             between()
-        data = split() if callable(split) else split
-        try:
-            if callable(split) and parse_header(data, _header_error(name)) != h:
-                raise MergeError(f"{name}: its split BTF changed while the merged BTF was "
-                                 "written", ErrorCode.MERGE_CHANGED)
-            mod = Btf.parse(data, base=vmlinux, source=name, validate=False)
-        except BtfError as e:
-            raise MergeError(f"{name}: not split BTF on {vmlinux.source}: {e}",
-                             ErrorCode.MERGE_NOT_SPLIT) from None
-        words, offs = mod.wire_records()
-        count = len(offs)
-        if next_id + count - 1 > MAX_TYPE:
-            raise MergeError(f"merged BTF would have more than {MAX_TYPE} types (the limit) "
-                             f"with {name}", ErrorCode.MERGE_TOO_MANY_TYPES)
-        if next_id != nr_base or next_str != str_base:
-            words = shift_references(words, offs, nr_base, next_id - nr_base, str_base,
-                                     next_str - str_base)
-        write(_wire_bytes(words, vmlinux.byte_order))
-        del mod, words, offs
-        at = h.hdr_len + h.str_off
+        count, mod_strings = _write_module(write, vmlinux, name, split, h, next_id, next_str)
         if place is not None:
-            place(strings_at + next_str, memoryview(data)[at:at + h.str_len])
+            place(strings_at + next_str, mod_strings)
         else:
-            strings.append(memoryview(data)[at:at + h.str_len])
-        del data
+            strings.append(mod_strings)
+        del mod_strings
         placed.append(MergedModule(name, next_id, count, next_str, h.str_len))
         next_id += count
         next_str += h.str_len
@@ -199,6 +170,49 @@ def write_merged(write: Callable[[Any], Any], vmlinux: Btf,
             write(s)
     return MergedLayout(nr_base, str_base, next_id, str_len, HEADER_SIZE + type_len + str_len,
                         tuple(placed))
+
+
+def _module_headers(vmlinux: Btf, modules: Sequence[tuple[str, Split]]) -> list[Header]:
+    """Every module's header, read before anything is written (a module that is not BTF
+    fails the merge with nothing written)."""
+    heads: list[Header] = []
+    for name, split in modules:
+        data = split() if callable(split) else split
+        try:
+            heads.append(parse_header(data, _header_error(name),
+                                      base_order=vmlinux.byte_order))
+        except BtfError as e:
+            raise MergeError(f"{name}: not split BTF on {vmlinux.source}: {e}",
+                             ErrorCode.MERGE_NOT_SPLIT) from None
+        del data
+    return heads
+
+
+def _write_module(write: Callable[[Any], Any], vmlinux: Btf, name: str, split: Split,
+                  h: Header, next_id: int, next_str: int) -> tuple[int, memoryview]:
+    """Write one module's types renumbered to start at type `next_id` and string offset
+    `next_str`; returns its type count and its string section (still to be written)."""
+    nr_base, str_base = vmlinux.type_count, vmlinux.str_end
+    data = split() if callable(split) else split
+    try:
+        if callable(split) and parse_header(data, _header_error(name)) != h:
+            raise MergeError(f"{name}: its split BTF changed while the merged BTF was "
+                             "written", ErrorCode.MERGE_CHANGED)
+        mod = Btf.parse(data, base=vmlinux, source=name, validate=False)
+    except BtfError as e:
+        raise MergeError(f"{name}: not split BTF on {vmlinux.source}: {e}",
+                         ErrorCode.MERGE_NOT_SPLIT) from None
+    words, offs = mod.wire_records()
+    count = len(offs)
+    if next_id + count - 1 > MAX_TYPE:
+        raise MergeError(f"merged BTF would have more than {MAX_TYPE} types (the limit) "
+                         f"with {name}", ErrorCode.MERGE_TOO_MANY_TYPES)
+    if next_id != nr_base or next_str != str_base:
+        words = shift_references(words, offs, nr_base, next_id - nr_base, str_base,
+                                 next_str - str_base)
+    write(_wire_bytes(words, vmlinux.byte_order))
+    at = h.hdr_len + h.str_off
+    return count, memoryview(data)[at:at + h.str_len]
 
 
 def _header_error(name: str) -> Callable[..., BtfError]:
