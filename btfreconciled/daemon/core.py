@@ -472,20 +472,10 @@ class Daemon(WorkQueue, Results, StatusApi):
         record["timings"] = dict(record.get("timings") or {})
         record["timings"]["queued"] = round(started - job.when, 6)  # event -> worker
         if record.get("path") and record.get("key") is not None:
-            ident, problem = identity(self.cfg.sysfs, job.name, record)
-            if problem is not None:
-                self._cc_tries.pop(job.name, None)
-                stale = daemon_record(job.name, STALE_FILE, problem, path=record["path"],
-                                      **self._stamp())
-                stale.update(build_id=record.get("build_id"), srcversion=record.get("srcversion"),
-                             module_sha256=record.get("module_sha256"), identity=ident,
-                             diagnostics=[{"code": STALE_FILE, "severity": "error",
-                                           "summary": problem}])
-                stale["timings"] = record["timings"]
+            stale, changed = self._check_identity(job.name, record)
+            if stale is not None:
                 return stale, None, False
-            if ident != record.get("identity"):
-                record["identity"] = ident
-                on_disk = False
+            on_disk = on_disk and not changed
         if is_without_btf(record):
             # nothing the kernel could register, nothing to rescue: say how to get BTF
             self._cc_tries.pop(job.name, None)
@@ -505,18 +495,7 @@ class Daemon(WorkQueue, Results, StatusApi):
             cc = absent_result(self.cfg.sysfs, job.name,
                                kernel_relocates(self.release, record), self._gave_up_waiting())
         self._cc_tries.pop(job.name, None)
-        if cc != record.get("cross_check", {}):
-            if cc:
-                record["cross_check"] = cc
-            else:
-                record.pop("cross_check", None)
-            on_disk = False
-        diags = [d for d in record.get("diagnostics", [])
-                 if not (isinstance(d, dict) and d.get("code") == UNDECIDED)]
-        if cc.get("result") == "undecided":
-            diags.append(undecided_note(cc))
-        if diags != record.get("diagnostics", []):
-            record["diagnostics"] = diags
+        if _note_cross_check(record, cc):
             on_disk = False
         result = cc.get("result")
         if result == "mismatch":
@@ -526,6 +505,26 @@ class Daemon(WorkQueue, Results, StatusApi):
         if result == "dropped":
             return self._dropped(job.name, record, cc["detail"]), None, False
         return record, btf, on_disk
+
+    def _check_identity(self, name: str, record: dict[str, Any]
+                        ) -> tuple[dict[str, Any] | None, bool]:
+        """(the stale-file record, _) when the file on disk is not the loaded module; else
+        (None, whether `record`'s note of the loaded module's identity changed)."""
+        ident, problem = identity(self.cfg.sysfs, name, record)
+        if problem is not None:
+            self._cc_tries.pop(name, None)
+            stale = daemon_record(name, STALE_FILE, problem, path=record["path"],
+                                  **self._stamp())
+            stale.update(build_id=record.get("build_id"), srcversion=record.get("srcversion"),
+                         module_sha256=record.get("module_sha256"), identity=ident,
+                         diagnostics=[{"code": STALE_FILE, "severity": "error",
+                                       "summary": problem}])
+            stale["timings"] = record["timings"]
+            return stale, False
+        if ident == record.get("identity"):
+            return None, False
+        record["identity"] = ident
+        return None, True
 
     def _decide_classic(self, name: str, record: dict[str, Any], btf: bytes | None,
                         on_disk: bool, retry: list[str]
@@ -675,3 +674,22 @@ class Daemon(WorkQueue, Results, StatusApi):
         if had:
             self.log.info("unloaded", module=name)
 
+
+def _note_cross_check(record: dict[str, Any], cc: dict[str, Any]) -> bool:
+    """Put the cross-check's result (and, when undecided, its note) into `record`; True when
+    the record changed."""
+    changed = False
+    if cc != record.get("cross_check", {}):
+        if cc:
+            record["cross_check"] = cc
+        else:
+            record.pop("cross_check", None)
+        changed = True
+    diags = [d for d in record.get("diagnostics", [])
+             if not (isinstance(d, dict) and d.get("code") == UNDECIDED)]
+    if cc.get("result") == "undecided":
+        diags.append(undecided_note(cc))
+    if diags != record.get("diagnostics", []):
+        record["diagnostics"] = diags
+        changed = True
+    return changed
