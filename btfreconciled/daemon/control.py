@@ -178,6 +178,45 @@ def _connect(s: socket.socket, p: str, remaining: Callable[[], float]) -> None:
             s.settimeout(remaining())
 
 
+def _connect_or_explain(s: socket.socket, p: str, remaining: Callable[[], float]) -> None:
+    """Connect, or a ClientError that says what an operator can do about it."""
+    try:
+        _connect(s, p, remaining)
+    except FileNotFoundError:
+        raise ClientError(f"btfreconciled is not running (no control socket at {p})") from None
+    except ConnectionRefusedError:
+        raise ClientError(f"btfreconciled is not running (nothing listens on {p}; "
+                          "stale socket)") from None
+    except PermissionError:
+        raise ClientError(f"permission denied connecting to {p}: the control socket is "
+                          "root-only by default (run as root, or set socket_mode/"
+                          "socket_group in the daemon's config)") from None
+    except TimeoutError:
+        remaining()
+        raise ClientError(f"cannot connect to {p}: timed out") from None
+    except OSError as e:
+        raise ClientError(f"cannot connect to {p}: {e.strerror or e}") from None
+
+
+def _read_line(s: socket.socket, p: str, remaining: Callable[[], float], max_answer: int
+               ) -> tuple[bytearray, int]:
+    """The bytes received up to the first newline, and where it is."""
+    buf = bytearray()
+    while True:
+        if len(buf) > max_answer:
+            raise ClientError(f"answer from {p} is longer than {max_answer} bytes")
+        s.settimeout(remaining())
+        chunk = s.recv(1 << 16)
+        if not chunk:
+            raise ClientError(f"btfreconciled closed the connection on {p} without "
+                              "answering")
+        if (pos := chunk.find(b"\n")) >= 0:  # only the new bytes: linear time
+            end = len(buf) + pos
+            buf += chunk
+            return buf, end
+        buf += chunk
+
+
 def request(path: str | os.PathLike[str], req: dict[str, Any],
             timeout: float = DEFAULT_TIMEOUT, *,
             max_answer: int = MAX_ANSWER) -> dict[str, Any]:
@@ -197,38 +236,11 @@ def request(path: str | os.PathLike[str], req: dict[str, Any],
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     s.settimeout(timeout)
     try:
-        try:
-            _connect(s, p, remaining)
-        except FileNotFoundError:
-            raise ClientError(f"btfreconciled is not running (no control socket at {p})") from None
-        except ConnectionRefusedError:
-            raise ClientError(f"btfreconciled is not running (nothing listens on {p}; "
-                              "stale socket)") from None
-        except PermissionError:
-            raise ClientError(f"permission denied connecting to {p}: the control socket is "
-                              "root-only by default (run as root, or set socket_mode/"
-                              "socket_group in the daemon's config)") from None
-        except TimeoutError:
-            remaining()
-            raise ClientError(f"cannot connect to {p}: timed out") from None
-        except OSError as e:
-            raise ClientError(f"cannot connect to {p}: {e.strerror or e}") from None
-        buf = bytearray()
+        _connect_or_explain(s, p, remaining)
         try:
             s.settimeout(remaining())
             s.sendall((json.dumps(req) + "\n").encode())
-            end = -1
-            while end < 0:
-                if len(buf) > max_answer:
-                    raise ClientError(f"answer from {p} is longer than {max_answer} bytes")
-                s.settimeout(remaining())
-                chunk = s.recv(1 << 16)
-                if not chunk:
-                    raise ClientError(f"btfreconciled closed the connection on {p} without "
-                                      "answering")
-                if (pos := chunk.find(b"\n")) >= 0:  # only the new bytes: linear time
-                    end = len(buf) + pos
-                buf += chunk
+            buf, end = _read_line(s, p, remaining, max_answer)
         except TimeoutError:
             raise ClientError(f"btfreconciled did not answer within {timeout:g} s on "
                               f"{p}") from None
