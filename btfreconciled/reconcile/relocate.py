@@ -331,21 +331,6 @@ def _enc(e: int) -> str:
     return "|".join(names) if names else "(none)"
 
 
-def _validate_dist(dist: list[DistType], module: str) -> list[Problem]:
-    for d in dist:
-        if d.kind not in _DIST_KINDS:
-            return [Problem("invalid-base", ERROR,
-                            f"{module}: .BTF.base type [{d.id}] has kind {kind_name(d.kind)},"
-                            " which a distilled base may not contain",
-                            expected_dict(d.id, d.kind, d.name.decode(errors="replace"), None))]
-        if not d.name_off:
-            return [Problem("invalid-base", ERROR,
-                            f"{module}: .BTF.base type [{d.id}] ({kind_name(d.kind)}) is"
-                            " anonymous; a distilled base holds named types only",
-                            expected_dict(d.id, d.kind, "", d.size))]
-    return []
-
-
 def relocate(split: Btf | PreparedSplit, target: VmlinuxIndex, *,
              embedded_rule: str = EMBEDDED_KERNEL, module: str = "module",
              diagnose: bool = True, want_embedded: bool = False) -> RelocateResult:
