@@ -11,17 +11,17 @@
   skipped, then the totals including the number of skips.
 * Under pytest-xdist with ``--dist loadfile`` (as scripts/setup-and-test runs the suite) a
   test file is one unit of work, so that its module fixtures (a whole tree's parse) are built
-  once, on one worker.  The files of the ``guest_files`` ini option (pyproject.toml) are one
-  unit together: they share one boot per kernel (``guest_session``).  The files of
-  ``own_boot_files`` boot guests of their own (systemd as PID 1, vm/run's failure modes), each
-  its own unit, so that they run beside the shared boots instead of after them.  A test that
-  boots a guest (the ``vm`` mark or ``guest_session``) in a file listed in neither, or asks for
-  ``guest_session`` outside ``guest_files``, stops the run with the file's name.
-* The collection starts with the longest work -- the guest files, the own-boot files, then
-  integration/ (real tools over whole kernel trees) -- and ends with the fast tests, which
-  fill the end of the run on whichever worker is free first (xdist is told to keep this
-  order: by default it sorts the units by their number of tests, which put a 1,600-test file
-  of microsecond tests first and the 8 slowest tests of the suite last).
+  once, on one worker; and the files of the ``guest_files`` ini option (pyproject.toml) are
+  one unit together: their guests share boots (``guest_session``) and must not compete with
+  each other for the two cores under TCG (two SMP guests side by side measured slower than
+  one after the other), while the CPU-bound tree tests run beside them.  A test that boots a
+  guest (the ``vm`` mark, or ``guest_session``) in a file not listed there stops the run
+  with the file's name.
+* The collection starts with the longest work -- the guest files, then integration/ (real
+  tools over whole kernel trees) -- and ends with the fast tests, which fill the end of the
+  run on whichever worker is free first (xdist is told to keep this order: by default it
+  sorts the units by their number of tests, which put a 1,600-test file of microsecond tests
+  first and the 8 slowest tests of the suite last).
 """
 
 from __future__ import annotations
@@ -171,11 +171,9 @@ def _counts(counts: dict[str, int]) -> str:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("guest_files", type="linelist", default=[],
-                  help="test files that share guest boots (guest_session): one unit of "
-                       "work under xdist (--dist loadfile), run first")
-    parser.addini("own_boot_files", type="linelist", default=[],
-                  help="test files that boot guests of their own (the vm mark, no "
-                       "guest_session): each its own unit, run right after guest_files'")
+                  help="test files whose tests boot guests: one unit of work under xdist "
+                       "(--dist loadfile), started first, so that they share boots and never "
+                       "run two guests at once")
     parser.addoption("--file-times", action="store_true", default=False,
                      help="print the time, test count and outcomes of every test file, "
                           "slowest first, at the end of the run")
@@ -190,30 +188,21 @@ def _boots(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    guest_files = config.getini("guest_files")
-    own_boot = config.getini("own_boot_files")
+    guest_files = set(config.getini("guest_files"))
     for item in items:
         path = item.nodeid.split("::", 1)[0]
-        shares = "guest_session" in getattr(item, "fixturenames", ())
-        if shares and path not in guest_files:
+        if _boots(item) and path not in guest_files:
             raise pytest.UsageError(
-                f"{path} shares the guest boots ({item.name}, guest_session) but is not in the "
-                f"guest_files ini option (pyproject.toml): under xdist it would boot them again")
-        if _boots(item) and path not in guest_files and path not in own_boot:
-            raise pytest.UsageError(
-                f"{path} boots a guest ({item.name}) but is in neither the guest_files nor the "
-                f"own_boot_files ini option (pyproject.toml)")
-    items.sort(key=lambda item: _run_order(item.nodeid.split("::", 1)[0], guest_files,
-                                           own_boot))
+                f"{path} boots a guest ({item.name}) but is not in the guest_files ini option "
+                f"(pyproject.toml): under xdist it would boot beside the other guests")
+    items.sort(key=lambda item: _run_order(item.nodeid.split("::", 1)[0], guest_files))
 
 
-def _run_order(path: str, guest_files: list[str], own_boot: list[str]) -> tuple[int, int]:
+def _run_order(path: str, guest_files: set[str]) -> int:
     # sort() is stable: the tests of a file keep their order, and so do the files of a class
     if path in guest_files:
-        return (0, 0)
-    if path in own_boot:
-        return (1, own_boot.index(path))
-    return (2, 0) if path.startswith("integration/") else (3, 0)
+        return 0
+    return 1 if path.startswith("integration/") else 2
 
 
 # A test may also ask for a guest at run time (request.getfixturevalue), which the collection

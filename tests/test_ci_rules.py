@@ -172,43 +172,21 @@ def test_a_guest_test_outside_the_guest_files_stops_the_collection(tmp_path: Pat
     res = run_pytest(tmp_path, "1", "-o", "markers=vm: boots a guest",
                      "-o", "guest_files=test_boot1.py")
     assert res.returncode == 4, res.stdout + res.stderr
-    assert ("test_boot0.py boots a guest (test_marked_vm) but is in neither the guest_files "
-            "nor the own_boot_files ini option") in res.stderr, res.stderr
-    # a file booting its own guests may not share the session's
-    res = run_pytest(tmp_path, "1", "-o", "markers=vm: boots a guest",
-                     "-o", "own_boot_files=test_boot0.py")
-    assert res.returncode == 4, res.stdout + res.stderr
-    assert ("test_boot0.py shares the guest boots (test_shares_the_guest, guest_session) but is "
-            "not in the guest_files ini option") in res.stderr, res.stderr
-
-
-OWN_BOOT = """
-import os
-import pytest
-
-@pytest.mark.vm
-def test_own_boot():
-    print("worker", os.environ.get("PYTEST_XDIST_WORKER"))
-"""
+    assert ("test_boot0.py boots a guest (test_marked_vm) but is not in the guest_files ini "
+            "option") in res.stderr, res.stderr
 
 
 def test_the_longest_work_is_collected_first(tmp_path: Path) -> None:
-    """Guest files, then own-boot files in their listed order, then integration/, then the
-    rest, each file's tests in their own order; under xdist the guest unit and the first
-    own-boot file start at once, one on each worker."""
+    """Guest files, then integration/, then the rest, each file's tests in their own order;
+    under xdist the guest unit starts at once and the other worker takes integration/."""
     (tmp_path / "integration").mkdir()
     (tmp_path / "integration" / "test_a.py").write_text(SLOW)
-    (tmp_path / "integration" / "test_boot0.py").write_text(BOOTING)
-    for name in ("test_own1.py", "test_own2.py"):
-        (tmp_path / name).write_text(OWN_BOOT)
-    ini = ["-o", "markers=vm: boots a guest", "-o", "guest_files=integration/test_boot0.py",
-           "-o", "own_boot_files=test_own2.py\ntest_own1.py"]
+    (tmp_path / "test_boot0.py").write_text(BOOTING)
+    ini = ["-o", "markers=vm: boots a guest", "-o", "guest_files=test_boot0.py"]
     res = run_pytest(tmp_path, None, "--collect-only", *ini)
     ids = [line for line in res.stdout.splitlines() if "::" in line]
     assert ids == [
-        "integration/test_boot0.py::test_marked_vm",
-        "integration/test_boot0.py::test_shares_the_guest",
-        "test_own2.py::test_own_boot", "test_own1.py::test_own_boot",
+        "test_boot0.py::test_marked_vm", "test_boot0.py::test_shares_the_guest",
         "integration/test_a.py::test_slow", "integration/test_a.py::test_fails",
         *(f"test_skipping.py::{t}" for t in ("test_fixture_skip", "test_inline_skip",
                                                "test_mark_skip", "test_importorskip",
@@ -217,10 +195,8 @@ def test_the_longest_work_is_collected_first(tmp_path: Path) -> None:
     ], res.stdout
     res = run_pytest(tmp_path, None, "-n", "2", "--dist", "loadfile", "-v", *ini)
     done = re.findall(r"\[(gw\d)\] .*? (\S+\.py)::", res.stdout)
-    first = {path: worker for worker, path in reversed(done)}  # each file's first report
-    assert first["integration/test_boot0.py"] != first["test_own2.py"], res.stdout
-    order = list(dict.fromkeys(path for _, path in done))
-    assert set(order[:2]) == {"integration/test_boot0.py", "test_own2.py"}, res.stdout
+    began = {worker: path for worker, path in reversed(done)}  # each worker's first file
+    assert sorted(began.values()) == ["integration/test_a.py", "test_boot0.py"], res.stdout
 
 
 def test_a_guest_asked_for_at_run_time_outside_the_guest_files_fails(tmp_path: Path) -> None:
