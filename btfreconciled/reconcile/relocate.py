@@ -342,6 +342,10 @@ def relocate(split: Btf | PreparedSplit, target: VmlinuxIndex, *,
     skips the extra work that only makes messages better."""
     if embedded_rule not in (EMBEDDED_KERNEL, EMBEDDED_LIBBPF_1_5):
         raise ValueError(f"unknown embedded rule {embedded_rule!r}")
+    # before prepare(), which would index a full vmlinux base as if it were distilled
+    dist_btf = (split.btf if isinstance(split, PreparedSplit) else split).base
+    if dist_btf is None or dist_btf.base is not None:
+        raise ValueError("relocate() needs split BTF whose base is a distilled base BTF")
     r = _Relocation.of(prepare(split), target, module, diagnose)
     r.problems = _validate_distilled_base(r)
     if r.problems:
@@ -376,9 +380,6 @@ class _Relocation:
     @classmethod
     def of(cls, sp: PreparedSplit, target: VmlinuxIndex, module: str,
            diagnose: bool) -> _Relocation:
-        dist_btf = sp.btf.base
-        if dist_btf is None or dist_btf.base is not None:
-            raise ValueError("relocate() needs split BTF whose base is a distilled base BTF")
         comps = {d.id for d in sp.dist if d.kind in COMPOSITE_KINDS}
         return cls(sp, target, module, diagnose, comps=comps, diagnosed=not diagnose)
 
