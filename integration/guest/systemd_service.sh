@@ -4,9 +4,9 @@
 # into OUT for integration/test_systemd_vm.py to judge; it asserts nothing itself, except that
 # it stops early (status 3) when the service cannot be installed or started at all.
 #
-# usage: [VENV_TAR=TAR] systemd_service.sh OUT FIXTURE_DIR MODULE...
-#   installs with scripts/setup-and-run and leaves the virtualenv in OUT/venv.tar, or, with
-#   VENV_TAR, restores that virtualenv and installs the unit with scripts/install-service
+# usage: VENV_TAR=TAR systemd_service.sh OUT FIXTURE_DIR MODULE...
+#   TAR: /opt/btfreconciled as scripts/install-deps made it from this checkout in a chroot of
+#   this same root (test_systemd_vm.py); scripts/setup-and-run then installs the unit over it
 set -u
 O=$1; FX=$2; shift 2
 MODS="$*"
@@ -44,9 +44,12 @@ mkdir -p /etc/btfreconciled
 printf '# written by the systemd VM test\nextra_module_dirs = ["%s"]\nlog_level = "debug"\n' \
     "$FIXDIR" > /etc/btfreconciled/btfreconciled.toml
 
-# -- install as a user does: a copy of the checkout, then scripts/setup-and-run (install-deps:
-# the venv in /opt/btfreconciled; then, systemd being PID 1, install-service).  No network in
-# the guest: pip reads the wheels vm/setup downloaded (the standard offline install).
+# -- install as a user does: a copy of the checkout, then scripts/setup-and-run (install-deps,
+# then, systemd being PID 1, install-service).  Its pip step already ran natively, over the
+# same files in a chroot of this root (2-8 minutes of pip under TCG, none of it about
+# systemd): install-deps finds the virtualenv holding this checkout and skips pip, as it does
+# for a user who runs setup-and-run again.  No network in the guest: pip would read the
+# wheels vm/setup downloaded (the standard offline install).
 mkdir -p /root/btfreconciled
 # what a fresh clone has: no .git, no caches, no build/ left over from a host-side install
 tar -C "$REPO" --exclude=./.git --exclude=./build --exclude='*.egg-info' \
@@ -55,24 +58,9 @@ tar -C "$REPO" --exclude=./.git --exclude=./build --exclude='*.egg-info' \
 cd /root/btfreconciled || exit 3
 export PIP_NO_INDEX=1 PIP_FIND_LINKS="$BTFRECONCILED_CACHE_ROOT/wheels"
 mark install-start
-if [ -n "${VENV_TAR:-}" ]; then
-    # Another kernel's boot already installed this checkout with setup-and-run (2-4 minutes
-    # of pip under TCG, judged there): this boot is about the unit on this kernel, so it
-    # restores that virtualenv and takes setup-and-run's service path from there.
-    {
-        tar -C / -xf "$VENV_TAR" && ln -sfn /opt/btfreconciled/bin/btfreconcilectl \
-            /opt/btfreconciled/bin/btfreconciled /usr/local/bin/ \
-        && scripts/install-service --bindir /opt/btfreconciled/bin && settled \
-        && btfreconcilectl status
-    } > "$O/setup-and-run.out" 2>&1
-    echo $? > "$O/setup-and-run.rc"
-    echo restored > "$O/install.kind"
-else
-    scripts/setup-and-run > "$O/setup-and-run.out" 2>&1
-    echo $? > "$O/setup-and-run.rc"
-    echo setup-and-run > "$O/install.kind"
-    tar -C / -cf "$O/venv.tar" opt/btfreconciled
-fi
+tar -C / -xf "$VENV_TAR" || fail "cannot restore the virtualenv from $VENV_TAR"
+scripts/setup-and-run > "$O/setup-and-run.out" 2>&1
+echo $? > "$O/setup-and-run.rc"
 mark install-end
 cd /
 [ "$(cat "$O/setup-and-run.rc")" = 0 ] || fail "scripts/setup-and-run failed"
