@@ -50,6 +50,21 @@ def parse_header(data: bytes, err: ErrFn, *, base_order: str | None = None) -> H
     """Decode and check the header of `data`; `err` builds the error to raise.
 
     `base_order` is the base BTF's byte order for a split BTF (they must agree)."""
+    order = _byte_order(data, err, base_order)
+    _, version, flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(
+        order + "HBBIIIII", data, 0)
+    _check_fixed_fields(data, err, version, flags, hdr_len)
+    layout_off = layout_len = 0
+    if hdr_len >= HEADER_SIZE_LAYOUT:
+        layout_off, layout_len = struct.unpack_from(order + "II", data, HEADER_SIZE)
+    _check_sections(len(data), err, hdr_len, type_off, type_len, layout_off, layout_len,
+                    str_off, str_len)
+    return Header(order, flags, hdr_len, type_len, str_off, str_len, layout_off, layout_len,
+                  bytes(data[HEADER_SIZE:hdr_len]))
+
+
+def _byte_order(data: bytes, err: ErrFn, base_order: str | None) -> str:
+    """The struct byte order the magic says, once the fixed 24 bytes are there."""
     size = len(data)
     if size < 4:
         raise err(f"too short for a BTF header ({size} bytes)", offset=0,
@@ -68,8 +83,12 @@ def parse_header(data: bytes, err: ErrFn, *, base_order: str | None = None) -> H
     if size < HEADER_SIZE:
         raise err(f"truncated BTF header ({size} of {HEADER_SIZE} bytes)", offset=0,
                   code=ErrorCode.BTF_TRUNCATED)
-    _, version, flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(
-        order + "HBBIIIII", data, 0)
+    return order
+
+
+def _check_fixed_fields(data: bytes, err: ErrFn, version: int, flags: int,
+                        hdr_len: int) -> None:
+    """version, flags and hdr_len, and a zero tail past the 32 bytes Linux 7.x knows."""
     if version != BTF_VERSION:
         raise err(f"unsupported BTF version {version}", offset=2, code=ErrorCode.BTF_BAD_HEADER)
     if flags:
@@ -78,17 +97,19 @@ def parse_header(data: bytes, err: ErrFn, *, base_order: str | None = None) -> H
     if hdr_len < HEADER_SIZE:
         raise err(f"hdr_len {hdr_len} is shorter than the 24-byte header", offset=4,
                   code=ErrorCode.BTF_BAD_HEADER)
-    if hdr_len > size:
-        raise err(f"hdr_len {hdr_len} runs past the end of the data ({size})", offset=4,
+    if hdr_len > len(data):
+        raise err(f"hdr_len {hdr_len} runs past the end of the data ({len(data)})", offset=4,
                   code=ErrorCode.BTF_TRUNCATED)
     tail = data[HEADER_SIZE_LAYOUT:hdr_len]
     if tail.strip(b"\0"):
         at = HEADER_SIZE_LAYOUT + next(i for i, b in enumerate(tail) if b)
         raise err(f"unsupported non-zero byte in the BTF header at {at} (past the 32 bytes "
                   "Linux 7.x knows)", offset=at, code=ErrorCode.BTF_BAD_HEADER)
-    layout_off = layout_len = 0
-    if hdr_len >= HEADER_SIZE_LAYOUT:
-        layout_off, layout_len = struct.unpack_from(order + "II", data, HEADER_SIZE)
+
+
+def _check_sections(size: int, err: ErrFn, hdr_len: int, type_off: int, type_len: int,
+                    layout_off: int, layout_len: int, str_off: int, str_len: int) -> None:
+    """Types at 0, then the layout section if any, then strings up to the end of the data."""
     if type_off % 4:
         raise err(f"type section offset {type_off} is not 4-byte aligned", offset=8,
                   code=ErrorCode.BTF_BAD_HEADER)
@@ -117,14 +138,12 @@ def parse_header(data: bytes, err: ErrFn, *, base_order: str | None = None) -> H
     elif str_off != strings_at:
         raise err(f"string section at {str_off} does not follow the type section "
                   f"({type_off}+{type_len})", offset=16, code=ErrorCode.BTF_BAD_HEADER)
-    if hdr_len + str_off + str_len != size:
+    end = hdr_len + str_off + str_len
+    if end != size:
         # a header that promises more than the data holds: the data was cut short
-        end_code = (ErrorCode.BTF_TRUNCATED if hdr_len + str_off + str_len > size
-                    else ErrorCode.BTF_BAD_HEADER)
-        raise err(f"sections end at {hdr_len + str_off + str_len} but the data is {size} bytes",
-                  offset=20, code=end_code)
-    return Header(order, flags, hdr_len, type_len, str_off, str_len, layout_off, layout_len,
-                  bytes(data[HEADER_SIZE:hdr_len]))
+        end_code = ErrorCode.BTF_TRUNCATED if end > size else ErrorCode.BTF_BAD_HEADER
+        raise err(f"sections end at {end} but the data is {size} bytes", offset=20,
+                  code=end_code)
 
 
 def pack_header(order: str, flags: int, extra: bytes, type_len: int, layout_len: int,
