@@ -366,27 +366,48 @@ class Daemon(WorkQueue, Results, StatusApi):
                     return
                 self._current = (job.name, time.monotonic(), gen)
             try:
-                self._check_published(job.name)
-                record, btf, on_disk = self._decide(job, retry)
-                if not on_disk and self._same_as_published(job.name, record):
-                    # re-checked, nothing changed (rescan, SIGHUP, module tree touched)
-                    with self.lock:
-                        record = self.modules[job.name].record
-                    on_disk = True
-                if not on_disk:
-                    record["timings"]["event_to_write"] = round(self.clock() - job.when, 6)
-                    record["published_at"] = time.time()
-                    writes.append((job.name, record, btf))
-                done.append((job, record, btf, not on_disk))
+                record, btf, write = self._outcome(job, retry)
             except Exception as e:  # one bad module never stops the daemon
                 self.stats.worker_errors += 1
                 self.log.error("internal error while processing a module", module=job.name,
                                error=f"{type(e).__name__}: {e}",
                                traceback=traceback.format_exc(limit=8))
+                continue
+            if write:
+                writes.append((job.name, record, btf))
+            done.append((job, record, btf, write))
         with self.lock:
             if gen != self._gen:
                 return
             self._current = None
+        self._publish(writes, done)
+        self._update_merged()
+        for name in retry:
+            t = threading.Timer(CROSS_CHECK_DELAY, self._requeue, (name,))
+            t.daemon = True
+            t.start()
+
+    def _outcome(self, job: Job, retry: list[str]
+                  ) -> tuple[dict[str, Any], bytes | None, bool]:
+        """(record, BTF, whether to write them) for a loaded module: decided afresh, or the
+        published record when a re-check found nothing changed."""
+        self._check_published(job.name)
+        record, btf, on_disk = self._decide(job, retry)
+        if not on_disk and self._same_as_published(job.name, record):
+            # re-checked, nothing changed (rescan, SIGHUP, module tree touched)
+            with self.lock:
+                record = self.modules[job.name].record
+            on_disk = True
+        if not on_disk:
+            record["timings"]["event_to_write"] = round(self.clock() - job.when, 6)
+            record["published_at"] = time.time()
+        return record, btf, not on_disk
+
+    def _publish(self, writes: list[tuple[str, dict[str, Any] | None, bytes | None]],
+                 done: list[tuple[Job, dict[str, Any] | None, bytes | None, bool]]) -> None:
+        """Write the batch's files with one barrier, then record what each module now has
+        (an unloaded module is forgotten) and the load latencies of the events."""
+        assert self.cache is not None
         errors: dict[str, OSError] = {}
         if writes:
             try:
@@ -402,11 +423,6 @@ class Daemon(WorkQueue, Results, StatusApi):
             self._note_published(job.name, rec, data, err if written else None)
             if err is None and job.by_event:
                 self.stats.latencies.append(now - job.when)
-        self._update_merged()
-        for name in retry:
-            t = threading.Timer(CROSS_CHECK_DELAY, self._requeue, (name,))
-            t.daemon = True
-            t.start()
 
     def _let_events_first(self) -> None:
         """The merged writer's pause between modules: while the worker has modules to
