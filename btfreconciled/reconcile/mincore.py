@@ -265,21 +265,7 @@ def parse_spec(btf: Btf, relo: CoreRelo) -> _Spec:
         if spec_str != "0":
             raise _Err(f"type relocation with access string {spec_str!r} (must be '0')")
         return spec
-    pos = 0
-    while pos < len(spec_str):
-        # libbpf's loop: skip one ':', then sscanf("%d") (which skips blanks, takes a sign)
-        if spec_str[pos] == ":":
-            pos += 1
-        m = _SCANF_INT.match(spec_str, pos)
-        if m is None:
-            raise _Err(f"malformed access string {spec_str!r}")
-        pos = m.end()
-        v = int(m.group(1))
-        if v < 0:
-            raise _Err(f"negative index in access string {spec_str!r}")
-        if len(spec.raw) == _SPEC_MAX_LEN:
-            raise _Err(f"access string {spec_str!r} too long")
-        spec.raw.append(v)
+    spec.raw.extend(_access_indices(spec_str))
     t, tid = _skip(btf, relo.type_id)
     idx = spec.raw[0]
     acc = _Acc(tid, idx, None)
@@ -292,8 +278,35 @@ def parse_spec(btf: Btf, relo: CoreRelo) -> _Spec:
         return spec
     if relo.kind not in FIELD_KINDS:
         raise _Err(f"unknown relocation kind {relo.kind}")
-    sz = _resolve_size(btf, tid)
-    spec.bit_offset = idx * sz * 8
+    spec.bit_offset = idx * _resolve_size(btf, tid) * 8
+    _walk_field_access(btf, spec, tid, spec_str)
+    return spec
+
+
+def _access_indices(spec_str: str) -> list[int]:
+    """The numbers of an access string such as "0:1:3", read the way libbpf's loop does:
+    skip one ':', then sscanf("%d") (which skips blanks and takes a sign)."""
+    raw: list[int] = []
+    pos = 0
+    while pos < len(spec_str):
+        if spec_str[pos] == ":":
+            pos += 1
+        m = _SCANF_INT.match(spec_str, pos)
+        if m is None:
+            raise _Err(f"malformed access string {spec_str!r}")
+        pos = m.end()
+        v = int(m.group(1))
+        if v < 0:
+            raise _Err(f"negative index in access string {spec_str!r}")
+        if len(raw) == _SPEC_MAX_LEN:
+            raise _Err(f"access string {spec_str!r} too long")
+        raw.append(v)
+    return raw
+
+
+def _walk_field_access(btf: Btf, spec: _Spec, tid: int, spec_str: str) -> None:
+    """Follow the indices after the first through members and array elements, adding an
+    accessor per named member and per array element and the bits each one moves."""
     for i in range(1, len(spec.raw)):
         t, tid = _skip(btf, tid)
         idx = spec.raw[i]
@@ -318,7 +331,6 @@ def parse_spec(btf: Btf, relo: CoreRelo) -> _Spec:
             spec.bit_offset += idx * _resolve_size(btf, tid) * 8
         else:
             raise _Err(f"access {spec_str!r} goes through type [{tid}] of kind {t.kind.name}")
-    return spec
 
 
 def _fields_compat(lb: Btf, lid: int, tb: Btf, tid: int) -> bool:
@@ -393,6 +405,30 @@ def _names_match(lb: Btf, loff: int, tb: Btf, toff: int) -> bool:
     return essential_len(tn) == ll and ln[:ll] == tn[:ll]
 
 
+def _enums_match(lb: Btf, lt: Type, tb: Btf, tt: Type) -> bool:
+    """Enums (32- or 64-bit alike) match when their sizes do and every local value name is
+    among the target's."""
+    if not isinstance(tt, Enum | Enum64):
+        return False
+    assert isinstance(lt, Enum | Enum64)
+    if lt.size != tt.size or len(lt.values) > len(tt.values):
+        return False
+    return all(any(_names_match(lb, lv.name_off, tb, tv.name_off) for tv in tt.values)
+               for lv in lt.values)
+
+
+def _members_match(lb: Btf, lt: Type, tb: Btf, tt: Type, level: int) -> bool:
+    """Structs or unions (not behind a pointer): every local member has a target member of
+    matching name and matching type, wherever it lies."""
+    assert isinstance(lt, Composite) and isinstance(tt, Composite)
+    if len(lt.members) > len(tt.members):
+        return False
+    return all(any(_names_match(lb, lm.name_off, tb, tm.name_off)
+                   and _types_match(lb, lm.type, tb, tm.type, False, level - 1)
+                   for tm in tt.members)
+               for lm in lt.members)
+
+
 def _types_match(lb: Btf, lid: int, tb: Btf, tid: int, behind_ptr: bool = False,
                  level: int = 32) -> bool:
     """__bpf_core_types_match(): the stricter relation bpf_core_type_matches() asks for."""
@@ -416,29 +452,13 @@ def _types_match(lb: Btf, lid: int, tb: Btf, tid: int, behind_ptr: bool = False,
                         or (tk == Kind.UNION and bool(lt.kind_flag)))
             return lk == tk and lt.kind_flag == tt.kind_flag
         if lk in _ANY_ENUM:
-            if not isinstance(tt, Enum | Enum64):
-                return False
-            assert isinstance(lt, Enum | Enum64)
-            if lt.size != tt.size or len(lt.values) > len(tt.values):
-                return False
-            return all(any(_names_match(lb, lv.name_off, tb, tv.name_off) for tv in tt.values)
-                       for lv in lt.values)
+            return _enums_match(lb, lt, tb, tt)
         if lk in COMPOSITE_KINDS:
             if behind_ptr:
                 if lk == tk:
                     return True
                 return tk == Kind.FWD and (lk == Kind.UNION) == bool(tt.kind_flag)
-            if lk != tk:
-                return False
-            assert isinstance(lt, Composite) and isinstance(tt, Composite)
-            if len(lt.members) > len(tt.members):
-                return False
-            for lm in lt.members:
-                if not any(_names_match(lb, lm.name_off, tb, tm.name_off)
-                           and _types_match(lb, lm.type, tb, tm.type, behind_ptr, level - 1)
-                           for tm in tt.members):
-                    return False
-            return True
+            return lk == tk and _members_match(lb, lt, tb, tt, level)
         if lk == Kind.INT:
             assert isinstance(lt, Int)
             return (tk == Kind.INT and lt.size == tt.size  # type: ignore[attr-defined]
