@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 from ..btf.layout import LAYOUT, record_words
@@ -67,6 +68,17 @@ def slot_masks(words: array, offs: list[int]) -> tuple[bytes, bytes]:
             b"".join(map(_LANE_STR.__getitem__, infos)))
 
 
+def _set_lanes(flags: int, nbytes: int) -> Iterator[int]:
+    """The lanes whose flag bit (bit 0 of the lane, as the masks above leave it) is set."""
+    if not flags:
+        return
+    b = flags.to_bytes(nbytes, "little")
+    i = b.find(1)
+    while i >= 0:
+        yield i >> 2
+        i = b.find(1, i + 4)
+
+
 class _LaneIndex:
     """Everything about a split BTF's type words that does not depend on the target.
 
@@ -111,42 +123,38 @@ class _LaneIndex:
         if wide:
             codes = bytearray((gea * 254 | geb * 255).to_bytes(n, "little"))
             nzid = ((w + small_id * 0x7FFFFFFF) >> 31) & small_id
-            if nzid:
-                nzb = nzid.to_bytes(n, "little")
-                i = nzb.find(1)
-                while i >= 0:
-                    self.id_lanes.append((i >> 2, sp.words[i >> 2]))
-                    i = nzb.find(1, i + 4)
+            self.id_lanes = [(lane, sp.words[lane]) for lane in _set_lanes(nzid, n)]
+            del nzid
         else:
             codes = bytearray((gea * 254 | geb * 255 | (w & (small_id * 0xFF))
                                ).to_bytes(n, "little"))
         del gea, geb, small_id
-        first_str_code = 1 if wide else nr_dist
         self.str_codes: dict[int, int] = {}  # code -> distilled-base string offset
         self.str_lanes: list[tuple[int, int]] = []  # (lane, offset) without a code
-        if nz:
-            nzb = nz.to_bytes(n, "little")
-            by_off: dict[int, int] = {}
-            i = nzb.find(1)
-            while i >= 0:
-                lane = i >> 2
-                off = sp.words[lane]
-                code = by_off.get(off)
-                if code is None and first_str_code + len(by_off) < 254:
-                    code = first_str_code + len(by_off)
-                    by_off[off] = code
-                    self.str_codes[code] = off
-                if code is None:
-                    self.str_lanes.append((lane, off))
-                else:
-                    codes[i] = code
-                i = nzb.find(1, i + 4)
-            del nzb
+        self._code_strings(_set_lanes(nz, n), sp.words, 1 if wide else nr_dist, codes)
         del nz
         self.codes = bytes(codes)
         self.w = w
         self.nr_dist = nr_dist
         self.ok = True
+
+    def _code_strings(self, lanes: Iterable[int], words: Sequence[int], first_code: int,
+                      codes: bytearray) -> None:
+        """A code per distinct distilled-base string offset, from ``first_code`` up to 253,
+        written into those lanes of ``codes``; offsets past the codes are patched lane by
+        lane (``str_lanes``)."""
+        by_off: dict[int, int] = {}
+        for lane in lanes:
+            off = words[lane]
+            code = by_off.get(off)
+            if code is None and first_code + len(by_off) < 254:
+                code = first_code + len(by_off)
+                by_off[off] = code
+                self.str_codes[code] = off
+            if code is None:
+                self.str_lanes.append((lane, off))
+            else:
+                codes[lane << 2] = code
 
     def apply(self, dmap: list[int], shift: int, sshift: int, smap: dict[int, int]
               ) -> bytes | int | None:
