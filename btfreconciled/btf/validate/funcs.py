@@ -5,6 +5,7 @@ btf_func_resolve)."""
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Callable
 from itertools import compress
 from operator import itemgetter, not_
 
@@ -56,7 +57,6 @@ class Funcs:
         mv = memoryview(self.w)
         offs = self.offs
         lo = 0
-        T, end = self.T, self.str_end
         pts: set[int] = set()
         while lo < len(vl):
             v = vl[lo]
@@ -68,39 +68,48 @@ class Funcs:
             ofs = list(_g(offs, group))
             get = itemgetter(*ofs) if len(ofs) > 1 else (lambda m, o=ofs[0]: (m[o],))
             for j in range(v):
-                at_name = ITEMS + PARAM_NAME + PARAM_WORDS * j  # record-relative words
-                at_type = ITEMS + PARAM_TYPE + PARAM_WORDS * j
-                PN = get(mv[at_name:])
-                PT = get(mv[at_type:])
-                p.cols.append((group, j, v, PN, PT))
-                def fail(i: int, group=group, j=j, ofs=ofs, PN=PN, at=at_name) -> None:
-                    self.fail_local(group[i], f"parameter {j + 1} has name offset {PN[i]:#x} "
-                                    f"past the end of the strings ({end:#x})", ofs[i] + at,
-                                    ErrorCode.BTF_BAD_STRINGS)
-
-                self.idents.append((PN, False, fail))
-                distinct = set(PT)
-                if max(distinct) >= T:
-                    i = _first(map(T.__le__, PT))
-                    self.fail_local(group[i], self.past_end(
-                        f"parameter {j + 1}{self._label(PN[i])}", PT[i]), ofs[i] + at_type,
-                        ErrorCode.BTF_BAD_TYPE_ID)
-                if 0 in distinct:  # a void parameter: only the last, unnamed one (varargs)
-                    for i in _positions(PT, 0):
-                        if j != v - 1:
-                            self.fail_local(group[i], f"parameter {j + 1} is void (only a last "
-                                            "parameter may be, for varargs)", ofs[i] + at_type)
-                        if PN[i]:
-                            self.fail_local(group[i], f"vararg parameter {j + 1} has a name"
-                                            f"{self._label(PN[i])}", ofs[i] + at_name)
-                pts |= distinct
-                # protos with an unnamed (non-vararg) parameter
-                if 0 not in distinct:
-                    p.unnamed_locs.update(compress(group, map(not_, PN)))
-                else:
-                    p.unnamed_locs.update(group[i] for i in _positions(PN, 0) if PT[i])
+                pts |= self._param_column(p, group, ofs, get, mv, j, v)
         pts.discard(0)
         p.PTset = pts
+
+    def _param_column(self, p: _Protos, group: list[int], ofs: list[int],
+                      get: Callable[[memoryview], tuple[int, ...]], mv: memoryview,
+                      j: int, v: int) -> set[int]:
+        """Parameter j of every proto with vlen v: name offsets and types gathered at once,
+        then checked as columns; returns the parameter types seen."""
+        T, end = self.T, self.str_end
+        at_name = ITEMS + PARAM_NAME + PARAM_WORDS * j  # record-relative words
+        at_type = ITEMS + PARAM_TYPE + PARAM_WORDS * j
+        PN = get(mv[at_name:])
+        PT = get(mv[at_type:])
+        p.cols.append((group, j, v, PN, PT))
+
+        def fail(i: int) -> None:
+            self.fail_local(group[i], f"parameter {j + 1} has name offset {PN[i]:#x} "
+                            f"past the end of the strings ({end:#x})", ofs[i] + at_name,
+                            ErrorCode.BTF_BAD_STRINGS)
+
+        self.idents.append((PN, False, fail))
+        distinct = set(PT)
+        if max(distinct) >= T:
+            i = _first(map(T.__le__, PT))
+            self.fail_local(group[i], self.past_end(
+                f"parameter {j + 1}{self._label(PN[i])}", PT[i]), ofs[i] + at_type,
+                ErrorCode.BTF_BAD_TYPE_ID)
+        if 0 in distinct:  # a void parameter: only the last, unnamed one (varargs)
+            for i in _positions(PT, 0):
+                if j != v - 1:
+                    self.fail_local(group[i], f"parameter {j + 1} is void (only a last "
+                                    "parameter may be, for varargs)", ofs[i] + at_type)
+                if PN[i]:
+                    self.fail_local(group[i], f"vararg parameter {j + 1} has a name"
+                                    f"{self._label(PN[i])}", ofs[i] + at_name)
+        # protos with an unnamed (non-vararg) parameter
+        if 0 not in distinct:
+            p.unnamed_locs.update(compress(group, map(not_, PN)))
+        else:
+            p.unnamed_locs.update(group[i] for i in _positions(PN, 0) if PT[i])
+        return distinct
 
     # ------------------------------------------------------------ protos and funcs
     def resolve_protos(self) -> None:
