@@ -13,7 +13,7 @@ import os
 import signal
 from array import array
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 from .btf import Btf
 from .kinds import (
@@ -291,21 +291,8 @@ def write_raw(btf: Btf, out: BinaryIO, *,
     failure_r, failure_w = os.pipe()
     try:
         pid = os.fork()
-        if pid == 0:  # child: the later records into the memfd, then exit without cleanup
-            status = 1
-            try:
-                w, offs = btf.wire_records()
-                mid = bisect.bisect_left(offs, split)  # the first record at or after split
-                start = offs[mid] if mid < len(offs) else len(w)
-                _render(btf, w, start, len(w), btf.start_id + mid, strings,
-                        lambda data: _write_all(spill, data))
-                status = 0
-            except BaseException as e:  # noqa: BLE001 - handed to the parent, which raises it
-                if isinstance(e, OSError) and e.filename is None:
-                    e.filename = "memfd:btf-dump"  # not the caller's output: say which file
-                _send_failure(failure_w, e)
-            finally:
-                os._exit(status)
+        if pid == 0:
+            _render_later_records(btf, split, strings, spill, failure_w)
         os.close(failure_w)
         failure_w = -1
         try:
@@ -325,6 +312,27 @@ def write_raw(btf: Btf, out: BinaryIO, *,
         for fd in (spill, failure_r, failure_w):
             if fd >= 0:
                 os.close(fd)
+
+
+def _render_later_records(btf: Btf, split: int, strings: _Strings, spill: int,
+                          failure_w: int) -> NoReturn:
+    """The forked child's part of write_raw: the records from the first one at or after
+    word `split` into the memfd `spill`, then exit without cleanup (a failure goes to the
+    parent through `failure_w`)."""
+    status = 1
+    try:
+        w, offs = btf.wire_records()
+        mid = bisect.bisect_left(offs, split)
+        start = offs[mid] if mid < len(offs) else len(w)
+        _render(btf, w, start, len(w), btf.start_id + mid, strings,
+                lambda data: _write_all(spill, data))
+        status = 0
+    except BaseException as e:  # noqa: BLE001 - handed to the parent, which raises it
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = "memfd:btf-dump"  # not the caller's output: say which file
+        _send_failure(failure_w, e)
+    finally:
+        os._exit(status)
 
 
 def _send_failure(fd: int, exc: BaseException) -> None:
