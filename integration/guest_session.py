@@ -11,9 +11,12 @@ nothing but the kernel and the trixie root:
 
 The kernel part runs first and removes its modules again, so the daemon part starts from
 a kernel with no fixture loaded, as a boot of its own would.  Booting is 20-40 s of each
-guest under TCG; a new check added to a part costs seconds.  What needs a boot of its own
-says why where it boots: systemd as PID 1 (test_systemd_vm.py), a kernel log line printed
-once per boot (test_popos_vm.py).
+guest under TCG; a new check added to a part costs seconds.  The guest copies out the BTF it
+saw (/sys/kernel/btf/*, the daemon's published and merged files) and the host dumps them
+with the guest root's own bpftool (trixie's 7.5, in its chroot): a dump parses the whole
+vmlinux BTF, 0.1-0.3 s natively and seconds under TCG, ~30 of them per boot.  What needs a
+boot of its own says why where it boots: systemd as PID 1 (test_systemd_vm.py), a kernel
+log line printed once per boot (test_popos_vm.py).
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ from btfreconciled.reconcile.distill import distill
 
 KERNEL_OUT = "/run/btfr-out"
 DAEMON_OUT = "/run/btfr-daemon"
-# load_fixtures.sh: ~1-2 min; daemon.sh: 4-8 min on 2 busy cores (every bpftool dump of
-# the merged files reads ~5 MB, every `ctl` forks a Python process under TCG)
+# load_fixtures.sh: ~1 min; daemon.sh: 3-6 min on 2 busy cores (every `ctl` forks a
+# Python process under TCG, every loader start loads BTF)
 TIMEOUT = 1500
 
 
@@ -99,8 +102,66 @@ def boot(tc, series: str, tmp_factory) -> dict[str, dict]:
             raise RuntimeError(f"{series} guest: the {part} part did not complete (guest "
                                f"status {res.returncode}):\n{res.stdout[-5000:]}\n"
                                f"{res.stderr[-5000:]}\n--- daemon.log ---\n{log[-5000:]}")
+    dump_on_host(tc, series, kout, dout)
     return {"kernel": save_kernel_verdicts(tc, series, kout, res.stdout, res.stderr),
             "daemon": {"out": dout, "series": series, "release": tc.kernel_release(series)}}
+
+
+def _dump(src: Path, out: Path, rc: Path | None, base: Path | None = None,
+          err: Path | None = None) -> str:
+    """One bpftool raw dump as a shell line: stdout (and stderr, unless ``err``) to ``out``,
+    the exit status to ``rc``."""
+    q = shlex.quote
+    line = f"bpftool btf dump file {q(str(src))}"
+    if base is not None:
+        line += f" -B {q(str(base))}"
+    line += f" format raw > {q(str(out))} " + (f"2> {q(str(err))}" if err else "2>&1")
+    return line + (f"; echo $? > {q(str(rc))}" if rc else "")
+
+
+def dump_on_host(tc, series: str, kout: Path, dout: Path) -> None:
+    """The bpftool dumps of what the guest copied out, written where the guest scripts used
+    to write them (the tests read the same files): what the kernel registered, the .ko as
+    libbpf relocates it onto the running vmlinux, the daemon's published BTF, and each merged
+    file, whose first lines must be the running vmlinux's dump and the rest the module's."""
+    vml = kout / "vmlinux.btf"  # the running kernel's /sys/kernel/btf/vmlinux
+    fx = tc.fixtures_dir(series)
+    lines = []
+    for phase, src in (("distilled", fx), ("plain", fx / "plain")):
+        d = kout / phase
+        for m in tc.FIXTURE_MODULES:
+            if (d / f"{m}.btf").exists():
+                lines.append(_dump(d / f"{m}.btf", d / f"{m}.sysfs.txt", d / f"{m}.sysfs.rc",
+                                   vml))
+            lines.append(_dump(src / f"{m}.ko", d / f"{m}.ko.txt", d / f"{m}.ko.rc", vml))
+    for m in tc.FIXTURE_MODULES:
+        if (dout / f"{m}.ours.btf").exists():
+            lines.append(_dump(dout / f"{m}.ours.btf", dout / f"{m}.ours.txt",
+                               dout / f"{m}.ours.rc", vml))
+        if (dout / f"{m}.kernel.btf").exists():
+            lines.append(_dump(dout / f"{m}.kernel.btf", dout / f"{m}.kernel.txt", None, vml))
+        # the module file as it was loaded (daemon.sh later puts another build in its place)
+        lines.append(_dump(fx / f"{m}.ko", dout / f"{m}.libbpf.txt", None, vml))
+    merged = [n for n in (*tc.FIXTURE_MODULES, "all") if (dout / f"{n}.merged.btf").exists()]
+    raw = kout / "vmlinux.raw.txt"
+    lines.append(_dump(vml, raw, None))
+    for n in merged:
+        lines.append(_dump(dout / f"{n}.merged.btf", dout / f"{n}.merged.raw.txt",
+                           dout / f"{n}.merged.dump.rc", err=dout / f"{n}.merged.dump.err"))
+    res = tc.run_in_chroot("\n".join(lines), timeout=600)
+    if res.returncode != 0 or not raw.exists():
+        raise RuntimeError(f"{series}: bpftool in the trixie chroot failed on the guest's "
+                           f"files (status {res.returncode}):\n{res.stderr[-3000:]}")
+    vmlinux_lines = raw.read_text().splitlines(keepends=True)
+    (dout / "vmlinux.raw.lines").write_text(f"{len(vmlinux_lines)}\n")
+    for n in merged:
+        dumped = dout / f"{n}.merged.raw.txt"
+        got = dumped.read_text().splitlines(keepends=True)
+        head_ok = got[:len(vmlinux_lines)] == vmlinux_lines
+        (dout / f"{n}.merged.head.rc").write_text("0\n" if head_ok else "1\n")
+        (dout / f"{n}.merged.tail.txt").write_text("".join(got[len(vmlinux_lines):]))
+        dumped.unlink()
+    raw.unlink()
 
 
 def save_kernel_verdicts(tc, series: str, out: Path, stdout: str, stderr: str) -> dict:

@@ -5,11 +5,12 @@
 # For each phase (e.g. "distilled" with fixtures/<rel>/, "plain" with fixtures/<rel>/plain/)
 # and module M, writes into OUT_DIR/PHASE/:
 #   M.insmod (output) M.insmod.rc, M.btf (copy of /sys/kernel/btf/M, when present),
-#   M.sysfs.txt / .rc (bpftool 7.5 raw dump of /sys/kernel/btf/M on /sys/kernel/btf/vmlinux),
-#   M.ko.txt / .rc (bpftool raw dump of the .ko file with -B /sys/kernel/btf/vmlinux:
-#   libbpf relocates a .BTF.base module onto the running vmlinux), M.dmesg (new kernel lines).
+#   M.dmesg (new kernel lines).
 # Modules are removed again at the end of each phase.  OUT_DIR also gets uname, vmlinux.btf
 # (/sys/kernel/btf/vmlinux), dmesg (whole log at the end), bpftool.version.
+# The bpftool dumps of these files (M.sysfs.txt, M.ko.txt) are made afterwards on the host,
+# by the same trixie bpftool 7.5 in its chroot (guest_session.py): each one parses the whole
+# vmlinux BTF, seconds under TCG, and they need nothing from the running kernel but its bytes.
 set -u
 out=$1; shift
 mkdir -p "$out"
@@ -28,11 +29,7 @@ while [ $# -gt 0 ]; do
         grep -q "^$m " /proc/modules && loaded="$m $loaded"
         if [ -e "/sys/kernel/btf/$m" ]; then
             cp "/sys/kernel/btf/$m" "$d/$m.btf"
-            bpftool btf dump file "/sys/kernel/btf/$m" -B /sys/kernel/btf/vmlinux format raw >"$d/$m.sysfs.txt" 2>&1
-            echo $? >"$d/$m.sysfs.rc"
         fi
-        bpftool btf dump file "$fx/$m.ko" -B /sys/kernel/btf/vmlinux format raw >"$d/$m.ko.txt" 2>&1
-        echo $? >"$d/$m.ko.rc"
         dmesg | tail -n +"$((before + 1))" >"$d/$m.dmesg"
     done
     [ $# -gt 0 ] && shift
