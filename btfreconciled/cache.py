@@ -1,4 +1,4 @@
-"""The on-disk cache BPF loaders consult (SPEC §4).
+"""The on-disk cache BPF loaders consult.
 
 Layout under the cache root (default ``/var/cache/btfreconciled``)::
 
@@ -11,7 +11,7 @@ Layout under the cache root (default ``/var/cache/btfreconciled``)::
     <root>/<kernel-id>/manifest.json        kernel identity and the module -> verdict table
     <root>/current -> <kernel-id>           relative symlink to the running kernel's directory
 
-The cache belongs to one daemon (SPEC §10): ``<root>/.lock`` is flock'ed for its lifetime (a
+The cache belongs to one daemon: ``<root>/.lock`` is flock'ed for its lifetime (a
 second daemon is refused, naming the holder's pid); nothing below the root is ever followed
 through a symlink (a planted link is reported and replaced, never written through); the root's
 mode is left as found unless the daemon created it; garbage collection removes only kernel
@@ -59,7 +59,7 @@ KERNEL_MARKER = ".btfreconciled-kernel"  # in every kernel directory the daemon 
 # `path` answers and what goes into merged/all.btf. Every other verdict (incompatible,
 # no-base, error, pending, kernel-dropped, stale-file, ...) publishes a record and no BTF.
 SERVED_VERDICTS = ("ok", "rescued")
-# What a reader takes from the cache (SPEC §10, inputs are untrusted): a bigger file is refused
+# What a reader takes from the cache (inputs are untrusted): a bigger file is refused
 # with its name and size, never read whole. Real ones: a record is 2-10 KB (an incompatible
 # module's diagnostics, ~0.5-1 KB per unmatched base type, a few hundred KB at worst); the
 # manifest is ~100 bytes per loaded module and index.json ~300 per merged module.

@@ -1,4 +1,4 @@
-"""Where a BPF loader finds the BTF btfreconciled published (SPEC §8), from the cache alone.
+"""Where a BPF loader finds the BTF btfreconciled published, from the cache alone.
 
 No daemon is needed: everything is read from the cache directory (default
 ``/var/cache/btfreconciled``, world-readable), and checked on the way::

@@ -1,7 +1,7 @@
 """Compressed kernel files: xz, zstd and gzip, told apart by their magic bytes.
 
-Reading decompresses within a caller-given bound, chunk by chunk (inputs are untrusted,
-SPEC §10); writing compresses the way the kernel's tools need (xz with CRC32 checks, which
+Reading decompresses within a caller-given bound, chunk by chunk (inputs are untrusted);
+writing compresses the way the kernel's tools need (xz with CRC32 checks, which
 kmod requires). lzma and zstandard are imported on first use: a command that reads a raw
 BTF file needs neither.
 """

@@ -1,4 +1,4 @@
-"""Read the BTF sections of kernel ELF files (SPEC §2).
+"""Read the BTF sections of kernel ELF files.
 
 Reading: `.ko`/vmlinux ELF files, plain or xz/zstd/gzip compressed (detected by magic
 bytes), raw BTF files such as /sys/kernel/btf/vmlinux, and x86 kernel images (bzImage,
@@ -42,7 +42,7 @@ BUILD_ID_SECTION = ".note.gnu.build-id"
 MODINFO_SECTION = ".modinfo"
 _READ_SECTIONS = (*_BTF_SECTIONS, BUILD_ID_SECTION, MODINFO_SECTION)
 
-# Inputs are untrusted (SPEC §10): sizes from a file never size an allocation unchecked.
+# Inputs are untrusted: sizes from a file never size an allocation unchecked.
 # The largest Debian module (amdgpu, 6.12) is 4 MiB compressed and 30 MiB decompressed; a raw
 # vmlinux BTF is ~5 MiB. An uncompressed ELF (a vmlinux with debug info: up to ~1 GiB) is
 # never read whole: only its section headers and .BTF* sections, each within MAX_FILE_SIZE.

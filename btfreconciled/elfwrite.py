@@ -1,4 +1,4 @@
-"""Write the BTF sections of kernel ELF files (pyelftools cannot write; SPEC §2).
+"""Write the BTF sections of kernel ELF files (pyelftools cannot write).
 
 `write_btf_sections` adds, replaces or removes non-allocated sections such as `.BTF.base`
 without renumbering any existing section, because symbols, relocations, groups and

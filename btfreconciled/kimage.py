@@ -1,4 +1,4 @@
-"""Kernel images as BTF input (SPEC §9): an x86 bzImage (`/boot/vmlinuz-*`) -> its `.BTF`.
+"""Kernel images as BTF input: an x86 bzImage (`/boot/vmlinuz-*`) -> its `.BTF`.
 
 One job: find the compressed vmlinux inside the image, decompress it as a stream and return
 the bytes of its `.BTF` section, without a temporary file and without holding the ~60 MiB

@@ -1,5 +1,5 @@
 """`btfreconcilectl kernel-check VERSION [--image FILE]`: before rebooting into a new kernel,
-which of the out-of-tree modules built for it will not have usable BTF there (issue 10)."""
+which of the out-of-tree modules built for it will not have usable BTF there."""
 
 from __future__ import annotations
 

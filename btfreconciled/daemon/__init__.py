@@ -1,1 +1,1 @@
-"""btfreconciled, the daemon: module load events -> reconciled BTF in the cache (SPEC §4)."""
+"""btfreconciled, the daemon: module load events -> reconciled BTF in the cache."""

@@ -1,4 +1,4 @@
-"""Loader-ready BTF in the cache (SPEC §8): ``merged/<module>.btf`` and ``merged/all.btf``.
+"""Loader-ready BTF in the cache: ``merged/<module>.btf`` and ``merged/all.btf``.
 
 libbpf (``btf_custom_path``), cilium/ebpf (``KernelTypes``) and bpftrace (``BPFTRACE_BTF``)
 take ONE standalone BTF file, not split BTF. For every module whose verdict is served

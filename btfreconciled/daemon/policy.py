@@ -1,4 +1,4 @@
-"""Per-module publishing policy (SPEC §10): publish only what is true for the loaded module.
+"""Per-module publishing policy: publish only what is true for the loaded module.
 
 Three checks stand between a reconciliation result and the cache:
 

@@ -26,7 +26,7 @@ from .engine import Engine
 from .events import FileWatcher, UeventListener
 from .notify import Notifier
 
-# Control socket limits (SPEC §10: the socket is untrusted input).
+# Control socket limits (the socket is untrusted input).
 # Open at once. At the limit a new connection evicts the oldest idle one (waiting for a
 # request: an idle client holds nothing, and a flood of them must not lock out a real
 # `status`); only when none is idle does the new one get _BUSY and is closed.

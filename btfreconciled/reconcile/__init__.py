@@ -1,4 +1,4 @@
-"""Reconciliation engine (SPEC §3): distill a module's base expectations, reconcile its split
+"""Reconciliation engine: distill a module's base expectations, reconcile its split
 BTF onto any vmlinux exactly as libbpf/the kernel would, and explain every rejection.
 
 The daemon's entry points::

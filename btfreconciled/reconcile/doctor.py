@@ -1,5 +1,5 @@
-"""Why a module's BTF does or does not fit a kernel, and which kernel build it was made for
-(SPEC §9). Used by `btfreconcilectl doctor`, `rescue` and the daemon.
+"""Why a module's BTF does or does not fit a kernel, and which kernel build it was made for.
+Used by `btfreconcilectl doctor`, `rescue` and the daemon.
 
 Three kinds of module:
 

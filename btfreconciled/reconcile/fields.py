@@ -1,7 +1,7 @@
 """`.BTF.base_expects`: full member lists of the base structs/unions a module depends on,
 written by `distill --fields`, and the field checks that use them at reconcile time.
 
-Layout of the section (a standalone BTF, SPEC §2): first, in order, one type per type of the
+Layout of the section (a standalone BTF): first, in order, one type per type of the
 module's distilled base (so its leading named INT/FLOAT/ENUM/FWD/STRUCT/UNION types with
 members dropped *are* the distilled base), the recorded structs/unions carrying their members;
 then the helper types members refer to: anonymous structs/unions in full, arrays (element type

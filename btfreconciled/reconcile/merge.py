@@ -1,4 +1,4 @@
-"""Merged BTF (SPEC §8): a target vmlinux and reconciled modules as ONE standalone BTF.
+"""Merged BTF: a target vmlinux and reconciled modules as ONE standalone BTF.
 
 Loaders that take a single BTF file -- libbpf's ``btf_custom_path``, cilium/ebpf's
 ``KernelTypes``, bpftrace's ``BPFTRACE_BTF`` -- cannot read split BTF. A module's BTF

@@ -1,4 +1,4 @@
-"""Which vmlinux a classic split BTF was built for (SPEC §9): read it off the module itself.
+"""Which vmlinux a classic split BTF was built for: read it off the module itself.
 
 Classic module BTF continues the type ids and string offsets of the exact vmlinux it was
 built against. Two numbers of that base are therefore written into the module:

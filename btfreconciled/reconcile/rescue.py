@@ -1,4 +1,4 @@
-"""Rescue a module with classic split BTF (SPEC §9): distill it against the build it was made
+"""Rescue a module with classic split BTF: distill it against the build it was made
 for, so that it carries `.BTF.base` and reconciles onto any kernel -- in the file
 (`btfreconcilectl rescue`) or in memory (the daemon, verdict `rescued`).
 
