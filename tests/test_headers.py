@@ -128,6 +128,33 @@ def test_written_file_is_the_smallest_base_elf(tmp_path: Path,
     assert sorted(p.name for p in build_dir(root).iterdir()) == ["include", "vmlinux"]
 
 
+def test_debian_13_merged_usr_relative_build_link(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Debian 13: /lib -> usr/lib, and /usr/lib/modules/V/build -> ../../../src/linux-headers-V
+    (relative to where the link really is, not to /lib/modules/V: that would be /src)."""
+    root = tmp_path / "root"
+    src = build_dir(root)
+    (src / "include/config").mkdir(parents=True)
+    (src / "include/config/kernel.release").write_text(V + "\n")
+    (root / "usr/lib/modules" / V).mkdir(parents=True)
+    (root / "lib").symlink_to("usr/lib")
+    (root / "usr/lib/modules" / V / "build").symlink_to(f"../../../src/linux-headers-{V}")
+    (root / "boot").mkdir()
+    (root / "boot" / f"vmlinuz-{V}").write_bytes(bzimage(V))
+    rc, out, err = run(capsys, V, "--root", str(root))
+    assert rc == 0, err
+    assert written_btf(src / "vmlinux") == BTF
+    # an absolute /lib link is taken inside the root too; a dangling build link is no headers
+    (root / "lib").unlink()
+    (root / "lib").symlink_to("/usr/lib")
+    rc, out, err = run(capsys, V, "--root", str(root))
+    assert rc == 0 and "already holds" in out, err
+    (root / "usr/lib/modules" / V / "build").unlink()
+    (root / "usr/lib/modules" / V / "build").symlink_to("../../../src/nothing")
+    rc, out, err = run(capsys, V, "--root", str(root))
+    assert rc == 1, err
+
+
 def test_a_32_bit_kernel_gets_a_32_bit_elf(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     root = make_root(tmp_path, image=bzimage(V, bits64=False))

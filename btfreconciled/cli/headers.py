@@ -258,23 +258,51 @@ def _build_dir(given: str | None, root: Path, version: str) -> Path | None:
         if not p.is_dir():
             raise CliError(f"{given}: not a directory")
         return Path(os.path.realpath(p))
-    p = _under(root, f"/lib/modules/{version}/build")
-    for _ in range(_MAX_LINKS):
+    p = _resolve_under(root, f"/lib/modules/{version}/build")
+    if p is None:
+        return None
+    try:
+        st = os.stat(p)
+    except OSError as e:
+        raise CliError(f"{p}: {e.strerror or e}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise CliError(f"{p}: not a directory")
+    return p
+
+
+def _resolve_under(root: Path, path: str) -> Path | None:
+    """`path` (absolute, as seen from inside `root`) resolved as in a chroot at `root`: the
+    symlinks of every component, absolute ones taken relative to `root`, ".." never above
+    it. Debian 13's /usr/lib/modules/V/build -> ../../../src/linux-headers-V is reached
+    through /lib -> usr/lib: resolving the link next to its unresolved name gives /src.
+    None when a component does not exist."""
+    todo = [c for c in path.split("/") if c not in ("", ".")]
+    done: list[str] = []
+    links = 0
+    while todo:
+        c = todo.pop(0)
+        if c == "..":
+            if done:
+                done.pop()
+            continue
+        p = root.joinpath(*done, c)
         try:
             st = os.lstat(p)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as e:
             raise CliError(f"{p}: {e.strerror or e}") from None
-        if stat.S_ISLNK(st.st_mode):
-            link = os.readlink(p)
-            p = _under(root, link) if link.startswith("/") else p.parent / link
+        if not stat.S_ISLNK(st.st_mode):
+            done.append(c)
             continue
-        if not stat.S_ISDIR(st.st_mode):
-            raise CliError(f"{p}: not a directory")
-        return Path(os.path.normpath(p))
-    raise CliError(f"{_under(root, f'/lib/modules/{version}/build')}: too many levels of "
-                   "symbolic links")
+        links += 1
+        if links > _MAX_LINKS:
+            raise CliError(f"{_under(root, path)}: too many levels of symbolic links")
+        link = os.readlink(p)
+        if link.startswith("/"):
+            done = []
+        todo = [x for x in link.split("/") if x not in ("", ".")] + todo
+    return root.joinpath(*done)
 
 
 def _headers_release(build: Path) -> str:
