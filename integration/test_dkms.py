@@ -16,10 +16,12 @@ its postinst runs /etc/kernel/header_postinst.d/ in run-parts order, where our h
   has .BTF and .BTF.base, and its .BTF, .BTF.base and .BTF_ids are byte for byte those of the
   same DKMS build against Debian's shipped vmlinux (the package installed as it is).
 - bookworm, 6.1 (pahole 1.24), headers as Debian 12 ships them (no vmlinux): without our hook
-  "Skipping BTF generation", no .BTF. With it alone the build FAILS on stock Debian 12: with a
-  vmlinux present Kbuild runs $(objtree)/tools/bpf/resolve_btfids/resolve_btfids, which
-  linux-kbuild-6.1 does not ship ("not found", make error 127), DKMS's hook fails and with it
-  the headers package's postinst (dpkg exit 1) (test_61_hook_alone). With a resolve_btfids
+  "Skipping BTF generation", no .BTF. With it alone (stock Debian 12) the hook writes
+  nothing and says why: with a vmlinux present Kbuild runs $(objtree)/tools/bpf/
+  resolve_btfids/resolve_btfids, which linux-kbuild-6.1 does not ship, and every module build
+  failed ("not found", make error 127), DKMS's hook with it and the headers package's
+  postinst (dpkg exit 1): how this test first found it. Now DKMS builds as without the hook
+  and dpkg succeeds (test_61_hook_alone_leaves_the_upgrade_working). With a resolve_btfids
   in that place (trixie's, run by trixie's loader and libraries), every module has .BTF
   equal to the same DKMS build's against the full vmlinux ELF extracted from the image: byte
   for byte where pahole 1.24 reproduces itself, else (its "-j" orders types by which thread
@@ -372,19 +374,18 @@ def test_61_without_hook_skips_btf(bookworm) -> None:
     expect_skipped(bookworm["no-hook"], NEGATIVE)
 
 
-def test_61_hook_alone(bookworm) -> None:
-    """Stock Debian 12, as it is today (a defect, pinned here so that its fix must change this
-    test): with a vmlinux in the build directory (ours; the `cp /sys/kernel/btf/vmlinux`
-    workaround does the same) Kbuild runs resolve_btfids, which linux-kbuild-6.1 does not
-    ship: the module build fails, DKMS's hook fails, and so does the headers package's
-    postinst (run-parts --exit-on-error), i.e. the kernel upgrade."""
+def test_61_hook_alone_leaves_the_upgrade_working(bookworm) -> None:
+    """Stock Debian 12: linux-kbuild-6.1 ships no resolve_btfids, and with any vmlinux in the
+    build directory Kbuild runs it on every module, so a vmlinux there would fail every DKMS
+    build and, through run-parts --exit-on-error, the headers package's postinst (the kernel
+    upgrade: seen here before `headers` checked for it). Our hook writes nothing there and
+    says why; DKMS builds the modules as before, without BTF, and dpkg succeeds."""
     b = bookworm["hook-stock"]
     expect_hook_first(b)
-    assert "btfreconcilectl headers: wrote /usr/src/linux-headers-" in b.log
-    assert "tools/bpf/resolve_btfids/resolve_btfids: not found" in "".join(b.make_logs.values())
-    assert "Failed to process /etc/kernel/header_postinst.d" in b.log
-    assert "=== dpkg exit 1" in b.log
-    assert not b.modules
+    assert re.search(r"btfreconcilectl headers: nothing written: /usr/src/linux-headers-\S+ "
+                     r"has no tools/bpf/resolve_btfids/resolve_btfids", b.log), b.log[-4000:]
+    expect_skipped(b, ("acpi-call",))
+    assert "Failed to process /etc/kernel/header_postinst.d" not in b.log
 
 
 def test_61_hook_gives_btf_like_the_full_vmlinux(tc, bookworm) -> None:

@@ -60,6 +60,7 @@ def make_root(tmp_path: Path, release: str = V, *, image: bytes | None = None,
     src = root / "usr/src" / f"linux-headers-{release}"
     (src / "include/config").mkdir(parents=True)
     (src / "include/config/kernel.release").write_text((headers_release or release) + "\n")
+    with_resolve_btfids(src)
     mods = root / "lib/modules" / release
     mods.mkdir(parents=True)
     (mods / "build").symlink_to(f"/usr/src/linux-headers-{release}")
@@ -67,6 +68,19 @@ def make_root(tmp_path: Path, release: str = V, *, image: bytes | None = None,
         (root / "boot").mkdir()
         (root / "boot" / f"vmlinuz-{release}").write_bytes(image)
     return root
+
+
+def with_resolve_btfids(build: Path) -> Path:
+    """Kbuild's resolve_btfids in `build` (…/usr/src/linux-headers-V), as Debian 13's headers
+    link it: tools -> ../../lib/linux-kbuild-V/tools (the kbuild package's directory)."""
+    tools = build.parent.parent / "lib" / f"linux-kbuild-{build.name}" / "tools"
+    prog = tools / "bpf" / "resolve_btfids" / "resolve_btfids"
+    prog.parent.mkdir(parents=True, exist_ok=True)
+    prog.write_text("#!/bin/sh\nexit 0\n")
+    prog.chmod(0o755)
+    if not (build / "tools").is_symlink():
+        (build / "tools").symlink_to(f"../../lib/linux-kbuild-{build.name}/tools")
+    return prog
 
 
 def build_dir(root: Path, release: str = V) -> Path:
@@ -125,7 +139,7 @@ def test_written_file_is_the_smallest_base_elf(tmp_path: Path,
     rc, out, _ = run(capsys, V, "--root", str(root))
     assert rc == 0 and "already holds" in out and target.stat().st_mtime_ns == before
     # no temporary file left behind
-    assert sorted(p.name for p in build_dir(root).iterdir()) == ["include", "vmlinux"]
+    assert sorted(p.name for p in build_dir(root).iterdir()) == ["include", "tools", "vmlinux"]
 
 
 def test_debian_13_merged_usr_relative_build_link(tmp_path: Path,
@@ -136,6 +150,7 @@ def test_debian_13_merged_usr_relative_build_link(tmp_path: Path,
     src = build_dir(root)
     (src / "include/config").mkdir(parents=True)
     (src / "include/config/kernel.release").write_text(V + "\n")
+    with_resolve_btfids(src)
     (root / "usr/lib/modules" / V).mkdir(parents=True)
     (root / "lib").symlink_to("usr/lib")
     (root / "usr/lib/modules" / V / "build").symlink_to(f"../../../src/linux-headers-{V}")
@@ -174,6 +189,7 @@ def test_running_kernel_from_sys(tmp_path: Path, capsys: pytest.CaptureFixture[s
     build = tmp_path / "build"
     (build / "include/config").mkdir(parents=True)
     (build / "include/config/kernel.release").write_text(release + "\n")
+    with_resolve_btfids(build)
     rc, out, err = run(capsys, release, "--build-dir", str(build), "--root",
                        str(tmp_path / "empty"), "--json")
     assert rc == 0, err
@@ -466,3 +482,29 @@ def test_install_service_installs_the_hooks(tmp_path: Path) -> None:
     for d in ("header_postinst.d", "postinst.d", "postrm.d"):
         hook = root / "etc/kernel" / d / "btfreconciled-headers"
         assert hook.read_bytes() == HOOK.read_bytes() and os.access(hook, os.X_OK)
+
+
+def test_no_resolve_btfids_nothing_written(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Debian 12's headers (linux-kbuild-6.1) have no resolve_btfids: a vmlinux there would
+    make Kbuild run it on every module and fail the build (found by DKMS through the real
+    hooks, integration/test_dkms.py), so nothing is written and the reason is said."""
+    root = make_root(tmp_path, image=bzimage(V))
+    build = build_dir(root)
+    (build / "tools").unlink()
+    rc, out, err = run(capsys, V, "--root", str(root), "--json")
+    assert rc == 1, err
+    report = json.loads(out)
+    assert report["action"] == "no-resolve-btfids"
+    assert "tools/bpf/resolve_btfids/resolve_btfids" in report["message"]
+    assert not (build / "vmlinux").exists()
+    rc, out, err = run(capsys, V, "--root", str(root))
+    assert rc == 1 and out == "" and len(err.splitlines()) == 1
+    assert "every module build would fail" in err
+    # a resolve_btfids that is there but not executable is no resolve_btfids either
+    prog = with_resolve_btfids(build)
+    prog.chmod(0o644)
+    assert run(capsys, V, "--root", str(root))[0] == 1
+    prog.chmod(0o755)
+    rc, out, err = run(capsys, V, "--root", str(root))
+    assert rc == 0 and written_btf(build / "vmlinux") == BTF, err

@@ -32,6 +32,8 @@ SYS_BTF = Path("/sys/kernel/btf/vmlinux")
 EXIT_NOTHING = EXIT_INCOMPATIBLE  # 1: nothing done; the message says which input is missing
 _BTF_MAGICS = (b"\x9f\xeb", b"\xeb\x9f")
 _MAX_LINKS = 40  # symlinks followed resolving the build directory (as the kernel's ELOOP)
+# Kbuild's resolve_btfids, relative to the build directory ($(objtree)): see _has_resolve_btfids
+RESOLVE_BTFIDS = "tools/bpf/resolve_btfids/resolve_btfids"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,9 +55,13 @@ def register(sub: argparse._SubParsersAction) -> None:
             "refused. An existing vmlinux holding "
             "VERSION's BTF (Debian 13 ships one) is left alone; one holding other BTF (a "
             "copy of the running kernel's /sys/kernel/btf/vmlinux) is replaced only with "
-            "--force. The file written is marked as ours: --remove deletes only that."),
+            "--force. Nothing is written where the build directory has no "
+            "tools/bpf/resolve_btfids/resolve_btfids (Debian 12's headers): Kbuild runs it "
+            "whenever a vmlinux is there, and without it every module build would fail. "
+            "The file written is marked as ours: --remove deletes only that."),
         epilog="exit status: 0 written, removed or already right; 1 nothing done (an input "
-               "is missing, or a vmlinux that is not ours is in the way); 2 error.",
+               "is missing: headers, image, resolve_btfids; or a vmlinux that is not ours "
+               "is in the way); 2 error.",
     )
     p.add_argument("version", metavar="VERSION", help="kernel release, as in /lib/modules")
     p.add_argument("--image", metavar="FILE",
@@ -164,6 +170,13 @@ def run(args: argparse.Namespace) -> int:
         else:
             action = "replaced"
 
+    if not _has_resolve_btfids(build, root):
+        return done(EXIT_NOTHING, "no-resolve-btfids",
+                    f"nothing written: {build} has no {RESOLVE_BTFIDS}, and with a vmlinux "
+                    "there Kbuild runs it on every module it gives BTF, so every module build "
+                    "would fail (Debian 12's linux-kbuild-6.1 ships none); modules keep building "
+                    f"without BTF. A resolve_btfids built from {version}'s source (make -C "
+                    f"tools/bpf/resolve_btfids) at {build / RESOLVE_BTFIDS} lifts this")
     mark = basefile.mark_text(version, str(source.path), sha)
     data = basefile.build_base_elf(source.btf, source.shape, mark)
     _write(target, data, source.btf)
@@ -303,6 +316,21 @@ def _resolve_under(root: Path, path: str) -> Path | None:
             done = []
         todo = [x for x in link.split("/") if x not in ("", ".")] + todo
     return root.joinpath(*done)
+
+
+def _has_resolve_btfids(build: Path, root: Path) -> bool:
+    """Whether Kbuild's $(objtree)/tools/bpf/resolve_btfids/resolve_btfids is there: its
+    Makefile.modfinal runs `pahole -J --btf_base vmlinux` and then that program on every
+    module as soon as a vmlinux is in the build directory, and a missing one fails the
+    module's build (exit 127) instead of skipping its BTF. Links inside `root` resolve as in
+    a chroot (Debian's headers link tools/ into linux-kbuild-V)."""
+    try:
+        rel = build.relative_to(root)
+    except ValueError:
+        prog: Path | None = build / RESOLVE_BTFIDS
+    else:
+        prog = _resolve_under(root, f"/{rel / RESOLVE_BTFIDS}")
+    return prog is not None and prog.is_file() and os.access(prog, os.X_OK)
 
 
 def _headers_release(build: Path) -> str:
