@@ -61,7 +61,7 @@ def candidate_files(dirs: list[str]) -> list[Path]:
 
 
 @dataclass
-class Candidate:
+class CandidateBase:
     path: Path
     btf: Btf | None = None
     error: str | None = None
@@ -71,9 +71,9 @@ class Candidates:
     """Candidate bases, each read once, on demand (a kernel image costs a decompression)."""
 
     def __init__(self, paths: list[Path]) -> None:
-        self.items = [Candidate(p) for p in paths]
+        self.items = [CandidateBase(p) for p in paths]
 
-    def loaded(self) -> Iterator[Candidate]:
+    def loaded(self) -> Iterator[CandidateBase]:
         """The readable candidates, each read when the iteration reaches it: a caller that
         stops at the module's build reads no kernel file after it (an image costs a
         decompression, a headers' vmlinux a large read)."""

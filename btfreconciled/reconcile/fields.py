@@ -61,7 +61,7 @@ STRICT_CHOICES = ("off", "embedded", "all")
 FIELDS_EMBEDDED, FIELDS_ALL = "embedded", "all"
 
 
-class _View:
+class _ById:
     """Word-level reads of one Btf (and its bases) by type id."""
 
     def __init__(self, btf: Btf) -> None:
@@ -113,7 +113,7 @@ def build_expects(src: Btf, dist: DistillResult, embedded_ids: set[int], mode: s
     `embedded_ids`: original vmlinux ids of the named structs/unions the module embeds;
     `mode` FIELDS_EMBEDDED records those, FIELDS_ALL every named struct/union it references.
     """
-    w = _ExpectsWriter(_View(src), dist)
+    w = _ExpectsWriter(_ById(src), dist)
     record = set(embedded_ids) if mode == FIELDS_EMBEDDED else {
         t for t in w.prefix if w.vm.kind(t) in COMPOSITE_KINDS}
     pending = w.write_prefix(record)
@@ -124,7 +124,7 @@ def build_expects(src: Btf, dist: DistillResult, embedded_ids: set[int], mode: s
 class _ExpectsWriter:
     """The section under construction: vmlinux ids (of the module's build) -> expects ids."""
 
-    def __init__(self, vm: _View, dist: DistillResult) -> None:
+    def __init__(self, vm: _ById, dist: DistillResult) -> None:
         self.vm = vm
         self.out = Builder()
         base = dist.base
@@ -292,7 +292,7 @@ def _kind_name(k: int) -> str:
     return name
 
 
-def _shape(v: _View, tid: int, depth: int = 0) -> tuple:
+def _shape(v: _ById, tid: int, depth: int = 0) -> tuple:
     tid = v.resolve(tid)
     if not tid:
         return ("void",)
@@ -327,7 +327,7 @@ def _shape_text(shape: tuple) -> str:
     return " ".join(str(x) for x in shape)
 
 
-def flatten(v: _View, tid: int) -> dict[str, FieldInfo]:
+def flatten(v: _ById, tid: int) -> dict[str, FieldInfo]:
     """Members of composite `tid` by name; anonymous struct/union members are flattened."""
     out: dict[str, FieldInfo] = {}
 
@@ -354,7 +354,7 @@ def flatten(v: _View, tid: int) -> dict[str, FieldInfo]:
     return out
 
 
-def _target_layout(target: VmlinuxIndex, tv: _View, vid: int) -> dict[str, FieldInfo]:
+def _target_layout(target: VmlinuxIndex, tv: _ById, vid: int) -> dict[str, FieldInfo]:
     got = target.flat_layouts.get(vid)
     if got is None:
         got = target.flat_layouts[vid] = flatten(tv, vid)
@@ -406,8 +406,8 @@ def check_fields(expects: Btf, target: VmlinuxIndex, id_map: dict[int, int],
     """
     if strict not in STRICT_CHOICES:
         raise ValueError(f"strict must be one of {', '.join(STRICT_CHOICES)}")
-    ev = _View(expects)
-    tv = _View(target.btf)
+    ev = _ById(expects)
+    tv = _ById(target.btf)
     problems: list[Problem] = []
     ew, eoffs = expects.wire_records()
     for tid, o in enumerate(eoffs, expects.start_id):

@@ -198,7 +198,7 @@ _CHAIN = frozenset({K_TYPEDEF, K_CONST, K_VOLATILE, K_RESTRICT, K_TYPE_TAG, K_VA
 _SIZED = frozenset({K_INT, K_STRUCT, K_UNION, K_ENUM, K_FLOAT, K_ENUM64})
 
 
-class _Layout:
+class _OwnRecords:
     """The module's own records, to check references for one candidate base count."""
 
     def __init__(self, words: array, offs: list[int]) -> None:
@@ -252,7 +252,7 @@ def infer_shape(split: bytes, source: str = "<module>") -> SplitShape:
     except WireError as e:
         raise OriginError(f"{source}: {e}") from None
     k = len(offs)
-    layout = _Layout(words, offs)
+    own = _OwnRecords(words, offs)
     refs = _refs(words, offs)
     max_ref = max((r[0] for r in refs), default=0)
     n_lo = max(1, max_ref - k + 1)
@@ -260,7 +260,7 @@ def infer_shape(split: bytes, source: str = "<module>") -> SplitShape:
     # module's own references fitting; past the largest reference nothing is checked
     passing = []
     for cand in range(n_lo, min(max_ref + 1, n_lo + MAX_SCAN)):
-        if layout.fits(cand, refs):
+        if own.fits(cand, refs):
             passing.append(cand)
         if passing and cand - passing[0] >= AMBIGUITY_WINDOW:
             break
