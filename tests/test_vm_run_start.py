@@ -98,3 +98,72 @@ def test_the_guest_script_marks_its_start_and_status(cache: Path) -> None:
     p, calls = run(cache, "ok", "echo hello; exit 3")
     assert (p.returncode, calls) == (3, 1), p.stderr
     assert p.stdout.strip() == "hello"
+
+
+# ------------------------------------------------------------------ --init systemd
+
+
+def _systemd_boot(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, outcomes: list[str]):
+    """vm/lib/systemd_boot.run with QEMU's boot replaced: each entry of `outcomes` is one
+    boot, "died" (the guest ended before the command started), "ok" (status 0) or "crash"
+    (died after the command started)."""
+    sys.path.insert(0, str(REPO / "vm" / "lib"))
+    import systemd_boot
+
+    rootfs = tmp_path / "root"
+    (rootfs / "sbin").mkdir(parents=True)
+    (rootfs / "sbin" / "init").write_text("")
+    (rootfs / "usr/bin").mkdir(parents=True)
+    (rootfs / "usr/bin/dbus-daemon").write_text("")
+    boots: list[str] = []
+
+    def boot(*_a, **_k) -> int:
+        what = outcomes[len(boots)]
+        boots.append(what)
+        if what == "died":
+            raise systemd_boot._NotStarted(f"QEMU exit status 0, 1.{len(boots)} s: Kernel panic")
+        if what == "crash":
+            raise SystemExit(125)  # _boot's die(): not a start failure
+        return 0
+
+    monkeypatch.setattr(systemd_boot, "build_initramfs", lambda *a: tmp_path / "initrd")
+    monkeypatch.setattr(systemd_boot.shutil, "which", lambda name: "/usr/bin/true")
+    monkeypatch.setattr(systemd_boot, "_boot", boot)
+
+    def die(msg: str, status: int):
+        raise SystemExit((status, msg))
+
+    class Args:
+        timeout = 300.0
+
+    def run() -> int:
+        return systemd_boot.run(Args(), tmp_path, RELEASE, repo=REPO, cache=tmp_path,
+                                rootfs=rootfs, die=die, kill_group=lambda p: None,
+                                timed_out=124, runner_failed=125)
+    return run, boots
+
+
+def test_systemd_guest_that_died_before_the_command_is_booted_again(monkeypatch, tmp_path,
+                                                                     capsys) -> None:
+    run, boots = _systemd_boot(monkeypatch, tmp_path, ["died", "ok"])
+    assert run() == 0
+    assert boots == ["died", "ok"]
+    err = capsys.readouterr().err
+    assert "the guest died before the command started" in err and "attempt 2 of 3" in err
+
+
+def test_systemd_guest_dying_three_times_is_one_error(monkeypatch, tmp_path) -> None:
+    run, boots = _systemd_boot(monkeypatch, tmp_path, ["died"] * 3)
+    with pytest.raises(SystemExit) as e:
+        run()
+    status, msg = e.value.code
+    assert status == 125 and boots == ["died"] * 3
+    assert msg.startswith("the guest died before the command started, 3 times (last: ")
+    assert "\n" not in msg
+
+
+def test_systemd_guest_failing_after_start_is_not_booted_again(monkeypatch, tmp_path) -> None:
+    run, boots = _systemd_boot(monkeypatch, tmp_path, ["crash", "ok"])
+    with pytest.raises(SystemExit):
+        run()
+    assert boots == ["crash"]

@@ -236,12 +236,35 @@ def run(args: argparse.Namespace, kdir: Path, release: str, *, repo: Path, cache
     except (RunnerError, OSError) as e:
         die(f"cannot build the systemd initramfs for {release}: {e}", runner_failed)
 
-    ctl = Path(tempfile.mkdtemp(prefix="btfr-vmrun-systemd-"))
-    try:
-        return _boot(args, kdir, release, repo, cache, rootfs, qemu, initrd, ctl, die,
-                     kill_group, timed_out, runner_failed)
-    finally:
-        shutil.rmtree(ctl, ignore_errors=True)
+    # A guest that dies before the command started (under TCG a guest kernel has been seen
+    # to oops in its timer code 1.7 s into the boot) did nothing yet: it is booted again,
+    # within the same timeout, as vm/run does for virtme-ng.  One that died later never is.
+    deadline = time.monotonic() + args.timeout
+    attempts = START_ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        ctl = Path(tempfile.mkdtemp(prefix="btfr-vmrun-systemd-"))
+        try:
+            return _boot(args, kdir, release, repo, cache, rootfs, qemu, initrd, ctl, die,
+                         kill_group, timed_out, runner_failed)
+        except _NotStarted as e:
+            left = deadline - time.monotonic()
+            if attempt == attempts or left < 30:
+                times = "once" if attempt == 1 else f"{attempt} times"
+                die(f"the guest died before the command started, {times} (last: {e}); rerun "
+                    "with --verbose to see the boot console", runner_failed)
+            print(f"vm/run: the guest died before the command started ({e}); booting again "
+                  f"(attempt {attempt + 1} of {attempts})", file=sys.stderr, flush=True)
+            args.timeout = left
+        finally:
+            shutil.rmtree(ctl, ignore_errors=True)
+    raise AssertionError("unreachable")
+
+
+START_ATTEMPTS = 3
+
+
+class _NotStarted(Exception):
+    """The guest ended before the command started; the message says how."""
 
 
 def _boot(args: argparse.Namespace, kdir: Path, release: str, repo: Path, cache: Path,
@@ -367,6 +390,9 @@ def _boot(args: argparse.Namespace, kdir: Path, release: str, repo: Path, cache:
         tail = "" if args.verbose else _tail(console, 25)
         if tail:
             print(f"vm/run: --- last console lines ---\n{tail}", file=sys.stderr, flush=True)
+        if started_at is None and not (ctl / "init-error").exists():
+            panic = [ln for ln in tail.splitlines() if "Kernel panic" in ln]
+            raise _NotStarted(why + (f": {panic[-1].split('] ', 1)[-1]}" if panic else ""))
         die(f"the guest command did not run to completion under systemd ({why}); rerun with "
             "--verbose to see the boot console", runner_failed)
     rc = int(rc_text)
