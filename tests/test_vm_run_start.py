@@ -139,7 +139,7 @@ def _systemd_boot(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, outcomes: lis
     def run() -> int:
         return systemd_boot.run(Args(), tmp_path, RELEASE, repo=REPO, cache=tmp_path,
                                 rootfs=rootfs, die=die, kill_group=lambda p: None,
-                                timed_out=124, runner_failed=125)
+                                timed_out=124, runner_failed=125, attempts=3)
     return run, boots
 
 

@@ -223,7 +223,7 @@ KillGroup = Callable[[subprocess.Popen], None]
 
 def run(args: argparse.Namespace, kdir: Path, release: str, *, repo: Path, cache: Path,
         rootfs: Path, die: Die, kill_group: KillGroup, timed_out: int,
-        runner_failed: int) -> int:
+        runner_failed: int, attempts: int) -> int:
     if not (rootfs / "sbin" / "init").exists() or not (rootfs / "usr/bin/dbus-daemon").exists():
         die(f"systemd (systemd-sysv, dbus) is not installed in {rootfs} (run vm/setup)",
             runner_failed)
@@ -240,7 +240,6 @@ def run(args: argparse.Namespace, kdir: Path, release: str, *, repo: Path, cache
     # to oops in its timer code 1.7 s into the boot) did nothing yet: it is booted again,
     # within the same timeout, as vm/run does for virtme-ng.  One that died later never is.
     deadline = time.monotonic() + args.timeout
-    attempts = START_ATTEMPTS
     for attempt in range(1, attempts + 1):
         ctl = Path(tempfile.mkdtemp(prefix="btfr-vmrun-systemd-"))
         try:
@@ -258,9 +257,6 @@ def run(args: argparse.Namespace, kdir: Path, release: str, *, repo: Path, cache
         finally:
             shutil.rmtree(ctl, ignore_errors=True)
     raise AssertionError("unreachable")
-
-
-START_ATTEMPTS = 3
 
 
 class _NotStarted(Exception):
