@@ -8,9 +8,9 @@ base, and with `-B BASE` relocates it onto BASE. We must print the same, line fo
 - every module of the whole Debian 6.12 and 7.2 trees, distilled against its vmlinux (our
   distill, the result written as a small ELF holding .BTF and .BTF.base), without and with -B.
 
-bpftool runs in the trixie chroot (6.x) or the sid chroot (7.2), two shell loops in parallel
-(one chroot each, not one per module); our side runs in two worker processes with the vmlinux
-index built once each.
+bpftool runs in the trixie chroot (6.x) or the sid chroot (7.2), in batch mode: each half of a
+tree in one process, the vmlinux parsed once per process (tests/oracle_tools.bpftool_batch);
+our side runs in two worker processes with the vmlinux index built once each.
 """
 
 from __future__ import annotations
@@ -18,18 +18,23 @@ from __future__ import annotations
 import multiprocessing
 import os
 import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import toolchain
 
-from btfreconciled.btf.btf import Btf
-from btfreconciled.btf.dump import dump_raw
-from btfreconciled.cli.dump import load_for_dump
-from btfreconciled.elf import read_btf_sections
-from btfreconciled.elfwrite import write_btf_sections
-from btfreconciled.reconcile import VmlinuxIndex, distill
-from btfreconciled.reconcile.module import module_btf
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from oracle_tools import bpftool_batch  # noqa: E402
+
+from btfreconciled.btf.btf import Btf  # noqa: E402
+from btfreconciled.btf.dump import dump_raw  # noqa: E402
+from btfreconciled.cli.dump import load_for_dump  # noqa: E402
+from btfreconciled.elf import read_btf_sections  # noqa: E402
+from btfreconciled.elfwrite import write_btf_sections  # noqa: E402
+from btfreconciled.reconcile import VmlinuxIndex, distill  # noqa: E402
+from btfreconciled.reconcile.module import module_btf  # noqa: E402
 
 pytestmark = pytest.mark.chroot
 
@@ -98,23 +103,20 @@ def test_whole_distilled_tree_dumps_like_bpftool(tc, series: str, bpftool: str,
         done = pool.map(_distill_and_dump, list(enumerate(mods)), chunksize=32)
     kos = sorted(ko for _, ko in done if ko)
     assert len(kos) > 4000, len(kos)
-    # bpftool over every distilled module, two chroot loops in parallel
-    script = ('for f in "$@"; do bpftool btf dump file "$f" format raw > "${f%.ko}.ref"; '
-              f'bpftool btf dump file "$f" -B {vml} format raw > "${{f%.ko}}.refB"; done')
-    halves = [kos[0::2], kos[1::2]]
-    root = ["--sid"] if tc.chroot_flags(series)["sid"] else []
-    procs = [subprocess.Popen([str(toolchain.VM_DIR / "chroot"), *root, "--", "sh", "-c",
-                               script, "sh", *h], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for h in halves]
-    for p in procs:
-        _, err = p.communicate(timeout=1800)
-        assert p.returncode == 0, err[-2000:]
+    # bpftool over every distilled module: without and with -B, each half of the tree in one
+    # batch process (the vmlinux parsed once per process), two at a time
+    tool = [*tc.chroot_argv(series), "bpftool"]
+    halves = (kos[0::2], kos[1::2])
+    jobs = [(h, base) for base in (None, vml) for h in (0, 1)]
+    with ThreadPoolExecutor(2) as pool:
+        refs = list(pool.map(lambda j: bpftool_batch(tool, halves[j[0]], j[1],
+                                                     out / f"batch{j[0]}{bool(j[1])}"), jobs))
     bad = []
-    for ko in kos:
-        base = ko[:-3]
-        for ours, ref in ((".ours", ".ref"), (".oursB", ".refB")):
-            if Path(base + ours).read_bytes() != Path(base + ref).read_bytes():
-                bad.append(f"{ko} ({ours})")
+    for (h, base), dumps in zip(jobs, refs):
+        ext = ".oursB" if base else ".ours"
+        for ko, ref in zip(halves[h], dumps):
+            if Path(ko[:-3] + ext).read_text() != ref:
+                bad.append(f"{ko} ({ext})")
     src = dict((ko, m) for m, ko in done if ko)
     print(f"{series} tree: {len(kos)} distilled modules x 2 dumps, bpftool {bpftool}: "
           f"{len(bad)} differ")

@@ -5,7 +5,9 @@ Host bpftool (7.1, bookworm) is the oracle for the 6.1 and 6.12 module trees; tr
 7.5 (in the chroot) for the 6.12 vmlinux and the fixtures; sid's bpftool 7.8 (its own libbpf 1.8)
 for the whole 7.2 tree (vmlinux and every module; Kbuild 7.2 writes a 32-byte BTF header) and the
 7.2 fixtures. bpftool cannot read compressed modules, so .ko.xz/.ko.zst are decompressed into a
-temporary file for it (we read them directly).
+temporary file for it (we read them directly). Over a whole tree, bpftool runs in batch mode
+(tests/oracle_tools.bpftool_batch): one process parses the vmlinux once for thousands of dumps,
+as our side does.
 """
 
 from __future__ import annotations
@@ -20,11 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import toolchain
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import malformed  # noqa: E402
-from oracle_tools import bpftool_raw  # noqa: E402
+from oracle_tools import bpftool_batch, bpftool_raw, require_tool  # noqa: E402
 
 from btfreconciled.btf.btf import Btf  # noqa: E402
 from btfreconciled.btf.dump import dump_raw  # noqa: E402
@@ -52,28 +53,14 @@ def _bpftool_on(path: Path, base: Path, tmpdir: str) -> str:
 
 @pytest.mark.parametrize("series", ["6.1", "6.12"])
 def test_every_module_of_a_debian_kernel_dumps_like_bpftool(tc, series: str, tmp_path) -> None:
-    kdir = tc.kernel_dir(series)
-    base_path = kdir / "vmlinux.btf"
+    base_path = tc.kernel_dir(series) / "vmlinux.btf"
     base = Btf.parse(base_path.read_bytes(), source=str(base_path))
     assert dump_raw(base) == bpftool_raw(base_path), f"{series} vmlinux dump differs"
-
-    def check(mod: Path) -> tuple[Path, int, str]:
-        sections = read_btf_sections(mod)
-        assert sections.btf is not None, f"{mod}: no .BTF"
-        ours = dump_raw(Btf.parse(sections.btf, base=base, source=f"{mod}:.BTF"))
-        ref = _bpftool_on(mod, base_path, str(tmp_path))
-        if ours == ref:
-            return mod, 0, ""
-        diff = list(difflib.unified_diff(ref.splitlines(), ours.splitlines(), lineterm=""))
-        return mod, sum(1 for d in diff if d[:1] in "+-") - 2, "\n".join(diff[:12])
-
-    mods = _modules(kdir)
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        results = list(pool.map(check, mods))
-    bad = [r for r in results if r[1]]
-    print(f"{series}: {len(mods)} modules, {len(bad)} with differences")
-    assert not bad, (f"{len(bad)}/{len(mods)} modules differ from bpftool; first: "
-                     f"{bad[0][0]}\n{bad[0][2]}")
+    mods, bad = _whole_tree(tc, series, [require_tool("bpftool", "bpftool")], tmp_path)
+    without = [m for m, raw in mods if raw is None]
+    assert not without, f"{len(without)} modules without .BTF, first {without[0]}"
+    print(f"{series}: {len(mods)} modules, host bpftool: {len(bad)} with differences")
+    assert not bad, f"{len(bad)}/{len(mods)} modules differ from bpftool; first: {bad[0]}"
 
 
 @pytest.mark.parametrize("series,bpftool", [("6.12", "7.5"), ("7.2", "7.8")])
@@ -122,38 +109,46 @@ def _tree_dump(args: tuple[int, str]) -> tuple[str, str | None]:
     return path, str(raw)
 
 
+def _whole_tree(tc, series: str, bpftool: list[str], tmp_path: Path
+                ) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """Every module of the ``series`` package, split on its vmlinux: our dumps in two worker
+    processes (the vmlinux parsed once each), then ``bpftool``'s in two batch processes
+    (the vmlinux parsed once each).  (module, its raw .BTF or None) per module, and the
+    modules whose dumps differ, each with the head of its diff."""
+    vml = str(tc.kernel_dir(series) / "vmlinux.btf")
+    out = tmp_path / "tree"
+    out.mkdir()
+    mods = [str(p) for p in _modules(tc.kernel_dir(series))]
+    with multiprocessing.get_context("fork").Pool(
+            2, initializer=_tree_init, initargs=(vml, str(out))) as pool:
+        done = pool.map(_tree_dump, list(enumerate(mods)), chunksize=32)
+    raws = [r for _, r in done if r]
+    halves = (raws[0::2], raws[1::2])
+    with ThreadPoolExecutor(2) as pool:
+        refs = list(pool.map(lambda i: bpftool_batch(bpftool, halves[i], vml,
+                                                     out / f"batch{i}"), (0, 1)))
+    src = {r: m for m, r in done if r}
+    bad = []
+    for half, dumps in zip(halves, refs):
+        for raw, ref in zip(half, dumps):
+            ours = Path(raw).with_suffix(".ours").read_text(errors="surrogateescape")
+            if ours != ref:
+                diff = difflib.unified_diff(ref.splitlines(), ours.splitlines(), lineterm="")
+                bad.append(f"{src[raw]}\n" + "\n".join(list(diff)[:12]))
+    return done, bad
+
+
 @pytest.mark.parametrize("series,bpftool", [("7.2", "7.8")])
 def test_whole_tree_dumps_like_chroot_bpftool(tc, series: str, bpftool: str,
                                               tmp_path: Path) -> None:
     """Every module of a kernel package, split on its vmlinux, against the bpftool of the
-    chroot that goes with it (one shell loop per core, not one chroot per module)."""
-    flags = tc.chroot_flags(series)
-    kdir = tc.kernel_dir(series)
-    vml = str(kdir / "vmlinux.btf")
-    out = tmp_path / "tree"
-    out.mkdir()
-    mods = [str(p) for p in _modules(kdir)]
-    with multiprocessing.get_context("fork").Pool(
-            2, initializer=_tree_init, initargs=(vml, str(out))) as pool:
-        done = pool.map(_tree_dump, list(enumerate(mods)), chunksize=32)
-    raws = sorted(r for _, r in done if r)
-    assert len(raws) > 4000, len(raws)
-    script = ('for f in "$@"; do bpftool btf dump file "$f" -B ' + vml +
-              ' format raw > "${f%.btf}.ref" || exit 1; done')
-    root = ["--sid"] if flags["sid"] else []
-    procs = [subprocess.Popen([str(toolchain.VM_DIR / "chroot"), *root, "--", "sh", "-c",
-                               script, "sh", *h], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
-             for h in (raws[0::2], raws[1::2])]
-    for p in procs:
-        _, err = p.communicate(timeout=1800)
-        assert p.returncode == 0, err[-2000:]
-    src = {r: m for m, r in done if r}
-    bad = [r for r in raws if Path(r).with_suffix(".ours").read_bytes()
-           != Path(r).with_suffix(".ref").read_bytes()]
-    print(f"{series}: {len(raws)} modules with .BTF (of {len(mods)}), bpftool {bpftool}: "
+    chroot that goes with it."""
+    done, bad = _whole_tree(tc, series, [*tc.chroot_argv(series), "bpftool"], tmp_path)
+    with_btf = sum(1 for _, raw in done if raw)
+    assert with_btf > 4000, with_btf
+    print(f"{series}: {with_btf} modules with .BTF (of {len(done)}), bpftool {bpftool}: "
           f"{len(bad)} differ")
-    assert not bad, f"{len(bad)} dumps differ from bpftool {bpftool}; first: {src[bad[0]]}"
+    assert not bad, f"{len(bad)} dumps differ from bpftool {bpftool}; first: {bad[0]}"
 
 
 def test_cli_dump_of_a_compressed_module(tc) -> None:

@@ -49,6 +49,11 @@ def chroot_flags(series: str) -> dict[str, bool]:
     return {"sid": series in SID_SERIES}
 
 
+def chroot_argv(series: str) -> list[str]:
+    """The command prefix that runs a program in the root whose tools match ``series``."""
+    return [str(VM_DIR / "chroot"), *(["--sid"] if series in SID_SERIES else []), "--"]
+
+
 def kernel_dir(series: str) -> Path:
     """``kernels/<release>`` for "6.12" / "6.1" / "7.2" (or a full release): vmlinuz, config,
     System.map, vmlinux, vmlinux.btf, lib/modules/<release>/, release."""
