@@ -67,8 +67,8 @@ else
     # setup-and-run as a whole is judged on one kernel's boot; on the others, what this
     # boot is about -- the unit on this kernel -- is setup-and-run's service path from the
     # point install-deps leaves it (the command links), without its `inspect` of the whole
-    # vmlinux BTF and install-deps' checks: 1-2 minutes of Python under TCG, the same on
-    # every kernel.
+    # vmlinux BTF and install-deps' checks: the same Python on every kernel, 25 s under TCG
+    # alone, a minute or two under load.
     {
         ln -sfn /opt/btfreconciled/bin/btfreconcilectl /opt/btfreconciled/bin/btfreconciled \
             /usr/local/bin/ \
