@@ -54,12 +54,10 @@ VENV_SHARE = "/run/btfr-venv"
 NATIVE_INSTALL = r"""
 set -eu
 work=$1; repo=$2
-mkdir -p "$work/opt" "$work/bin" "$work/src"
+mkdir -p "$work/opt" "$work/bin"
 mount --bind "$work/opt" /opt
 mount --bind "$work/bin" /usr/local/bin
-tar -C "$repo" --exclude=./.git --exclude=./build --exclude='*.egg-info' \
-    --exclude=__pycache__ --exclude=./.pytest_cache --exclude=./.ruff_cache -cf - . \
-    | tar -C "$work/src" -xf -
+sh "$repo/integration/guest/copy_checkout.sh" "$repo" "$work/src"
 cd "$work/src"
 PIP_NO_INDEX=1 PIP_FIND_LINKS="$BTFRECONCILED_CACHE_ROOT/wheels" scripts/install-deps
 tar -C / -cf "$work/venv.tar" opt/btfreconciled

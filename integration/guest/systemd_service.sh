@@ -52,11 +52,7 @@ printf '# written by the systemd VM test\nextra_module_dirs = ["%s"]\nlog_level 
 # systemd): install-deps finds the virtualenv holding this checkout and skips pip, as it does
 # for a user who runs setup-and-run again.  No network in the guest: pip would read the
 # wheels vm/setup downloaded (the standard offline install).
-mkdir -p /root/btfreconciled
-# what a fresh clone has: no .git, no caches, no build/ left over from a host-side install
-tar -C "$REPO" --exclude=./.git --exclude=./build --exclude='*.egg-info' \
-    --exclude=__pycache__ --exclude=./.pytest_cache --exclude=./.ruff_cache -cf - . \
-    | tar -C /root/btfreconciled -xf -
+sh "$REPO/integration/guest/copy_checkout.sh" "$REPO" /root/btfreconciled
 cd /root/btfreconciled || exit 3
 export PIP_NO_INDEX=1 PIP_FIND_LINKS="$BTFRECONCILED_CACHE_ROOT/wheels"
 mark install-start
