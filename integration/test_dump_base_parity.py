@@ -9,8 +9,9 @@ base, and with `-B BASE` relocates it onto BASE. We must print the same, line fo
   distill, the result written as a small ELF holding .BTF and .BTF.base), without and with -B.
 
 bpftool runs in the trixie chroot (6.x) or the sid chroot (7.2), in batch mode: each half of a
-tree in one process, the vmlinux parsed once per process (tests/oracle_tools.bpftool_batch);
-our side runs in two worker processes with the vmlinux index built once each.
+tree in one process, the vmlinux parsed once per process
+(tests/oracle_tools.bpftool_batch_halves); our side runs in two worker processes with the
+vmlinux index built once each.
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ import multiprocessing
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import toolchain
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from oracle_tools import bpftool_batch  # noqa: E402
+from oracle_tools import bpftool_batch_halves  # noqa: E402
 
 from btfreconciled.btf.btf import Btf  # noqa: E402
 from btfreconciled.btf.dump import dump_raw  # noqa: E402
@@ -103,18 +103,13 @@ def test_whole_distilled_tree_dumps_like_bpftool(tc, series: str, bpftool: str,
         done = pool.map(_distill_and_dump, list(enumerate(mods)), chunksize=32)
     kos = sorted(ko for _, ko in done if ko)
     assert len(kos) > 4000, len(kos)
-    # bpftool over every distilled module: without and with -B, each half of the tree in one
-    # batch process (the vmlinux parsed once per process), two at a time
+    # bpftool over every distilled module, without and with -B: each half of the tree in one
+    # batch process (the vmlinux parsed once per process)
     tool = [*tc.chroot_argv(series), "bpftool"]
-    halves = (kos[0::2], kos[1::2])
-    jobs = [(h, base) for base in (None, vml) for h in (0, 1)]
-    with ThreadPoolExecutor(2) as pool:
-        refs = list(pool.map(lambda j: bpftool_batch(tool, halves[j[0]], j[1],
-                                                     out / f"batch{j[0]}{bool(j[1])}"), jobs))
     bad = []
-    for (h, base), dumps in zip(jobs, refs):
-        ext = ".oursB" if base else ".ours"
-        for ko, ref in zip(halves[h], dumps):
+    for base, ext in ((None, ".ours"), (vml, ".oursB")):
+        refs = bpftool_batch_halves(tool, kos, base, out / f"batch{ext}")
+        for ko, ref in zip(kos, refs, strict=True):
             if Path(ko[:-3] + ext).read_text() != ref:
                 bad.append(f"{ko} ({ext})")
     src = dict((ko, m) for m, ko in done if ko)

@@ -6,8 +6,8 @@ Host bpftool (7.1, bookworm) is the oracle for the 6.1 and 6.12 module trees; tr
 for the whole 7.2 tree (vmlinux and every module; Kbuild 7.2 writes a 32-byte BTF header) and the
 7.2 fixtures. bpftool cannot read compressed modules, so .ko.xz/.ko.zst are decompressed into a
 temporary file for it (we read them directly). Over a whole tree, bpftool runs in batch mode
-(tests/oracle_tools.bpftool_batch): one process parses the vmlinux once for thousands of dumps,
-as our side does.
+(tests/oracle_tools.bpftool_batch_halves): one process per half of the tree parses the vmlinux
+once for thousands of dumps, as our side does.
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ import os
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import malformed  # noqa: E402
-from oracle_tools import bpftool_batch, bpftool_raw, require_tool  # noqa: E402
+from oracle_tools import bpftool_batch_halves, bpftool_raw, require_tool  # noqa: E402
 
 from btfreconciled.btf.btf import Btf  # noqa: E402
 from btfreconciled.btf.dump import dump_raw  # noqa: E402
@@ -123,18 +122,14 @@ def _whole_tree(tc, series: str, bpftool: list[str], tmp_path: Path
             2, initializer=_tree_init, initargs=(vml, str(out))) as pool:
         done = pool.map(_tree_dump, list(enumerate(mods)), chunksize=32)
     raws = [r for _, r in done if r]
-    halves = (raws[0::2], raws[1::2])
-    with ThreadPoolExecutor(2) as pool:
-        refs = list(pool.map(lambda i: bpftool_batch(bpftool, halves[i], vml,
-                                                     out / f"batch{i}"), (0, 1)))
+    refs = bpftool_batch_halves(bpftool, raws, vml, out / "batch")
     src = {r: m for m, r in done if r}
     bad = []
-    for half, dumps in zip(halves, refs):
-        for raw, ref in zip(half, dumps):
-            ours = Path(raw).with_suffix(".ours").read_text(errors="surrogateescape")
-            if ours != ref:
-                diff = difflib.unified_diff(ref.splitlines(), ours.splitlines(), lineterm="")
-                bad.append(f"{src[raw]}\n" + "\n".join(list(diff)[:12]))
+    for raw, ref in zip(raws, refs, strict=True):
+        ours = Path(raw).with_suffix(".ours").read_text(errors="surrogateescape")
+        if ours != ref:
+            diff = difflib.unified_diff(ref.splitlines(), ours.splitlines(), lineterm="")
+            bad.append(f"{src[raw]}\n" + "\n".join(list(diff)[:12]))
     return done, bad
 
 

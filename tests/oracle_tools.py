@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -83,4 +84,18 @@ def bpftool_batch(bpftool: list[str], files: list[str], base: str | None,
                                                             "commands\n"), (
         f"bpftool batch over {len(files)} files (status {res.returncode}): "
         f"{len(dumps)} outputs; {err[-2000:]}")
+    return dumps
+
+
+def bpftool_batch_halves(bpftool: list[str], files: list[str], base: str | None,
+                         prefix: Path) -> list[str]:
+    """bpftool_batch over `files` in two processes side by side (one per core), each half's
+    batch file at `prefix`.0 / `prefix`.1; the dumps come back in the order of `files`."""
+    halves = (files[0::2], files[1::2])
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda i: bpftool_batch(bpftool, halves[i], base,
+                                                    prefix.with_name(f"{prefix.name}.{i}")),
+                            (0, 1)))
+    dumps = [""] * len(files)
+    dumps[0::2], dumps[1::2] = got
     return dumps

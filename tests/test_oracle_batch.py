@@ -8,7 +8,7 @@ from pathlib import Path
 
 import malformed
 import pytest
-from oracle_tools import bpftool_batch, bpftool_raw, require_tool
+from oracle_tools import VMLINUX, bpftool_batch, bpftool_batch_halves, bpftool_raw, require_tool
 
 
 def blobs(tmp_path: Path) -> list[str]:
@@ -37,3 +37,13 @@ def test_a_failing_command_fails_the_batch(tmp_path: Path) -> None:
                                              r"1 outputs; Error: .*bad\.btf"):
         bpftool_batch([require_tool("bpftool", "bpftool")], [paths[0], str(bad), *paths[1:]],
                       None, tmp_path / "cmds")
+
+
+def test_halves_come_back_in_file_order(tmp_path: Path) -> None:
+    """Two processes, one per half (every other file): the dumps in the order of the files."""
+    plain, layout, _ = blobs(tmp_path)
+    files = [plain, str(VMLINUX), layout, plain, str(VMLINUX)]
+    dumps = bpftool_batch_halves([require_tool("bpftool", "bpftool")], files, None,
+                                 tmp_path / "cmds")
+    assert dumps == [bpftool_raw(p) for p in files]
+    assert dumps[1] != dumps[0]
